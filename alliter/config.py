@@ -1,0 +1,181 @@
+"""The one config of an RLOO trial, the model presets and the beta grids.
+
+Every field of `TrainConfig` is a command-line flag (`--group-size` for `group_size`), with the
+field's docstring as its help, so a knob is written once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import math
+import os
+import textwrap
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class AlliterError(Exception):
+    """A user-facing error: the command lines print its one line and exit non-zero."""
+
+
+BUNDLED_MODEL = Path(__file__).parent / "models" / "stories260k"
+STUDY_TOKENIZER = "EleutherAI/gpt-neo-125M"
+STUDY_LR = 1e-4
+
+# name -> (model, tokenizer, lr). Anything else given to --model is a hub id or a local folder.
+MODEL_PRESETS: dict[str, tuple[str, str | None, float]] = {
+    "stories260k": (str(BUNDLED_MODEL), str(BUNDLED_MODEL), 1e-3),
+    "tinystories-33m": ("roneneldan/TinyStories-33M", STUDY_TOKENIZER, STUDY_LR),
+}
+
+# name -> (betas, max_generations or None for the config's own)
+GRIDS: dict[str, tuple[list[float], int | None]] = {
+    "coarse": ([0.0, 0.01, 0.1, 1.0, 10.0, 100.0], None),
+    "fine": ([float(b) for b in range(20, 100, 10)], None),
+    "extended": ([40.0], 7000),
+}
+
+
+@dataclass
+class TrainConfig:
+    beta: float = 0.0
+    """KL-penalty coefficient: reward = raw_reward + beta * (CE_policy - CE_ref)."""
+    model: str = "stories260k"
+    """Preset (stories260k, tinystories-33m), hub id or local folder of a causal LM."""
+    tokenizer: str | None = None
+    """Tokenizer hub id or folder; default: the preset's, else the model folder's, else EleutherAI/gpt-neo-125M."""
+    lr: float | None = None
+    """SGD learning rate; default: the preset's (1e-3 for stories260k, 1e-4 for the study's model and any other)."""
+    prompt: str = "Once upon a time"
+    """The prompt every sample continues."""
+    max_length: int = 100
+    """Tokens per sample, prompt included."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_k: int = 50
+    """Sample from the k most likely tokens (the library's default of 50)."""
+    group_size: int = 10
+    """Samples per update (K); each sample's baseline is the mean reward of the other K-1."""
+    max_generations: int = 2000
+    """Generations in the trial (the step counter counts generations, a group advances it by K)."""
+    seed: int = 0
+    """Seed of Python's and torch's generators."""
+    checkpoint_every: int = 20
+    """Checkpoint every this many groups (and at the end)."""
+    device: str = "auto"
+    """cuda, cpu, or auto (cuda when there is one)."""
+    dtype: str = "float32"
+    """float32, or bfloat16 (meant for a GPU)."""
+    threads: int = 0
+    """torch threads on the CPU; 0 keeps torch's default."""
+    fast_decode: bool = True
+    """Sample with alliter's KV-cache decode loop where the architecture allows, else the library's generate."""
+
+    def validate(self) -> "TrainConfig":
+        """Raise AlliterError, in one line, for a value the trainer cannot run with."""
+        if not math.isfinite(self.beta) or self.beta < 0:
+            raise AlliterError(f"beta must be a finite number >= 0, got {self.beta}")
+        if self.group_size < 2:
+            raise AlliterError(f"group_size must be at least 2 (leave-one-out needs others), got {self.group_size}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise AlliterError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.max_generations < 1 or self.checkpoint_every < 1 or self.top_k < 0 or self.temperature <= 0:
+            raise AlliterError("max_generations and checkpoint_every must be >= 1, top_k >= 0, temperature > 0")
+        if self.dtype not in ("float32", "bfloat16", "float64"):
+            raise AlliterError(f"dtype must be float32, bfloat16 or float64, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise AlliterError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        return self
+
+    def resolved(self) -> "TrainConfig":
+        """The config with the preset applied: concrete model, tokenizer and lr (user values win)."""
+        model, tokenizer, lr = MODEL_PRESETS.get(self.model, (self.model, None, STUDY_LR))
+        if tokenizer is None and self.tokenizer is None:
+            local = Path(model)
+            has_own = local.is_dir() and any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+            tokenizer = str(local) if has_own else STUDY_TOKENIZER
+        return dataclasses.replace(
+            self, model=model, tokenizer=self.tokenizer or tokenizer, lr=self.lr if self.lr is not None else lr
+        ).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def grid_betas(grid: str | None, betas: str | None) -> tuple[list[float], int | None]:
+    """Betas (and a grid's own trial length) from `--grid NAME` or `--betas 5,15,25`."""
+    if betas:
+        try:
+            values = [float(b) for b in betas.split(",") if b.strip()]
+        except ValueError:
+            raise AlliterError(f"--betas takes numbers separated by commas, got {betas!r}") from None
+        length = None
+    elif grid in GRIDS:
+        values, length = GRIDS[grid]
+    else:
+        raise AlliterError(f"unknown grid {grid!r}; known grids: {', '.join(GRIDS)}")
+    if not values:
+        raise AlliterError("no beta to sweep")
+    for b in values:
+        TrainConfig(beta=b).validate()
+    return list(values), length
+
+
+# --- flags from the dataclass -------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, by field name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrainConfig, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field. Defaults are left out of the namespace (SUPPRESS), so that
+    `given_config_values` tells what the user actually typed."""
+    docs = field_docs(cls)
+    hints = {f.name: f.type for f in fields(cls)}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        hint = str(hints[f.name])
+        kind = {"float": float, "int": int, "bool": _parse_bool}.get(hint.split(" ")[0].split("|")[0].strip(), str)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper() if kind is not _parse_bool else "{true,false}",
+            help=f"{docs.get(f.name, '')} (default: {f.default})",
+        )
+
+
+def given_config_values(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,68 @@
+"""Loading the policy, its frozen reference and the tokenizer with `from_pretrained`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from alliter.config import AlliterError, TrainConfig
+
+log = logging.getLogger("alliter")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class Models:
+    policy: PreTrainedModel
+    reference: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    eos_ids: list[int]
+    """Every id that ends a story (the tokenizer's and the generation config's end-of-text)."""
+    device: torch.device
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AlliterError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def load_models(cfg: TrainConfig) -> Models:
+    """Policy (trainable), reference (frozen copy) and tokenizer, for a resolved config."""
+    device = pick_device(cfg.device)
+    dtype = DTYPES[cfg.dtype]
+    # a hub id is "name" or "org/name"; anything else can only be a folder
+    looks_local = cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(cfg.model)):
+        raise AlliterError(f"model folder {cfg.model!r} does not exist; pass --model PATH to a saved model folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
+        reference = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise AlliterError(
+            f"cannot load model {cfg.model!r} / tokenizer {cfg.tokenizer!r} (offline or wrong path?): "
+            f"{_one_line(err)}; pass --model PATH to a local model folder"
+        ) from None
+    if tokenizer.eos_token_id is None:
+        raise AlliterError(f"tokenizer {cfg.tokenizer!r} has no end-of-text token")
+    tokenizer.pad_token = tokenizer.eos_token
+    eos = {tokenizer.eos_token_id}
+    gen_eos = getattr(policy.generation_config, "eos_token_id", None)
+    eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    # eval mode: no dropout, so policy and reference agree exactly before the first update
+    policy.to(device).eval()
+    reference.to(device).eval().requires_grad_(False)
+    return Models(policy, reference, tokenizer, sorted(eos), device)

@@ -1,0 +1,33 @@
+"""The pieces of the RLOO loss: per-sample cross-entropy, leave-one-out advantage, loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+
+def sequence_ce(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy of each sample, [K], in one forward pass over the padded batch.
+
+    Equals `model(tokens[i, :lengths[i]], labels=...).loss` for each i: right padding is invisible to
+    causal attention, and the targets past a sample's length are masked out.
+    """
+    width = int(lengths.max())
+    logits = model(tokens[:, :width]).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 stays
+    targets = tokens[:, 1:width]
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [K, width-1]
+    mask = torch.arange(1, width, device=tokens.device)[None, :] < lengths[:, None]
+    return (nll * mask).sum(1) / mask.sum(1)
+
+
+def leave_one_out_advantage(rewards: torch.Tensor) -> torch.Tensor:
+    """Each sample's reward minus the mean reward of the other K-1 samples."""
+    k = rewards.shape[0]
+    return rewards - (rewards.sum() - rewards) / (k - 1)
+
+
+def rloo_loss(ce_policy: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
+    """sum_i advantage_i * CE_policy_i: descending it raises the likelihood of above-baseline samples."""
+    return (advantage.detach() * ce_policy).sum()

@@ -1,0 +1,64 @@
+"""Sampling a group: one batched call for all K samples, then cutting each at its first end-of-text."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import PreTrainedModel
+
+log = logging.getLogger("alliter")
+
+
+@torch.no_grad()
+def generate_group(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    group_size: int,
+    max_length: int,
+    top_k: int,
+    temperature: float,
+    eos_ids: list[int],
+) -> torch.Tensor:
+    """K samples of the prompt with the library's `generate`, right-padded to [K, max_length]."""
+    input_ids = prompt_ids.to(model.device).expand(group_size, -1)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=1.0,
+        max_length=max_length,
+        eos_token_id=eos_ids,
+        pad_token_id=eos_ids[0],
+    )
+    return torch.nn.functional.pad(out, (0, max_length - out.shape[1]), value=eos_ids[0])
+
+
+def sequence_lengths(tokens: torch.Tensor, prompt_len: int, eos_ids: list[int]) -> torch.Tensor:
+    """Length of each sample up to and including its first generated end-of-text (else all of it).
+
+    The prompt is never searched: the bundled model's prompt starts with its end-of-text `<s>`.
+    """
+    generated = tokens[:, prompt_len:]
+    is_eos = torch.isin(generated, torch.tensor(eos_ids, device=tokens.device))
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, generated.shape[1])
+    return prompt_len + first
+
+
+def sample_group(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    group_size: int,
+    max_length: int,
+    top_k: int,
+    temperature: float,
+    eos_ids: list[int],
+    fast: bool = True,
+) -> torch.Tensor:
+    """K sampled continuations of the prompt as [K, max_length] token ids (prompt included).
+
+    Tokens after a sample's first end-of-text are arbitrary: callers cut at `sequence_lengths`.
+    """
+    return generate_group(model, prompt_ids, group_size, max_length, top_k, temperature, eos_ids)

@@ -1,0 +1,238 @@
+"""One RLOO trial: sample a group, score it, one SGD step; every generation and metric kept.
+
+A run directory holds:
+  config.json          the resolved config (model, tokenizer and lr as they ran)
+  generations.jsonl    one JSON object per generated text, appended and flushed per group
+  metrics.jsonl        one JSON object per group, the metrics reported to Tune
+  events.out.tfevents  TensorBoard scalars (x axis: generations) and each group's texts
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tensorboardX import SummaryWriter
+
+from alliter import reward as R
+from alliter.config import AlliterError, TrainConfig
+from alliter.model import load_models
+from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
+from alliter.rollout import sample_group, sequence_lengths
+
+CHECKPOINT_FORMAT = 1
+GENERATIONS_FILE = "generations.jsonl"
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(AlliterError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike):
+        self.cfg = cfg = cfg.resolved()
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.m = load_models(cfg)
+        self.optimizer = torch.optim.SGD(self.m.policy.parameters(), lr=cfg.lr)
+        self.prompt_ids = self.m.tokenizer(cfg.prompt, return_tensors="pt").input_ids[0].to(self.m.device)
+        if len(self.prompt_ids) >= cfg.max_length:
+            raise AlliterError(f"the prompt is {len(self.prompt_ids)} tokens, max_length {cfg.max_length} leaves none")
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.generations = 0  # the study's step counter: generations so far
+        self.group = 0
+        self.resumed_at: int | None = None
+        self._writer: SummaryWriter | None = None
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    # --- the RLOO update -------------------------------------------------------------------------
+
+    def step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """One group: K samples, their rewards, one SGD step. Returns the metrics and the records."""
+        cfg, m = self.cfg, self.m
+        start = time.perf_counter()
+        tokens = sample_group(
+            m.policy, self.prompt_ids, cfg.group_size, cfg.max_length, cfg.top_k, cfg.temperature, m.eos_ids,
+            fast=cfg.fast_decode,
+        )
+        lengths = sequence_lengths(tokens, len(self.prompt_ids), m.eos_ids)
+        texts = m.tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths)], skip_special_tokens=True)
+        raw = torch.tensor([R.raw_reward(t) for t in texts], dtype=torch.float64, device=m.device)
+
+        ce_policy = sequence_ce(m.policy, tokens, lengths)  # with gradient: serves the KL term and the loss
+        with torch.no_grad():
+            ce_ref = sequence_ce(m.reference, tokens, lengths)
+        kl_penalty = (ce_policy.detach() - ce_ref).double()
+        rewards = raw + cfg.beta * kl_penalty
+        advantage = leave_one_out_advantage(rewards)
+        loss = rloo_loss(ce_policy, advantage.to(ce_policy.dtype))
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(m.policy.parameters(), float("inf"))
+        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} (grad norm {grad_norm.item()}) at generation {self.generations}; "
+                "stopped before the update, the last checkpoint is intact"
+            )
+        self.optimizer.step()
+
+        first = self.generations
+        self.generations += cfg.group_size
+        self.group += 1
+        seconds = time.perf_counter() - start
+        new_tokens = lengths - len(self.prompt_ids)
+        metrics = {
+            "generations": self.generations,
+            "group": self.group,
+            "beta": cfg.beta,
+            "raw_reward_mean": raw.mean().item(),
+            "raw_reward_max": raw.max().item(),
+            "kl_penalty_mean": kl_penalty.mean().item(),
+            "scaled_kl_penalty_mean": cfg.beta * kl_penalty.mean().item(),
+            "reward_mean": rewards.mean().item(),
+            "ce_policy_mean": ce_policy.mean().item(),
+            "ce_ref_mean": ce_ref.mean().item(),
+            "advantage_std": advantage.std().item(),
+            "loss": loss.item(),
+            "grad_norm": grad_norm.item(),
+            "distinct_1": R.distinct_n(texts, 1),
+            "distinct_2": R.distinct_n(texts, 2),
+            "unique_fraction": R.unique_fraction(texts),
+            "mean_new_tokens": new_tokens.double().mean().item(),
+            "seconds_per_group": seconds,
+            "generations_per_second": cfg.group_size / seconds,
+        }
+        records = [
+            {
+                "generation": first + i,
+                "group": self.group - 1,
+                "beta": cfg.beta,
+                "text": texts[i],
+                "raw_reward": int(raw[i]),
+                "kl_penalty": kl_penalty[i].item(),
+                "reward": rewards[i].item(),
+                "advantage": advantage[i].item(),
+                "new_tokens": int(new_tokens[i]),
+                "ce_policy": ce_policy[i].item(),
+                "ce_ref": ce_ref[i].item(),
+            }
+            for i in range(cfg.group_size)
+        ]
+        return metrics, records
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def groups(self) -> Iterator[dict[str, float]]:
+        """Run groups until max_generations, writing each one's records, metrics and events."""
+        while self.generations < self.cfg.max_generations:
+            metrics, records = self.step()
+            _append_lines(self.run_dir / GENERATIONS_FILE, records)
+            _append_lines(self.run_dir / METRICS_FILE, [metrics])
+            self._log_events(metrics, records)
+            yield metrics
+        self.close()
+
+    @property
+    def done(self) -> bool:
+        return self.generations >= self.cfg.max_generations
+
+    @property
+    def checkpoint_due(self) -> bool:
+        return self.done or self.group % self.cfg.checkpoint_every == 0
+
+    def _log_events(self, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
+        if self._writer is None:
+            # purge_step: TensorBoard drops events a crashed run logged past the checkpoint we resume from
+            self._writer = SummaryWriter(str(self.run_dir), purge_step=self.resumed_at, flush_secs=10)
+        for name, value in metrics.items():
+            self._writer.add_scalar(name, value, self.generations)
+        texts = "\n\n".join(f"**{r['raw_reward']}** (kl {r['kl_penalty']:+.3f}): {r['text']}" for r in records)
+        self._writer.add_text("generations", texts, self.generations)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # --- checkpoints --------------------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Weights, optimizer, RNG states, counters and the run's files so far, written atomically."""
+        path = Path(path)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "generations": self.generations,
+            "group": self.group,
+            "policy": self.m.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_python": random.getstate(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # the files travel with the checkpoint, so a trial restarted on another node has them
+            GENERATIONS_FILE: _read_text(self.run_dir / GENERATIONS_FILE),
+            METRICS_FILE: _read_text(self.run_dir / METRICS_FILE),
+        }
+        if self._writer is not None:
+            self._writer.flush()
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Continue exactly where the checkpoint stopped; the run's files are put back as they were then."""
+        state = load_checkpoint_file(path)
+        self.m.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        random.setstate(state["rng_python"])
+        torch.set_rng_state(state["rng_torch"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.generations, self.group = state["generations"], state["group"]
+        self.resumed_at = self.generations
+        for name in (GENERATIONS_FILE, METRICS_FILE):
+            _write_atomic(self.run_dir / name, state[name])
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; a damaged one is an AlliterError, never a fresh start."""
+    path = Path(path)
+    if not path.is_file():
+        raise AlliterError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and EOF errors all mean the same thing here
+        raise AlliterError(
+            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); nothing was changed - "
+            "restore it or start a new run in another directory"
+        ) from None
+    missing = {"format", "policy", "optimizer", "generations", GENERATIONS_FILE} - set(state if isinstance(state, dict) else ())
+    if missing or state["format"] != CHECKPOINT_FORMAT:
+        raise AlliterError(f"checkpoint {path} is not an alliter checkpoint (missing {sorted(missing)})")
+    return state
+
+
+def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
