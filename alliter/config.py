@@ -11,7 +11,6 @@ import ast
 import dataclasses
 import inspect
 import math
-import os
 import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -167,6 +166,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrainConfig, s
             dest=f.name,
             type=kind,
             default=argparse.SUPPRESS,
+            **({"nargs": "?", "const": True} if kind is _parse_bool else {}),  # bare --flag means true
             metavar=f.name.upper() if kind is not _parse_bool else "{true,false}",
             help=f"{docs.get(f.name, '')} (default: {f.default})",
         )
@@ -175,7 +175,3 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrainConfig, s
 def given_config_values(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from alliter.config import AlliterError, TrainConfig
 
@@ -41,6 +42,7 @@ def _one_line(err: Exception) -> str:
 
 def load_models(cfg: TrainConfig) -> Models:
     """Policy (trainable), reference (frozen copy) and tokenizer, for a resolved config."""
+    hf_logging.disable_progress_bar()  # a bar per load, six trials at once, drowns the progress table
     device = pick_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     # a hub id is "name" or "org/name"; anything else can only be a folder
