@@ -47,6 +47,11 @@ def sequence_lengths(tokens: torch.Tensor, prompt_len: int, eos_ids: list[int]) 
     return prompt_len + first
 
 
+def decode_texts(tokenizer, tokens: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    """Each sample's text up to its end (special tokens, the prompt's `<s>` and the end, dropped)."""
+    return tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths)], skip_special_tokens=True)
+
+
 def sample_group(
     model: PreTrainedModel,
     prompt_ids: torch.Tensor,

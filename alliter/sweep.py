@@ -52,7 +52,7 @@ class SweepConfig:
     address: str | None = None
     """Ray cluster to run on ('auto', host:port, ray://...); default: $RAY_ADDRESS, else a Ray started on this machine."""
     gpus_per_trial: float | None = None
-    """GPUs per trial, fractions pack several trials on one GPU (0.25 = four); default: 1 when the cluster has GPUs, else 0."""
+    """GPUs per trial, fractions pack several trials on one GPU (0.25 = four); default: $ALLITER_GPUS_PER_TRIAL (cluster.yaml sets 1), else 1 when the cluster has GPUs, else 0."""
     cpus_per_trial: float = 1.0
     """CPUs per trial (also the trial's torch threads)."""
     max_failures: int = 3
@@ -195,6 +195,8 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | Non
         raise AlliterError(f"cannot start or join Ray at {address or 'this machine'}: {err}") from None
 
     gpus = sweep.gpus_per_trial
+    if gpus is None and os.environ.get("ALLITER_GPUS_PER_TRIAL"):
+        gpus = float(os.environ["ALLITER_GPUS_PER_TRIAL"])
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     if gpus == 0:

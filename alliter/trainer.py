@@ -24,7 +24,7 @@ from alliter import reward as R
 from alliter.config import AlliterError, TrainConfig
 from alliter.model import load_models
 from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
-from alliter.rollout import sample_group, sequence_lengths
+from alliter.rollout import decode_texts, sample_group, sequence_lengths
 
 CHECKPOINT_FORMAT = 1
 GENERATIONS_FILE = "generations.jsonl"
@@ -66,7 +66,7 @@ class Trainer:
             fast=cfg.fast_decode,
         )
         lengths = sequence_lengths(tokens, len(self.prompt_ids), m.eos_ids)
-        texts = m.tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths)], skip_special_tokens=True)
+        texts = decode_texts(m.tokenizer, tokens, lengths)
         raw = torch.tensor([R.raw_reward(t) for t in texts], dtype=torch.float64, device=m.device)
 
         ce_policy = sequence_ce(m.policy, tokens, lengths)  # with gradient: serves the KL term and the loss

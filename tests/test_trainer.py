@@ -1,0 +1,198 @@
+"""The single-trial trainer and its command line: files, metrics, exact resume, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alliter.config import AlliterError, TrainConfig
+from alliter.train import main
+from alliter.trainer import NonFiniteLossError, Trainer, load_checkpoint_file
+
+METRIC_NAMES = {
+    "generations", "beta", "raw_reward_mean", "raw_reward_max", "kl_penalty_mean", "scaled_kl_penalty_mean",
+    "reward_mean", "ce_policy_mean", "ce_ref_mean", "advantage_std", "loss", "grad_norm", "distinct_1",
+    "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group", "generations_per_second",
+}
+RECORD_FIELDS = {"generation", "group", "beta", "text", "raw_reward", "kl_penalty", "reward", "advantage", "new_tokens"}
+
+
+def train_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m alliter.train ARGS`, run in this process (no second torch import) by its main()."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--quiet", "--threads", "1", *args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_kl_penalty_is_zero_before_the_first_update(tmp_path, bundled_model):
+    trainer = Trainer(TrainConfig(beta=10.0, model=str(bundled_model), threads=1), tmp_path)
+    metrics, records = trainer.step()
+    assert metrics["kl_penalty_mean"] == 0.0
+    assert all(r["kl_penalty"] == 0.0 and r["ce_policy"] == r["ce_ref"] for r in records)
+    second, _ = trainer.step()  # after one SGD step the policy has moved
+    assert second["kl_penalty_mean"] != 0.0
+
+
+@pytest.mark.parametrize("model", ["tiny_gpt_neo", "bundled_model"])
+def test_single_trial_writes_metrics_generations_events_and_checkpoint(tmp_path, model, request):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    path = request.getfixturevalue(model)
+    res = train_cli("--beta", "10", "--max-generations", "50", "--checkpoint-every", "2", "--model", str(path), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["generations"] for m in metrics] == [10, 20, 30, 40, 50]
+    assert METRIC_NAMES <= set(metrics[0])
+    assert all(math.isfinite(v) for m in metrics for v in m.values())
+
+    records = read_jsonl(out / "generations.jsonl")
+    assert [r["generation"] for r in records] == list(range(50))
+    assert RECORD_FIELDS <= set(records[0])
+    assert all(r["beta"] == 10.0 and isinstance(r["text"], str) for r in records)
+    group0 = [r for r in records if r["group"] == 0]
+    assert sum(r["raw_reward"] for r in group0) / 10 == pytest.approx(metrics[0]["raw_reward_mean"])
+    assert sum(r["advantage"] for r in group0) == pytest.approx(0.0, abs=1e-9)  # leave-one-out advantages sum to 0
+
+    events = EventAccumulator(str(out)).Reload()
+    assert METRIC_NAMES <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("raw_reward_mean")] == [10, 20, 30, 40, 50]
+    assert "generations/text_summary" in events.Tags()["tensors"]  # the texts of each group
+
+    state = load_checkpoint_file(out / "checkpoint.pt")
+    assert state["generations"] == 50 and state["config"]["beta"] == 10.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == str(path) and config["lr"] == 1e-4  # a folder, not a preset: the study's lr
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    common = ["--beta", "1", "--max-generations", "120", "--checkpoint-every", "3", "--seed", "7"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert train_cli(*common, "--out", str(straight)).returncode == 0
+
+    # kill -9 the second run once it has written groups past its first checkpoint (at group 3)
+    proc = subprocess.Popen([sys.executable, "-m", "alliter.train", "--quiet", "--threads", "1", *common, "--out", str(broken)])
+    gens = broken / "generations.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not gens.exists() or len(gens.read_text().splitlines()) < 40):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(gens.read_text().splitlines())
+    at_checkpoint = load_checkpoint_file(broken / "checkpoint.pt")["generations"]
+    assert 40 <= written < 120 and at_checkpoint < written  # records past the checkpoint exist
+
+    res = train_cli("--out", str(broken), "--resume")
+    assert res.returncode == 0, res.stderr
+    assert f"resumed at generation {at_checkpoint}" in res.stdout
+    assert (broken / "generations.jsonl").read_text() == (straight / "generations.jsonl").read_text()
+    a = load_checkpoint_file(straight / "checkpoint.pt")["policy"]
+    b = load_checkpoint_file(broken / "checkpoint.pt")["policy"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = read_jsonl(broken / "metrics.jsonl")
+    assert [m["generations"] for m in metrics] == list(range(10, 121, 10))
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    out = tmp_path / "run"
+    assert train_cli("--max-generations", "20", "--out", str(out)).returncode == 0
+    res = train_cli("--max-generations", "40", "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stderr
+    assert [r["generation"] for r in read_jsonl(out / "generations.jsonl")] == list(range(40))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--beta", "-1"], "beta must be a finite number >= 0"),
+        (["--beta", "nan"], "beta must be a finite number >= 0"),
+        (["--beta", "inf"], "beta must be a finite number >= 0"),
+        (["--group-size", "1"], "group_size must be at least 2"),
+        (["--model", "/no/such/model/folder"], "--model PATH"),
+    ],
+)
+def test_bad_input_is_one_line_and_deletes_nothing(tmp_path, args, message):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    res = train_cli(*args, "--out", str(out))
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and message in res.stderr and "Traceback" not in res.stderr
+    assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_hub_model_offline_is_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "alliter.train", "--model", "someone/no-such-model", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "cannot load model 'someone/no-such-model'" in res.stderr and "--model PATH" in res.stderr
+
+
+def test_corrupt_checkpoint_is_reported_and_nothing_is_replaced(tmp_path):
+    out = tmp_path / "run"
+    assert train_cli("--max-generations", "20", "--out", str(out)).returncode == 0
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # truncated
+    before = snapshot(out)
+    res = train_cli("--max-generations", "40", "--out", str(out), "--resume")
+    assert res.returncode == 2 and "corrupt or truncated" in res.stderr and res.stderr.count("\n") == 1
+    assert snapshot(out) == before
+
+    res = train_cli("--max-generations", "40", "--out", str(out))  # a fresh start over it is refused too
+    assert res.returncode == 2 and "already holds a run" in res.stderr
+    assert snapshot(out) == before
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    res = train_cli("--out", str(tmp_path), "--resume")
+    assert res.returncode == 2 and "no checkpoint" in res.stderr
+
+
+def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint(tmp_path, bundled_model):
+    trainer = Trainer(TrainConfig(model=str(bundled_model), threads=1, beta=1.0), tmp_path)
+    for _ in trainer.groups():
+        trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+        break
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    weights = {k: v.clone() for k, v in trainer.m.policy.state_dict().items()}
+    with torch.no_grad():
+        next(trainer.m.reference.parameters()).fill_(float("nan"))  # CE_ref, so reward and loss, become NaN
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        trainer.step()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    assert all(torch.equal(v, trainer.m.policy.state_dict()[k]) for k, v in weights.items())
+    assert len(read_jsonl(tmp_path / "generations.jsonl")) == 10
+
+
+def test_config_validation_messages():
+    with pytest.raises(AlliterError, match="beta"):
+        TrainConfig(beta=-0.5).validate()
+    with pytest.raises(AlliterError, match="group_size"):
+        TrainConfig(group_size=0).validate()
+    with pytest.raises(AlliterError, match="lr"):
+        TrainConfig(lr=-1.0).resolved()
