@@ -1,0 +1,328 @@
+"""What best_beta.py writes: the table, summary.csv and windows.csv, the plots, report.md, report.html."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
+
+from alliter.analysis import Analysis, plain
+
+# the study's colours for the coarse grid, low beta to high; gold stands in for yellow, which is unreadable on white
+STUDY_COLOURS = ["red", "darkorange", "gold", "green", "blue", "darkviolet"]
+# table header -> summary column, in the order printed
+TABLE = {
+    "beta": "beta",
+    "gens": "generations",
+    "alliteration": "alliteration",
+    "gain": "alliteration_gain",
+    "distinct_1": "distinct_1",
+    "distinct_2": "distinct_2",
+    "unique": "unique_fraction",
+    "self_bleu": "self_bleu",
+    "rep_4grams": "repeated_4grams",
+    "kl_penalty": "kl_penalty",
+    "ce_ref": "ce_ref",
+    "div_kept": "diversity_kept",
+    "verdict": "verdict",
+}
+PLOTS = ("raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png")
+MEASURE_LABELS = {
+    "distinct_1": "distinct-1",
+    "distinct_2": "distinct-2",
+    "unique_fraction": "unique fraction",
+    "self_bleu": "1 - self-BLEU",
+}
+
+
+def beta_label(beta: float) -> str:
+    return f"β = {beta:g}"
+
+
+def beta_colours(betas: list[float]) -> dict[float, tuple]:
+    """Colours in log-beta order, red (low) to violet (high); beta 0 sits a decade under the smallest
+    positive beta. The coarse grid 0, 0.01 .. 100 gets exactly red, orange, yellow, green, blue, violet."""
+    betas = sorted(set(betas))
+    positive = [b for b in betas if b > 0]
+    zero_at = math.log10(min(positive)) - 1 if positive else 0.0
+    x = np.array([math.log10(b) if b > 0 else zero_at for b in betas])
+    span = x.max() - x.min()
+    cmap = LinearSegmentedColormap.from_list("study", STUDY_COLOURS)
+    return {b: cmap(float((v - x.min()) / span) if span else 0.0) for b, v in zip(betas, x)}
+
+
+# --- text --------------------------------------------------------------------------------------------
+
+
+def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as the table shows it: rounded numbers, the chosen beta marked."""
+    t = summary[list(TABLE.values())].copy()
+    t.columns = list(TABLE)
+    t["beta"] = t["beta"].map(lambda b: f"{b:g}")
+    t["gens"] = t["gens"].map(lambda g: f"{g:.0f}")
+    t["div_kept"] = t["div_kept"].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}")
+    for col in ("alliteration", "gain", "distinct_1", "distinct_2", "unique", "self_bleu", "rep_4grams", "ce_ref"):
+        t[col] = t[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    t["kl_penalty"] = t["kl_penalty"].map(lambda v: "-" if pd.isna(v) else f"{v:+.3f}")
+    t["verdict"] = [v + (" *" if c else "") for v, c in zip(summary["verdict"], summary["chosen"])]
+    if (summary["status"] != "complete").any():
+        t.insert(1, "status", summary["status"])
+    if (summary["trials"] > 1).any():  # seeds of one beta are averaged
+        t.insert(1, "trials", summary["trials"])
+    return t
+
+
+def table(summary: pd.DataFrame) -> str:
+    return display_frame(summary).to_string(index=False) + "\n(* the choice)"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    rows = [list(frame.columns), ["---"] * frame.shape[1], *frame.astype(str).to_numpy().tolist()]
+    return "\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows)
+
+
+def reason(result: Analysis) -> str:
+    """The choice and why, the best point in training and the Pareto front, in plain sentences."""
+    cfg, s, c, p = result.cfg, result.summary, result.choice, result.best_point
+    measure = MEASURE_LABELS[cfg.diversity_measure]
+    rule = (
+        f"among the betas whose {measure} over the last {cfg.window} generations stays at or above "
+        f"{cfg.diversity_share:.0%} of the unmodified model's"
+    )
+    if c is None and (s["verdict"] == "unmeasured").all():
+        lines = ["choice: none - no trial has the texts (generations.jsonl) to measure its diversity on."]
+    elif c is None:
+        lines = [f"choice: none - no beta keeps its {measure} at or above {cfg.diversity_share:.0%} of the unmodified "
+                 "model's; all collapsed. Try larger betas, an earlier point (below), or a lower --diversity-share."]
+    else:
+        lines = [
+            f"choice: beta={c['beta']:g}, the highest alliteration ({c['alliteration']:.2f} mean raw reward, "
+            f"{c['alliteration_gain']:+.2f} over the unmodified model) {rule} (its {measure} is {c['diversity_kept']:.0%} of that)."
+        ]
+        if c["verdict"] == "under-optimised":
+            lines.append("  It barely raised alliteration over the unmodified model: train longer"
+                         + (" or with a smaller beta." if c["beta"] > 0 else "."))
+        for row in s[(s["verdict"] == "collapsed") & (s["alliteration"] > c["alliteration"])].itertuples():
+            lines.append(
+                f"  beta={row.beta:g} reached more alliteration ({row.alliteration:.2f}) but collapsed: "
+                f"{measure} {row.diversity:.2f}, {row.diversity_kept:.0%} of the unmodified model's."
+            )
+    if p is not None:
+        fell = (f"; it falls under the threshold in the window ending at {p['fell_at']:.0f}" if p["fell_at"]
+                else "; it never falls under the threshold")
+        lines.append(
+            f"best point: beta={p['beta']:g} at {p['generations']} generations (alliteration {p['alliteration']:.2f}, "
+            f"{measure} {p['diversity']:.2f} >= {p['diversity_threshold']:.2f}){fell}."
+        )
+    front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], "beta"]) or "none"
+    lines.append(f"Pareto front of alliteration against {measure}: beta = {front}.")
+    return "\n".join(lines)
+
+
+def choice_json(result: Analysis, out: Path) -> dict[str, Any]:
+    s = result.summary
+    return {
+        "choice": result.choice,
+        "best_point": result.best_point,
+        "rule": dataclasses.asdict(result.cfg),
+        "pareto_front": s.loc[s["pareto"], "beta"].tolist(),
+        "betas": [plain(r) for r in s.to_dict("records")],
+        "notes": result.notes,
+        "out": str(out),
+    }
+
+
+def last_generations(result: Analysis) -> dict[float, list[dict[str, Any]]]:
+    """The last `examples` generations of every beta (from its longest trial)."""
+    out = {}
+    for beta, gens in result.generations.groupby("beta"):
+        longest = gens.groupby("trial")["generation"].max().idxmax()
+        out[beta] = gens[gens["trial"] == longest].nlargest(result.cfg.examples, "generation")[::-1].to_dict("records")
+    return out
+
+
+# --- plots --------------------------------------------------------------------------------------------
+
+
+def smoothed(result: Analysis, columns: list[str]) -> dict[float, pd.DataFrame]:
+    """Per beta: per-group values (averaged over trials) as a running mean over the last `window` generations."""
+    curves = {}
+    for beta, g in result.groups.groupby("beta"):
+        per_group = g.groupby("generations")[columns].mean()
+        step = float(np.median(np.diff(per_group.index))) if len(per_group) > 1 else float(per_group.index[0])
+        curves[beta] = per_group.rolling(max(1, round(result.cfg.window / step)), min_periods=1).mean()
+    return curves
+
+
+def _figure(width: float = 8, height: float = 4.8, rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _legend(ax: Any, source: Any = None) -> None:
+    """The legend to the right of ax, with source's entries (default: ax's)."""
+    handles, labels = (source or ax).get_legend_handles_labels()
+    ax.legend(handles, labels, title="beta (KL coefficient)", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9,
+              frameon=False)
+
+
+def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Path) -> None:
+    colours = beta_colours(list(result.summary["beta"]))
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for beta, curve in smoothed(result, [column]).items():
+        ax.plot(curve.index, curve[column], color=colours[beta], lw=1.8, label=beta_label(beta))
+    if column == "kl_penalty_mean":
+        ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="generations", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_diversity(result: Analysis, path: Path) -> None:
+    cfg, s = result.cfg, result.summary
+    colours = beta_colours(list(s["beta"]))
+    columns = list(MEASURE_LABELS)
+    curves = smoothed(result, ["distinct_1", "distinct_2", "unique_fraction", "self_bleu"])
+    fig, axes = _figure(12, 7.5, 2, 2)
+    rule_ax = axes[0][0]
+    for ax, column in zip(axes.flat, columns):
+        for beta, curve in curves.items():
+            y = 1 - curve["self_bleu"] if column == "self_bleu" else curve[column]
+            ax.plot(curve.index, y, color=colours[beta], lw=1.6, label=beta_label(beta))
+        is_rule = column == cfg.diversity_measure
+        if is_rule:
+            rule_ax = ax
+            ax.axhline(s["diversity_threshold"].mean(), color="black", ls="--", lw=1,
+                       label=f"{cfg.diversity_share:.0%} of unmodified model")
+            if result.best_point is not None:
+                p = result.best_point
+                ax.scatter(p["generations"], p["diversity"], marker="*", s=260, color=colours[p["beta"]],
+                           edgecolor="black", zorder=5,
+                           label=f"best point: {beta_label(p['beta'])}, {p['generations']} gens")
+        ax.set_ylim(0, 1.02)  # all four are shares: a fixed scale shows a collapse for what it is
+        ax.set(xlabel="generations", ylabel=MEASURE_LABELS[column] + " (higher = more diverse)",
+               title=MEASURE_LABELS[column] + (" - used by the rule" if is_rule else ""))
+        ax.grid(alpha=0.3)
+    _legend(axes[0][1], rule_ax)
+    fig.suptitle(f"Diversity within each group of samples, running mean over {cfg.window} generations")
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_pareto(result: Analysis, path: Path) -> None:
+    cfg, s = result.cfg, result.summary
+    colours = beta_colours(list(s["beta"]))
+    measure = MEASURE_LABELS[cfg.diversity_measure]
+    fig, axes = _figure(8, 5.5)
+    ax = axes[0][0]
+    threshold = s["diversity_threshold"].mean()
+    ax.axhspan(0, threshold, color="red", alpha=0.07, label="collapsed (under the threshold)")
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"{cfg.diversity_share:.0%} of unmodified model")
+    ax.scatter(s["alliteration_baseline"].mean(), s["diversity_baseline"].mean(), marker="X", s=110, color="black",
+               label="unmodified model", zorder=6)
+    front = s[s["pareto"]].sort_values("alliteration")
+    ax.plot(front["alliteration"], front["diversity"], color="grey", lw=1.2, ls=":", label="Pareto front")
+    for i, row in enumerate(s.itertuples()):
+        ax.scatter(row.alliteration, row.diversity, s=90, color=colours[row.beta], edgecolor="black", lw=0.6,
+                   label=f"{beta_label(row.beta)} ({row.verdict})", zorder=4)
+        # labels alternate above and below, so neighbouring betas' labels do not print over each other
+        ax.annotate(f"{row.beta:g}", (row.alliteration, row.diversity), textcoords="offset points",
+                    xytext=(9, 7 if i % 2 == 0 else -15))
+    if result.choice is not None:
+        ax.scatter(result.choice["alliteration"], result.choice["diversity"], s=380, facecolor="none",
+                   edgecolor="black", lw=2, label=f"choice: {beta_label(result.choice['beta'])}", zorder=5)
+    ax.set(xlabel=f"alliteration (mean raw reward, last {cfg.window} generations)",
+           ylabel=f"{measure} (last {cfg.window} generations)", title="Alliteration against diversity, by beta")
+    ax.set_ylim(0, 1.12)  # room for the labels of betas that keep all their diversity
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.savefig(path, bbox_inches="tight")
+
+
+# --- files ----------------------------------------------------------------------------------------------
+
+
+def write_outputs(result: Analysis, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    result.summary.to_csv(out / "summary.csv", index=False)
+    result.windows.to_csv(out / "windows.csv", index=False)
+    plot_curve(result, "raw_reward_mean", "raw reward (alliterating word pairs)",
+               f"Alliteration: raw reward, running mean over {result.cfg.window} generations", out / PLOTS[0])
+    plot_curve(result, "kl_penalty_mean", "KL penalty: CE policy - CE reference per token\n(more negative = further away)",
+               f"Distance from the original model, running mean over {result.cfg.window} generations", out / PLOTS[1])
+    plot_diversity(result, out / PLOTS[2])
+    plot_pareto(result, out / PLOTS[3])
+    (out / "report.md").write_text(report_markdown(result), encoding="utf-8")
+    (out / "report.html").write_text(report_html(result, out), encoding="utf-8")
+    return [out / n for n in ("summary.csv", "windows.csv", *PLOTS, "report.md", "report.html")]
+
+
+def _intro(result: Analysis) -> str:
+    cfg = result.cfg
+    return (
+        f"{len(result.trials)} trials, {len(result.summary)} betas. Every measure is the mean over the last "
+        f"{cfg.window} generations of a trial, taken group by group; the unmodified model is each trial's first group, "
+        f"sampled before any update. Rule: the highest alliteration among the betas whose "
+        f"{MEASURE_LABELS[cfg.diversity_measure]} stays at or above {cfg.diversity_share:.0%} of the unmodified model's; "
+        f"under the threshold is collapsed, an alliteration gain under {cfg.under_optimised_share:.0%} of the best "
+        f"such gain (or under {cfg.min_gain:g}) is under-optimised. self_bleu: mean BLEU of each text against the "
+        f"rest of its group (high = near-duplicates); rep_4grams: share of a text's word 4-grams that repeat; "
+        f"div_kept: diversity as a share of the unmodified model's."
+    )
+
+
+def _fence(text: str) -> str:
+    ticks = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
+    return f"{ticks}text\n{text}\n{ticks}"
+
+
+def report_markdown(result: Analysis) -> str:
+    parts = ["# Beta sweep: alliteration against diversity", _intro(result), "## The choice",
+             "\n".join(f"- {line.strip()}" for line in reason(result).splitlines()),
+             "## Table", markdown_table(display_frame(result.summary)), "(* the choice)"]
+    if result.notes:
+        parts += ["## Trials to know about", "\n".join(f"- {n}" for n in result.notes)]
+    parts += ["## Plots", *(f"![{p}]({p})" for p in PLOTS), "## Last generations of every beta"]
+    for beta, records in last_generations(result).items():
+        parts.append(f"### {beta_label(beta)}")
+        parts += [f"generation {r['generation']}, raw reward {r['raw_reward']}:\n\n{_fence(r['text'])}" for r in records]
+    return "\n\n".join(parts) + "\n"
+
+
+def report_html(result: Analysis, out: Path) -> str:
+    e = html.escape
+    images = "".join(
+        f'<img alt="{p}" src="data:image/png;base64,{base64.b64encode((out / p).read_bytes()).decode()}">' for p in PLOTS
+    )
+    notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
+    examples = ""
+    for beta, records in last_generations(result).items():
+        examples += f"<h3>{e(beta_label(beta))}</h3>" + "".join(
+            f"<p>generation {r['generation']}, raw reward {r['raw_reward']}:</p><pre>{e(r['text'])}</pre>" for r in records
+        )
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "pre{white-space:pre-wrap;background:#f6f6f6;padding:8px}img{max-width:100%;display:block;margin:1em 0}")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Beta sweep analysis</title><style>{style}</style>"
+        f"</head><body><h1>Beta sweep: alliteration against diversity</h1><p>{e(_intro(result))}</p>"
+        f"<h2>The choice</h2><pre>{e(reason(result))}</pre>"
+        f"<h2>Table</h2>{display_frame(result.summary).to_html(index=False, escape=True)}<p>(* the choice)</p>"
+        + (f"<h2>Trials to know about</h2><ul>{notes}</ul>" if notes else "")
+        + f"<h2>Plots</h2>{images}<h2>Last generations of every beta</h2>{examples}</body></html>\n"
+    )

@@ -1,0 +1,230 @@
+"""The analysis on trial folders whose answer is known by construction, and on a real tiny run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alliter import reward as R
+from alliter.analysis import AnalysisConfig, analyse, main
+from alliter.report import beta_colours
+
+REPO = Path(__file__).resolve().parents[1]
+K = 10  # group size
+LETTERS = "bcdfghjklmnprstvw"
+COLLAPSED = "sally sells seven silver snakes so she sings softly. the end."  # raw reward 7, one text
+
+
+def varied_text(rng: random.Random, alliterating_pairs: int, words: int = 24) -> str:
+    """Random made-up words (so a group's texts share few n-grams) with exactly this many
+    adjacent pairs starting with the same letter."""
+    def word(letter: str) -> str:
+        return letter + "".join(rng.choice("aeiou") + rng.choice(LETTERS) for _ in range(2))
+
+    out = [word("s") for _ in range(alliterating_pairs + 1)]
+    while len(out) < words:
+        out.append(word(rng.choice([c for c in LETTERS if c != out[-1][0]])))
+    return " ".join(out)
+
+
+def write_trial(folder: Path, beta: float, groups: list[list[str]], max_generations: int | None = None,
+                kl: float = -0.1, error: str | None = None) -> Path:
+    """A trial folder as the trainer writes it: config.json, metrics.jsonl, generations.jsonl."""
+    folder.mkdir(parents=True)
+    config = {"beta": beta, "model": "synthetic", "group_size": K, "max_generations": max_generations or K * len(groups)}
+    (folder / "config.json").write_text(json.dumps(config))
+    with open(folder / "metrics.jsonl", "w") as m, open(folder / "generations.jsonl", "w") as g:
+        for i, texts in enumerate(groups):
+            raw = [R.raw_reward(t) for t in texts]
+            for j, t in enumerate(texts):
+                g.write(json.dumps({"generation": i * K + j, "group": i, "beta": beta, "text": t, "raw_reward": raw[j],
+                                    "kl_penalty": kl, "reward": raw[j] + beta * kl, "advantage": 0.0, "new_tokens": 20,
+                                    "ce_policy": 2.0, "ce_ref": 2.0 - kl}) + "\n")
+            m.write(json.dumps({
+                "generations": (i + 1) * K, "group": i + 1, "beta": beta, "raw_reward_mean": sum(raw) / K,
+                "raw_reward_max": max(raw), "kl_penalty_mean": kl, "scaled_kl_penalty_mean": beta * kl,
+                "reward_mean": sum(raw) / K + beta * kl, "ce_policy_mean": 2.0, "ce_ref_mean": 2.0 - kl,
+                "advantage_std": 1.0, "loss": 0.0, "grad_norm": 1.0, "distinct_1": R.distinct_n(texts, 1),
+                "distinct_2": R.distinct_n(texts, 2), "unique_fraction": R.unique_fraction(texts),
+                "mean_new_tokens": 20.0, "seconds_per_group": 0.1, "generations_per_second": 100.0,
+            }) + "\n")
+    if error:
+        (folder / "error.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
+    return folder
+
+
+def varied_groups(rng: random.Random, n: int, pairs: int) -> list[list[str]]:
+    """n groups; the first is the unmodified model (1 pair per text), then `pairs` per text."""
+    return [[varied_text(rng, 1 if i == 0 else pairs) for _ in range(K)] for i in range(n)]
+
+
+@pytest.fixture
+def known_sweep(tmp_path: Path) -> Path:
+    """beta=0 collapses to one high-reward text, beta=10 stays varied with moderate reward,
+    beta=100 stays varied with hardly more reward than the unmodified model."""
+    rng = random.Random(0)
+    sweep = tmp_path / "sweep"
+    write_trial(sweep / "trial_beta0", 0.0, varied_groups(rng, 1, 1) + [[COLLAPSED] * K] * 39, kl=-3.0)
+    write_trial(sweep / "trial_beta10", 10.0, varied_groups(rng, 40, 4), kl=-0.3)
+    write_trial(sweep / "trial_beta100", 100.0, varied_groups(rng, 40, 1), kl=-0.01)
+    return sweep
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "analysis" / "best_beta.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_picks_the_balanced_beta_and_labels_the_others(known_sweep: Path, capsys) -> None:
+    out = known_sweep / "out"
+    assert main([str(known_sweep), "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["choice"]["beta"] == 10.0
+    verdicts = {b["beta"]: b["verdict"] for b in result["betas"]}
+    assert verdicts == {0.0: "collapsed", 10.0: "balanced", 100.0: "under-optimised"}
+    assert 0.0 in result["pareto_front"] and 10.0 in result["pareto_front"]  # most alliteration; the choice
+
+    summary = pd.read_csv(out / "summary.csv").set_index("beta")
+    assert summary.loc[0.0, "unique_fraction"] == pytest.approx(1 / K)
+    assert summary.loc[0.0, "self_bleu"] == pytest.approx(1.0)  # identical texts: BLEU 100
+    assert summary.loc[10.0, "self_bleu"] < 0.2
+    assert summary.loc[0.0, "alliteration"] > summary.loc[10.0, "alliteration"] > summary.loc[100.0, "alliteration"]
+    assert summary.loc[10.0, "kl_penalty"] == pytest.approx(-0.3)
+    for name in ("raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png", "report.md", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert "beta=10" in (out / "report.md").read_text()
+
+
+def test_table_on_stdout_and_the_default_output_folder(known_sweep: Path, capsys) -> None:
+    assert main([str(known_sweep)]) == 0
+    table = capsys.readouterr().out
+    assert "collapsed" in table and "under-optimised" in table and "balanced *" in table
+    assert (known_sweep / "analysis" / "summary.csv").exists()
+
+
+def test_the_rule_follows_its_knobs(known_sweep: Path) -> None:
+    assert analyse([known_sweep], AnalysisConfig(diversity_measure="self_bleu")).choice["beta"] == 10.0
+    loose = analyse([known_sweep], AnalysisConfig(diversity_share=0.05, diversity_measure="distinct_2"))
+    assert loose.choice["beta"] == 0.0  # beta 0 keeps 10% of distinct-2: enough for a 5% threshold
+
+
+def test_best_point_is_before_diversity_falls(tmp_path: Path) -> None:
+    # beta=40 alliterates more and more, stays varied until 600 generations, then writes one text
+    rng = random.Random(1)
+    groups = [[varied_text(rng, 1 + i // 10) for _ in range(K)] for i in range(60)] + [[COLLAPSED] * K] * 40
+    write_trial(tmp_path / "beta40", 40.0, groups)
+    result = analyse([tmp_path], AnalysisConfig(window=200))
+    assert result.best_point["beta"] == 40.0
+    assert result.best_point["generations"] == 600
+    assert result.best_point["fell_at"] == 800  # the window 600-800 is the first with copies
+    assert result.summary.loc[0, "verdict"] == "collapsed" and result.choice is None
+
+
+def test_partial_errored_and_running_trials_are_used_and_named(known_sweep: Path) -> None:
+    rng = random.Random(2)
+    write_trial(known_sweep / "trial_beta1", 1.0, varied_groups(rng, 12, 3), max_generations=400)
+    write_trial(known_sweep / "trial_beta3", 3.0, varied_groups(rng, 8, 3), error="RuntimeError: CUDA out of memory")
+    stopped = write_trial(known_sweep / "trial_beta0.5", 0.5, varied_groups(rng, 10, 3), max_generations=400)
+    (stopped / "stop_reason.txt").write_text("collapsed: unique_fraction <= 0.2 for 10 groups\n")  # by the sweep
+    with open(known_sweep / "trial_beta1" / "metrics.jsonl", "a") as f:
+        f.write('{"generations": 130, "gro')  # a line the running trial is still writing
+    proc = run_cli(str(known_sweep))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "trial_beta1): incomplete, 120 of 400 generations" in proc.stderr
+    assert "trial_beta3): errored (RuntimeError: CUDA out of memory)" in proc.stderr
+    assert "trial_beta0.5): stopped by the sweep (collapsed: unique_fraction <= 0.2 for 10 groups)" in proc.stderr
+    summary = pd.read_csv(known_sweep / "analysis" / "summary.csv").set_index("beta")
+    assert summary.loc[1.0, "status"] == "incomplete" and summary.loc[1.0, "generations"] == 120
+    assert summary.loc[3.0, "status"] == "errored" and summary.loc[0.5, "status"] == "stopped"
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "nodata" / "trial").mkdir(parents=True)
+    (tmp_path / "nodata" / "trial" / "config.json").write_text(json.dumps({"beta": 1.0, "max_generations": 100}))
+    monkeypatch.chdir(tmp_path)  # no ./results here
+    cases = {
+        (str(tmp_path / "missing"),): "no such folder",
+        (str(tmp_path / "empty"),): "no trials under",
+        (str(tmp_path / "nodata"),): "has any metrics yet",
+        (): "no results/ folder here",
+        (str(tmp_path / "nodata"), "--diversity-measure", "bleu"): "diversity_measure must be one of",
+    }
+    for args, message in cases.items():
+        assert main(list(args)) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    proc = run_cli(str(tmp_path / "missing"))  # the script itself: the same line, no traceback
+    assert proc.returncode == 2 and proc.stderr == f"error: no such folder: {tmp_path / 'missing'}\n"
+
+
+def test_trials_without_generations_are_named(known_sweep: Path, capsys) -> None:
+    (known_sweep / "trial_beta10" / "generations.jsonl").unlink()  # metrics only
+    (known_sweep / "trial_beta5").mkdir()  # started, nothing yet
+    (known_sweep / "trial_beta5" / "config.json").write_text(json.dumps({"beta": 5.0, "max_generations": 400}))
+    assert main([str(known_sweep)]) == 0
+    err = capsys.readouterr().err
+    assert "beta=5 (sweep/trial_beta5): no metrics yet; left out" in err
+    assert "beta=10 (sweep/trial_beta10): no generations.jsonl" in err
+    summary = pd.read_csv(known_sweep / "analysis" / "summary.csv").set_index("beta")
+    assert 5.0 not in summary.index
+    assert summary.loc[10.0, "distinct_2"] > 0.9  # the trainer's own per-group measure stands in
+    assert pd.isna(summary.loc[10.0, "self_bleu"])
+
+
+def test_generated_text_is_escaped_in_the_html(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    groups = varied_groups(rng, 5, 2)
+    groups[-1][-1] = "<script>alert('boo')</script> & more"
+    write_trial(tmp_path / "beta1", 1.0, groups)
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "&lt;script&gt;alert(&#x27;boo&#x27;)&lt;/script&gt; &amp; more" in page
+    assert "<script>" not in page
+    assert page.count("data:image/png;base64,") == 4  # self-contained
+
+
+def test_default_is_the_newest_sweep_under_results(tmp_path: Path, monkeypatch) -> None:
+    rng = random.Random(4)
+    write_trial(tmp_path / "results" / "old" / "t", 1.0, varied_groups(rng, 3, 2))
+    write_trial(tmp_path / "results" / "new" / "t", 2.0, varied_groups(rng, 3, 2))
+    os.utime(tmp_path / "results" / "old", (1, 1))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--out", "out", "--json"]) == 0
+    assert pd.read_csv("out/summary.csv")["beta"].tolist() == [2.0]
+
+
+def test_coarse_grid_gets_the_study_colours() -> None:
+    colours = beta_colours([0, 0.01, 0.1, 1, 10, 100])
+    from matplotlib.colors import to_rgba
+
+    names = ["red", "darkorange", "gold", "green", "blue", "darkviolet"]
+    got = [c for _, c in sorted(colours.items())]
+    assert np.allclose(got, [to_rgba(n) for n in names], atol=0.01)
+
+
+@pytest.mark.slow
+def test_end_to_end_on_real_tiny_trials(tmp_path: Path) -> None:
+    for beta in ("0", "10"):
+        subprocess.run(
+            [sys.executable, "-m", "alliter.train", "--beta", beta, "--max-generations", "40", "--quiet",
+             "--threads", "1", "--out", str(tmp_path / "sweep" / f"beta{beta}")],
+            cwd=REPO, check=True, capture_output=True, timeout=300,
+        )
+    proc = run_cli(str(tmp_path / "sweep"), "--json", "--window", "20")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert [b["beta"] for b in result["betas"]] == [0.0, 10.0]
+    assert all(b["generations"] == 40 and b["status"] == "complete" for b in result["betas"])
+    assert "verdict" in proc.stderr.splitlines()[0]  # the table, on stderr with --json
+    out = tmp_path / "sweep" / "analysis"
+    assert {p.name for p in out.iterdir()} >= {"summary.csv", "pareto.png", "report.md", "report.html"}
