@@ -168,7 +168,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrainConfig, s
             default=argparse.SUPPRESS,
             **({"nargs": "?", "const": True} if kind is _parse_bool else {}),  # bare --flag means true
             metavar=f.name.upper() if kind is not _parse_bool else "{true,false}",
-            help=f"{docs.get(f.name, '')} (default: {f.default})",
+            help=docs.get(f.name, "") + ("" if "default" in docs.get(f.name, "") else f" (default: {f.default})"),
         )
 
 

@@ -3,8 +3,8 @@
     python -m alliter.train --beta 10 --max-generations 200 --out runs/beta10
     python -m alliter.train --out runs/beta10 --resume --max-generations 400   # continue it
 
-Every field of alliter.config.TrainConfig is a flag (see --help). With --resume the run's own
-config.json is the base and only the flags given on the command line change it.
+Every field of alliter.config.TrainConfig is a flag (see --help). With --resume the config saved in
+the checkpoint is the base, and only the flags given on the command line change it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
+    metrics: dict[str, float] = {}
     try:
         if args.resume:
             state = load_checkpoint_file(out / CHECKPOINT)
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; resume with: python -m alliter.train --out {out} --resume", file=sys.stderr)
         return 130
     print(f"done: {trainer.generations} generations in {out} (tensorboard --logdir {out})")
-    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}) if trainer.group else "")
+    if metrics:
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return 0
 
 
