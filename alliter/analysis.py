@@ -42,15 +42,18 @@ import numpy as np
 import pandas as pd
 
 from alliter import reward as R
-from alliter.config import AlliterError, add_config_flags, given_config_values
+from alliter.config import (
+    CONFIG_FILE,
+    GENERATIONS_FILE,
+    METRICS_FILE,
+    STOP_REASON_FILE,
+    AlliterError,
+    add_config_flags,
+    given_config_values,
+)
 
-# the trainer's file names (alliter.trainer is not imported for them: it loads torch)
-METRICS_FILE = "metrics.jsonl"
-GENERATIONS_FILE = "generations.jsonl"
-CONFIG_FILE = "config.json"
 RAY_ERROR_FILE = "error.txt"
 RAY_PARAMS_FILE = "params.json"
-STOP_REASON_FILE = "stop_reason.txt"  # written by alliter.sweep for a trial its collapse stopper ended
 
 DIVERSITY_MEASURES = ("distinct_1", "distinct_2", "unique_fraction", "self_bleu")
 # summary name -> per-group column; every one is averaged over a window's groups

@@ -31,6 +31,13 @@ MODEL_PRESETS: dict[str, tuple[str, str | None, float]] = {
     "tinystories-33m": ("roneneldan/TinyStories-33M", STUDY_TOKENIZER, STUDY_LR),
 }
 
+# the files of a run (trial) directory; see alliter/trainer.py
+GENERATIONS_FILE = "generations.jsonl"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+STOP_REASON_FILE = "stop_reason.txt"  # a trial the sweep's collapse stopper ended says why
+
 # name -> (betas, max_generations or None for the config's own)
 GRIDS: dict[str, tuple[list[float], int | None]] = {
     "coarse": ([0.0, 0.01, 0.1, 1.0, 10.0, 100.0], None),

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alliter.config import AlliterError, TrainConfig, grid_betas
-from alliter.trainer import METRICS_FILE, Trainer
+from alliter.config import CHECKPOINT_FILE as CHECKPOINT
+from alliter.config import METRICS_FILE, STOP_REASON_FILE, AlliterError, TrainConfig, grid_betas
+from alliter.trainer import Trainer
 
 log = logging.getLogger("alliter")
 
-CHECKPOINT = "checkpoint.pt"
 # Ray's progress table: the columns that matter for a beta sweep
 PROGRESS_COLUMNS = {
     "generations": "gens",
@@ -245,7 +245,7 @@ def _record_stop_reasons(results, reasons: dict[str, str]) -> None:
     for r in results:
         trial_id = r.metrics.get("trial_id") if r.metrics else None
         if trial_id in reasons:
-            with r.filesystem.open_output_stream(f"{r.path}/stop_reason.txt") as f:
+            with r.filesystem.open_output_stream(f"{r.path}/{STOP_REASON_FILE}") as f:
                 f.write((reasons[trial_id] + "\n").encode())
             print(f"  {Path(r.path).name}: {reasons[trial_id]}")
 

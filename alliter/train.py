@@ -15,10 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from alliter.config import AlliterError, TrainConfig, add_config_flags, given_config_values
-from alliter.trainer import GENERATIONS_FILE, Trainer, load_checkpoint_file
-
-CHECKPOINT = "checkpoint.pt"
+from alliter.config import CHECKPOINT_FILE as CHECKPOINT
+from alliter.config import GENERATIONS_FILE, AlliterError, TrainConfig, add_config_flags, given_config_values
+from alliter.trainer import Trainer, load_checkpoint_file
 
 
 def progress_line(m: dict[str, float], max_generations: int) -> str:

@@ -21,14 +21,12 @@ import torch
 from tensorboardX import SummaryWriter
 
 from alliter import reward as R
-from alliter.config import AlliterError, TrainConfig
+from alliter.config import CONFIG_FILE, GENERATIONS_FILE, METRICS_FILE, AlliterError, TrainConfig
 from alliter.model import load_models
 from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
 from alliter.rollout import decode_texts, sample_group, sequence_lengths
 
 CHECKPOINT_FORMAT = 1
-GENERATIONS_FILE = "generations.jsonl"
-METRICS_FILE = "metrics.jsonl"
 
 
 class NonFiniteLossError(AlliterError):
@@ -53,7 +51,7 @@ class Trainer:
         self.group = 0
         self.resumed_at: int | None = None
         self._writer: SummaryWriter | None = None
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (self.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     # --- the RLOO update -------------------------------------------------------------------------
 
