@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from alliter.fastgen import sequence_logits
+
 
 def sequence_ce(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy of each sample, [K], in one forward pass over the padded batch.
@@ -14,10 +16,12 @@ def sequence_ce(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Ten
     causal attention, and the targets past a sample's length are masked out.
     """
     width = int(lengths.max())
-    logits = model(tokens[:, :width]).logits[:, :-1]
+    logits = sequence_logits(model, tokens[:, :width])[:, :-1]  # model(...).logits, faster for Llama
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 stays
-    targets = tokens[:, 1:width]
-    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [K, width-1]
+    k, n, vocab = logits.shape
+    # over the vocabulary as the last, contiguous dim: 3-4x faster than over transposed logits
+    nll = F.cross_entropy(logits.reshape(k * n, vocab), tokens[:, 1:width].reshape(k * n), reduction="none")
+    nll = nll.view(k, n)
     mask = torch.arange(1, width, device=tokens.device)[None, :] < lengths[:, None]
     return (nll * mask).sum(1) / mask.sum(1)
 

@@ -7,7 +7,11 @@ import logging
 import torch
 from transformers import PreTrainedModel
 
+from alliter import fastgen
+
 log = logging.getLogger("alliter")
+
+_fallbacks_logged: set[str] = set()  # why the fast path did not apply, each said once per process
 
 
 @torch.no_grad()
@@ -65,5 +69,14 @@ def sample_group(
     """K sampled continuations of the prompt as [K, max_length] token ids (prompt included).
 
     Tokens after a sample's first end-of-text are arbitrary: callers cut at `sequence_lengths`.
+    With `fast`, alliter's own KV-cache decode loop (`alliter.fastgen`) samples where it supports the
+    architecture (Llama, GPT-Neo); elsewhere the library's `generate` does, and the log says so once.
     """
+    if fast:
+        reason = fastgen.unsupported_reason(model, max_length)
+        if reason is None:
+            return fastgen.fast_generate_group(model, prompt_ids, group_size, max_length, top_k, temperature)
+        if reason not in _fallbacks_logged:
+            _fallbacks_logged.add(reason)
+            log.warning("fast decode does not apply (%s); sampling with the library's generate instead", reason)
     return generate_group(model, prompt_ids, group_size, max_length, top_k, temperature, eos_ids)
