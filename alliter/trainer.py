@@ -68,7 +68,7 @@ class Trainer:
         raw = torch.tensor([R.raw_reward(t) for t in texts], dtype=torch.float64, device=m.device)
 
         ce_policy = sequence_ce(m.policy, tokens, lengths)  # with gradient: serves the KL term and the loss
-        with torch.no_grad():
+        with torch.inference_mode():  # cheaper than no_grad per op; ce_ref never enters the graph
             ce_ref = sequence_ce(m.reference, tokens, lengths)
         kl_penalty = (ce_policy.detach() - ce_ref).double()
         rewards = raw + cfg.beta * kl_penalty

@@ -215,3 +215,17 @@ def test_bad_input_is_one_line_and_deletes_nothing(tmp_path, args, message):
     assert res.returncode == 2
     assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_best_beta_reads_a_real_sweep(two_beta_sweep, tmp_path):
+    """analysis/best_beta.py end to end on the folder a real sweep wrote."""
+    exp, res = two_beta_sweep
+    assert res.returncode == 0
+    run = subprocess.run([sys.executable, str(ROOT / "analysis" / "best_beta.py"), str(exp), "--out", str(tmp_path), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    choice = json.loads(run.stdout)
+    assert choice["choice"]["beta"] in (0.0, 10.0) and sorted(r["beta"] for r in choice["betas"]) == [0.0, 10.0]
+    for name in ("summary.csv", "report.md", "report.html", "raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "verdict" in run.stderr  # the table
