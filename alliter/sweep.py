@@ -10,16 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import socket
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import ray
+from ray import tune
 
 from alliter.config import CHECKPOINT_FILE as CHECKPOINT
 from alliter.config import METRICS_FILE, STOP_REASON_FILE, AlliterError, TrainConfig, grid_betas
@@ -69,8 +70,6 @@ class SweepConfig:
 
 def rloo_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: the core trainer, reporting every group, checkpointing every N."""
-    from ray import tune
-
     cfg = TrainConfig.from_dict(config)
     if cfg.threads == 0:
         cfg = dataclasses.replace(cfg, threads=max(1, int(config.get("_cpus_per_trial", 1))))
@@ -97,13 +96,11 @@ def rloo_trial(config: dict[str, Any]) -> None:
 
 
 def _write_node_info(run_dir: Path) -> None:
-    import ray
-
     info = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
     (run_dir / "node.json").write_text(json.dumps(info) + "\n")
 
 
-class CollapseStopper:
+class CollapseStopper(tune.Stopper):
     """Stop a trial whose unique_fraction stayed <= threshold for `window` groups in a row."""
 
     def __init__(self, threshold: float, window: int):
@@ -124,19 +121,6 @@ class CollapseStopper:
 
     def stop_all(self) -> bool:
         return False
-
-
-def _as_tune_stopper(stopper: CollapseStopper):
-    from ray import tune
-
-    class _Stopper(tune.Stopper):
-        def __call__(self, trial_id, result):
-            return stopper(trial_id, result)
-
-        def stop_all(self):
-            return False
-
-    return _Stopper()
 
 
 def _check_address(address: str) -> None:
@@ -162,9 +146,6 @@ def _newest_sweep(storage: str) -> str | None:
 
 def run_sweep(sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | None = None) -> Path | str:
     """Run (or resume) a sweep and return its folder. `given` = trainer fields set on the command line."""
-    import ray
-    from ray import tune
-
     betas, grid_generations = grid_betas(None if sweep.betas else sweep.grid, sweep.betas)
     if grid_generations and "max_generations" not in (given or {}):
         base = dataclasses.replace(base, max_generations=grid_generations)
@@ -220,7 +201,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | Non
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                stop=_as_tune_stopper(stopper) if stopper else None,
+                stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 sync_config=tune.SyncConfig(sync_artifacts=True, sync_period=10),

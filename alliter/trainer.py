@@ -152,11 +152,12 @@ class Trainer:
     def _log_events(self, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
         if self._writer is None:
             # purge_step: TensorBoard drops events a crashed run logged past the checkpoint we resume from
-            self._writer = SummaryWriter(str(self.run_dir), purge_step=self.resumed_at, flush_secs=10)
+            self._writer = SummaryWriter(str(self.run_dir), purge_step=self.resumed_at)
         for name, value in metrics.items():
             self._writer.add_scalar(name, value, self.generations)
         texts = "\n\n".join(f"**{r['raw_reward']}** (kl {r['kl_penalty']:+.3f}): {r['text']}" for r in records)
         self._writer.add_text("generations", texts, self.generations)
+        self._writer.flush()  # TensorBoard shows a running trial up to its last group
 
     def close(self) -> None:
         if self._writer is not None:
