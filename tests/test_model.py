@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,19 @@ def test_bundled_model_ships_inside_the_package_with_its_licence():
     for name in ("config.json", "model.safetensors", "tokenizer.json", "LICENSE", "ORIGIN.md"):
         assert (BUNDLED_MODEL / name).is_file(), name
     assert "MIT License" in (BUNDLED_MODEL / "LICENSE").read_text()
+
+
+def test_a_regular_install_ships_the_bundled_model(tmp_path):
+    """`pip install .` (not only -e) carries the model, so every Ray node that installs alliter has it."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("alliter-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "LICENSE", "ORIGIN.md"):
+        assert f"alliter/models/stories260k/{name}" in names, name
 
 
 def test_bundled_model_loads_offline_and_writes_its_documented_story(monkeypatch):
