@@ -40,15 +40,19 @@ def _one_line(err: Exception) -> str:
     return text[:200] + ("..." if len(text) > 200 else "")
 
 
+def check_model_folder(model: str) -> None:
+    """A model that can only be a folder must exist (a hub id is "name" or "org/name")."""
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(model)):
+        raise AlliterError(f"model folder {model!r} does not exist; pass --model PATH to a saved model folder")
+
+
 def load_models(cfg: TrainConfig) -> Models:
     """Policy (trainable), reference (frozen copy) and tokenizer, for a resolved config."""
     hf_logging.disable_progress_bar()  # a bar per load, six trials at once, drowns the progress table
     device = pick_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
-    # a hub id is "name" or "org/name"; anything else can only be a folder
-    looks_local = cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(cfg.model)):
-        raise AlliterError(f"model folder {cfg.model!r} does not exist; pass --model PATH to a saved model folder")
+    check_model_folder(cfg.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
         policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)

@@ -24,6 +24,7 @@ from ray import tune
 
 from alliter.config import CHECKPOINT_FILE as CHECKPOINT
 from alliter.config import METRICS_FILE, STOP_REASON_FILE, AlliterError, TrainConfig, grid_betas
+from alliter.model import check_model_folder
 from alliter.trainer import Trainer
 
 log = logging.getLogger("alliter")
@@ -150,6 +151,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | Non
     if grid_generations and "max_generations" not in (given or {}):
         base = dataclasses.replace(base, max_generations=grid_generations)
     base = base.resolved()  # fail on a bad model path or lr now, not inside six trials
+    check_model_folder(base.model)
     storage = _storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or "results")
     name = sweep.name
     if sweep.resume:

@@ -207,6 +207,7 @@ def sweep_main(*args: str) -> subprocess.CompletedProcess:
         (["--betas", "1,nan"], "beta must be a finite number >= 0"),
         (["--resume"], "no sweep to resume"),
         (["--address", "127.0.0.1:9"], "cannot reach a Ray cluster at '127.0.0.1:9'"),
+        (["--model", "/no/such/model"], "model folder '/no/such/model' does not exist; pass --model PATH"),
     ],
 )
 def test_bad_input_is_one_line_and_deletes_nothing(tmp_path, args, message):
