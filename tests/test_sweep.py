@@ -104,7 +104,8 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
 
 
 def test_interrupted_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--cpus-per-trial", "2",
+    # a trial takes every CPU of the local Ray, so the two run one after the other
+    args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--cpus-per-trial", str(os.cpu_count()),
             "--storage", str(tmp_path), "--name", "resume"]
     exp = tmp_path / "resume"
     driver = subprocess.Popen([*SWEEP, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
