@@ -33,6 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers.models.llama.modeling_llama import rotate_half
 
 __all__ = [
     "unsupported_reason",
@@ -513,15 +514,10 @@ def _llama_sequence(model, ids: Tensor) -> Tensor:
             qkv = F.linear(_rms_norm(x, layer.input_layernorm), w_qkv)
             q, k = (z.view(b, t, -1, d).transpose(1, 2) for z in qkv[..., : n_qk * d].split([n_q * d, n_kv * d], -1))
             c, s_ = cos[:, None], sin[:, None]
-            q, k = q * c + _rotate_half(q) * s_, k * c + _rotate_half(k) * s_
+            q, k = q * c + rotate_half(q) * s_, k * c + rotate_half(k) * s_
         v = qkv[..., n_qk * d :].view(b, t, n_kv, d).transpose(1, 2)
         x = x + a.o_proj(_causal_attention(q, k, v, a.scaling, None))
         w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight])
         gate, up = F.linear(_rms_norm(x, layer.post_attention_layernorm), w_gu).chunk(2, -1)
         x = x + m.down_proj(m.act_fn(gate) * up)
     return model.lm_head(_rms_norm(x, inner.norm))
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

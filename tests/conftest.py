@@ -9,6 +9,13 @@ import torch
 
 from alliter.config import BUNDLED_MODEL
 
+# the per-group metrics issue #2 names; the sweep and the analysis depend on them
+METRIC_NAMES = {
+    "generations", "beta", "raw_reward_mean", "raw_reward_max", "kl_penalty_mean", "scaled_kl_penalty_mean",
+    "reward_mean", "ce_policy_mean", "ce_ref_mean", "advantage_std", "loss", "grad_norm", "distinct_1",
+    "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group", "generations_per_second",
+}
+
 CORPUS = [
     "Once upon a time there was a little girl named Lily.",
     "She loved to play outside in the park with her big brown bear.",

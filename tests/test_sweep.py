@@ -18,14 +18,10 @@ from pathlib import Path
 import pytest
 
 from alliter.sweep import CollapseStopper
+from conftest import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(ROOT / "tune_jobs" / "sweep.py")]
-METRIC_NAMES = {
-    "generations", "beta", "raw_reward_mean", "raw_reward_max", "kl_penalty_mean", "scaled_kl_penalty_mean",
-    "reward_mean", "ce_policy_mean", "ce_ref_mean", "advantage_std", "loss", "grad_norm", "distinct_1",
-    "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group", "generations_per_second",
-}
 
 pytestmark = pytest.mark.slow
 

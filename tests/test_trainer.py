@@ -18,14 +18,10 @@ import pytest
 import torch
 
 from alliter.config import AlliterError, TrainConfig
+from conftest import METRIC_NAMES
 from alliter.train import main
 from alliter.trainer import NonFiniteLossError, Trainer, load_checkpoint_file
 
-METRIC_NAMES = {
-    "generations", "beta", "raw_reward_mean", "raw_reward_max", "kl_penalty_mean", "scaled_kl_penalty_mean",
-    "reward_mean", "ce_policy_mean", "ce_ref_mean", "advantage_std", "loss", "grad_norm", "distinct_1",
-    "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group", "generations_per_second",
-}
 RECORD_FIELDS = {"generation", "group", "beta", "text", "raw_reward", "kl_penalty", "reward", "advantage", "new_tokens"}
 
 
