@@ -42,10 +42,12 @@ import numpy as np
 import pandas as pd
 
 from alliter import reward as R
+from alliter.collapse import CollapseRule
 from alliter.config import (
     CONFIG_FILE,
     GENERATIONS_FILE,
     METRICS_FILE,
+    SEARCH_FILE,
     STOP_REASON_FILE,
     AlliterError,
     add_config_flags,
@@ -55,7 +57,6 @@ from alliter.config import (
 RAY_ERROR_FILE = "error.txt"
 RAY_PARAMS_FILE = "params.json"
 
-DIVERSITY_MEASURES = ("distinct_1", "distinct_2", "unique_fraction", "self_bleu")
 # summary name -> per-group column; every one is averaged over a window's groups
 MEASURES = {
     "alliteration": "raw_reward_mean",
@@ -71,15 +72,9 @@ MEASURES = {
 
 
 @dataclass
-class AnalysisConfig:
-    window: int = 200
-    """Generations per window: the final window is each trial's last WINDOW generations; the windows over
-    time tile training."""
-    diversity_measure: str = "distinct_2"
-    """The diversity the rule uses: distinct_1, distinct_2, unique_fraction, or self_bleu (counted as
-    1 - self-BLEU)."""
-    diversity_share: float = 0.8
-    """A beta keeps its diversity while the measure stays at or above this share of the unmodified model's."""
+class AnalysisConfig(CollapseRule):
+    """The collapse rule's knobs (alliter.collapse.CollapseRule, shared with the sweep) and the report's."""
+
     under_optimised_share: float = 0.5
     """A beta that keeps its diversity is under-optimised when its alliteration gain over the unmodified model
     is below this share of the best such gain."""
@@ -89,14 +84,9 @@ class AnalysisConfig:
     """Last generations of every beta shown in the report."""
 
     def validate(self) -> "AnalysisConfig":
-        if self.window < 1:
-            raise AlliterError(f"window must be at least 1 generation, got {self.window}")
-        if self.diversity_measure not in DIVERSITY_MEASURES:
-            raise AlliterError(
-                f"diversity_measure must be one of {', '.join(DIVERSITY_MEASURES)}, got {self.diversity_measure!r}"
-            )
-        if not (0 < self.diversity_share <= 1 and 0 <= self.under_optimised_share <= 1):
-            raise AlliterError("diversity_share must be in (0, 1] and under_optimised_share in [0, 1]")
+        self.validate_rule()
+        if not 0 <= self.under_optimised_share <= 1:
+            raise AlliterError("under_optimised_share must be in [0, 1]")
         if self.examples < 0:
             raise AlliterError(f"examples must be >= 0, got {self.examples}")
         return self
@@ -154,6 +144,7 @@ class Analysis:
     choice: dict[str, Any] | None
     best_point: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
+    search: dict[str, Any] | None = None  # a search sweep's path (alliter/search.py's search.json)
 
 
 # --- reading trials ------------------------------------------------------------------------------
@@ -258,6 +249,12 @@ def load_trials(paths: Sequence[Path]) -> tuple[list[Trial], list[str]]:
         for path in found:
             if path.resolve() in {t.path.resolve() for t in trials}:
                 continue  # the same folder given twice, or once inside another
+            listed = tune_trial_dirs(path.parent)
+            if listed is not None and path.name not in listed:
+                notes.append(f"{path}: not in the sweep's Tune state (it started after the state was last saved: "
+                             "the sweep is still running, or its driver was killed and the resumed sweep runs it "
+                             "again); left out")
+                continue
             try:
                 trial = read_trial(path, root)
             except AlliterError as err:
@@ -273,6 +270,25 @@ def load_trials(paths: Sequence[Path]) -> tuple[list[Trial], list[str]]:
             f"none of the {len(trials)} trials under {', '.join(map(str, paths))} has any metrics yet; nothing to analyse"
         )
     return with_data, notes
+
+
+def tune_trial_dirs(sweep: Path) -> set[str] | None:
+    """The trial folders that a Tune sweep's newest experiment state lists; None for a folder that is not a
+    Tune sweep (single runs of alliter.train, hand-made folders)."""
+    states = sorted(sweep.glob("experiment_state-*.json"))  # one per driver session; the names sort by time
+    if not states:
+        return None
+    try:
+        state = json.loads(states[-1].read_text(encoding="utf-8"))
+        return {json.loads(trial)["relative_logdir"] for trial, _ in state["trial_data"]}
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # an unreadable state hides nothing
+
+
+def read_search(paths: Sequence[Path]) -> dict[str, Any] | None:
+    """The search's path (alliter.search) when the first folder is a search sweep."""
+    path = paths[0] / SEARCH_FILE
+    return _read_json(path) or None if path.exists() else None
 
 
 def newest_sweep(results: Path = Path("results")) -> Path:
@@ -354,27 +370,54 @@ def window_frame(groups: pd.DataFrame, window: int) -> pd.DataFrame:
     return per_beta.mean().assign(generations=per_beta["generations"].max()).reset_index()
 
 
-def summary_frame(
-    trials: list[Trial], groups: pd.DataFrame, windows: pd.DataFrame, cfg: AnalysisConfig
-) -> pd.DataFrame:
-    """Per beta: the final window's measures, the unmodified model's, the verdict and the Pareto front."""
+def trial_frame(groups: pd.DataFrame, cfg: AnalysisConfig) -> pd.DataFrame:
+    """Per trial: the final window's measures, the unmodified model's (its first group), and the first
+    generation at which it collapsed by the rule of alliter.collapse (NaN: it never did)."""
     last = groups.groupby("trial")["generations"].transform("max")
     final = _means(groups[groups["generations"] > last - cfg.window], ["beta", "trial"])
     first = groups.loc[groups.groupby("trial")["group"].idxmin()].set_index(["beta", "trial"])
     final["alliteration_baseline"] = first["raw_reward_mean"]
     final["diversity_baseline"] = first["diversity"]
-    s = final.groupby("beta").mean(numeric_only=True)
+    collapsed_at = {
+        key: cfg.collapsed_at(g["generations"], g["diversity"])
+        for key, g in groups.sort_values("generations").groupby(["beta", "trial"])
+    }
+    final["collapsed_at"] = pd.Series(collapsed_at, dtype=float)
+    final["collapsed"] = final["collapsed_at"].notna()
+    return final.reset_index()
+
+
+def beta_collapse(collapsed_at: pd.Series, max_collapse_rate: float) -> float:
+    """When a beta collapses: the generation at which more than `max_collapse_rate` of its trials (seeds)
+    have collapsed, NaN if they never do."""
+    times = np.sort(collapsed_at.fillna(np.inf).to_numpy())
+    at = times[int(math.floor(max_collapse_rate * len(times) + 1e-9))]
+    return float(at) if np.isfinite(at) else math.nan
+
+
+def summary_frame(
+    trials: list[Trial], groups: pd.DataFrame, windows: pd.DataFrame, cfg: AnalysisConfig
+) -> pd.DataFrame:
+    """Per beta, over its trials (seeds): the final window's measures (mean, and standard error when there
+    are several seeds), the unmodified model's, the collapse rate, the verdict and the Pareto front."""
+    per_trial = trial_frame(groups, cfg)
+    by_beta = per_trial.drop(columns="trial").groupby("beta")
+    s = by_beta.mean(numeric_only=True)
+    for name in ("alliteration", "diversity"):  # NaN for one seed: no interval
+        s[f"{name}_se"] = by_beta[name].std(ddof=1) / np.sqrt(by_beta[name].count())
+    s["collapse_rate"] = by_beta["collapsed"].mean()
+    s["collapsed_seeds"] = by_beta["collapsed"].sum().astype(int)
     status = pd.DataFrame([(t.beta, t.status) for t in trials], columns=["beta", "status"]).groupby("beta")["status"]
     s.insert(0, "trials", status.size())
     s.insert(1, "status", status.agg(lambda v: ", ".join(sorted(set(v)))))
-    s["generations"] = final.groupby("beta")["generations"].max()
+    s["generations"] = by_beta["generations"].max()
     s["alliteration_gain"] = s["alliteration"] - s["alliteration_baseline"]
     s["diversity_threshold"] = cfg.diversity_share * s["diversity_baseline"]
     s["diversity_kept"] = s["diversity"] / s["diversity_baseline"]
-    falls = [diversity_fall(windows[windows["beta"] == b], s.at[b, "diversity_threshold"]) for b in s.index]
-    s["diverse_until"], s["diversity_fell_at"] = [f[0] for f in falls], [f[1] for f in falls]
+    s["diversity_fell_at"] = [beta_collapse(g["collapsed_at"], cfg.max_collapse_rate) for _, g in by_beta]
+    s["diverse_until"] = [diverse_until(windows[windows["beta"] == b], s.at[b, "diversity_fell_at"]) for b in s.index]
 
-    kept = s["diversity"] >= s["diversity_threshold"]
+    kept = (s["collapse_rate"] <= cfg.max_collapse_rate) & s["diversity"].notna()
     best_gain = s.loc[kept, "alliteration_gain"].max()
     gain = s["alliteration_gain"]
     learned = kept & (gain >= cfg.min_gain) & (gain >= cfg.under_optimised_share * best_gain)
@@ -387,18 +430,14 @@ def summary_frame(
     return s.reset_index()
 
 
-def diversity_fall(windows: pd.DataFrame, threshold: float) -> tuple[float, float]:
-    """(end of the latest window before diversity first falls under the threshold, end of the window
-    where it falls): NaN for the first when the first window already falls, for the second when none does."""
-    windows = windows.sort_values("window")
-    if windows["diversity"].isna().all():  # no texts to measure it on
-        return math.nan, math.nan
-    fallen = (windows["diversity"] < threshold).to_numpy()
+def diverse_until(windows: pd.DataFrame, fell_at: float) -> float:
+    """The end of the latest window along training before the beta collapsed (its last window if it never
+    did); NaN when it collapsed inside its first window."""
     ends = windows["generations"].to_numpy(dtype=float)
-    if not fallen.any():
-        return ends[-1], math.nan
-    fall = int(fallen.argmax())
-    return (ends[fall - 1] if fall else math.nan), ends[fall]
+    if windows["diversity"].isna().all():  # no texts to measure it on
+        return math.nan
+    before = ends[ends < fell_at] if math.isfinite(fell_at) else ends
+    return float(before.max()) if len(before) else math.nan
 
 
 def pareto_front(alliteration: pd.Series, diversity: pd.Series) -> pd.Series:
@@ -427,13 +466,15 @@ def best_point(summary: pd.DataFrame, windows: pd.DataFrame) -> dict[str, Any] |
 def analyse(paths: Sequence[str | Path], cfg: AnalysisConfig | None = None) -> Analysis:
     """Read every trial under the paths and apply the rule; raises AlliterError for a user error."""
     cfg = (cfg or AnalysisConfig()).validate()
-    trials, notes = load_trials([Path(p) for p in paths])
+    paths = [Path(p) for p in paths]
+    trials, notes = load_trials(paths)
     groups, generations = group_frame(trials, cfg.diversity_measure)
     windows = window_frame(groups, cfg.window)
     summary = summary_frame(trials, groups, windows, cfg)
     chosen = summary[summary["chosen"]]
     choice = plain(chosen.iloc[0].to_dict()) if len(chosen) else None
-    return Analysis(cfg, trials, groups, generations, windows, summary, choice, plain(best_point(summary, windows)), notes)
+    point = plain(best_point(summary, windows))
+    return Analysis(cfg, trials, groups, generations, windows, summary, choice, point, notes, read_search(paths))
 
 
 def plain(value: Any) -> Any:
@@ -473,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         print(f"error: cannot write the outputs: {err}", file=sys.stderr)
         return 2
-    print(report.table(result.summary), file=say)
+    print(report.table(result), file=say)
     print("\n" + report.reason(result), file=say)
     print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)
     if args.json:

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import inspect
 import math
+import os
 import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,7 +37,9 @@ GENERATIONS_FILE = "generations.jsonl"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
-STOP_REASON_FILE = "stop_reason.txt"  # a trial the sweep's collapse stopper ended says why
+STOP_REASON_FILE = "stop_reason.txt"  # a trial that stopped itself on collapse says why
+SWEEP_STATS_FILE = "sweep.json"  # a sweep's wall time, group time and efficiency, beside Tune's experiment state
+SEARCH_FILE = "search.json"  # a search's path (alliter/search.py), beside Tune's experiment state
 
 # name -> (betas, max_generations or None for the config's own)
 GRIDS: dict[str, tuple[list[float], int | None]] = {
@@ -117,6 +120,13 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def check_model_folder(model: str) -> None:
+    """A model that can only be a folder must exist (a hub id is "name" or "org/name")."""
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(model)):
+        raise AlliterError(f"model folder {model!r} does not exist; pass --model PATH to a saved model folder")
+
+
 def grid_betas(grid: str | None, betas: str | None) -> tuple[list[float], int | None]:
     """Betas (and a grid's own trial length) from `--grid NAME` or `--betas 5,15,25`."""
     if betas:
@@ -136,17 +146,38 @@ def grid_betas(grid: str | None, betas: str | None) -> tuple[list[float], int | 
     return list(values), length
 
 
+def parse_seeds(seeds: str | None, default: int) -> list[int]:
+    """`--seeds 3` -> [0, 1, 2]; `--seeds 0,4,7` -> [0, 4, 7]; no --seeds -> [default]."""
+    if seeds is None:
+        return [default]
+    parts = [p.strip() for p in str(seeds).split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise AlliterError(f"--seeds takes a count or integer seeds separated by commas, got {seeds!r}") from None
+    if len(values) == 1 and "," not in str(seeds):
+        if values[0] < 1:
+            raise AlliterError(f"--seeds N runs N seeds and needs N >= 1, got {seeds!r}")
+        return list(range(values[0]))
+    if not values or any(v < 0 for v in values):
+        raise AlliterError(f"seeds must be integers >= 0, got {seeds!r}")
+    if len(set(values)) != len(values):
+        raise AlliterError(f"--seeds lists a seed twice: {seeds!r}")
+    return values
+
+
 # --- flags from the dataclass -------------------------------------------------------------------
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass, by field name."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    """The docstring written under each field of a dataclass (and of the dataclasses it extends), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
     return docs
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from alliter.config import AlliterError, TrainConfig
+from alliter.config import AlliterError, TrainConfig, check_model_folder
 
 log = logging.getLogger("alliter")
 
@@ -38,13 +37,6 @@ def pick_device(name: str) -> torch.device:
 def _one_line(err: Exception) -> str:
     text = " ".join(str(err).split())
     return text[:200] + ("..." if len(text) > 200 else "")
-
-
-def check_model_folder(model: str) -> None:
-    """A model that can only be a folder must exist (a hub id is "name" or "org/name")."""
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(model)):
-        raise AlliterError(f"model folder {model!r} does not exist; pass --model PATH to a saved model folder")
 
 
 def load_models(cfg: TrainConfig) -> Models:

@@ -64,8 +64,10 @@ def beta_colours(betas: list[float]) -> dict[float, tuple]:
 # --- text --------------------------------------------------------------------------------------------
 
 
-def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as the table shows it: rounded numbers, the chosen beta marked."""
+def display_frame(result: Analysis) -> pd.DataFrame:
+    """The summary as the table shows it: rounded numbers, the chosen beta marked; with seeds, the
+    standard error of alliteration and of the rule's diversity measure, and the seeds that collapsed."""
+    summary = result.summary
     t = summary[list(TABLE.values())].copy()
     t.columns = list(TABLE)
     t["beta"] = t["beta"].map(lambda b: f"{b:g}")
@@ -77,13 +79,18 @@ def display_frame(summary: pd.DataFrame) -> pd.DataFrame:
     t["verdict"] = [v + (" *" if c else "") for v, c in zip(summary["verdict"], summary["chosen"])]
     if (summary["status"] != "complete").any():
         t.insert(1, "status", summary["status"])
-    if (summary["trials"] > 1).any():  # seeds of one beta are averaged
-        t.insert(1, "trials", summary["trials"])
+    if (summary["trials"] > 1).any():  # seeds: mean ± standard error, and how many collapsed
+        measure = {v: k for k, v in TABLE.items()}[result.cfg.diversity_measure]
+        t["alliteration"] = [_pm(m, se) for m, se in zip(summary["alliteration"], summary["alliteration_se"])]
+        value = 1 - summary["diversity"] if measure == "self_bleu" else summary["diversity"]
+        t[measure] = [_pm(m, se) for m, se in zip(value, summary["diversity_se"])]
+        t.insert(1, "seeds", summary["trials"])
+        t.insert(len(t.columns) - 1, "collapsed", [f"{k}/{n}" for k, n in zip(summary["collapsed_seeds"], summary["trials"])])
     return t
 
 
-def table(summary: pd.DataFrame) -> str:
-    return display_frame(summary).to_string(index=False) + "\n(* the choice)"
+def table(result: Analysis) -> str:
+    return display_frame(result).to_string(index=False) + "\n(* the choice)"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -91,13 +98,28 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows)
 
 
+def _pm(value: float, se: float, digits: int = 2) -> str:
+    """12.70±0.45 (standard error across seeds), or 12.70 with one seed."""
+    if pd.isna(value):
+        return "-"
+    return f"{value:.{digits}f}" + ("" if pd.isna(se) else f"±{se:.{digits}f}")
+
+
+def _seeds_kept(row: Any) -> str:
+    return f"kept in {row.trials - row.collapsed_seeds} of {row.trials} seeds"
+
+
 def reason(result: Analysis) -> str:
-    """The choice and why, the best point in training and the Pareto front, in plain sentences."""
+    """The choice and why, how sure it is (with seeds), the best point in training and the Pareto front,
+    in plain sentences."""
     cfg, s, c, p = result.cfg, result.summary, result.choice, result.best_point
     measure = MEASURE_LABELS[cfg.diversity_measure]
+    seeds = bool((s["trials"] > 1).any())
     rule = (
-        f"among the betas whose {measure} over the last {cfg.window} generations stays at or above "
+        f"among the betas whose {measure}, averaged over any {cfg.window} generations, never fell under "
         f"{cfg.diversity_share:.0%} of the unmodified model's"
+        + (f" in more than {cfg.max_collapse_rate:.0%} of their seeds" if cfg.max_collapse_rate > 0 else
+           " in any seed" if seeds else "")
     )
     if c is None and (s["verdict"] == "unmeasured").all():
         lines = ["choice: none - no trial has the texts (generations.jsonl) to measure its diversity on."]
@@ -105,20 +127,35 @@ def reason(result: Analysis) -> str:
         lines = [f"choice: none - no beta keeps its {measure} at or above {cfg.diversity_share:.0%} of the unmodified "
                  "model's; all collapsed. Try larger betas, an earlier point (below), or a lower --diversity-share."]
     else:
+        row = s[s["chosen"]].iloc[0]
         lines = [
-            f"choice: beta={c['beta']:g}, the highest alliteration ({c['alliteration']:.2f} mean raw reward, "
-            f"{c['alliteration_gain']:+.2f} over the unmodified model) {rule} (its {measure} is {c['diversity_kept']:.0%} of that)."
+            f"choice: beta={c['beta']:g}, the highest {'mean ' if seeds else ''}alliteration "
+            f"({_pm(c['alliteration'], c['alliteration_se'])} mean raw reward, {c['alliteration_gain']:+.2f} over the "
+            f"unmodified model) {rule} (its {measure} is {c['diversity_kept']:.0%} of that"
+            + (f"; {_seeds_kept(row)})." if seeds else ").")
         ]
         if c["verdict"] == "under-optimised":
             lines.append("  It barely raised alliteration over the unmodified model: train longer"
                          + (" or with a smaller beta." if c["beta"] > 0 else "."))
-        for row in s[(s["verdict"] == "collapsed") & (s["alliteration"] > c["alliteration"])].itertuples():
+        for other in s[(s["verdict"] == "collapsed") & (s["alliteration"] > c["alliteration"])].itertuples():
+            how = (f"collapsed in {other.collapsed_seeds} of {other.trials} seeds" if seeds
+                   else f"collapsed at {other.diversity_fell_at:.0f} generations")
             lines.append(
-                f"  beta={row.beta:g} reached more alliteration ({row.alliteration:.2f}) but collapsed: "
-                f"{measure} {row.diversity:.2f}, {row.diversity_kept:.0%} of the unmodified model's."
+                f"  beta={other.beta:g} reached more alliteration ({_pm(other.alliteration, other.alliteration_se)}) but "
+                f"{how}: {measure} {other.diversity:.2f}, {other.diversity_kept:.0%} of the unmodified model's."
+            )
+        runners = s[(s["verdict"] != "collapsed") & ~s["chosen"]].sort_values("alliteration", ascending=False)
+        if seeds and len(runners):
+            r = runners.iloc[0]
+            apart = c["alliteration"] - r["alliteration"] > np.nansum([c["alliteration_se"], r["alliteration_se"]])
+            lines.append(
+                f"  beta={c['beta']:g} over beta={r['beta']:g} (the next kept beta): mean alliteration "
+                f"{_pm(c['alliteration'], c['alliteration_se'])} against {_pm(r['alliteration'], r['alliteration_se'])} "
+                + ("(further apart than their standard errors)" if apart else "(within their standard errors: as good)")
+                + f", {_seeds_kept(row)} against {r['trials'] - r['collapsed_seeds']} of {r['trials']}."
             )
     if p is not None:
-        fell = (f"; it falls under the threshold in the window ending at {p['fell_at']:.0f}" if p["fell_at"]
+        fell = (f"; it collapses at {p['fell_at']:.0f} generations" if p["fell_at"]
                 else "; it never falls under the threshold")
         lines.append(
             f"best point: beta={p['beta']:g} at {p['generations']} generations (alliteration {p['alliteration']:.2f}, "
@@ -127,6 +164,27 @@ def reason(result: Analysis) -> str:
     front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], "beta"]) or "none"
     lines.append(f"Pareto front of alliteration against {measure}: beta = {front}.")
     return "\n".join(lines)
+
+
+def search_frame(search: dict[str, Any]) -> pd.DataFrame:
+    """A search's path, one row per beta in the order it was chosen: round, why, and what came of it."""
+    outcomes: dict[float, list[str]] = {}
+    for step in search["steps"]:
+        if step["event"] == "outcome":
+            at = f" at {step['generations']}" if step.get("generations") is not None else ""
+            outcomes.setdefault(step["beta"], []).append(f"{step['verdict']}{at}")
+    rows = [{"round": step["round"], "beta": f"{step['beta']:g}", "why": step["why"],
+             "outcome": "; ".join(outcomes.get(step["beta"], ["(running)"]))}
+            for step in search["steps"] if step["event"] == "suggest"]
+    return pd.DataFrame(rows, columns=["round", "beta", "why", "outcome"])
+
+
+def search_summary(search: dict[str, Any]) -> str:
+    end = [step["reason"] for step in search["steps"] if step["event"] == "finished"]
+    settings = search["settings"]
+    return (f"Search: start {', '.join(f'{b:g}' for b in settings['start'])}, precision {settings['precision']:g}, "
+            f"budget {settings['budget']} betas, seeds {settings['seeds']}. "
+            + (f"It ended: {end[-1]}." if end else "Not finished (still running, or interrupted)."))
 
 
 def choice_json(result: Analysis, out: Path) -> dict[str, Any]:
@@ -138,6 +196,7 @@ def choice_json(result: Analysis, out: Path) -> dict[str, Any]:
         "pareto_front": s.loc[s["pareto"], "beta"].tolist(),
         "betas": [plain(r) for r in s.to_dict("records")],
         "notes": result.notes,
+        "search": result.search,
         "out": str(out),
     }
 
@@ -155,13 +214,26 @@ def last_generations(result: Analysis) -> dict[float, list[dict[str, Any]]]:
 
 
 def smoothed(result: Analysis, columns: list[str]) -> dict[float, pd.DataFrame]:
-    """Per beta: per-group values (averaged over trials) as a running mean over the last `window` generations."""
+    """Per beta: each trial's per-group values as a running mean over the last `window` generations, then
+    their mean over the beta's trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
     curves = {}
     for beta, g in result.groups.groupby("beta"):
-        per_group = g.groupby("generations")[columns].mean()
-        step = float(np.median(np.diff(per_group.index))) if len(per_group) > 1 else float(per_group.index[0])
-        curves[beta] = per_group.rolling(max(1, round(result.cfg.window / step)), min_periods=1).mean()
+        per_trial = []
+        for _, trial in g.groupby("trial"):
+            per_group = trial.set_index("generations")[columns].sort_index()
+            step = float(np.median(np.diff(per_group.index))) if len(per_group) > 1 else float(per_group.index[0])
+            per_trial.append(per_group.rolling(max(1, round(result.cfg.window / step)), min_periods=1).mean())
+        by_generation = pd.concat(per_trial).groupby(level=0)
+        se = by_generation.std(ddof=1) / np.sqrt(by_generation.count())
+        curves[beta] = by_generation.mean().join(se.add_suffix("_se"))
     return curves
+
+
+def _plot_mean(ax: Any, x: Any, y: pd.Series, se: pd.Series, colour: Any, lw: float, label: str) -> None:
+    """A beta's mean curve, with a band of one standard error across its seeds where it has several."""
+    ax.plot(x, y, color=colour, lw=lw, label=label)
+    if se.notna().any():
+        ax.fill_between(x, y - se, y + se, color=colour, alpha=0.18, lw=0)
 
 
 def _figure(width: float = 8, height: float = 4.8, rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
@@ -183,7 +255,7 @@ def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Pat
     fig, axes = _figure()
     ax = axes[0][0]
     for beta, curve in smoothed(result, [column]).items():
-        ax.plot(curve.index, curve[column], color=colours[beta], lw=1.8, label=beta_label(beta))
+        _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.8, beta_label(beta))
     if column == "kl_penalty_mean":
         ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="generations", ylabel=ylabel, title=title)
@@ -202,7 +274,7 @@ def plot_diversity(result: Analysis, path: Path) -> None:
     for ax, column in zip(axes.flat, columns):
         for beta, curve in curves.items():
             y = 1 - curve["self_bleu"] if column == "self_bleu" else curve[column]
-            ax.plot(curve.index, y, color=colours[beta], lw=1.6, label=beta_label(beta))
+            _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, beta_label(beta))
         is_rule = column == cfg.diversity_measure
         if is_rule:
             rule_ax = ax
@@ -239,6 +311,9 @@ def plot_pareto(result: Analysis, path: Path) -> None:
     for i, row in enumerate(s.itertuples()):
         ax.scatter(row.alliteration, row.diversity, s=90, color=colours[row.beta], edgecolor="black", lw=0.6,
                    label=f"{beta_label(row.beta)} ({row.verdict})", zorder=4)
+        if pd.notna(row.alliteration_se) or pd.notna(row.diversity_se):  # seeds: one standard error each way
+            ax.errorbar(row.alliteration, row.diversity, xerr=np.nan_to_num(row.alliteration_se),
+                        yerr=np.nan_to_num(row.diversity_se), color=colours[row.beta], lw=1, capsize=3, zorder=3)
         # labels alternate above and below, so neighbouring betas' labels do not print over each other
         ax.annotate(f"{row.beta:g}", (row.alliteration, row.diversity), textcoords="offset points",
                     xytext=(9, 7 if i % 2 == 0 else -15))
@@ -293,7 +368,9 @@ def _fence(text: str) -> str:
 def report_markdown(result: Analysis) -> str:
     parts = ["# Beta sweep: alliteration against diversity", _intro(result), "## The choice",
              "\n".join(f"- {line.strip()}" for line in reason(result).splitlines()),
-             "## Table", markdown_table(display_frame(result.summary)), "(* the choice)"]
+             "## Table", markdown_table(display_frame(result)), "(* the choice)"]
+    if result.search:
+        parts += ["## The search", search_summary(result.search), markdown_table(search_frame(result.search))]
     if result.notes:
         parts += ["## Trials to know about", "\n".join(f"- {n}" for n in result.notes)]
     parts += ["## Plots", *(f"![{p}]({p})" for p in PLOTS), "## Last generations of every beta"]
@@ -321,7 +398,9 @@ def report_html(result: Analysis, out: Path) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>Beta sweep analysis</title><style>{style}</style>"
         f"</head><body><h1>Beta sweep: alliteration against diversity</h1><p>{e(_intro(result))}</p>"
         f"<h2>The choice</h2><pre>{e(reason(result))}</pre>"
-        f"<h2>Table</h2>{display_frame(result.summary).to_html(index=False, escape=True)}<p>(* the choice)</p>"
+        f"<h2>Table</h2>{display_frame(result).to_html(index=False, escape=True)}<p>(* the choice)</p>"
+        + (f"<h2>The search</h2><p>{e(search_summary(result.search))}</p>"
+           f"{search_frame(result.search).to_html(index=False, escape=True)}" if result.search else "")
         + (f"<h2>Trials to know about</h2><ul>{notes}</ul>" if notes else "")
         + f"<h2>Plots</h2>{images}<h2>Last generations of every beta</h2>{examples}</body></html>\n"
     )

@@ -1,8 +1,12 @@
-"""A beta sweep on Ray Tune: one RLOO trial per beta, on this machine or a Ray cluster.
+"""A beta sweep on Ray Tune: one RLOO trial per (beta, seed), on this machine or a Ray cluster.
 
-Tune does the scheduling (one trial per GPU, or a fraction of one), the retries of crashed trials
-from their last checkpoint, and the restore of an interrupted sweep; the trial is the core trainer
-(`alliter.trainer.Trainer`) reporting every group.
+A grid runs every beta of a named grid or a list; a search (`alliter.search.BetaSearch`, a Tune
+Searcher) chooses the betas as outcomes come in. Tune does the scheduling (one trial per GPU, or a
+fraction of one), reuses trial workers between trials, restarts crashed trials from their last
+checkpoint and restores an interrupted sweep; the trial is the core trainer (`alliter.trainer.Trainer`)
+reporting every group, and judging its own collapse by the one rule of `alliter.collapse`.
+
+The driver never imports torch: the trainer is imported inside the trial.
 """
 
 from __future__ import annotations
@@ -10,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +26,19 @@ from typing import Any
 import ray
 from ray import tune
 
+from alliter.collapse import TRAINER_MEASURES, CollapseRule, CollapseWatch
 from alliter.config import CHECKPOINT_FILE as CHECKPOINT
-from alliter.config import METRICS_FILE, STOP_REASON_FILE, AlliterError, TrainConfig, grid_betas
-from alliter.model import check_model_folder
-from alliter.trainer import Trainer
+from alliter.config import (
+    METRICS_FILE,
+    STOP_REASON_FILE,
+    SWEEP_STATS_FILE,
+    AlliterError,
+    TrainConfig,
+    check_model_folder,
+    grid_betas,
+    parse_seeds,
+)
+from alliter.search import BetaSearch, SearchSettings
 
 log = logging.getLogger("alliter")
 
@@ -35,7 +48,7 @@ PROGRESS_COLUMNS = {
     "raw_reward_mean": "raw_reward",
     "kl_penalty_mean": "kl_penalty",
     "distinct_2": "distinct_2",
-    "unique_fraction": "unique",
+    "diversity_kept": "div_kept",
 }
 # test-only: make a trial's worker process die after this many groups, once, before any restore
 CRASH_ENV = "ALLITER_TEST_CRASH_AFTER_GROUPS"
@@ -43,12 +56,28 @@ CRASH_ENV = "ALLITER_TEST_CRASH_AFTER_GROUPS"
 
 @dataclass
 class SweepConfig:
-    grid: str = "coarse"
-    """Named grid of betas: coarse (0 .. 100), fine (20 .. 90), extended (40, to 7000 generations)."""
+    grid: str | None = None
+    """Named grid of betas: coarse (0 .. 100, the default), fine (20 .. 90), extended (40, to 7000 generations)."""
     betas: str | None = None
     """Comma-separated betas to sweep instead of a grid, e.g. 5,15,25."""
+    search: bool = False
+    """Search for the balanced beta instead of running a grid: collapsed trials stop early, and each free
+    trial slot gets the geometric midpoint of the widest gap between the highest collapsed and the lowest
+    kept beta (README, "Search mode")."""
+    search_start: str = "1,10,100"
+    """The search's first betas (log-spaced; tried from the highest down, skipping those already implied)."""
+    precision: float = 1.1
+    """The search stops when the bracket (lowest kept beta / highest collapsed beta) is narrower than this ratio."""
+    budget: int = 10
+    """The most betas the search tries (each runs one trial per seed)."""
+    concurrency: int = 0
+    """Search trials at once; 0: as many as the cluster has trial slots now (at least 1)."""
+    seeds: str | None = None
+    """Run every beta with several seeds: a count N (seeds 0 .. N-1) or a list such as 0,1,2; default: --seed alone."""
+    stop_on_collapse: bool = False
+    """Grids: stop a trial once it has collapsed (the --diversity-* rule; the search always does)."""
     name: str | None = None
-    """Sweep name (its folder under --storage); default: rloo-GRID-DATE, or with --resume the newest sweep."""
+    """Sweep name (its folder under --storage); default: rloo-MODE-DATE, or with --resume the newest sweep."""
     storage: str | None = None
     """Where results go: a folder (shared by all nodes on a cluster) or a URI such as s3://bucket/prefix; default: $ALLITER_STORAGE, else ./results."""
     address: str | None = None
@@ -61,16 +90,17 @@ class SweepConfig:
     """Times Tune restarts a crashed trial from its last checkpoint."""
     resume: bool = False
     """Continue an interrupted sweep: finished trials are kept, the others continue from their checkpoints."""
-    stop_on_collapse: bool = False
-    """Stop a trial whose unique_fraction stayed at or under --collapse-threshold for --collapse-window groups."""
-    collapse_threshold: float = 0.2
-    """unique_fraction at or under which a group counts as collapsed."""
-    collapse_window: int = 10
-    """Collapsed groups in a row that stop a trial (with --stop-on-collapse)."""
+
+    @property
+    def mode(self) -> str:
+        return "search" if self.search else "betas" if self.betas else self.grid or "coarse"
 
 
 def rloo_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: the core trainer, reporting every group, checkpointing every N."""
+    """Tune function trainable: the core trainer, reporting every group, checkpointing every N, and
+    ending itself once it has collapsed when the sweep asks for that."""
+    from alliter.trainer import Trainer  # torch and transformers: in the trial's process only
+
     cfg = TrainConfig.from_dict(config)
     if cfg.threads == 0:
         cfg = dataclasses.replace(cfg, threads=max(1, int(config.get("_cpus_per_trial", 1))))
@@ -81,12 +111,21 @@ def rloo_trial(config: dict[str, Any]) -> None:
         with restored.as_directory() as d:
             trainer.load_checkpoint(Path(d) / CHECKPOINT)
     _write_node_info(run_dir)
-    if trainer.done:  # restored from the final checkpoint: report the last group again, once
-        tune.report(json.loads((run_dir / METRICS_FILE).read_text().splitlines()[-1]))
+    rule, stop_on_collapse = CollapseRule(**config["_rule"]), bool(config.get("_stop_on_collapse"))
+    history = [json.loads(line) for line in _read(run_dir / METRICS_FILE).splitlines() if line.strip()]
+    watch = CollapseWatch(rule, history)
+    if history and (trainer.done or (stop_on_collapse and watch.verdict()["collapsed"])):
+        # restored from the final checkpoint: report the last group again, once
+        tune.report({**history[-1], **watch.verdict()})
         return
     crash_after = int(os.environ.get(CRASH_ENV, "0"))
     for metrics in trainer.groups():
-        if trainer.checkpoint_due:
+        metrics.update(watch.add(metrics))
+        stop = stop_on_collapse and metrics["collapsed"] and not trainer.done
+        if stop:
+            reason = f"collapsed: {rule.describe()} at {trainer.generations} generations"
+            (run_dir / STOP_REASON_FILE).write_text(reason + "\n")
+        if trainer.checkpoint_due or stop:
             with tempfile.TemporaryDirectory() as d:
                 trainer.save_checkpoint(Path(d) / CHECKPOINT)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -94,6 +133,13 @@ def rloo_trial(config: dict[str, Any]) -> None:
             tune.report(metrics)
         if crash_after and restored is None and trainer.group == crash_after:
             os._exit(1)
+        if stop:
+            trainer.close()
+            return
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
 
 
 def _write_node_info(run_dir: Path) -> None:
@@ -101,27 +147,31 @@ def _write_node_info(run_dir: Path) -> None:
     (run_dir / "node.json").write_text(json.dumps(info) + "\n")
 
 
-class CollapseStopper(tune.Stopper):
-    """Stop a trial whose unique_fraction stayed <= threshold for `window` groups in a row."""
+class SweepClock(tune.Callback):
+    """The sweep's efficiency: the trials' group time over (wall time x trial slots). What is lost is
+    start-up (Ray, trial workers, imports, model loads), checkpoints, reporting, and idle slots."""
 
-    def __init__(self, threshold: float, window: int):
-        self.threshold, self.window = threshold, window
-        self.streak: dict[str, int] = defaultdict(int)
-        self.reasons: dict[str, str] = {}
+    def __init__(self, start: float):
+        self.start = start
+        self.group_seconds: dict[tuple[str, int], float] = {}  # (trial, generations): a restored group counts once
 
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        collapsed = result.get("unique_fraction", 1.0) <= self.threshold
-        self.streak[trial_id] = self.streak[trial_id] + 1 if collapsed else 0
-        if self.streak[trial_id] >= self.window:
-            self.reasons[trial_id] = (
-                f"collapsed: unique_fraction <= {self.threshold} for {self.window} groups "
-                f"(stopped at {result.get('generations')} generations)"
-            )
-            return True
-        return False
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "seconds_per_group" in result:
+            self.group_seconds[(trial.trial_id, int(result["generations"]))] = float(result["seconds_per_group"])
 
-    def stop_all(self) -> bool:
-        return False
+    def stats(self, slots: int) -> dict[str, float]:
+        wall = time.perf_counter() - self.start
+        busy = sum(self.group_seconds.values())
+        return {"wall_seconds": wall, "group_seconds": busy, "slots": slots, "generations": _generations(self.group_seconds),
+                "efficiency": busy / (wall * slots) if wall > 0 and slots else math.nan}
+
+
+def _generations(group_seconds: dict[tuple[str, int], float]) -> int:
+    """Generations run in this session: each trial's highest count (a trial resumed mid-way counts from 0)."""
+    last: dict[str, int] = {}
+    for trial, gens in group_seconds:
+        last[trial] = max(gens, last.get(trial, 0))
+    return sum(last.values())
 
 
 def _check_address(address: str) -> None:
@@ -145,9 +195,40 @@ def _newest_sweep(storage: str) -> str | None:
     return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
 
 
-def run_sweep(sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | None = None) -> Path | str:
+def _search_settings(sweep: SweepConfig, seeds: list[int]) -> SearchSettings:
+    try:
+        start = [float(b) for b in sweep.search_start.split(",") if b.strip()]
+    except ValueError:
+        raise AlliterError(f"--search-start takes numbers separated by commas, got {sweep.search_start!r}") from None
+    if sweep.concurrency < 0:
+        raise AlliterError(f"--concurrency must be >= 0 (0: the cluster's trial slots), got {sweep.concurrency}")
+    return SearchSettings(start, sweep.precision, sweep.budget, seeds, 0.0, max(sweep.concurrency, 1)).validate()
+
+
+def _trial_slots(sweep: SweepConfig, gpus: float) -> int:
+    """Trials this Ray cluster runs at once now."""
+    resources = ray.cluster_resources()
+    slots = math.floor(resources.get("CPU", 0) / sweep.cpus_per_trial + 1e-9) if sweep.cpus_per_trial > 0 else 10**6
+    if gpus > 0:
+        slots = min(slots, math.floor(resources.get("GPU", 0) / gpus + 1e-9))
+    return max(1, slots)
+
+
+def run_sweep(
+    sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | None = None, rule: CollapseRule | None = None
+) -> Path | str:
     """Run (or resume) a sweep and return its folder. `given` = trainer fields set on the command line."""
-    betas, grid_generations = grid_betas(None if sweep.betas else sweep.grid, sweep.betas)
+    start = time.perf_counter()
+    rule = rule or CollapseRule()
+    rule.validate_rule(TRAINER_MEASURES)  # self-BLEU is best_beta's alone: the trainer does not measure it
+    if sweep.search and (sweep.grid or sweep.betas):
+        raise AlliterError("--search chooses its own betas: leave out --grid and --betas")
+    seeds = parse_seeds(sweep.seeds, base.seed)
+    if sweep.search:
+        betas, grid_generations = [], None
+        settings = _search_settings(sweep, seeds)
+    else:
+        betas, grid_generations = grid_betas(None if sweep.betas else sweep.grid or "coarse", sweep.betas)
     if grid_generations and "max_generations" not in (given or {}):
         base = dataclasses.replace(base, max_generations=grid_generations)
     base = base.resolved()  # fail on a bad model path or lr now, not inside six trials
@@ -162,7 +243,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | Non
         if "://" not in storage and not list(Path(exp_path).glob("experiment_state-*.json")):
             raise AlliterError(f"--resume: {exp_path} holds no Tune sweep to resume")
     else:
-        name = name or f"rloo-{sweep.grid if not sweep.betas else 'betas'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = name or f"rloo-{sweep.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
         exp_path = f"{storage.rstrip('/')}/{name}"
         if "://" not in storage and Path(exp_path).exists():
             raise AlliterError(f"{exp_path} exists already; pass --resume to continue it, or another --name")
@@ -185,64 +266,77 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | Non
     if gpus == 0:
         log.warning("alliter: no GPUs in this Ray cluster: the trials run on CPUs (%s each)", sweep.cpus_per_trial)
     trainable = tune.with_resources(rloo_trial, {"cpu": sweep.cpus_per_trial, "gpu": gpus})
-    stopper = CollapseStopper(sweep.collapse_threshold, sweep.collapse_window) if sweep.stop_on_collapse else None
+    slots = _trial_slots(sweep, gpus)
+    clock = SweepClock(start)
 
-    print(f"alliter sweep {name}: betas {betas}, model {base.model}, tokenizer {base.tokenizer}, lr {base.lr}, "
-          f"{base.max_generations} generations each, {gpus:g} GPU and {sweep.cpus_per_trial:g} CPU per trial")
+    what = "a search" if sweep.search else f"betas {betas}"
+    print(f"alliter sweep {name}: {what}{f', seeds {seeds}' if sweep.seeds else ''}, model {base.model}, "
+          f"tokenizer {base.tokenizer}, lr {base.lr}, {base.max_generations} generations each, "
+          f"{gpus:g} GPU and {sweep.cpus_per_trial:g} CPU per trial")
     print(f"results: {exp_path}")
     if sweep.resume:
         tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True)
     else:
-        space = {**base.to_dict(), "beta": tune.grid_search(betas), "_cpus_per_trial": sweep.cpus_per_trial}
+        space: dict[str, Any] = {
+            **base.to_dict(), "_cpus_per_trial": sweep.cpus_per_trial, "_rule": dataclasses.asdict(rule.rule()),
+            "_stop_on_collapse": sweep.search or sweep.stop_on_collapse, "_seed_in_name": sweep.seeds is not None,
+        }
+        if sweep.search:
+            settings.max_collapse_rate = rule.max_collapse_rate
+            settings.concurrency = sweep.concurrency or slots
+            search_alg, num_samples = BetaSearch(settings), -1
+        else:
+            space["beta"] = tune.grid_search(betas)
+            space["seed"] = tune.grid_search(seeds) if sweep.seeds else base.seed
+            search_alg, num_samples = None, 1
+        slots = min(slots, settings.concurrency if sweep.search else len(betas) * len(seeds))
         tuner = tune.Tuner(
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(
-                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name, reuse_actors=False
+                search_alg=search_alg, num_samples=num_samples,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                reuse_actors=True,  # a worker keeps torch and transformers imported from one trial to the next
             ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                stop=stopper,
+                callbacks=[clock],
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 sync_config=tune.SyncConfig(sync_artifacts=True, sync_period=10),
                 progress_reporter=tune.CLIReporter(
-                    parameter_columns=["beta"], metric_columns=PROGRESS_COLUMNS, max_report_frequency=15
+                    parameter_columns=["beta", "seed"] if sweep.seeds else ["beta"], metric_columns=PROGRESS_COLUMNS,
+                    max_report_frequency=15,
                 ),
                 verbose=1,
             ),
         )
     results = tuner.fit()
-    if stopper and stopper.reasons:
-        _record_stop_reasons(results, stopper.reasons)
-    _print_summary(results, exp_path)
+    stats = clock.stats(slots)
+    _print_summary(results, exp_path, stats)
+    with results.filesystem.open_output_stream(f"{results.experiment_path}/{SWEEP_STATS_FILE}") as f:
+        f.write((json.dumps({**stats, "mode": sweep.mode, "resumed": sweep.resume}) + "\n").encode())
     return exp_path
 
 
 def _trial_name(trial) -> str:
-    return f"beta={trial.config['beta']:g}_{trial.trial_id}"
+    seed = f"_seed={trial.config['seed']}" if trial.config.get("_seed_in_name") else ""
+    return f"beta={trial.config['beta']:g}{seed}_{trial.trial_id}"
 
 
-def _record_stop_reasons(results, reasons: dict[str, str]) -> None:
-    for r in results:
-        trial_id = r.metrics.get("trial_id") if r.metrics else None
-        if trial_id in reasons:
-            with r.filesystem.open_output_stream(f"{r.path}/{STOP_REASON_FILE}") as f:
-                f.write((reasons[trial_id] + "\n").encode())
-            print(f"  {Path(r.path).name}: {reasons[trial_id]}")
-
-
-def _print_summary(results, exp_path: str) -> None:
+def _print_summary(results, exp_path: str, stats: dict[str, float]) -> None:
     df = results.get_dataframe()
-    cols = [c for c in ["config/beta", "generations", "raw_reward_mean", "kl_penalty_mean", "distinct_2", "unique_fraction"]
-            if c in df.columns]
+    cols = [c for c in ["config/beta", "config/seed", "generations", "raw_reward_mean", "kl_penalty_mean", "distinct_2",
+                        "diversity_kept", "collapsed"] if c in df.columns]
     if cols:
-        print(df[cols].sort_values(cols[0]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(df[cols].sort_values(cols[:2]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     errors = [r for r in results if r.error]
     for r in errors:
         print(f"  ERROR in {Path(r.path).name}: {str(r.error).splitlines()[0][:200]}")
-    print(f"\nresults:     {exp_path}")
+    print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of group time over "
+          f"{stats['slots']} trial slots x {stats['wall_seconds']:.0f} s of wall time)")
+    print(f"results:     {exp_path}")
     print(f"tensorboard: tensorboard --logdir {exp_path}")
     print(f"next:        python analysis/best_beta.py {exp_path}")
     if errors:

@@ -1,11 +1,14 @@
-"""Sweep beta: one RLOO trial per beta on Ray Tune, on this machine or a Ray cluster.
+"""Sweep beta: one RLOO trial per beta (and seed) on Ray Tune, on this machine or a Ray cluster.
 
     python tune_jobs/sweep.py --grid coarse                      # the study's coarse grid
+    python tune_jobs/sweep.py --search                           # find the balanced beta by itself
+    python tune_jobs/sweep.py --grid fine --seeds 3              # every beta with seeds 0, 1, 2
     python tune_jobs/sweep.py --betas 5,15,25 --max-generations 400
     python tune_jobs/sweep.py --resume                           # continue the newest sweep
     python tune_jobs/sweep.py --grid fine --model tinystories-33m --address auto --storage s3://bucket/alliter
 
-Every trainer setting (alliter.config.TrainConfig) is a flag and applies to every trial.
+Every trainer setting (alliter.config.TrainConfig) is a flag and applies to every trial; the collapse
+rule's flags (--diversity-measure, --diversity-share, --window, --max-collapse-rate) are best_beta's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from alliter.collapse import CollapseRule  # noqa: E402
 from alliter.config import AlliterError, TrainConfig, add_config_flags, given_config_values  # noqa: E402
 from alliter.sweep import SweepConfig, run_sweep  # noqa: E402
 
@@ -24,12 +28,14 @@ from alliter.sweep import SweepConfig, run_sweep  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(parser, SweepConfig)
+    add_config_flags(parser, CollapseRule)
     add_config_flags(parser, TrainConfig, skip=["beta"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = given_config_values(args, TrainConfig)
     try:
-        run_sweep(SweepConfig(**given_config_values(args, SweepConfig)), TrainConfig(**given), given)
+        sweep, rule = SweepConfig(**given_config_values(args, SweepConfig)), CollapseRule(**given_config_values(args, CollapseRule))
+        run_sweep(sweep, TrainConfig(**given), given, rule)
     except AlliterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,237 @@
+"""Search mode: a Ray Tune `Searcher` that brackets the balanced beta, the lowest beta that keeps its
+diversity, instead of running a whole grid. Tune keeps the scheduling, the retries and the restore.
+
+The strategy:
+- start with a wide, log-spaced set (default 1, 10, 100), from the highest down, skipping a start beta
+  whose outcome the others already imply (below a collapsed beta, or above a kept one);
+- the bracket is the highest beta seen collapsed and the lowest seen kept (a trial collapses, and stops
+  early, when its diversity falls under the rule of `alliter.collapse`);
+- each free trial slot gets the geometric midpoint of the widest gap (in log beta) inside the bracket;
+  betas still running count as split points, so slots never duplicate each other's work;
+- if every beta so far collapsed, try 10x the highest; if every one kept, a tenth of the lowest;
+- stop when every gap inside the bracket is narrower than `precision` (a ratio), or `budget` betas ran.
+
+Noise: near the boundary an outcome need not be monotone in beta (beta 45 collapsed, 42 kept). The
+bracket is then the cut with the fewest outcomes on its wrong side; when several cuts tie, the bracket
+spans all of them and the search goes on splitting the widest gap inside it, and the search's log
+names the inversions. With seeds, a beta's verdict is its seeds': collapsed when more than
+`max_collapse_rate` of them collapsed (best_beta's rule).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ray.tune.search import Searcher
+
+from alliter.config import SEARCH_FILE, AlliterError
+
+EXPAND = 10.0  # the ladder's step when the bracket is open on one side
+MIN_BETA = 1e-3  # below this a beta is as good as 0: a search that keeps everything down to it stops
+
+
+@dataclass
+class SearchSettings:
+    start: list[float]
+    precision: float
+    budget: int
+    seeds: list[int]
+    max_collapse_rate: float
+    concurrency: int
+
+    def validate(self) -> "SearchSettings":
+        if not self.start or any(not (math.isfinite(b) and b > 0) for b in self.start):
+            raise AlliterError(f"search start betas must be finite and > 0 (the search is in log beta), got {self.start}")
+        if not (math.isfinite(self.precision) and self.precision > 1):
+            raise AlliterError(f"search precision is a ratio and must be > 1 (e.g. 1.1), got {self.precision}")
+        if self.budget < 1:
+            raise AlliterError(f"search budget must be at least 1 beta, got {self.budget}")
+        if self.concurrency < 1:
+            raise AlliterError(f"search concurrency must be at least 1, got {self.concurrency}")
+        return self
+
+
+def round_beta(beta: float, taken: Sequence[float]) -> float:
+    """Three significant digits (folder names read beta=42.2, not beta=42.16965...), unless that lands on
+    a beta already taken."""
+    rounded = float(f"{beta:.3g}")
+    return beta if rounded in taken else rounded
+
+
+def bracket(verdicts: dict[float, bool]) -> tuple[float | None, float | None, list[float]]:
+    """(lo, hi, inversions) from {beta: collapsed}: lo the highest collapsed and hi the lowest kept beta
+    around the cut(s) with the fewest outcomes on the wrong side; None where that side has none."""
+    betas = sorted(verdicts)
+    n = len(betas)
+    # errors[i]: cut between betas[i-1] and betas[i] -> kept betas below it + collapsed betas above it
+    errors = [sum(not verdicts[b] for b in betas[:i]) + sum(verdicts[b] for b in betas[i:]) for i in range(n + 1)]
+    best = [i for i, e in enumerate(errors) if e == min(errors)]
+    first, last = best[0], best[-1]
+    lo = betas[first - 1] if first > 0 else None
+    hi = betas[last] if last < n else None
+    wrong = [b for b in betas[:first] if not verdicts[b]] + [b for b in betas[last:] if verdicts[b]]
+    return lo, hi, wrong
+
+
+class BetaSearch(Searcher):
+    """Suggests {"beta", "seed"} configs; learns each trial's verdict from its last result's `collapsed`."""
+
+    def __init__(self, settings: SearchSettings):
+        super().__init__()
+        self.settings = settings.validate()
+        self.trials: dict[str, tuple[float, int]] = {}  # trial_id -> (beta, seed), every trial suggested
+        self.outcomes: dict[str, dict[str, Any]] = {}  # trial_id -> outcome of a finished trial
+        self.queue: list[tuple[float, int]] = []  # seeds of the newest beta not yet handed out
+        self.betas: list[float] = []  # betas in the order they were chosen
+        self.log: list[dict[str, Any]] = []  # the search's path, for the report
+        self.finished = False
+
+    # --- what Tune calls ---------------------------------------------------------------------------
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the param_space holds constants (the trainer's config); the searcher adds beta and seed
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if not self.queue:
+            live = len(self.trials) - len(self.outcomes)
+            if live >= self.settings.concurrency:
+                return None
+            chosen = self.next_beta()
+            if chosen is None:
+                if live == 0:
+                    self.finished = True
+                    self.log.append({"event": "finished", "reason": self.finish_reason()})
+                    return Searcher.FINISHED
+                return None  # wait for a running trial's verdict
+            beta, why, round_ = chosen
+            self.betas.append(beta)
+            self.queue = [(beta, seed) for seed in self.settings.seeds]
+            self.log.append({"event": "suggest", "round": round_, "beta": beta, "seeds": self.settings.seeds, "why": why})
+        beta, seed = self.queue.pop(0)
+        self.trials[trial_id] = (beta, seed)
+        return {"beta": beta, "seed": seed}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.trials or trial_id in self.outcomes:
+            return
+        beta, seed = self.trials[trial_id]
+        result = result or {}
+        if error or "collapsed" not in result:
+            outcome = {"beta": beta, "seed": seed, "verdict": "errored"}
+        else:
+            outcome = {"beta": beta, "seed": seed, "verdict": "collapsed" if result["collapsed"] else "kept",
+                       "generations": result.get("generations"), "diversity_kept": result.get("diversity_kept")}
+        self.outcomes[trial_id] = outcome
+        self.log.append({"event": "outcome", **outcome})
+        verdict = self.verdicts().get(beta)
+        if verdict is not None and all(t in self.outcomes for t, (b, _) in self.trials.items() if b == beta):
+            self.log.append({"event": "verdict", "beta": beta, "verdict": "collapsed" if verdict else "kept"})
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+        # the path in plain JSON beside Tune's experiment state, synced to storage with it
+        folder = os.path.dirname(checkpoint_path)
+        with open(os.path.join(folder, SEARCH_FILE), "w") as f:
+            json.dump(self.path(), f, indent=1)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))  # our own file, written by save() in the experiment folder
+
+    # --- the strategy --------------------------------------------------------------------------------
+
+    def verdicts(self) -> dict[float, bool]:
+        """{beta: collapsed} for every beta whose seeds have all finished (errored seeds left out)."""
+        by_beta: dict[float, list[str]] = {}
+        for trial_id, (beta, _) in self.trials.items():
+            by_beta.setdefault(beta, []).append(trial_id)
+        out = {}
+        for beta, ids in by_beta.items():
+            if beta in (b for b, _ in self.queue) or not all(t in self.outcomes for t in ids):
+                continue
+            verdicts = [self.outcomes[t]["verdict"] for t in ids if self.outcomes[t]["verdict"] != "errored"]
+            if verdicts:
+                out[beta] = sum(v == "collapsed" for v in verdicts) / len(verdicts) > self.settings.max_collapse_rate
+        return out
+
+    def running(self) -> set[float]:
+        return {beta for t, (beta, _) in self.trials.items() if t not in self.outcomes} | {b for b, _ in self.queue}
+
+    def next_beta(self) -> tuple[float, str, int] | None:
+        """(beta, why, round) for the next beta to run, or None when no beta is worth running now."""
+        if len(self.betas) >= self.settings.budget:
+            return None
+        verdicts, running = self.verdicts(), self.running()
+        taken = set(self.betas)
+        rounds = {e["beta"]: e["round"] for e in self.log if e["event"] == "suggest"}
+        for beta in sorted(self.settings.start, reverse=True):
+            implied = any(v and b > beta for b, v in verdicts.items()) or any(not v and b < beta for b, v in verdicts.items())
+            if beta not in taken and not implied:
+                return beta, "start: a wide, log-spaced set", 0
+        lo, hi, _ = bracket(verdicts) if verdicts else (None, None, [])
+        if hi is None:  # nothing kept yet: the highest beta still running closes the bracket for now
+            above = [b for b in running if lo is None or b > lo]
+            if not above:
+                beta = round_beta(lo * EXPAND, taken)
+                return beta, f"every beta so far collapsed: {EXPAND:g}x the highest ({lo:g})", rounds[lo] + 1
+            hi = max(above)
+        if lo is None:
+            below = [b for b in running if b < hi]
+            if not below:
+                if hi / EXPAND < MIN_BETA:
+                    return None
+                beta = round_beta(hi / EXPAND, taken)
+                return beta, f"every beta so far kept: a tenth of the lowest ({hi:g})", rounds[hi] + 1
+            lo = min(below)
+        points = sorted({lo, hi} | {b for b in taken if lo < b < hi})
+        gaps = [(b / a, a, b) for a, b in zip(points, points[1:])]
+        if not gaps:
+            return None
+        # the widest gap; on a tie, the higher one (the choice is the lowest kept beta, so the kept side matters)
+        ratio, a, b = max(gaps, key=lambda g: (round(g[0], 9), g[1]))
+        if ratio < self.settings.precision:
+            return None
+        state = lambda x: "collapsed" if verdicts.get(x) else "kept" if x in verdicts else "running"  # noqa: E731
+        beta = round_beta(math.sqrt(a * b), taken)
+        why = f"geometric midpoint of {a:g} ({state(a)}) and {b:g} ({state(b)}), the widest gap of the bracket"
+        return beta, why, max(rounds.get(a, 0), rounds.get(b, 0)) + 1
+
+    def finish_reason(self) -> str:
+        verdicts = self.verdicts()
+        lo, hi, wrong = bracket(verdicts) if verdicts else (None, None, [])
+        if len(self.betas) >= self.settings.budget and not self.converged(lo, hi):
+            reason = f"the budget of {self.settings.budget} betas is spent"
+        elif lo is None and hi is not None:
+            reason = f"every beta kept its diversity, down to {hi:g}"
+        elif hi is None:
+            reason = "no beta kept its diversity"
+        else:
+            reason = f"the bracket is narrower than the precision {self.settings.precision:g}"
+        if lo is not None and hi is not None:
+            reason += f"; bracket: {lo:g} (collapsed) to {hi:g} (kept)"
+        if wrong:
+            reason += f"; not monotone in beta (noise near the boundary): {', '.join(f'{b:g}' for b in wrong)} on the wrong side"
+        return reason
+
+    def converged(self, lo: float | None, hi: float | None) -> bool:
+        if lo is None or hi is None:
+            return False
+        points = sorted({lo, hi} | {b for b in self.betas if lo < b < hi})
+        return all(b / a < self.settings.precision for a, b in zip(points, points[1:]))
+
+    def path(self) -> dict[str, Any]:
+        """The search as plain data: settings, every step in order, and where it ended."""
+        verdicts = self.verdicts()
+        lo, hi, wrong = bracket(verdicts) if verdicts else (None, None, [])
+        return {
+            "settings": {k: v for k, v in vars(self.settings).items()},
+            "steps": self.log,
+            "bracket": {"collapsed": lo, "kept": hi, "not_monotone": wrong},
+            "finished": self.finished,
+        }
