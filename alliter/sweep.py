@@ -147,31 +147,20 @@ def _write_node_info(run_dir: Path) -> None:
     (run_dir / "node.json").write_text(json.dumps(info) + "\n")
 
 
-class SweepClock(tune.Callback):
-    """The sweep's efficiency: the trials' group time over (wall time x trial slots). What is lost is
-    start-up (Ray, trial workers, imports, model loads), checkpoints, reporting, and idle slots."""
-
-    def __init__(self, start: float):
-        self.start = start
-        self.group_seconds: dict[tuple[str, int], float] = {}  # (trial, generations): a restored group counts once
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "seconds_per_group" in result:
-            self.group_seconds[(trial.trial_id, int(result["generations"]))] = float(result["seconds_per_group"])
-
-    def stats(self, slots: int) -> dict[str, float]:
-        wall = time.perf_counter() - self.start
-        busy = sum(self.group_seconds.values())
-        return {"wall_seconds": wall, "group_seconds": busy, "slots": slots, "generations": _generations(self.group_seconds),
-                "efficiency": busy / (wall * slots) if wall > 0 and slots else math.nan}
-
-
-def _generations(group_seconds: dict[tuple[str, int], float]) -> int:
-    """Generations run in this session: each trial's highest count (a trial resumed mid-way counts from 0)."""
-    last: dict[str, int] = {}
-    for trial, gens in group_seconds:
-        last[trial] = max(gens, last.get(trial, 0))
-    return sum(last.values())
+def sweep_stats(results: tune.ResultGrid, started: float, wall: float, slots: int) -> dict[str, float]:
+    """The sweep's efficiency: the trials' group time over (wall time x trial slots), for this driver's session
+    (`started`: its wall-clock start). What is lost is start-up (Ray, trial workers, imports, model loads),
+    checkpoints, reporting, and idle slots."""
+    busy, generations = 0.0, 0
+    for r in results:
+        rows = r.metrics_dataframe
+        if rows is None or "seconds_per_group" not in rows:
+            continue
+        rows = rows[rows["timestamp"] >= math.floor(started)].drop_duplicates("generations", keep="last")
+        busy += float(rows["seconds_per_group"].sum())
+        generations += len(rows) * int(r.config.get("group_size", 0))
+    return {"wall_seconds": wall, "group_seconds": busy, "slots": slots, "generations": generations,
+            "efficiency": busy / (wall * slots) if wall > 0 and slots else math.nan}
 
 
 def _check_address(address: str) -> None:
@@ -218,7 +207,7 @@ def run_sweep(
     sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | None = None, rule: CollapseRule | None = None
 ) -> Path | str:
     """Run (or resume) a sweep and return its folder. `given` = trainer fields set on the command line."""
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     rule = rule or CollapseRule()
     rule.validate_rule(TRAINER_MEASURES)  # self-BLEU is best_beta's alone: the trainer does not measure it
     if sweep.search and (sweep.grid or sweep.betas):
@@ -267,7 +256,6 @@ def run_sweep(
         log.warning("alliter: no GPUs in this Ray cluster: the trials run on CPUs (%s each)", sweep.cpus_per_trial)
     trainable = tune.with_resources(rloo_trial, {"cpu": sweep.cpus_per_trial, "gpu": gpus})
     slots = _trial_slots(sweep, gpus)
-    clock = SweepClock(start)
 
     what = "a search" if sweep.search else f"betas {betas}"
     print(f"alliter sweep {name}: {what}{f', seeds {seeds}' if sweep.seeds else ''}, model {base.model}, "
@@ -301,7 +289,6 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                callbacks=[clock],
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 sync_config=tune.SyncConfig(sync_artifacts=True, sync_period=10),
@@ -313,7 +300,7 @@ def run_sweep(
             ),
         )
     results = tuner.fit()
-    stats = clock.stats(slots)
+    stats = sweep_stats(results, started, time.perf_counter() - start, slots)
     _print_summary(results, exp_path, stats)
     with results.filesystem.open_output_stream(f"{results.experiment_path}/{SWEEP_STATS_FILE}") as f:
         f.write((json.dumps({**stats, "mode": sweep.mode, "resumed": sweep.resume}) + "\n").encode())

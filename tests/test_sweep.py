@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from alliter.sweep import CollapseStopper
+from alliter.collapse import CollapseRule
 from conftest import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,8 @@ def test_two_beta_sweep_terminates_with_metrics_generations_events_and_checkpoin
         assert list(trial.glob("checkpoint_*/checkpoint.pt"))
     assert f"tensorboard --logdir {exp}" in res.stdout
     assert f"python analysis/best_beta.py {exp}" in res.stdout
-    assert "raw_reward" in res.stdout and "unique" in res.stdout  # the progress table's columns
+    assert "raw_reward" in res.stdout and "div_kept" in res.stdout  # the progress table's columns
+    assert "sweep efficiency: " in res.stdout and json.loads((exp / "sweep.json").read_text())["slots"] >= 1
 
 
 def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
@@ -166,23 +167,20 @@ def test_sweep_spreads_over_two_ray_nodes(tmp_path):
     assert len(nodes) == 2
 
 
-def test_stop_on_collapse_ends_the_trial_and_records_why(tmp_path):
-    # a threshold of 1.0 counts every group as collapsed, so the trial stops after the window
-    res = sweep("--betas", "0", "--max-generations", "200", "--stop-on-collapse", "--collapse-threshold", "1.0",
-                "--collapse-window", "3", "--storage", str(tmp_path), "--name", "stop")
+def test_stop_on_collapse_ends_the_trial_where_the_rule_says(tmp_path):
+    # a share of 1 and a window of one group: the first group less diverse than the first one is a collapse
+    res = sweep("--betas", "0", "--max-generations", "200", "--stop-on-collapse", "--diversity-share", "1.0",
+                "--window", "10", "--storage", str(tmp_path), "--name", "stop")
     assert res.returncode == 0, res.stderr[-3000:]
+    trial = trial_dir(tmp_path / "stop", "0")
+    rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    expected = CollapseRule(diversity_share=1.0, window=10).collapsed_at([r["generations"] for r in rows],
+                                                                           [r["distinct_2"] for r in rows])
+    assert rows[-1]["generations"] == expected < 200  # stopped at the first collapsed group, not later
     state = trial_states(tmp_path / "stop")[0.0]
-    assert state["status"] == "TERMINATED" and state["generations"] == 30
-    reason = (trial_dir(tmp_path / "stop", "0") / "stop_reason.txt").read_text()
-    assert "collapsed" in reason and "30 generations" in reason
-
-
-def test_collapse_stopper_needs_a_full_window_in_a_row():
-    stop = CollapseStopper(threshold=0.2, window=3)
-    seq = [0.1, 0.1, 0.5, 0.1, 0.2, 0.1]
-    assert [stop("t", {"unique_fraction": u, "generations": 10 * i}) for i, u in enumerate(seq)] == [
-        False, False, False, False, False, True]
-    assert "t" in stop.reasons and not stop.stop_all()
+    assert state["status"] == "TERMINATED" and state["generations"] == expected
+    reason = (trial / "stop_reason.txt").read_text()
+    assert "collapsed: distinct_2 under 100%" in reason and f"at {expected:.0f} generations" in reason
 
 
 def sweep_main(*args: str) -> subprocess.CompletedProcess:
@@ -205,6 +203,18 @@ def sweep_main(*args: str) -> subprocess.CompletedProcess:
         (["--resume"], "no sweep to resume"),
         (["--address", "127.0.0.1:9"], "cannot reach a Ray cluster at '127.0.0.1:9'"),
         (["--model", "/no/such/model"], "model folder '/no/such/model' does not exist; pass --model PATH"),
+        (["--search", "--grid", "fine"], "--search chooses its own betas: leave out --grid and --betas"),
+        (["--search", "--betas", "1,2"], "--search chooses its own betas: leave out --grid and --betas"),
+        (["--search", "--budget", "0"], "search budget must be at least 1 beta, got 0"),
+        (["--search", "--precision", "1"], "search precision is a ratio and must be > 1"),
+        (["--search", "--precision", "0.5"], "search precision is a ratio and must be > 1"),
+        (["--search", "--search-start", "0,10"], "start betas must be finite and > 0"),
+        (["--seeds", "0"], "--seeds N runs N seeds and needs N >= 1"),
+        (["--seeds", "-2"], "--seeds N runs N seeds and needs N >= 1"),
+        (["--seeds", "0,1.5"], "--seeds takes a count or integer seeds"),
+        (["--seeds", "0,-1"], "seeds must be integers >= 0"),
+        (["--seeds", "1,2,1"], "--seeds lists a seed twice"),
+        (["--diversity-measure", "self_bleu"], "diversity_measure must be one of distinct_1, distinct_2, unique_fraction"),
     ],
 )
 def test_bad_input_is_one_line_and_deletes_nothing(tmp_path, args, message):
@@ -227,3 +237,71 @@ def test_best_beta_reads_a_real_sweep(two_beta_sweep, tmp_path):
     for name in ("summary.csv", "report.md", "report.html", "raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "verdict" in run.stderr  # the table
+
+
+def tune_betas(exp: Path) -> list[tuple[float, int]]:
+    """(beta, seed) of every trial in the newest Tune state of a sweep, in Tune's order."""
+    state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
+    return [(json.loads(t)["config"]["beta"], json.loads(t)["config"]["seed"]) for t, _ in state["trial_data"]]
+
+
+def best_beta(exp: Path, out: Path) -> tuple[dict, subprocess.CompletedProcess]:
+    run = subprocess.run([sys.executable, str(ROOT / "analysis" / "best_beta.py"), str(exp), "--out", str(out), "--json",
+                          "--window", "20"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout), run
+
+
+def test_search_with_seeds_end_to_end_on_a_tiny_model(tiny_gpt_neo, tmp_path):
+    """A search of two betas with two seeds each through a real local Ray, read by best_beta.py: the trials
+    are the searcher's, their verdicts are best_beta's, and the report tells the search's path."""
+    res = sweep("--search", "--search-start", "1,100", "--budget", "2", "--seeds", "2", "--max-generations", "30",
+                "--window", "20", "--checkpoint-every", "2", "--model", str(tiny_gpt_neo),
+                "--storage", str(tmp_path), "--name", "search")
+    assert res.returncode == 0, res.stderr[-3000:]
+    exp = tmp_path / "search"
+    path = json.loads((exp / "search.json").read_text())
+    suggested = [s["beta"] for s in path["steps"] if s["event"] == "suggest"]
+    assert suggested == [100.0, 1.0] and path["finished"]
+    assert sorted(tune_betas(exp)) == [(1.0, 0), (1.0, 1), (100.0, 0), (100.0, 1)]  # one trial per seed, none twice
+    assert {p.name.split("_")[1] for p in exp.glob("beta=*")} == {"seed=0", "seed=1"}  # folder names show the seed
+    outcomes = {(s["beta"], s["seed"]): s for s in path["steps"] if s["event"] == "outcome"}
+    choice, run = best_beta(exp, tmp_path / "out")
+    for row in choice["betas"]:  # a beta collapsed in any seed is collapsed, for the search as for best_beta
+        searched = any(outcomes[(row["beta"], seed)]["verdict"] == "collapsed" for seed in (0, 1))
+        assert (row["verdict"] == "collapsed") == searched, row
+        assert row["trials"] == 2
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## The search" in report and "start: a wide, log-spaced set" in report
+    assert "seeds" in run.stderr.splitlines()[0]  # the table's seeds column
+
+
+def test_interrupted_search_resumes_with_its_searcher_state(tiny_gpt_neo, tmp_path):
+    """The driver is killed while the search's second beta runs; --resume goes on from the searcher's
+    saved state: no beta runs twice, none is lost, the first trial is not run again."""
+    args = ["--search", "--search-start", "1,100", "--budget", "3", "--concurrency", "1", "--max-generations", "60",
+            "--window", "20", "--checkpoint-every", "2", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path)]
+    exp = tmp_path / "resume"
+    driver = subprocess.Popen([*SWEEP, *args, "--name", "resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and not (exp.exists() and "TERMINATED" in str(
+                [s["status"] for s in trial_states(exp).values()])):
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        driver.wait()
+    first = trial_dir(exp, "100")
+    before = {name: digest(first / name) for name in ("generations.jsonl", "metrics.jsonl")}
+
+    res = sweep("--resume", "--storage", str(tmp_path))  # no --name: the newest sweep
+    assert res.returncode == 0, res.stderr[-3000:]
+    path = json.loads((exp / "search.json").read_text())
+    suggested = [s["beta"] for s in path["steps"] if s["event"] == "suggest"]
+    assert path["finished"] and len(suggested) == 3 and len(set(suggested)) == 3
+    assert sorted(b for b, _ in tune_betas(exp)) == sorted(suggested)  # every suggested beta ran, once
+    assert {s["status"] for s in trial_states(exp).values()} == {"TERMINATED"}
+    assert {name: digest(first / name) for name in before} == before
+    choice, _ = best_beta(exp, tmp_path / "out")
+    assert sorted(b["beta"] for b in choice["betas"]) == sorted(suggested)  # a trial lost with the driver is left out
