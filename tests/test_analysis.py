@@ -20,7 +20,7 @@ from alliter.report import beta_colours
 REPO = Path(__file__).resolve().parents[1]
 K = 10  # group size
 LETTERS = "bcdfghjklmnprstvw"
-COLLAPSED = "sally sells seven silver snakes so she sings softly. the end."  # raw reward 7, one text
+COLLAPSED = "sally sells seven silver snakes so she sings softly. the end."  # raw reward 8, one text
 
 
 def varied_text(rng: random.Random, alliterating_pairs: int, words: int = 24) -> str:
@@ -230,3 +230,76 @@ def test_end_to_end_on_real_tiny_trials(tmp_path: Path) -> None:
     assert "verdict" in proc.stderr.splitlines()[0]  # the table, on stderr with --json
     out = tmp_path / "sweep" / "analysis"
     assert {p.name for p in out.iterdir()} >= {"summary.csv", "pareto.png", "report.md", "report.html"}
+
+
+# --- seeds -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded_sweep(tmp_path: Path) -> Path:
+    """Three seeds per beta. beta=0: every seed collapses. beta=5: the most alliteration (6 pairs per text)
+    but seed 2 collapses into one text. beta=10: 3, 4 and 5 pairs per text by seed, never collapses."""
+    rng = random.Random(5)
+    sweep = tmp_path / "seeds"
+    for seed in range(3):
+        write_trial(sweep / f"beta0_seed{seed}", 0.0, varied_groups(rng, 1, 1) + [[COLLAPSED] * K] * 29)
+        five = varied_groups(rng, 30, 6) if seed < 2 else varied_groups(rng, 1, 1) + [[COLLAPSED] * K] * 29
+        write_trial(sweep / f"beta5_seed{seed}", 5.0, five)
+        write_trial(sweep / f"beta10_seed{seed}", 10.0, varied_groups(rng, 30, 3 + seed))
+    return sweep
+
+
+def test_seeds_are_aggregated_with_standard_errors_and_collapse_rates(seeded_sweep: Path) -> None:
+    result = analyse([seeded_sweep])
+    s = result.summary.set_index("beta")
+    assert s["trials"].to_dict() == {0.0: 3, 5.0: 3, 10.0: 3}
+    # by hand: the final 200 generations are the last 20 groups; texts have exactly n alliterating pairs
+    assert s.loc[10.0, "alliteration"] == pytest.approx(4.0)
+    assert s.loc[10.0, "alliteration_se"] == pytest.approx(np.std([3, 4, 5], ddof=1) / np.sqrt(3))
+    assert s.loc[5.0, "alliteration"] == pytest.approx((6 + 6 + 8) / 3)  # the collapsed seed's text has 8 pairs
+    d2 = result.groups.groupby("trial")["distinct_2"]
+    finals = {t: g.iloc[-20:].mean() for t, g in d2}
+    tens = [finals[f"seeds/beta10_seed{i}"] for i in range(3)]
+    assert s.loc[10.0, "distinct_2"] == pytest.approx(np.mean(tens))
+    assert s.loc[10.0, "diversity_se"] == pytest.approx(np.std(tens, ddof=1) / np.sqrt(3))
+    assert s["collapse_rate"].to_dict() == pytest.approx({0.0: 1.0, 5.0: 1 / 3, 10.0: 0.0})
+    assert s["collapsed_seeds"].to_dict() == {0.0: 3, 5.0: 1, 10.0: 0}
+
+
+def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path, capsys) -> None:
+    assert main([str(seeded_sweep), "--json"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["choice"]["beta"] == 10.0  # beta 5 has the highest mean alliteration, but seed 2 collapsed
+    verdicts = {b["beta"]: b["verdict"] for b in result["betas"]}
+    assert verdicts == {0.0: "collapsed", 5.0: "collapsed", 10.0: "balanced"}
+    table = out.err.splitlines()
+    assert table[0].split()[:3] == ["beta", "seeds", "gens"] and "collapsed" in table[0]
+    assert "4.00±0.58" in out.err and "1/3" in out.err and "3/3" in out.err
+    assert "beta=5 reached more alliteration (6.67±0.67) but collapsed in 1 of 3 seeds" in out.err
+    assert "kept in 3 of 3 seeds" in out.err
+    # one collapsed seed in three allowed: beta 5 wins, and the report says how sure
+    loose = analyse([seeded_sweep], AnalysisConfig(max_collapse_rate=0.34))
+    assert loose.choice["beta"] == 5.0
+    from alliter.report import reason
+
+    assert "beta=5 over beta=10 (the next kept beta): mean alliteration 6.67±0.67 against 4.00±0.58" in reason(loose)
+    assert "kept in 2 of 3 seeds against 3 of 3" in reason(loose)
+
+
+# the table and the choice of known_sweep before seeds were aggregated (commit "One collapse rule ...")
+ONE_SEED_TABLE = """\
+beta gens alliteration gain distinct_1 distinct_2 unique self_bleu rep_4grams kl_penalty ce_ref div_kept         verdict
+   0  400         8.00 7.00       0.10       0.10   0.10      1.00       0.00     -3.000   5.00      10%       collapsed
+  10  400         4.00 3.00       1.00       1.00   1.00      0.00       0.00     -0.300   2.30     100%      balanced *
+ 100  400         1.00 0.00       1.00       1.00   1.00      0.00       0.00     -0.010   2.01     100% under-optimised
+(* the choice)"""
+
+
+def test_one_seed_gives_the_same_table_and_choice_as_before_seeds(known_sweep: Path) -> None:
+    from alliter.report import reason, table
+
+    result = analyse([known_sweep])
+    assert table(result) == ONE_SEED_TABLE
+    assert result.choice["beta"] == 10.0
+    assert "seed" not in reason(result)
