@@ -106,12 +106,14 @@ class BetaSearch(Searcher):
                 if live == 0:
                     self.finished = True
                     self.log.append({"event": "finished", "reason": self.finish_reason()})
+                    print(f"alliter search: done, {self.log[-1]['reason']}", flush=True)
                     return Searcher.FINISHED
                 return None  # wait for a running trial's verdict
             beta, why, round_ = chosen
             self.betas.append(beta)
             self.queue = [(beta, seed) for seed in self.settings.seeds]
             self.log.append({"event": "suggest", "round": round_, "beta": beta, "seeds": self.settings.seeds, "why": why})
+            print(f"alliter search: round {round_}, beta {beta:g}: {why}", flush=True)
         beta, seed = self.queue.pop(0)
         self.trials[trial_id] = (beta, seed)
         return {"beta": beta, "seed": seed}
@@ -131,6 +133,7 @@ class BetaSearch(Searcher):
         verdict = self.verdicts().get(beta)
         if verdict is not None and all(t in self.outcomes for t, (b, _) in self.trials.items() if b == beta):
             self.log.append({"event": "verdict", "beta": beta, "verdict": "collapsed" if verdict else "kept"})
+            print(f"alliter search: beta {beta:g} {'collapsed' if verdict else 'kept its diversity'}", flush=True)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
