@@ -1,0 +1,179 @@
+"""Policy snapshots: a trial's weights every `snapshot_every` generations, for export and sampling.
+
+A trial folder's snapshots/ holds
+  generations=000200.safetensors   the policy after 200 generations, in the model's dtype (safetensors'
+                                   save_model, which stores a tied weight once)
+  config.json, generation_config.json and the tokenizer's files, written when the trial starts, so that
+                                   an export or a sample reads nothing but the trial folder (no hub)
+
+In a sweep the folder is part of the trial's working directory, and Tune syncs it to storage like every
+trial file. Whenever a trial reports a checkpoint, Tune syncs the working directory and waits for that sync
+before the driver records the checkpoint, so every snapshot up to a checkpoint is in storage before the trial
+can be restarted from it. A restarted trial, on any node, runs again from its checkpoint and writes the later
+snapshots again under the same names: none is lost or duplicated, and checkpoints carry no snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from alliter.config import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN, AlliterError, TrainConfig
+
+
+def snapshot_path(run_dir: str | os.PathLike, generations: int) -> Path:
+    return Path(run_dir) / SNAPSHOT_DIR / SNAPSHOT_FILE.format(generations)
+
+
+def list_snapshots(run_dir: str | os.PathLike) -> dict[int, Path]:
+    """generations -> snapshot file, in order of generations."""
+    folder = Path(run_dir) / SNAPSHOT_DIR
+    found = {}
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = re.fullmatch(SNAPSHOT_PATTERN, path.name)
+            if match:
+                found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def write_model_files(policy: Any, tokenizer: Any, run_dir: str | os.PathLike) -> None:
+    """The model's config, generation config and tokenizer, beside the snapshots."""
+    folder = Path(run_dir) / SNAPSHOT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    policy.config.save_pretrained(folder)
+    policy.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def save_snapshot(policy: torch.nn.Module, run_dir: str | os.PathLike, generations: int, metadata: dict[str, Any]) -> Path:
+    """The policy's weights after `generations`, written atomically."""
+    from safetensors.torch import save_model
+
+    path = snapshot_path(run_dir, generations)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "pt", **{k: str(v) for k, v in metadata.items()}}
+    _write_atomic(path, lambda tmp: save_model(policy, tmp, metadata=meta))
+    return path
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the run folder's parent, outside what Tune syncs (a sync during the
+    write would leave a partial copy in storage), else (read-only, another file system) beside the file."""
+    parent = path.parent.parent.parent
+    outside = os.access(parent, os.W_OK) and os.stat(parent).st_dev == os.stat(path.parent).st_dev
+    tmp = os.path.join(parent if outside else path.parent, f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files private (0600)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    try:  # read, not set: os.umask would change it for every thread for a moment
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^Umask:\s*([0-7]+)", status, re.M).group(1), 8)  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        return 0o022
+
+
+def drop_snapshots_after(run_dir: str | os.PathLike, generations: int) -> list[int]:
+    """Remove the snapshots a crashed run wrote past the checkpoint it resumes from (the run writes them again)."""
+    dropped = [g for g, path in list_snapshots(run_dir).items() if g > generations]
+    for g in dropped:
+        snapshot_path(run_dir, g).unlink(missing_ok=True)
+    return dropped
+
+
+def drop_local_snapshots(run_dir: str | os.PathLike, up_to: int) -> None:
+    """Free a sweep worker's disk of the snapshots Tune has already synced to storage (those up to a
+    reported checkpoint); the copies in storage stay."""
+    for g, path in list_snapshots(run_dir).items():
+        if g <= up_to:
+            path.unlink(missing_ok=True)
+
+
+def load_snapshot(run_dir: str | os.PathLike, generations: int, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) of a trial at a snapshot, from the trial folder alone; the model in eval mode and
+    in the snapshot's dtype."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    folder = Path(run_dir) / SNAPSHOT_DIR
+    path = snapshot_path(run_dir, generations)
+    if not path.is_file():
+        raise AlliterError(f"no snapshot at {generations} generations in {run_dir}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            dtype = f.get_tensor(next(iter(f.keys()))).dtype
+        config = AutoConfig.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        load_model(model, path, strict=True, device=str(device))
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as err:
+        text = " ".join(str(err).split())[:200]
+        raise AlliterError(f"cannot load the snapshot {path} with the model files beside it: {text}") from None
+    return model.to(device).eval(), tokenizer
+
+
+# --- how much disk they take ----------------------------------------------------------------------------
+
+
+def snapshot_bytes(model: str, dtype: str) -> int | None:
+    """Bytes of one snapshot of `model` in `dtype`: the weights, each tied one once (built on the meta device,
+    so nothing is allocated); None when the model's config cannot be read (offline, say)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from alliter.model import DTYPES
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        config = AutoConfig.from_pretrained(model)
+        with torch.device("meta"):
+            net = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - any failure only means "size unknown"
+        return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    unique = {id(t): t for t in net.state_dict(keep_vars=True).values()}  # a tied weight is one object
+    itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    return sum(t.numel() for t in unique.values()) * itemsize
+
+
+def snapshots_per_trial(max_generations: int, every: int) -> int:
+    """One per `every` generations, and one at the end when the end is not on that step."""
+    return 0 if every <= 0 else max_generations // every + (max_generations % every != 0)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # unreachable
+
+
+def snapshot_plan(cfg: TrainConfig, trials: int) -> tuple[str, float]:
+    """The line a sweep prints at its start about its snapshots, and the bytes they take in all (nan: unknown)."""
+    if cfg.snapshot_every <= 0:
+        return "snapshots: none (--snapshot-every 0); best_beta.py --export will have nothing to export", 0.0
+    n = snapshots_per_trial(cfg.max_generations, cfg.snapshot_every)
+    one = snapshot_bytes(cfg.model, cfg.dtype)
+    head = f"snapshots: every {cfg.snapshot_every} generations, {n} per trial"
+    if one is None:
+        return f"{head}, size unknown (cannot read the config of {cfg.model})", math.nan
+    total = one * n * trials
+    return (f"{head} x {human_bytes(one)} ({cfg.dtype}) = {human_bytes(one * n)} per trial, {human_bytes(total)} "
+            f"for the {trials} trials; --snapshot-every sets the step, 0 turns them off"), float(total)
