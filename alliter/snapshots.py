@@ -16,6 +16,7 @@ snapshots again under the same names: none is lost or duplicated, and checkpoint
 from __future__ import annotations
 
 import math
+import shutil
 import os
 import re
 from pathlib import Path
@@ -176,4 +177,19 @@ def snapshot_plan(cfg: TrainConfig, trials: int) -> tuple[str, float]:
         return f"{head}, size unknown (cannot read the config of {cfg.model})", math.nan
     total = one * n * trials
     return (f"{head} x {human_bytes(one)} ({cfg.dtype}) = {human_bytes(one * n)} per trial, {human_bytes(total)} "
-            f"for the {trials} trials; --snapshot-every sets the step, 0 turns them off"), float(total)
+            f"for {trials} trial{'s' if trials != 1 else ''}; --snapshot-every sets the step, 0 turns them off"), float(total)
+
+
+def check_disk(storage: str, needed: float) -> None:
+    """Refuse, before anything runs, a sweep whose snapshots would not fit in a local storage folder."""
+    if "://" in storage or not math.isfinite(needed) or needed <= 0:
+        return
+    folder = Path(storage)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise AlliterError(
+            f"the snapshots would take {human_bytes(needed)}, but {folder} has {human_bytes(free)} free; "
+            "pass a larger --snapshot-every (0 turns them off) or another --storage"
+        )
