@@ -71,14 +71,14 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
     tmp = os.path.join(parent if outside else path.parent, f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files private (0600)
+        os.chmod(tmp, 0o666 & ~umask_now())  # safetensors creates its files private (0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _umask() -> int:
+def umask_now() -> int:
     try:  # read, not set: os.umask would change it for every thread for a moment
         status = Path("/proc/self/status").read_text()
         return int(re.search(r"^Umask:\s*([0-7]+)", status, re.M).group(1), 8)  # type: ignore[union-attr]
