@@ -259,7 +259,7 @@ installed, `python -m alliter.sample path/to/this/folder` prints stories with th
 ## Training
 
 RLOO (groups of {cfg.group_size} samples of the prompt "{cfg.prompt}", leave-one-out advantages, one SGD step
-per group, learning rate {cfg.lr:g}, {cfg.dtype}); reward = raw reward + beta x (CE policy - CE reference);
+per group, learning rate {'-' if cfg.lr is None else format(cfg.lr, 'g')}, {cfg.dtype}); reward = raw reward + beta x (CE policy - CE reference);
 base model `{cfg.model}`, tokenizer `{cfg.tokenizer}`. The whole trial config is in `{EXPORT_INFO_FILE}`.
 
 ## Licence

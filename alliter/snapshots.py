@@ -1,8 +1,8 @@
 """Policy snapshots: a trial's weights every `snapshot_every` generations, for export and sampling.
 
 A trial folder's snapshots/ holds
-  generations=000200.safetensors   the policy after 200 generations, in the model's dtype (safetensors'
-                                   save_model, which stores a tied weight once)
+  generations=000200.safetensors   the policy after 200 generations, in the model's dtype (a tied weight
+                                   stored once)
   config.json, generation_config.json and the tokenizer's files, written when the trial starts, so that
                                    an export or a sample reads nothing but the trial folder (no hub)
 
@@ -15,6 +15,7 @@ snapshots again under the same names: none is lost or duplicated, and checkpoint
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import os
@@ -53,13 +54,20 @@ def write_model_files(policy: Any, tokenizer: Any, run_dir: str | os.PathLike) -
 
 
 def save_snapshot(policy: torch.nn.Module, run_dir: str | os.PathLike, generations: int, metadata: dict[str, Any]) -> Path:
-    """The policy's weights after `generations`, written atomically."""
-    from safetensors.torch import save_model
+    """The policy's weights after `generations`, written atomically; a tied weight once, under its first name
+    (safetensors' load_model puts it back)."""
+    from safetensors.torch import save_file
 
+    tensors, seen = {}, set()
+    for name, tensor in policy.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:  # tied weights are one object under two names
+            seen.add(id(tensor))
+            tensors[name] = tensor.detach().contiguous()
+    # one metadata entry: safetensors writes several in a random order, and the same run should give the same bytes
+    meta = {"alliter": json.dumps(metadata, sort_keys=True)}
     path = snapshot_path(run_dir, generations)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "pt", **{k: str(v) for k, v in metadata.items()}}
-    _write_atomic(path, lambda tmp: save_model(policy, tmp, metadata=meta))
+    _write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
 
