@@ -16,8 +16,10 @@ snapshots again under the same names: none is lost or duplicated, and checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
+import threading
 import os
 import re
 from pathlib import Path
@@ -138,27 +140,48 @@ def load_snapshot(run_dir: str | os.PathLike, generations: int, device: str | to
 # --- how much disk they take ----------------------------------------------------------------------------
 
 
-def snapshot_bytes(model: str, dtype: str) -> int | None:
+def snapshot_bytes(model: str, dtype: str, hub_timeout: float = 10.0) -> int | None:
     """Bytes of one snapshot of `model` in `dtype`: the weights, each tied one once (built on the meta device,
-    so nothing is allocated); None when the model's config cannot be read (offline, say)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
+    so nothing is allocated); None when the model's config cannot be read within `hub_timeout` seconds (a hub
+    id, offline: the library retries for half a minute)."""
     from alliter.model import DTYPES
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    config = _read_config(model, local_only=True)
+    if config is None:
+        result: list[Any] = []
+        worker = threading.Thread(target=lambda: result.append(_read_config(model, local_only=False)), daemon=True)
+        worker.start()
+        worker.join(hub_timeout)
+        config = result[0] if result else None
+    if config is None:
+        return None
+    from transformers import AutoModelForCausalLM
+
     try:
-        config = AutoConfig.from_pretrained(model)
         with torch.device("meta"):
             net = AutoModelForCausalLM.from_config(config)
     except Exception:  # noqa: BLE001 - any failure only means "size unknown"
         return None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     unique = {id(t): t for t in net.state_dict(keep_vars=True).values()}  # a tied weight is one object
     itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
     return sum(t.numel() for t in unique.values()) * itemsize
+
+
+def _read_config(model: str, local_only: bool) -> Any:
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    quiet = [hf_logging.get_logger("transformers"), logging.getLogger("huggingface_hub")]  # no retry messages
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        return AutoConfig.from_pretrained(model, local_files_only=local_only)
+    except Exception:  # noqa: BLE001 - offline, a wrong id: the size is unknown, the sweep says so
+        return None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
 
 
 def snapshots_per_trial(max_generations: int, every: int) -> int:
