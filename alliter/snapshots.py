@@ -19,15 +19,17 @@ import json
 import logging
 import math
 import shutil
+import struct
 import threading
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from alliter.config import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN, AlliterError, TrainConfig
+
+if TYPE_CHECKING:  # torch only where weights are written or read: the sweep's driver imports this module
+    import torch
 
 
 def snapshot_path(run_dir: str | os.PathLike, generations: int) -> Path:
@@ -140,48 +142,66 @@ def load_snapshot(run_dir: str | os.PathLike, generations: int, device: str | to
 # --- how much disk they take ----------------------------------------------------------------------------
 
 
-def snapshot_bytes(model: str, dtype: str, hub_timeout: float = 10.0) -> int | None:
-    """Bytes of one snapshot of `model` in `dtype`: the weights, each tied one once (built on the meta device,
-    so nothing is allocated); None when the model's config cannot be read within `hub_timeout` seconds (a hub
-    id, offline: the library retries for half a minute)."""
-    from alliter.model import DTYPES
+# bytes per weight in each dtype a trial runs in (alliter.model.DTYPES), and in a saved model's config
+ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
-    config = _read_config(model, local_only=True)
-    if config is None:
-        result: list[Any] = []
-        worker = threading.Thread(target=lambda: result.append(_read_config(model, local_only=False)), daemon=True)
+
+def snapshot_bytes(model: str, dtype: str, hub_timeout: float = 10.0) -> int | None:
+    """Bytes of one snapshot of `model` in `dtype` (the weights; a tied one once): its parameter count from
+    the model's weight files, local or on the hub, read without torch (the sweep's driver never imports it).
+    None when they cannot be read within `hub_timeout` seconds (a hub id, offline)."""
+    if os.path.isdir(os.path.expanduser(model)):
+        params = _local_parameters(Path(model).expanduser())
+    else:
+        result: list[int | None] = []
+        worker = threading.Thread(target=lambda: result.append(_hub_parameters(model)), daemon=True)
         worker.start()
         worker.join(hub_timeout)
-        config = result[0] if result else None
-    if config is None:
-        return None
-    from transformers import AutoModelForCausalLM
+        params = result[0] if result else None
+    return None if params is None else params * ITEMSIZE[dtype]
 
+
+def _local_parameters(folder: Path) -> int | None:
+    """Parameters in a saved model folder: exact from the safetensors headers, else from the size of the
+    PyTorch weight files and the config's dtype."""
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        total = 0
+        for path in files:
+            with open(path, "rb") as f:
+                header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+            total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+        return total
+    size = sum(p.stat().st_size for p in folder.glob("pytorch_model*.bin"))
+    return size // _config_itemsize(folder / "config.json") if size else None
+
+
+def _config_itemsize(path: Path) -> int:
     try:
-        with torch.device("meta"):
-            net = AutoModelForCausalLM.from_config(config)
-    except Exception:  # noqa: BLE001 - any failure only means "size unknown"
-        return None
-    unique = {id(t): t for t in net.state_dict(keep_vars=True).values()}  # a tied weight is one object
-    itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
-    return sum(t.numel() for t in unique.values()) * itemsize
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 4
+    return ITEMSIZE.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), 4)
 
 
-def _read_config(model: str, local_only: bool) -> Any:
-    from transformers import AutoConfig
-    from transformers.utils import logging as hf_logging
+def _hub_parameters(repo: str) -> int | None:
+    """Parameters of a hub model: from its safetensors metadata, else from its PyTorch weight files' sizes."""
+    import huggingface_hub as hub
 
-    quiet = [hf_logging.get_logger("transformers"), logging.getLogger("huggingface_hub")]  # no retry messages
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.ERROR)
+    quiet = logging.getLogger("huggingface_hub")  # no retry messages while offline
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
-        return AutoConfig.from_pretrained(model, local_files_only=local_only)
-    except Exception:  # noqa: BLE001 - offline, a wrong id: the size is unknown, the sweep says so
+        try:
+            return sum(hub.get_safetensors_metadata(repo).parameter_count.values())
+        except hub.errors.NotASafetensorsRepoError:
+            info = hub.HfApi().model_info(repo, files_metadata=True)
+            size = sum(f.size or 0 for f in info.siblings or [] if re.fullmatch(r"pytorch_model.*\.bin", f.rfilename))
+            return size // _config_itemsize(Path(hub.hf_hub_download(repo, "config.json"))) if size else None
+    except Exception:  # noqa: BLE001 - offline, a wrong id, a private repo: the size is unknown, the sweep says so
         return None
     finally:
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
+        quiet.setLevel(level)
 
 
 def snapshots_per_trial(max_generations: int, every: int) -> int:
