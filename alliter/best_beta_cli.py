@@ -23,9 +23,8 @@ EPILOG = """export:
 def best_point_rule(result: analysis.Analysis) -> str:
     cfg = result.cfg
     return (
-        f"the analysis's best point (best_beta.py): of each beta's latest window of {cfg.window} generations before "
-        f"its {report.MEASURE_LABELS[cfg.diversity_measure]} first falls under {cfg.diversity_share:.0%} of the "
-        "unmodified model's, the one with the highest alliteration"
+        f"the analysis's best point (best_beta.py): of each beta's latest window of {cfg.window} generations before it "
+        f"collapsed ({cfg.rule().describe()}), the one with the highest alliteration"
     )
 
 

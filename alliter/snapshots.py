@@ -217,18 +217,20 @@ def human_bytes(n: float) -> str:
     raise AssertionError  # unreachable
 
 
-def snapshot_plan(cfg: TrainConfig, trials: int) -> tuple[str, float]:
-    """The line a sweep prints at its start about its snapshots, and the bytes they take in all (nan: unknown)."""
+def snapshot_plan(cfg: TrainConfig, trials: int, at_most: bool = False) -> tuple[str, float]:
+    """The line a sweep prints at its start about its snapshots, and the bytes they take in all (nan: unknown).
+    `at_most`: `trials` is an upper bound (a search's budget)."""
     if cfg.snapshot_every <= 0:
         return "snapshots: none (--snapshot-every 0); best_beta.py --export will have nothing to export", 0.0
     n = snapshots_per_trial(cfg.max_generations, cfg.snapshot_every)
     one = snapshot_bytes(cfg.model, cfg.dtype)
     head = f"snapshots: every {cfg.snapshot_every} generations, {n} per trial"
     if one is None:
-        return f"{head}, size unknown (cannot read the config of {cfg.model})", math.nan
+        return f"{head}, size unknown (cannot read the weights' sizes of {cfg.model})", math.nan
     total = one * n * trials
+    count = f"{'at most ' if at_most else ''}{trials} trial{'s' if trials != 1 else ''}"
     return (f"{head} x {human_bytes(one)} ({cfg.dtype}) = {human_bytes(one * n)} per trial, {human_bytes(total)} "
-            f"for {trials} trial{'s' if trials != 1 else ''}; --snapshot-every sets the step, 0 turns them off"), float(total)
+            f"for {count}; --snapshot-every sets the step, 0 turns them off"), float(total)
 
 
 def check_disk(storage: str, needed: float) -> None:

@@ -241,7 +241,8 @@ def run_sweep(
     base = base.resolved()  # fail on a bad model path or lr now, not inside six trials
     check_model_folder(base.model)
     storage = _storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or "results")
-    snapshots, snapshot_total = snapshot_plan(base, len(betas))
+    trials = (settings.budget if sweep.search else len(betas)) * len(seeds)
+    snapshots, snapshot_total = snapshot_plan(base, trials, at_most=sweep.search)
     if not sweep.resume:
         check_disk(storage, snapshot_total)
     name = sweep.name

@@ -206,3 +206,25 @@ def test_snapshot_size_estimate_and_the_disk_check(tmp_path, bundled_model):
     with pytest.raises(AlliterError, match="the snapshots would take .* pass a larger --snapshot-every"):
         check_disk(str(tmp_path / "results"), needed=1e18)
     check_disk(str(tmp_path / "results"), needed=1e6)
+
+
+def test_of_several_seeds_the_named_trial_else_the_lowest_seed_is_exported(tmp_path, bundled_model, capsys):
+    from alliter.analysis import analyse
+    from alliter.export import resolve_point
+
+    model = AutoModelForCausalLM.from_pretrained(bundled_model)
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model)
+    rng = random.Random(5)
+    for seed in (3, 1):
+        trial = write_trial(tmp_path / "sweep" / f"beta10_seed{seed}", 10.0, [[varied_text(rng, 2) for _ in range(K)]] * 4)
+        config = json.loads((trial / "config.json").read_text())
+        (trial / "config.json").write_text(json.dumps({**config, "seed": seed}))
+        write_model_files(model, tokenizer, trial)
+        save_snapshot(model, trial, 40, {})
+    code, out, err = cli(best_beta, str(tmp_path / "sweep"), "--export", str(tmp_path / "out"), "--export-at", "10:40",
+                         "--window", "20", capsys=capsys)
+    assert code == 0, err
+    assert "2 trials have beta=10: exporting sweep/beta10_seed1, the one with the lowest seed (1)" in err
+    assert "trial sweep/beta10_seed1" in out
+    named = resolve_point(analyse([tmp_path / "sweep"]), {"beta": 10.0, "generations": 40, "trial": "sweep/beta10_seed3"}, "")
+    assert named.trial.name == "sweep/beta10_seed3" and not named.notes
