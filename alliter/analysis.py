@@ -29,11 +29,9 @@ without knowing the texts' length or vocabulary, which entropy's does not.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,8 +48,6 @@ from alliter.config import (
     SEARCH_FILE,
     STOP_REASON_FILE,
     AlliterError,
-    add_config_flags,
-    given_config_values,
 )
 
 RAY_ERROR_FILE = "error.txt"
@@ -484,43 +480,3 @@ def plain(value: Any) -> Any:
     if isinstance(value, (np.generic,)):
         value = value.item()
     return None if isinstance(value, float) and math.isnan(value) else value
-
-
-# --- the command ----------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from alliter import report
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "results", nargs="*", metavar="RESULTS_DIR", help="sweep or trial folders (default: the newest sweep under ./results)"
-    )
-    parser.add_argument("--out", help="output folder (default: RESULTS_DIR/analysis, the first RESULTS_DIR's)")
-    parser.add_argument("--json", action="store_true", help="print the choice as JSON on stdout (the table goes to stderr)")
-    add_config_flags(parser, AnalysisConfig)
-    args = parser.parse_args(argv)
-    say = sys.stderr if args.json else sys.stdout
-    try:
-        paths = [Path(p) for p in args.results] or [newest_sweep()]
-        result = analyse(paths, AnalysisConfig(**given_config_values(args, AnalysisConfig)))
-        for note in result.notes:
-            print(f"note: {note}", file=sys.stderr)
-        out = Path(args.out) if args.out else paths[0] / "analysis"
-        written = report.write_outputs(result, out)
-    except AlliterError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: cannot write the outputs: {err}", file=sys.stderr)
-        return 2
-    print(report.table(result), file=say)
-    print("\n" + report.reason(result), file=say)
-    print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)
-    if args.json:
-        print(json.dumps(report.choice_json(result, out), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -40,6 +40,12 @@ CHECKPOINT_FILE = "checkpoint.pt"
 STOP_REASON_FILE = "stop_reason.txt"  # a trial that stopped itself on collapse says why
 SWEEP_STATS_FILE = "sweep.json"  # a sweep's wall time, group time and efficiency, beside Tune's experiment state
 SEARCH_FILE = "search.json"  # a search's path (alliter/search.py), beside Tune's experiment state
+# snapshots/ holds the policy every --snapshot-every generations, and the model's config and tokenizer,
+# so that an export or a sample needs nothing but the trial folder (alliter/snapshots.py)
+SNAPSHOT_DIR = "snapshots"
+SNAPSHOT_FILE = "generations={:06d}.safetensors"
+SNAPSHOT_PATTERN = r"generations=(\d+)\.safetensors"
+EXPORT_INFO_FILE = "alliter.json"  # in an exported model folder: the point, the trial and its config
 
 # name -> (betas, max_generations or None for the config's own)
 GRIDS: dict[str, tuple[list[float], int | None]] = {
@@ -75,6 +81,8 @@ class TrainConfig:
     """Seed of Python's and torch's generators."""
     checkpoint_every: int = 20
     """Checkpoint every this many groups (and at the end)."""
+    snapshot_every: int = 200
+    """Keep the policy's weights every this many generations (and at the end) in the trial's snapshots/, for `best_beta.py --export`; 0: none. Default: best_beta's window, so every point it can pick has its own snapshot."""
     device: str = "auto"
     """cuda, cpu, or auto (cuda when there is one)."""
     dtype: str = "float32"
@@ -94,6 +102,8 @@ class TrainConfig:
             raise AlliterError(f"lr must be a finite number > 0, got {self.lr}")
         if self.max_generations < 1 or self.checkpoint_every < 1 or self.top_k < 0 or self.temperature <= 0:
             raise AlliterError("max_generations and checkpoint_every must be >= 1, top_k >= 0, temperature > 0")
+        if self.snapshot_every < 0:
+            raise AlliterError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
         if self.dtype not in ("float32", "bfloat16", "float64"):
             raise AlliterError(f"dtype must be float32, bfloat16 or float64, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

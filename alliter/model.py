@@ -57,10 +57,15 @@ def load_models(cfg: TrainConfig) -> Models:
     if tokenizer.eos_token_id is None:
         raise AlliterError(f"tokenizer {cfg.tokenizer!r} has no end-of-text token")
     tokenizer.pad_token = tokenizer.eos_token
-    eos = {tokenizer.eos_token_id}
-    gen_eos = getattr(policy.generation_config, "eos_token_id", None)
-    eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
     # eval mode: no dropout, so policy and reference agree exactly before the first update
     policy.to(device).eval()
     reference.to(device).eval().requires_grad_(False)
-    return Models(policy, reference, tokenizer, sorted(eos), device)
+    return Models(policy, reference, tokenizer, end_ids(tokenizer, policy), device)
+
+
+def end_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """Every id that ends a story: the tokenizer's end-of-text and the generation config's."""
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    return sorted(eos)

@@ -45,6 +45,18 @@ MEASURE_LABELS = {
 }
 
 
+# The diversity plot's panels. The unique fraction (distinct texts per group) counts exact copies only, so it
+# sits at 1.0 until a group's texts are character for character the same, long after the collapse shows: the
+# fourth panel is 1 - the share of a text's word 4-grams that repeat inside it, which falls as a text turns
+# into "tall tall tall" (0.93 repeated at beta 0 against 0.00 at beta 100 on the coarse grid) and is the one
+# panel that looks inside a text rather than across the group. The unique fraction stays, when the rule uses it.
+PANEL_LABELS = {**MEASURE_LABELS, "repeated_4grams": "1 - repeated 4-grams"}
+
+
+def diversity_panels(rule_measure: str) -> list[str]:
+    return ["distinct_1", "distinct_2", "self_bleu", "unique_fraction" if rule_measure == "unique_fraction" else "repeated_4grams"]
+
+
 def beta_label(beta: float) -> str:
     return f"β = {beta:g}"
 
@@ -267,13 +279,13 @@ def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Pat
 def plot_diversity(result: Analysis, path: Path) -> None:
     cfg, s = result.cfg, result.summary
     colours = beta_colours(list(s["beta"]))
-    columns = list(MEASURE_LABELS)
-    curves = smoothed(result, ["distinct_1", "distinct_2", "unique_fraction", "self_bleu"])
+    columns = diversity_panels(cfg.diversity_measure)
+    curves = smoothed(result, columns)
     fig, axes = _figure(12, 7.5, 2, 2)
     rule_ax = axes[0][0]
     for ax, column in zip(axes.flat, columns):
         for beta, curve in curves.items():
-            y = 1 - curve["self_bleu"] if column == "self_bleu" else curve[column]
+            y = 1 - curve[column] if column in ("self_bleu", "repeated_4grams") else curve[column]
             _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, beta_label(beta))
         is_rule = column == cfg.diversity_measure
         if is_rule:
@@ -286,8 +298,8 @@ def plot_diversity(result: Analysis, path: Path) -> None:
                            edgecolor="black", zorder=5,
                            label=f"best point: {beta_label(p['beta'])}, {p['generations']} gens")
         ax.set_ylim(0, 1.02)  # all four are shares: a fixed scale shows a collapse for what it is
-        ax.set(xlabel="generations", ylabel=MEASURE_LABELS[column] + " (higher = more diverse)",
-               title=MEASURE_LABELS[column] + (" - used by the rule" if is_rule else ""))
+        ax.set(xlabel="generations", ylabel=PANEL_LABELS[column] + " (higher = more diverse)",
+               title=PANEL_LABELS[column] + (" - used by the rule" if is_rule else ""))
         ax.grid(alpha=0.3)
     _legend(axes[0][1], rule_ax)
     fig.suptitle(f"Diversity within each group of samples, running mean over {cfg.window} generations")

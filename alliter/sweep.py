@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -39,6 +40,7 @@ from alliter.config import (
     parse_seeds,
 )
 from alliter.search import BetaSearch, SearchSettings
+from alliter.snapshots import check_disk, drop_local_snapshots, snapshot_plan
 
 log = logging.getLogger("alliter")
 
@@ -50,7 +52,8 @@ PROGRESS_COLUMNS = {
     "distinct_2": "distinct_2",
     "diversity_kept": "div_kept",
 }
-# test-only: make a trial's worker process die after this many groups, once, before any restore
+# test-only: make a trial's worker process die after this many groups, once, before any restore, and
+# lose its working directory, as a lost node would
 CRASH_ENV = "ALLITER_TEST_CRASH_AFTER_GROUPS"
 
 
@@ -129,9 +132,12 @@ def rloo_trial(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as d:
                 trainer.save_checkpoint(Path(d) / CHECKPOINT)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            if _synced_to_storage(run_dir):  # that report synced the snapshots so far; storage keeps them
+                drop_local_snapshots(run_dir, trainer.generations)
         else:
             tune.report(metrics)
         if crash_after and restored is None and trainer.group == crash_after:
+            shutil.rmtree(run_dir, ignore_errors=True)
             os._exit(1)
         if stop:
             trainer.close()
@@ -140,6 +146,18 @@ def rloo_trial(config: dict[str, Any]) -> None:
 
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def _synced_to_storage(run_dir: Path) -> bool:
+    """Whether Tune syncs this working directory to a storage folder elsewhere (then it has, and waited for
+    it, with each reported checkpoint: sync_artifacts_on_checkpoint)."""
+    try:
+        storage = tune.get_context().get_storage()
+        config = storage.sync_config
+        elsewhere = Path(storage.trial_fs_path).resolve() != run_dir.resolve()
+        return bool(config.sync_artifacts and config.sync_artifacts_on_checkpoint and elsewhere)
+    except Exception:  # noqa: BLE001 - not in a Tune session, or another Ray: keep the files
+        return False
 
 
 def _write_node_info(run_dir: Path) -> None:
@@ -223,6 +241,10 @@ def run_sweep(
     base = base.resolved()  # fail on a bad model path or lr now, not inside six trials
     check_model_folder(base.model)
     storage = _storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or "results")
+    trials = (settings.budget if sweep.search else len(betas)) * len(seeds)
+    snapshots, snapshot_total = snapshot_plan(base, trials, at_most=sweep.search)
+    if not sweep.resume:
+        check_disk(storage, snapshot_total)
     name = sweep.name
     if sweep.resume:
         name = name or (_newest_sweep(storage) if "://" not in storage else None)
@@ -262,6 +284,8 @@ def run_sweep(
           f"tokenizer {base.tokenizer}, lr {base.lr}, {base.max_generations} generations each, "
           f"{gpus:g} GPU and {sweep.cpus_per_trial:g} CPU per trial")
     print(f"results: {exp_path}")
+    if not sweep.resume:
+        print(snapshots)
     if sweep.resume:
         tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True)
     else:
@@ -291,7 +315,8 @@ def run_sweep(
                 storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                sync_config=tune.SyncConfig(sync_artifacts=True, sync_period=10),
+                # on_checkpoint (Ray's default, said here because alliter.snapshots relies on it)
+                sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
                 progress_reporter=tune.CLIReporter(
                     parameter_columns=["beta", "seed"] if sweep.seeds else ["beta"], metric_columns=PROGRESS_COLUMNS,
                     max_report_frequency=15,

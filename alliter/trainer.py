@@ -5,6 +5,8 @@ A run directory holds:
   generations.jsonl    one JSON object per generated text, appended and flushed per group
   metrics.jsonl        one JSON object per group, the metrics reported to Tune
   events.out.tfevents  TensorBoard scalars (x axis: generations) and each group's texts
+  snapshots/           the policy every `snapshot_every` generations, and the model files to load it
+                       (alliter/snapshots.py)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from alliter.config import CONFIG_FILE, GENERATIONS_FILE, METRICS_FILE, AlliterE
 from alliter.model import load_models
 from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
 from alliter.rollout import decode_texts, sample_group, sequence_lengths
+from alliter.snapshots import drop_snapshots_after, save_snapshot, write_model_files
 
 CHECKPOINT_FORMAT = 1
 
@@ -52,6 +55,8 @@ class Trainer:
         self.resumed_at: int | None = None
         self._writer: SummaryWriter | None = None
         (self.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if cfg.snapshot_every:
+            write_model_files(self.m.policy, self.m.tokenizer, self.run_dir)
 
     # --- the RLOO update -------------------------------------------------------------------------
 
@@ -138,6 +143,8 @@ class Trainer:
             _append_lines(self.run_dir / GENERATIONS_FILE, records)
             _append_lines(self.run_dir / METRICS_FILE, [metrics])
             self._log_events(metrics, records)
+            if self.snapshot_due:
+                self.save_snapshot()
             yield metrics
         self.close()
 
@@ -148,6 +155,19 @@ class Trainer:
     @property
     def checkpoint_due(self) -> bool:
         return self.done or self.group % self.cfg.checkpoint_every == 0
+
+    @property
+    def snapshot_due(self) -> bool:
+        """At the end, and at the group that reaches or crosses a multiple of snapshot_every."""
+        every = self.cfg.snapshot_every
+        if every <= 0:
+            return False
+        return self.done or self.generations // every > (self.generations - self.cfg.group_size) // every
+
+    def save_snapshot(self) -> Path:
+        """The policy's weights now, as snapshots/generations=NNNNNN.safetensors."""
+        meta = {"generations": self.generations, "group": self.group, "beta": self.cfg.beta, "model": self.cfg.model}
+        return save_snapshot(self.m.policy, self.run_dir, self.generations, meta)
 
     def _log_events(self, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
         if self._writer is None:
@@ -202,6 +222,7 @@ class Trainer:
         self.resumed_at = self.generations
         for name in (GENERATIONS_FILE, METRICS_FILE):
             _write_atomic(self.run_dir / name, state[name])
+        drop_snapshots_after(self.run_dir, self.generations)
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:

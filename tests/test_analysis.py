@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from alliter import reward as R
-from alliter.analysis import AnalysisConfig, analyse, main
+from alliter.analysis import AnalysisConfig, analyse
+from alliter.best_beta_cli import main
 from alliter.report import beta_colours
 
 REPO = Path(__file__).resolve().parents[1]

@@ -87,8 +87,9 @@ def test_two_beta_sweep_terminates_with_metrics_generations_events_and_checkpoin
 
 
 def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
-    # the trial's process dies (os._exit) after group 3; its last checkpoint is at group 2
-    res = sweep("--betas", "1", "--max-generations", "50", "--checkpoint-every", "2",
+    # the trial's process dies (os._exit) after group 3, losing its working folder as a lost node would;
+    # its last checkpoint is at group 2
+    res = sweep("--betas", "1", "--max-generations", "50", "--checkpoint-every", "2", "--snapshot-every", "10",
                 "--storage", str(tmp_path), "--name", "fault", env={"ALLITER_TEST_CRASH_AFTER_GROUPS": "3"})
     assert res.returncode == 0, res.stderr[-3000:]
     exp = tmp_path / "fault"
@@ -98,6 +99,10 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
     assert generation_indices(trial) == list(range(50))  # every generation exactly once
     pids = {json.loads(line)["pid"] for line in (trial / "result.json").read_text().splitlines()}
     assert len(pids) == 2  # a second worker process finished the trial
+    # every snapshot once: those up to the checkpoint were synced with it, the restarted worker wrote the rest
+    assert sorted(p.name for p in (trial / "snapshots").glob("*.safetensors")) == [
+        f"generations={g:06d}.safetensors" for g in range(10, 51, 10)]
+    assert "snapshots: every 10 generations, 5 per trial x 1.0 MB (float32) = 5.2 MB per trial, 5.2 MB for 1 trial" in res.stdout
 
 
 def test_interrupted_driver_resumes_without_rerunning_finished_trials(tmp_path):

@@ -84,7 +84,7 @@ def test_single_trial_writes_metrics_generations_events_and_checkpoint(tmp_path,
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    common = ["--beta", "1", "--max-generations", "120", "--checkpoint-every", "3", "--seed", "7"]
+    common = ["--beta", "1", "--max-generations", "120", "--checkpoint-every", "3", "--seed", "7", "--snapshot-every", "30"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert train_cli(*common, "--out", str(straight)).returncode == 0
 
@@ -109,6 +109,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = read_jsonl(broken / "metrics.jsonl")
     assert [m["generations"] for m in metrics] == list(range(10, 121, 10))
+    assert snapshot(broken / "snapshots") == snapshot(straight / "snapshots")  # the policy snapshots, byte for byte
+    assert len(list((broken / "snapshots").glob("generations=*.safetensors"))) == 4
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):

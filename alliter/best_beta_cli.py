@@ -1,0 +1,92 @@
+"""analysis/best_beta.py's command: the analysis (alliter.analysis), its outputs (alliter.report) and the
+export of a point as a model folder (alliter.export). The modules import one way: this one imports them,
+report imports analysis, analysis imports neither."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from alliter import analysis, export, report
+from alliter.analysis import AnalysisConfig, analyse, newest_sweep
+from alliter.config import AlliterError, add_config_flags, given_config_values
+
+EPILOG = """export:
+  --export DIR writes the best point (or --export-at BETA:GENERATIONS) as a model folder that
+  transformers' from_pretrained and pipeline("text-generation") load offline; then
+  `python -m alliter.sample DIR` prints stories from it."""
+
+
+def best_point_rule(result: analysis.Analysis) -> str:
+    cfg = result.cfg
+    return (
+        f"the analysis's best point (best_beta.py): of each beta's latest window of {cfg.window} generations before it "
+        f"collapsed ({cfg.rule().describe()}), the one with the highest alliteration"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=analysis.__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "results", nargs="*", metavar="RESULTS_DIR", help="sweep or trial folders (default: the newest sweep under ./results)"
+    )
+    parser.add_argument("--out", help="output folder (default: RESULTS_DIR/analysis, the first RESULTS_DIR's)")
+    parser.add_argument("--json", action="store_true", help="print the choice as JSON on stdout (the table goes to stderr)")
+    parser.add_argument("--export", metavar="DIR", help="write the best point's policy as a model folder (new or empty)")
+    parser.add_argument("--export-at", metavar="BETA:GENERATIONS",
+                        help="with --export: export this point instead, e.g. 30:1600 (the nearest earlier snapshot "
+                             "when it has none)")
+    add_config_flags(parser, AnalysisConfig)
+    args = parser.parse_args(argv)
+    say = sys.stderr if args.json else sys.stdout
+    try:
+        point = None
+        if args.export_at and not args.export:
+            raise AlliterError("--export-at needs --export DIR")
+        if args.export:
+            export.check_out_dir(Path(args.export))  # before anything runs
+            at = export.parse_point(args.export_at) if args.export_at else None
+        paths = [Path(p) for p in args.results] or [newest_sweep()]
+        result = analyse(paths, AnalysisConfig(**given_config_values(args, AnalysisConfig)))
+        if args.export:
+            if at is not None:
+                wanted: dict[str, Any] = {"beta": at[0], "generations": at[1]}
+                rule = f"chosen by hand: --export-at {args.export_at}"
+            elif result.best_point is not None:
+                wanted, rule = result.best_point, best_point_rule(result)
+            else:
+                raise AlliterError("the analysis found no best point (every beta's diversity falls in its first "
+                                   "window); pass --export-at BETA:GENERATIONS")
+            point = export.resolve_point(result, wanted, rule)  # a bad beta or generation fails before any output
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        out = Path(args.out) if args.out else paths[0] / "analysis"
+        written = report.write_outputs(result, out)
+        if point is not None:
+            for note in point.notes:
+                print(f"note: {note}", file=sys.stderr)
+            export.write_export(result, point, Path(args.export), paths)
+    except AlliterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write the outputs: {err}", file=sys.stderr)
+        return 2
+    print(report.table(result), file=say)
+    print("\n" + report.reason(result), file=say)
+    print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)
+    if point is not None:
+        print(f"exported beta={point.beta:g} at {point.generations} generations (trial {point.trial.name}) to "
+              f"{args.export}\nnext: python -m alliter.sample {args.export}", file=say)
+    if args.json:
+        choice = report.choice_json(result, out)
+        if point is not None:
+            choice["export"] = {"dir": str(args.export), "beta": point.beta, "generations": point.generations,
+                                "requested_generations": point.requested, "trial": point.trial.name}
+        print(json.dumps(choice, indent=2))
+    return 0

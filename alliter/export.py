@@ -1,0 +1,268 @@
+"""From a (beta, generations) point of a sweep to a model folder every tool loads.
+
+    python analysis/best_beta.py SWEEP --export DIR                      # the analysis's best point
+    python analysis/best_beta.py SWEEP --export DIR --export-at 30:1600  # another point
+
+The folder holds the policy of the trial at that point, from the trial's snapshot (or, when the point has
+none, the nearest earlier one, said in one line): model.safetensors and config.json
+(`save_pretrained`), the tokenizer, a generation config with the trial's sampling settings (do_sample,
+top-k, temperature, max_length), README.md (a model card: the point, its metrics, the sweep, the rule
+that chose it) and alliter.json (the same, machine-readable). `AutoModelForCausalLM.from_pretrained(DIR)`
+and `pipeline("text-generation", model=DIR)` load it with no hub; `python -m alliter.sample DIR` prints
+stories from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from alliter.analysis import MEASURES, Analysis, Trial
+from alliter.config import BUNDLED_MODEL, CONFIG_FILE, EXPORT_INFO_FILE, AlliterError, TrainConfig
+from alliter.snapshots import umask_now, list_snapshots, load_snapshot
+
+# the measures a model card lists, in order: summary name -> label
+CARD_MEASURES = {
+    "alliteration": "alliteration (mean raw reward: adjacent word pairs with the same first letter)",
+    "distinct_1": "distinct-1 (unique words / words, per group of samples)",
+    "distinct_2": "distinct-2 (unique word pairs / word pairs, per group)",
+    "self_bleu": "self-BLEU (each text against the rest of its group; high = near-duplicates)",
+    "repeated_4grams": "repeated word 4-grams inside a text (share)",
+    "unique_fraction": "unique fraction (distinct texts / texts, per group)",
+    "kl_penalty": "KL penalty per token (CE policy - CE reference)",
+    "ce_ref": "cross-entropy of the texts under the unmodified model",
+}
+
+
+@dataclass
+class ExportPoint:
+    """What to export: the point asked for, the trial and the snapshot that serve it, and what to say."""
+
+    beta: float
+    requested: int  # generations asked for
+    generations: int  # generations of the snapshot used
+    trial: Trial
+    snapshot: Path
+    rule: str
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_point(text: str) -> tuple[float, int]:
+    """`30:1600` -> (30.0, 1600)."""
+    beta, sep, generations = text.partition(":")
+    try:
+        point = float(beta), int(generations)
+    except ValueError:
+        point = None
+    if not sep or point is None or not math.isfinite(point[0]):
+        raise AlliterError(f"--export-at takes BETA:GENERATIONS, e.g. 30:1600; got {text!r}")
+    return point
+
+
+def check_out_dir(out: Path) -> None:
+    """An export never writes into a folder that holds anything (it could be another export, or results)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AlliterError(f"{out} exists and is not empty; nothing was written - pass a new or empty folder to --export")
+
+
+def _seed(trial: Trial) -> int:
+    try:
+        return int(json.loads((trial.path / CONFIG_FILE).read_text()).get("seed", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def pick_trial(result: Analysis, beta: float, trial_name: str | None = None) -> tuple[Trial, list[str]]:
+    """The trial of a beta to export: the named one, else (seeds) the one with the lowest seed."""
+    trials = [t for t in result.trials if math.isclose(t.beta, beta, rel_tol=1e-9, abs_tol=1e-12)]
+    if not trials:
+        betas = ", ".join(f"{b:g}" for b in sorted({t.beta for t in result.trials}))
+        raise AlliterError(f"beta {beta:g} is not in the sweep (its betas: {betas})")
+    if trial_name is not None:
+        named = [t for t in trials if t.name == trial_name]
+        if not named:
+            raise AlliterError(f"no trial named {trial_name!r} with beta {beta:g} in the sweep")
+        return named[0], []
+    if len(trials) == 1:
+        return trials[0], []
+    trial = min(trials, key=lambda t: (_seed(t), t.name))
+    return trial, [f"{len(trials)} trials have beta={beta:g}: exporting {trial.name}, the one with the lowest seed ({_seed(trial)})"]
+
+
+def resolve_point(result: Analysis, point: dict[str, Any], rule: str) -> ExportPoint:
+    """The trial and snapshot for a point {beta, generations[, trial]}; AlliterError in one line when there is none."""
+    beta, requested = float(point["beta"]), int(point["generations"])
+    trial, notes = pick_trial(result, beta, point.get("trial"))
+    if requested < 1:
+        raise AlliterError(f"generations must be at least 1, got {requested}")
+    if requested > trial.done:
+        raise AlliterError(f"generation {requested} is past the end of trial {trial.name} ({trial.done} generations)")
+    snapshots = list_snapshots(trial.path)
+    if not snapshots:
+        raise AlliterError(
+            f"trial {trial.name} has no snapshots (it ran with --snapshot-every 0, or before alliter kept them); "
+            "run it again to export it"
+        )
+    earlier = [g for g in snapshots if g <= requested]
+    if not earlier:
+        raise AlliterError(
+            f"trial {trial.name} has no snapshot at or before generation {requested} (the first is at {min(snapshots)})"
+        )
+    used = max(earlier)
+    if used != requested:
+        notes.append(f"no snapshot at generation {requested} in {trial.name}: exporting the nearest earlier one, at {used}")
+    return ExportPoint(beta, requested, used, trial, snapshots[used], rule, notes)
+
+
+def point_metrics(result: Analysis, point: ExportPoint) -> dict[str, float]:
+    """The trial's measures over the window of generations ending at the exported snapshot, group by group,
+    and the unmodified model's (the trial's first group)."""
+    g = result.groups[result.groups["trial"] == point.trial.name]
+    window = g[(g["generations"] > point.generations - result.cfg.window) & (g["generations"] <= point.generations)]
+    first = g.loc[g["group"].idxmin()] if len(g) else None
+    out: dict[str, float] = {}
+    for name in CARD_MEASURES:
+        column = MEASURES[name]
+        if column in window:
+            out[name] = _number(window[column].mean())
+            out[f"{name}_unmodified"] = _number(first[column]) if first is not None else None
+    out["window_from"] = int(max(0, point.generations - result.cfg.window))
+    return out
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def write_export(result: Analysis, point: ExportPoint, out: Path, sweep: list[Path]) -> Path:
+    """Write the model folder (into a temporary folder beside `out`, renamed at the end: a failed export
+    leaves nothing half-written)."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar, for one file
+    check_out_dir(out)
+    cfg = TrainConfig.from_dict(json.loads((point.trial.path / CONFIG_FILE).read_text()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model, tokenizer = load_snapshot(point.trial.path, point.generations)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        eos = tokenizer.eos_token_id
+        gen = GenerationConfig.from_dict({
+            **{k: v for k, v in model.generation_config.to_diff_dict().items()
+               if k not in ("transformers_version", "_from_model_config")},
+            "do_sample": True, "top_k": cfg.top_k, "temperature": cfg.temperature, "max_length": cfg.max_length,
+            "top_p": 1.0, "pad_token_id": eos,
+        })
+        gen.save_pretrained(tmp)
+        metrics = point_metrics(result, point)
+        info = {
+            "beta": point.beta, "generations": point.generations, "requested_generations": point.requested,
+            "trial": point.trial.name, "trial_folder": str(point.trial.path.resolve()),
+            "sweep": [str(p.resolve()) for p in sweep], "snapshot": point.snapshot.name, "rule": point.rule,
+            "notes": point.notes, "prompt": cfg.prompt, "metrics": metrics, "window": result.cfg.window,
+            "config": cfg.to_dict(),
+        }
+        (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        licence = _base_licence(cfg.model)
+        if licence is not None:
+            shutil.copyfile(licence, tmp / "LICENSE")
+        (tmp / "README.md").write_text(model_card(info, cfg, licence is not None), encoding="utf-8")
+        for path in tmp.iterdir():  # safetensors writes its files private (0600): make them like the others
+            os.chmod(path, 0o666 & ~umask_now())
+        os.replace(tmp, out)  # onto a missing or empty folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _base_licence(model: str) -> Path | None:
+    """The base model's licence file, when it is a local folder with one (the bundled model: MIT)."""
+    for folder in (Path(model), BUNDLED_MODEL if Path(model).name == BUNDLED_MODEL.name else None):
+        if folder is not None and (folder / "LICENSE").is_file():
+            return folder / "LICENSE"
+    return None
+
+
+def _is_hub_id(model: str) -> bool:
+    return not model.startswith((".", "/", "~")) and model.count("/") == 1 and not Path(model).exists()
+
+
+def model_card(info: dict[str, Any], cfg: TrainConfig, has_licence: bool) -> str:
+    beta, gens, m = info["beta"], info["generations"], info["metrics"]
+    base = Path(cfg.model).name if not _is_hub_id(cfg.model) else cfg.model
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [alliter, rloo, tinystories]"]
+    if _is_hub_id(cfg.model):
+        front.append(f"base_model: {cfg.model}")
+    front.append("---")
+
+    def num(name: str, fmt: str = ".3f") -> str:
+        value = m.get(name)
+        return "-" if value is None else format(value, fmt)
+
+    rows = "\n".join(
+        f"| {label} | {num(name)} | {num(name + '_unmodified')} |" for name, label in CARD_MEASURES.items() if name in m
+    )
+    notes = "".join(f"\n- note: {n}" for n in info["notes"])
+    licence = (
+        "The base model's licence is in `LICENSE`; it applies to these weights too."
+        if has_licence else f"The base model's licence ({cfg.model}) applies to these weights."
+    )
+    return "\n".join(front) + f"""
+
+# {base}, alliteration fine-tune: beta={beta:g} at {gens} generations
+
+An RLOO fine-tune of `{base}` towards alliterative stories, exported by alliter from a beta sweep: the
+policy of trial `{info['trial']}` (KL-penalty coefficient beta={beta:g}) after {gens} generations.
+
+## The point
+
+- beta (KL-penalty coefficient): {beta:g}
+- generations: {gens} (snapshot `{info['snapshot']}`; asked for: {info['requested_generations']})
+- trial: `{info['trial']}` (seed {cfg.seed})
+- sweep: {', '.join(f'`{s}`' for s in info['sweep'])}
+- chosen by: {info['rule']}{notes}
+
+## Metrics
+
+Over the trial's {info['window']} generations up to the snapshot ({m['window_from']} to {gens}), each measure a mean
+over its groups of {cfg.group_size} samples; the unmodified model is the trial's first group, sampled before any
+update.
+
+| measure | at this point | unmodified model |
+| --- | --- | --- |
+{rows}
+
+## Use
+
+```python
+from transformers import pipeline
+
+generator = pipeline("text-generation", model="path/to/this/folder")
+print(generator("{cfg.prompt}")[0]["generated_text"])
+```
+
+`generation_config.json` holds the sampling the policy was trained with: do_sample, top-k {cfg.top_k},
+temperature {cfg.temperature:g}, max_length {cfg.max_length} tokens (prompt included). With alliter
+installed, `python -m alliter.sample path/to/this/folder` prints stories with their raw reward.
+
+## Training
+
+RLOO (groups of {cfg.group_size} samples of the prompt "{cfg.prompt}", leave-one-out advantages, one SGD step
+per group, learning rate {'-' if cfg.lr is None else format(cfg.lr, 'g')}, {cfg.dtype}); reward = raw reward + beta x (CE policy - CE reference);
+base model `{cfg.model}`, tokenizer `{cfg.tokenizer}`. The whole trial config is in `{EXPORT_INFO_FILE}`.
+
+## Licence
+
+{licence}
+"""

@@ -1,0 +1,126 @@
+"""Stories from an exported model folder, or from a trial's snapshot, each with its raw reward.
+
+    python -m alliter.sample DIR [--n 5] [--seed 0]                  # a folder best_beta.py --export wrote
+    python -m alliter.sample TRIAL_DIR --generations 800 [--n 5]     # a trial folder, at a snapshot
+
+Sampling is the trainer's own (alliter.rollout: the same decode loop, top-k and temperature, stories cut at
+their end-of-text) with the settings the policy was trained with, and the raw reward is the trainer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from alliter import reward as R
+from alliter.config import CONFIG_FILE, EXPORT_INFO_FILE, AlliterError, TrainConfig
+from alliter.model import end_ids, pick_device
+from alliter.rollout import decode_texts, sample_group, sequence_lengths
+from alliter.snapshots import list_snapshots, load_snapshot
+
+
+def load_exported(folder: Path, device: torch.device) -> tuple[Any, Any, dict[str, Any], str]:
+    """(model, tokenizer, sampling settings, what it is) of a folder best_beta.py --export wrote (or any
+    saved causal LM folder)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise AlliterError(f"cannot load a model from {folder}: {' '.join(str(err).split())[:200]}") from None
+    info_path = folder / EXPORT_INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    gen = model.generation_config
+    settings = {
+        "prompt": info.get("prompt", TrainConfig.prompt),
+        "top_k": gen.top_k if gen.top_k is not None else TrainConfig.top_k,
+        "temperature": gen.temperature if gen.temperature is not None else TrainConfig.temperature,
+        "max_length": gen.max_length if gen.max_length is not None else TrainConfig.max_length,
+    }
+    what = f"beta={info['beta']:g} at {info['generations']} generations (trial {info['trial']})" if info else str(folder)
+    return model, tokenizer, settings, what
+
+
+def load_trial(folder: Path, generations: int, device: torch.device) -> tuple[Any, Any, dict[str, Any], str]:
+    """(model, tokenizer, sampling settings, what it is) of a trial folder at a snapshot (the nearest earlier
+    one when there is none at `generations`, said on stderr)."""
+    if not (folder / CONFIG_FILE).is_file():
+        raise AlliterError(f"{folder} is not a trial folder (no {CONFIG_FILE})")
+    cfg = TrainConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+    snapshots = list_snapshots(folder)
+    if not snapshots:
+        raise AlliterError(f"trial {folder} has no snapshots (it ran with --snapshot-every 0?)")
+    earlier = [g for g in snapshots if g <= generations]
+    if not earlier:
+        raise AlliterError(f"trial {folder} has no snapshot at or before generation {generations} (the first is at {min(snapshots)})")
+    used = max(earlier)
+    if used != generations:
+        print(f"note: no snapshot at generation {generations} in {folder}: sampling the nearest earlier one, at {used}",
+              file=sys.stderr)
+    model, tokenizer = load_snapshot(folder, used, device)
+    settings = {"prompt": cfg.prompt, "top_k": cfg.top_k, "temperature": cfg.temperature, "max_length": cfg.max_length}
+    return model, tokenizer, settings, f"beta={cfg.beta:g} at {used} generations (trial {folder})"
+
+
+def stories(model: Any, tokenizer: Any, settings: dict[str, Any], n: int, seed: int, fast: bool = True) -> list[str]:
+    """n stories of the prompt, sampled as the trainer samples a group."""
+    torch.manual_seed(seed)
+    prompt_ids = tokenizer(settings["prompt"], return_tensors="pt").input_ids[0].to(model.device)
+    if len(prompt_ids) >= settings["max_length"]:
+        raise AlliterError(f"the prompt is {len(prompt_ids)} tokens, max_length {settings['max_length']} leaves none")
+    eos = end_ids(tokenizer, model)
+    if not eos:
+        raise AlliterError("the tokenizer has no end-of-text token")
+    tokens = sample_group(model, prompt_ids, n, settings["max_length"], settings["top_k"], settings["temperature"], eos,
+                          fast=fast)
+    return decode_texts(tokenizer, tokens, sequence_lengths(tokens, len(prompt_ids), eos))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", metavar="DIR", help="an exported model folder, or a trial folder with --generations")
+    parser.add_argument("--generations", type=int, help="a trial folder's snapshot at this many generations")
+    parser.add_argument("--n", type=int, default=5, help="stories to print (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    parser.add_argument("--prompt", help="the prompt (default: the one the policy was trained on)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    args = parser.parse_args(argv)
+    folder = Path(args.dir)
+    hf_logging.disable_progress_bar()
+    try:
+        if args.n < 1:
+            raise AlliterError(f"--n must be at least 1, got {args.n}")
+        if not folder.is_dir():
+            raise AlliterError(f"no such folder: {folder}")
+        device = pick_device(args.device)
+        if args.generations is not None:
+            model, tokenizer, settings, what = load_trial(folder, args.generations, device)
+        elif list_snapshots(folder):
+            have = ", ".join(str(g) for g in list_snapshots(folder))
+            raise AlliterError(f"{folder} is a trial folder: pass --generations G (its snapshots: {have})")
+        else:
+            model, tokenizer, settings, what = load_exported(folder, device)
+        if args.prompt is not None:
+            settings["prompt"] = args.prompt
+        texts = stories(model, tokenizer, settings, args.n, args.seed)
+    except AlliterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{what}: top-k {settings['top_k']}, temperature {settings['temperature']:g}, "
+          f"max length {settings['max_length']} tokens, seed {args.seed}\n")
+    for i, text in enumerate(texts, 1):
+        print(f"[{i}] raw reward {R.raw_reward(text)}\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    from alliter.cli import run
+
+    run(main)
