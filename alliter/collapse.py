@@ -23,14 +23,13 @@ from typing import Sequence
 
 import numpy as np
 
-from alliter.config import AlliterError
+from alliter.config import DEFAULT_WINDOW, AlliterError
 
 # per-group diversity measures the trainer reports (best_beta also has self-BLEU, from the texts)
 TRAINER_MEASURES = ("distinct_1", "distinct_2", "unique_fraction")
 ALL_MEASURES = (*TRAINER_MEASURES, "self_bleu")
 DEFAULT_MEASURE = "distinct_2"
 DEFAULT_SHARE = 0.8
-DEFAULT_WINDOW = 200
 
 
 @dataclass

@@ -47,6 +47,9 @@ SNAPSHOT_FILE = "generations={:06d}.safetensors"
 SNAPSHOT_PATTERN = r"generations=(\d+)\.safetensors"
 EXPORT_INFO_FILE = "alliter.json"  # in an exported model folder: the point, the trial and its config
 
+# generations of best_beta's window, the collapse rule's running window, and so the snapshots' spacing
+DEFAULT_WINDOW = 200
+
 # name -> (betas, max_generations or None for the config's own)
 GRIDS: dict[str, tuple[list[float], int | None]] = {
     "coarse": ([0.0, 0.01, 0.1, 1.0, 10.0, 100.0], None),
@@ -81,7 +84,7 @@ class TrainConfig:
     """Seed of Python's and torch's generators."""
     checkpoint_every: int = 20
     """Checkpoint every this many groups (and at the end)."""
-    snapshot_every: int = 200
+    snapshot_every: int = DEFAULT_WINDOW
     """Keep the policy's weights every this many generations (and at the end) in the trial's snapshots/, for `best_beta.py --export`; 0: none. Default: best_beta's window, so every point it can pick has its own snapshot."""
     device: str = "auto"
     """cuda, cpu, or auto (cuda when there is one)."""
