@@ -43,6 +43,7 @@ from alliter import reward as R
 from alliter.collapse import CollapseRule
 from alliter.config import (
     CONFIG_FILE,
+    DROPPED_PREFIX,
     GENERATIONS_FILE,
     METRICS_FILE,
     SEARCH_FILE,
@@ -112,6 +113,11 @@ class Trial:
         if self.max_generations is not None and self.done < self.max_generations:
             return "stopped" if self.stop_reason else "incomplete"
         return "complete"
+
+    @property
+    def dropped(self) -> bool:
+        """A search stopped it because its beta could no longer move the bracket: it says nothing about its beta."""
+        return self.status == "stopped" and str(self.stop_reason).startswith(DROPPED_PREFIX)
 
     def notes(self) -> list[str]:
         """Lines for the user about a trial that is not simply complete."""
@@ -366,9 +372,9 @@ def window_frame(groups: pd.DataFrame, window: int) -> pd.DataFrame:
     return per_beta.mean().assign(generations=per_beta["generations"].max()).reset_index()
 
 
-def trial_frame(groups: pd.DataFrame, cfg: AnalysisConfig) -> pd.DataFrame:
-    """Per trial: the final window's measures, the unmodified model's (its first group), and the first
-    generation at which it collapsed by the rule of alliter.collapse (NaN: it never did)."""
+def trial_frame(trials: list[Trial], groups: pd.DataFrame, cfg: AnalysisConfig) -> pd.DataFrame:
+    """Per trial: the final window's measures, the unmodified model's (its first group), the first generation
+    at which it collapsed by the rule of alliter.collapse (NaN: it never did), and whether a search dropped it."""
     last = groups.groupby("trial")["generations"].transform("max")
     final = _means(groups[groups["generations"] > last - cfg.window], ["beta", "trial"])
     first = groups.loc[groups.groupby("trial")["group"].idxmin()].set_index(["beta", "trial"])
@@ -380,7 +386,8 @@ def trial_frame(groups: pd.DataFrame, cfg: AnalysisConfig) -> pd.DataFrame:
     }
     final["collapsed_at"] = pd.Series(collapsed_at, dtype=float)
     final["collapsed"] = final["collapsed_at"].notna()
-    return final.reset_index()
+    dropped = {t.name for t in trials if t.dropped}
+    return final.reset_index().assign(dropped=lambda f: f["trial"].isin(dropped))
 
 
 def beta_collapse(collapsed_at: pd.Series, max_collapse_rate: float) -> float:
@@ -396,8 +403,10 @@ def summary_frame(
 ) -> pd.DataFrame:
     """Per beta, over its trials (seeds): the final window's measures (mean, and standard error when there
     are several seeds), the unmodified model's, the collapse rate, the verdict and the Pareto front."""
-    per_trial = trial_frame(groups, cfg)
-    by_beta = per_trial.drop(columns="trial").groupby("beta")
+    per_trial = trial_frame(trials, groups, cfg)
+    dropped = per_trial.groupby("beta")["dropped"].all()  # a beta the search only ever ran to drop it
+    by_beta = per_trial[~per_trial["dropped"] | per_trial["beta"].map(dropped)].drop(columns=["trial", "dropped"])
+    by_beta = by_beta.groupby("beta")
     s = by_beta.mean(numeric_only=True)
     for name in ("alliteration", "diversity"):  # NaN for one seed: no interval
         s[f"{name}_se"] = by_beta[name].std(ddof=1) / np.sqrt(by_beta[name].count())
@@ -413,13 +422,13 @@ def summary_frame(
     s["diversity_fell_at"] = [beta_collapse(g["collapsed_at"], cfg.max_collapse_rate) for _, g in by_beta]
     s["diverse_until"] = [diverse_until(windows[windows["beta"] == b], s.at[b, "diversity_fell_at"]) for b in s.index]
 
-    kept = (s["collapse_rate"] <= cfg.max_collapse_rate) & s["diversity"].notna()
+    kept = (s["collapse_rate"] <= cfg.max_collapse_rate) & s["diversity"].notna() & ~dropped
     best_gain = s.loc[kept, "alliteration_gain"].max()
     gain = s["alliteration_gain"]
     learned = kept & (gain >= cfg.min_gain) & (gain >= cfg.under_optimised_share * best_gain)
     verdict = np.where(~kept, "collapsed", np.where(learned, "balanced", "under-optimised"))
-    s["verdict"] = np.where(s["diversity"].isna(), "unmeasured", verdict)
-    s["pareto"] = pareto_front(s["alliteration"], s["diversity"])
+    s["verdict"] = np.where(dropped, "dropped", np.where(s["diversity"].isna(), "unmeasured", verdict))
+    s["pareto"] = pareto_front(s["alliteration"].where(~dropped), s["diversity"].where(~dropped))
     s["chosen"] = False
     if kept.any():
         s.loc[s.loc[kept, "alliteration"].idxmax(), "chosen"] = True

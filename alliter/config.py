@@ -37,7 +37,8 @@ GENERATIONS_FILE = "generations.jsonl"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
-STOP_REASON_FILE = "stop_reason.txt"  # a trial that stopped itself on collapse says why
+STOP_REASON_FILE = "stop_reason.txt"  # a trial stopped early says why: it collapsed, or a search dropped it
+DROPPED_PREFIX = "not needed"  # how the reason of a trial that a search dropped begins (alliter/search.py)
 SWEEP_STATS_FILE = "sweep.json"  # a sweep's wall time, group time and efficiency, beside Tune's experiment state
 SEARCH_FILE = "search.json"  # a search's path (alliter/search.py), beside Tune's experiment state
 # snapshots/ holds the policy every --snapshot-every generations, and the model's config and tokenizer,

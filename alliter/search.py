@@ -21,6 +21,7 @@ names the inversions. With seeds, a beta's verdict is its seeds': collapsed when
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pickle
@@ -29,7 +30,9 @@ from typing import Any, Sequence
 
 from ray.tune.search import Searcher
 
-from alliter.config import SEARCH_FILE, AlliterError
+from alliter.config import DROPPED_PREFIX, SEARCH_FILE, AlliterError
+
+log = logging.getLogger("alliter")
 
 EXPAND = 10.0  # the ladder's step when the bracket is open on one side
 MIN_BETA = 1e-3  # below this a beta is as good as 0: a search that keeps everything down to it stops
@@ -56,11 +59,23 @@ class SearchSettings:
         return self
 
 
-def round_beta(beta: float, taken: Sequence[float]) -> float:
-    """Three significant digits (folder names read beta=42.2, not beta=42.16965...), unless that lands on
-    a beta already taken."""
-    rounded = float(f"{beta:.3g}")
-    return beta if rounded in taken else rounded
+def simple_beta(a: float, b: float, taken: Sequence[float] = ()) -> float:
+    """A beta between a and b: the simplest number (fewest significant digits) in the middle half of the gap
+    in log beta, and of those the closest to the geometric midpoint (the lower on a tie). Folder names and
+    tables read beta=30, not beta=31.6227766, and a search lands on the betas a person would try."""
+    la, lb = math.log10(a), math.log10(b)
+    lo, hi, mid = la + (lb - la) / 4, lb - (lb - la) / 4, (la + lb) / 2
+    for digits in range(1, 7):
+        found = []
+        for exp in range(math.floor(lo) - 1, math.ceil(hi) + 1):
+            step = 10.0 ** (exp - digits + 1)
+            for k in range(10 ** (digits - 1), 10**digits):
+                c = float(f"{k * step:.{digits}g}")
+                if 10**lo <= c <= 10**hi and c not in taken:
+                    found.append(c)
+        if found:
+            return min(found, key=lambda c: (round(abs(math.log10(c) - mid), 9), c))
+    return math.sqrt(a * b)
 
 
 def bracket(verdicts: dict[float, bool]) -> tuple[float | None, float | None, list[float]]:
@@ -89,6 +104,7 @@ class BetaSearch(Searcher):
         self.queue: list[tuple[float, int]] = []  # seeds of the newest beta not yet handed out
         self.betas: list[float] = []  # betas in the order they were chosen
         self.log: list[dict[str, Any]] = []  # the search's path, for the report
+        self.dropped: dict[str, str] = {}  # trial_id -> why the search stopped it (alliter.sweep.SearchStopper)
         self.finished = False
 
     # --- what Tune calls ---------------------------------------------------------------------------
@@ -106,14 +122,14 @@ class BetaSearch(Searcher):
                 if live == 0:
                     self.finished = True
                     self.log.append({"event": "finished", "reason": self.finish_reason()})
-                    print(f"alliter search: done, {self.log[-1]['reason']}", flush=True)
+                    log.info("alliter search: done, %s", self.log[-1]["reason"])
                     return Searcher.FINISHED
                 return None  # wait for a running trial's verdict
             beta, why, round_ = chosen
             self.betas.append(beta)
             self.queue = [(beta, seed) for seed in self.settings.seeds]
             self.log.append({"event": "suggest", "round": round_, "beta": beta, "seeds": self.settings.seeds, "why": why})
-            print(f"alliter search: round {round_}, beta {beta:g}: {why}", flush=True)
+            log.info("alliter search: round %d, beta %g: %s", round_, beta, why)
         beta, seed = self.queue.pop(0)
         self.trials[trial_id] = (beta, seed)
         return {"beta": beta, "seed": seed}
@@ -123,7 +139,10 @@ class BetaSearch(Searcher):
             return
         beta, seed = self.trials[trial_id]
         result = result or {}
-        if error or "collapsed" not in result:
+        if trial_id in self.dropped:
+            outcome = {"beta": beta, "seed": seed, "verdict": "dropped", "why": self.dropped[trial_id],
+                       "generations": result.get("generations")}
+        elif error or "collapsed" not in result:
             outcome = {"beta": beta, "seed": seed, "verdict": "errored"}
         else:
             outcome = {"beta": beta, "seed": seed, "verdict": "collapsed" if result["collapsed"] else "kept",
@@ -133,7 +152,7 @@ class BetaSearch(Searcher):
         verdict = self.verdicts().get(beta)
         if verdict is not None and all(t in self.outcomes for t, (b, _) in self.trials.items() if b == beta):
             self.log.append({"event": "verdict", "beta": beta, "verdict": "collapsed" if verdict else "kept"})
-            print(f"alliter search: beta {beta:g} {'collapsed' if verdict else 'kept its diversity'}", flush=True)
+            log.info("alliter search: beta %g %s", beta, "collapsed" if verdict else "kept its diversity")
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -158,7 +177,7 @@ class BetaSearch(Searcher):
         for beta, ids in by_beta.items():
             if beta in (b for b, _ in self.queue) or not all(t in self.outcomes for t in ids):
                 continue
-            verdicts = [self.outcomes[t]["verdict"] for t in ids if self.outcomes[t]["verdict"] != "errored"]
+            verdicts = [self.outcomes[t]["verdict"] for t in ids if self.outcomes[t]["verdict"] in ("collapsed", "kept")]
             if verdicts:
                 out[beta] = sum(v == "collapsed" for v in verdicts) / len(verdicts) > self.settings.max_collapse_rate
         return out
@@ -181,7 +200,7 @@ class BetaSearch(Searcher):
         if hi is None:  # nothing kept yet: the highest beta still running closes the bracket for now
             above = [b for b in running if lo is None or b > lo]
             if not above:
-                beta = round_beta(lo * EXPAND, taken)
+                beta = lo * EXPAND
                 return beta, f"every beta so far collapsed: {EXPAND:g}x the highest ({lo:g})", rounds[lo] + 1
             hi = max(above)
         if lo is None:
@@ -189,7 +208,7 @@ class BetaSearch(Searcher):
             if not below:
                 if hi / EXPAND < MIN_BETA:
                     return None
-                beta = round_beta(hi / EXPAND, taken)
+                beta = hi / EXPAND
                 return beta, f"every beta so far kept: a tenth of the lowest ({hi:g})", rounds[hi] + 1
             lo = min(below)
         points = sorted({lo, hi} | {b for b in taken if lo < b < hi})
@@ -198,12 +217,26 @@ class BetaSearch(Searcher):
             return None
         # the widest gap; on a tie, the higher one (the choice is the lowest kept beta, so the kept side matters)
         ratio, a, b = max(gaps, key=lambda g: (round(g[0], 9), g[1]))
-        if ratio < self.settings.precision:
+        if ratio <= self.settings.precision:
             return None
         state = lambda x: "collapsed" if verdicts.get(x) else "kept" if x in verdicts else "running"  # noqa: E731
-        beta = round_beta(math.sqrt(a * b), taken)
-        why = f"geometric midpoint of {a:g} ({state(a)}) and {b:g} ({state(b)}), the widest gap of the bracket"
+        beta = simple_beta(a, b, taken)
+        why = f"between {a:g} ({state(a)}) and {b:g} ({state(b)}), the widest gap of the bracket"
         return beta, why, max(rounds.get(a, 0), rounds.get(b, 0)) + 1
+
+    def needless(self, trial_id: str) -> str | None:
+        """Why a running trial can no longer move the bracket (its beta is below the bracket's collapsed end or
+        above its kept end), or None while it still can."""
+        if trial_id in self.outcomes or trial_id not in self.trials:
+            return None
+        beta = self.trials[trial_id][0]
+        verdicts = self.verdicts()
+        lo, hi, _ = bracket(verdicts) if verdicts else (None, None, [])
+        if lo is not None and beta < lo:
+            return f"{DROPPED_PREFIX}: beta {lo:g} collapsed, and the search takes a lower beta to collapse too"
+        if hi is not None and beta > hi:
+            return f"{DROPPED_PREFIX}: beta {hi:g} kept its diversity, and the search takes a higher beta to keep it too"
+        return None
 
     def finish_reason(self) -> str:
         verdicts = self.verdicts()
@@ -215,7 +248,7 @@ class BetaSearch(Searcher):
         elif hi is None:
             reason = "no beta kept its diversity"
         else:
-            reason = f"the bracket is narrower than the precision {self.settings.precision:g}"
+            reason = f"the bracket is as narrow as the precision {self.settings.precision:g}"
         if lo is not None and hi is not None:
             reason += f"; bracket: {lo:g} (collapsed) to {hi:g} (kept)"
         if wrong:
@@ -226,7 +259,7 @@ class BetaSearch(Searcher):
         if lo is None or hi is None:
             return False
         points = sorted({lo, hi} | {b for b in self.betas if lo < b < hi})
-        return all(b / a < self.settings.precision for a, b in zip(points, points[1:]))
+        return all(b / a <= self.settings.precision for a, b in zip(points, points[1:]))
 
     def path(self) -> dict[str, Any]:
         """The search as plain data: settings, every step in order, and where it ended."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 
@@ -69,9 +70,10 @@ class SweepConfig:
     kept beta (README, "Search mode")."""
     search_start: str = "1,10,100"
     """The search's first betas (log-spaced; tried from the highest down, skipping those already implied)."""
-    precision: float = 1.1
-    """The search stops when the bracket (lowest kept beta / highest collapsed beta) is narrower than this ratio."""
-    budget: int = 10
+    precision: float = 1.25
+    """The search stops when the bracket (lowest kept beta / highest collapsed beta) is at most this ratio wide
+    (1.25: as fine as the fine grid is around 40-50)."""
+    budget: int = 12
     """The most betas the search tries (each runs one trial per seed)."""
     concurrency: int = 0
     """Search trials at once; 0: as many as the cluster has trial slots now (at least 1)."""
@@ -293,10 +295,12 @@ def run_sweep(
             **base.to_dict(), "_cpus_per_trial": sweep.cpus_per_trial, "_rule": dataclasses.asdict(rule.rule()),
             "_stop_on_collapse": sweep.search or sweep.stop_on_collapse, "_seed_in_name": sweep.seeds is not None,
         }
+        stopper = None
         if sweep.search:
             settings.max_collapse_rate = rule.max_collapse_rate
             settings.concurrency = sweep.concurrency or slots
             search_alg, num_samples = BetaSearch(settings), -1
+            stopper = SearchStopper(search_alg, exp_path, sweep.seeds is not None)
         else:
             space["beta"] = tune.grid_search(betas)
             space["seed"] = tune.grid_search(seeds) if sweep.seeds else base.seed
@@ -313,6 +317,7 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
+                stop=stopper,
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 # on_checkpoint (Ray's default, said here because alliter.snapshots relies on it)
@@ -333,8 +338,39 @@ def run_sweep(
 
 
 def _trial_name(trial) -> str:
-    seed = f"_seed={trial.config['seed']}" if trial.config.get("_seed_in_name") else ""
-    return f"beta={trial.config['beta']:g}{seed}_{trial.trial_id}"
+    return trial_dirname(trial.config["beta"], trial.config["seed"], trial.config.get("_seed_in_name"), trial.trial_id)
+
+
+def trial_dirname(beta: float, seed: int, seed_in_name: bool, trial_id: str) -> str:
+    return f"beta={beta:g}{f'_seed={seed}' if seed_in_name else ''}_{trial_id}"
+
+
+class SearchStopper(tune.Stopper):
+    """Stops a search's trial once its beta can no longer move the bracket (BetaSearch.needless), and writes
+    why into the trial's folder on the storage, so that best_beta leaves it out of the choice."""
+
+    def __init__(self, search: BetaSearch, exp_path: str, seed_in_name: bool):
+        self.search, self.exp_path, self.seed_in_name = search, exp_path, seed_in_name
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if trial_id in self.search.dropped:
+            return True
+        why = self.search.needless(trial_id)
+        if why is None:
+            return False
+        self.search.dropped[trial_id] = why
+        beta, seed = self.search.trials[trial_id]
+        why += f" (stopped at {result.get('generations')} generations)"
+        fs, root = pafs.FileSystem.from_uri(self.exp_path)
+        folder = f"{root}/{trial_dirname(beta, seed, self.seed_in_name, trial_id)}"
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(f"{folder}/{STOP_REASON_FILE}") as f:
+            f.write((why + "\n").encode())
+        log.info("alliter search: stopped beta %g (seed %d): %s", beta, seed, why)
+        return True
+
+    def stop_all(self) -> bool:
+        return False
 
 
 def _print_summary(results, exp_path: str, stats: dict[str, float]) -> None:

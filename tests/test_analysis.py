@@ -304,3 +304,15 @@ def test_one_seed_gives_the_same_table_and_choice_as_before_seeds(known_sweep: P
     assert table(result) == ONE_SEED_TABLE
     assert result.choice["beta"] == 10.0
     assert "seed" not in reason(result)
+
+
+def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep: Path) -> None:
+    rng = random.Random(9)
+    dropped = write_trial(known_sweep / "trial_beta30", 30.0, varied_groups(rng, 8, 6), max_generations=400)
+    (dropped / "stop_reason.txt").write_text("not needed: beta 10 kept its diversity, and the search takes a "
+                                             "higher beta to keep it too (stopped at 80 generations)\n")
+    result = analyse([known_sweep])
+    s = result.summary.set_index("beta")
+    assert s.loc[30.0, "verdict"] == "dropped" and not s.loc[30.0, "pareto"]
+    assert s.loc[30.0, "alliteration"] > s.loc[10.0, "alliteration"]  # more alliteration, and still not the choice
+    assert result.choice["beta"] == 10.0
