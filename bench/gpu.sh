@@ -3,7 +3,8 @@
 #   1. the GPU tests (tests/test_gpu.py: the decode loop, scoring and RLOO update on CUDA against the library);
 #   2. the throughput benchmark on the bundled model and on TinyStories-33M's shape;
 #   3. a sweep of 4 trials packed on the one GPU (--gpus-per-trial 0.25) against 1 trial alone, on the
-#      study model's shape: seconds per group and the generations per second of all trials together.
+#      study model's shape: seconds per group and the generations per second of all trials together;
+#   4. best_beta's export of the packed sweep's choice (snapshots written from the GPU), sampled on the GPU.
 #
 #   usage: bash bench/gpu.sh [OUTDIR [SWEEPS]]   (on a machine with a CUDA GPU and this project's dependencies;
 #          the sweeps' folders go to SWEEPS, default OUTDIR/sweeps)
@@ -45,3 +46,5 @@ for name in ("one", "packed"):
           f"sweep wall {stats['wall_seconds']:.0f} s, efficiency {stats['efficiency']:.2f}")
 print(f"4 packed trials against 1: {rates['packed'] / rates['one']:.2f}x the generations per second")
 PY
+{ python3 analysis/best_beta.py "$SWEEPS/packed" --export "$SWEEPS/model" 2>&1 | tail -3
+  python3 -m alliter.sample "$SWEEPS/model" --n 2 --seed 0 2>&1 | tail -6; } | tee "$OUT/export-sample.txt"
