@@ -34,7 +34,7 @@ def local_sweep(path: str) -> Path:
     if not storage.is_uri(path):
         return Path(path)
     dest = Path(RESULTS_DIR) / Path(path.partition("?")[0].rstrip("/")).name
-    count = storage.download(path, dest, analysis.SWEEP_FILES)
+    count = storage.download(path, dest, analysis.SWEEP_FILES, skip=("checkpoint_*", SNAPSHOT_DIR))
     print(f"copied {count} files of {path} to {dest}", file=sys.stderr)
     return dest
 

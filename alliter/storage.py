@@ -142,22 +142,22 @@ def copy_source(dest: Path) -> str | None:
     return None
 
 
-def download(uri: str, dest: Path, names: Iterable[str] = ("*",)) -> int:
-    """Copy the files under a URI whose names match `names` (glob patterns), checkpoints left out, into dest
-    with their relative paths; returns how many. dest must be new, or a copy of the same URI (or a folder
-    inside one), so that a local sweep is never overwritten."""
+def download(uri: str, dest: Path, names: Iterable[str] = ("*",), skip: Iterable[str] = ("checkpoint_*",)) -> int:
+    """Copy the files under a URI whose names match `names`, except those in folders that match `skip` (glob
+    patterns both), into dest with their relative paths; returns how many. dest must be new, or a copy of the
+    same URI (or a folder inside one), so that a local sweep is never overwritten."""
     import pyarrow.fs
 
     source = copy_source(dest)
     if dest.exists() and source != uri:
         raise AlliterError(f"{dest} exists and is not a copy of {uri}; move it away, or analyse it directly")
-    names = list(names)
+    names, skip = list(names), list(skip)
 
     def wanted(relative: str) -> bool:
-        parts = relative.split("/")
-        if any(part.startswith("checkpoint_") for part in parts[:-1]):
+        *folders, name = relative.split("/")
+        if any(fnmatch.fnmatchcase(folder, pattern) for folder in folders for pattern in skip):
             return False
-        return any(fnmatch.fnmatchcase(parts[-1], n) for n in names)
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in names)
 
     fs, root = filesystem(uri)
     try:

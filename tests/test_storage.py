@@ -210,3 +210,23 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     assert not list(copy.rglob("checkpoint.pt"))  # the analysis copies what it reads, not the checkpoints
     assert f"to {Path('results') / name}" in err.getvalue()
     print(f"best_beta wrote {sorted(p.name for p in (copy / 'analysis').iterdir())} to {copy / 'analysis'}")
+
+
+@pytest.mark.slow
+def test_best_beta_exports_from_a_sweep_uri_with_the_chosen_trials_snapshots_only(tmp_path, bundled_model, monkeypatch):
+    from alliter.best_beta_cli import main as best_beta
+    from test_export import run_trial
+
+    bucket = tmp_path / "bucket" / "sweep"  # any pyarrow URI: file:// here, s3:// in the test above
+    for beta in (1, 10):
+        run_trial(bucket / f"beta={beta}", bundled_model, beta=beta, generations=20, snapshot_every=10)
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        code = best_beta([f"file://{bucket}", "--export", "model", "--export-at", "10:20", "--window", "10"])
+    assert code == 0, err.getvalue()[-3000:]
+    copy = tmp_path / "results" / "sweep"
+    assert sorted(p.name for p in (copy / "beta=10" / "snapshots").glob("*.safetensors")) == [
+        "generations=000010.safetensors", "generations=000020.safetensors"]
+    assert not (copy / "beta=1" / "snapshots").exists()  # the other trial's are left in the bucket
+    assert not list(copy.rglob("checkpoint-*.pt"))
+    assert (tmp_path / "model" / "config.json").exists() and (copy / "analysis" / "report.md").exists()
