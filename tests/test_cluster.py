@@ -126,8 +126,9 @@ def test_a_trial_continues_on_another_node_when_its_node_dies(gpu_workers_cluste
     workers = {node.node_id(): node for node in cluster.nodes[1:]}
     args = ["--betas", "5", "--max-generations", "80", "--checkpoint-every", "2", "--gpus-per-trial", "1",
             "--address", cluster.address, "--storage", str(tmp_path), "--name", "loss"]
-    driver = subprocess.Popen([*SWEEP, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=cluster.env, start_new_session=True)
+    log = tmp_path / "driver.log"  # a file, not a pipe nobody reads while the trial runs
+    driver = subprocess.Popen([*SWEEP, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=cluster.env,
+                              start_new_session=True)
     exp = tmp_path / "loss"
     try:
         # wait for the trial's second checkpoint (group 4, 40 generations): its node.json is synced with it
@@ -140,12 +141,12 @@ def test_a_trial_continues_on_another_node_when_its_node_dies(gpu_workers_cluste
         first_node = json.loads((trial_dir(exp, "5") / "node.json").read_text())["node_id"]
         assert first_node in workers
         os.kill(workers[first_node].raylet_pid(), signal.SIGKILL)  # the node is gone: its raylet and the trial
-        out, _ = driver.communicate(timeout=240)
+        driver.wait(timeout=240)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
-    assert driver.returncode == 0, out[-3000:]
+    assert driver.returncode == 0, log.read_text()[-3000:]
     state = trial_states(exp)[5.0]
     assert state["status"] == "TERMINATED" and state["num_failures"] >= 1 and state["generations"] == 80
     trial = trial_dir(exp, "5")

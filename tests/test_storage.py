@@ -212,6 +212,14 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     print(f"best_beta wrote {sorted(p.name for p in (copy / 'analysis').iterdir())} to {copy / 'analysis'}")
 
 
+def test_a_bucket_that_does_not_exist_is_one_line(s3_server, monkeypatch):
+    for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_server}"}.items():
+        monkeypatch.setenv(key, value)
+    res = sweep_main("--betas", "1", "--storage", "s3://no-such-bucket/results")
+    assert res.returncode == 2
+    assert "the bucket 'no-such-bucket' does not exist" in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+
+
 @pytest.mark.slow
 def test_best_beta_exports_from_a_sweep_uri_with_the_chosen_trials_snapshots_only(tmp_path, bundled_model, monkeypatch):
     from alliter.best_beta_cli import main as best_beta
