@@ -127,8 +127,9 @@ def test_a_trial_continues_on_another_node_when_its_node_dies(gpu_workers_cluste
     args = ["--betas", "5", "--max-generations", "80", "--checkpoint-every", "2", "--gpus-per-trial", "1",
             "--address", cluster.address, "--storage", str(tmp_path), "--name", "loss"]
     log = tmp_path / "driver.log"  # a file, not a pipe nobody reads while the trial runs
-    driver = subprocess.Popen([*SWEEP, *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=cluster.env,
-                              start_new_session=True)
+    with log.open("w") as out:
+        driver = subprocess.Popen([*SWEEP, *args], stdout=out, stderr=subprocess.STDOUT, env=cluster.env,
+                                  start_new_session=True)
     exp = tmp_path / "loss"
     try:
         # wait for the trial's second checkpoint (group 4, 40 generations): its node.json is synced with it
