@@ -2,6 +2,7 @@
 
     python analysis/best_beta.py                        # the newest sweep under ./results
     python analysis/best_beta.py results/coarse --json  # the choice, machine-readable, on stdout
+    python analysis/best_beta.py s3://bucket/prefix/SWEEP  # copied to results/SWEEP first (no checkpoints)
 
 Reads trial directories (any folder under RESULTS_DIR holding metrics.jsonl or config.json), so it
 works on a finished sweep, on one still running, on errored trials, and on single runs of
@@ -46,6 +47,7 @@ from alliter.config import (
     DROPPED_PREFIX,
     GENERATIONS_FILE,
     METRICS_FILE,
+    RESULTS_DIR,
     SEARCH_FILE,
     STOP_REASON_FILE,
     AlliterError,
@@ -53,6 +55,9 @@ from alliter.config import (
 
 RAY_ERROR_FILE = "error.txt"
 RAY_PARAMS_FILE = "params.json"
+# every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
+SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, RAY_ERROR_FILE, STOP_REASON_FILE, SEARCH_FILE,
+               "experiment_state-*.json")
 
 # summary name -> per-group column; every one is averaged over a window's groups
 MEASURES = {
@@ -293,7 +298,7 @@ def read_search(paths: Sequence[Path]) -> dict[str, Any] | None:
     return _read_json(path) or None if path.exists() else None
 
 
-def newest_sweep(results: Path = Path("results")) -> Path:
+def newest_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
     """The most recently modified folder directly under ./results that holds trials."""
     if not results.is_dir():
         raise AlliterError(f"no {results}/ folder here; pass the sweep folder: best_beta.py RESULTS_DIR")

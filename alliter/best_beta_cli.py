@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from alliter import analysis, export, report
+from alliter import analysis, export, report, storage
 from alliter.analysis import AnalysisConfig, analyse, newest_sweep
-from alliter.config import AlliterError, add_config_flags, given_config_values
+from alliter.config import RESULTS_DIR, SNAPSHOT_DIR, AlliterError, add_config_flags, given_config_values
 
 EPILOG = """export:
   --export DIR writes the best point (or --export-at BETA:GENERATIONS) as a model folder that
@@ -28,12 +28,33 @@ def best_point_rule(result: analysis.Analysis) -> str:
     )
 
 
+def local_sweep(path: str) -> Path:
+    """A folder as it is; a sweep URI (s3://bucket/prefix/SWEEP) copied to results/SWEEP first, the files the
+    analysis reads only (no checkpoints, no snapshots), as `aws s3 sync` would; a second run refreshes it."""
+    if not storage.is_uri(path):
+        return Path(path)
+    dest = Path(RESULTS_DIR) / Path(path.partition("?")[0].rstrip("/")).name
+    count = storage.download(path, dest, analysis.SWEEP_FILES, skip=("checkpoint_*", SNAPSHOT_DIR))
+    print(f"copied {count} files of {path} to {dest}", file=sys.stderr)
+    return dest
+
+
+def fetch_snapshots(trial: Path) -> None:
+    """The snapshots of one trial of a copied sweep (an export reads them), from where the copy came from."""
+    source = storage.copy_source(trial)
+    if source is not None:
+        count = storage.download(storage.join(source, SNAPSHOT_DIR), trial / SNAPSHOT_DIR)
+        print(f"copied {count} snapshot files of {trial.name}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=analysis.__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "results", nargs="*", metavar="RESULTS_DIR", help="sweep or trial folders (default: the newest sweep under ./results)"
+        "results", nargs="*", metavar="RESULTS_DIR",
+        help="sweep or trial folders, or sweep URIs such as s3://bucket/prefix/SWEEP (copied to results/SWEEP first); "
+        "default: the newest sweep under ./results",
     )
     parser.add_argument("--out", help="output folder (default: RESULTS_DIR/analysis, the first RESULTS_DIR's)")
     parser.add_argument("--json", action="store_true", help="print the choice as JSON on stdout (the table goes to stderr)")
@@ -51,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.export:
             export.check_out_dir(Path(args.export))  # before anything runs
             at = export.parse_point(args.export_at) if args.export_at else None
-        paths = [Path(p) for p in args.results] or [newest_sweep()]
+        paths = [local_sweep(p) for p in args.results] or [newest_sweep()]
         result = analyse(paths, AnalysisConfig(**given_config_values(args, AnalysisConfig)))
         if args.export:
             if at is not None:
@@ -62,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 raise AlliterError("the analysis found no best point (every beta's diversity falls in its first "
                                    "window); pass --export-at BETA:GENERATIONS")
+            # a sweep copied from a URI: the chosen trial's snapshots are copied now, and only those
+            fetch_snapshots(export.pick_trial(result, float(wanted["beta"]), wanted.get("trial"))[0].path)
             point = export.resolve_point(result, wanted, rule)  # a bad beta or generation fails before any output
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -41,6 +41,7 @@ STOP_REASON_FILE = "stop_reason.txt"  # a trial stopped early says why: it colla
 DROPPED_PREFIX = "not needed"  # how the reason of a trial that a search dropped begins (alliter/search.py)
 SWEEP_STATS_FILE = "sweep.json"  # a sweep's wall time, group time and efficiency, beside Tune's experiment state
 SEARCH_FILE = "search.json"  # a search's path (alliter/search.py), beside Tune's experiment state
+RESULTS_DIR = "results"  # the sweeps' folder when --storage and $ALLITER_STORAGE are not given
 # snapshots/ holds the policy every --snapshot-every generations, and the model's config and tokenizer,
 # so that an export or a sample needs nothing but the trial folder (alliter/snapshots.py)
 SNAPSHOT_DIR = "snapshots"

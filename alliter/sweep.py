@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import socket
 import tempfile
@@ -28,10 +29,12 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 
+from alliter import cluster, storage as store
 from alliter.collapse import TRAINER_MEASURES, CollapseRule, CollapseWatch
 from alliter.config import CHECKPOINT_FILE as CHECKPOINT
 from alliter.config import (
     METRICS_FILE,
+    RESULTS_DIR,
     STOP_REASON_FILE,
     SWEEP_STATS_FILE,
     AlliterError,
@@ -99,6 +102,29 @@ class SweepConfig:
     @property
     def mode(self) -> str:
         return "search" if self.search else "betas" if self.betas else self.grid or "coarse"
+
+    def validate(self) -> "SweepConfig":
+        """Raise AlliterError, in one line, for a value Ray would take and then fail on, minutes later."""
+        gpus, cpus = self.gpus_per_trial, self.cpus_per_trial
+        if gpus is not None and not (math.isfinite(gpus) and gpus >= 0):
+            raise AlliterError(f"gpus_per_trial must be a finite number >= 0, got {gpus:g}")
+        if gpus is not None and gpus > 1 and gpus != int(gpus):
+            raise AlliterError(f"gpus_per_trial above 1 must be a whole number (whole GPUs, or a share of one), got {gpus:g}")
+        if not (math.isfinite(cpus) and cpus > 0):
+            raise AlliterError(f"cpus_per_trial must be a finite number > 0, got {cpus:g}")
+        if self.max_failures < -1:
+            raise AlliterError(f"max_failures must be >= 0 (or -1: retry forever), got {self.max_failures}")
+        return self
+
+    def resolved(self) -> "SweepConfig":
+        """The config with $ALLITER_GPUS_PER_TRIAL applied (a flag wins), validated."""
+        env = os.environ.get("ALLITER_GPUS_PER_TRIAL")
+        if self.gpus_per_trial is None and env:
+            try:
+                return dataclasses.replace(self, gpus_per_trial=float(env)).validate()
+            except ValueError:
+                raise AlliterError(f"ALLITER_GPUS_PER_TRIAL must be a number, got {env!r}") from None
+        return self.validate()
 
 
 def rloo_trial(config: dict[str, Any]) -> None:
@@ -195,13 +221,48 @@ def _check_address(address: str) -> None:
 
 
 def _storage_root(storage: str) -> str:
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    return store.storage_root(storage)
 
 
 def _newest_sweep(storage: str) -> str | None:
-    root = Path(storage)
-    runs = [p for p in root.glob("*/") if list(p.glob("experiment_state-*.json"))] if root.is_dir() else []
-    return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
+    return store.newest_sweep(storage)
+
+
+def _check_local_gpus(address: str | None, gpus: float) -> None:
+    """Before starting a Ray on this machine: the GPUs a trial asks for must be here (Ray's own count)."""
+    if address or not gpus:
+        return
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        here = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+    except Exception:  # noqa: BLE001 - another Ray: the check after ray.init still runs
+        return
+    if here < gpus:
+        raise AlliterError(
+            f"--gpus-per-trial {gpus:g}, but this machine has {here} GPU(s) and no Ray cluster was given (--address); "
+            "pass --gpus-per-trial 0 to run the trials on CPUs"
+        )
+
+
+def _check_cluster_fits(required: dict[str, float], address: str | None) -> None:
+    """A trial must fit on a node of the cluster, or on a node its autoscaler may add (then say, once, that
+    the trials wait for it); otherwise Tune would leave every trial PENDING forever, in silence."""
+    if any(cluster.fits(required, node) for node in cluster.node_resources()):
+        return
+    types = cluster.autoscaler_node_types() if address else []  # a Ray this driver started has no autoscaler
+    if types is None or any(cluster.fits(required, t) for t in types):
+        log.warning("alliter: no node of the Ray cluster has %s for a trial yet: the trials wait for the autoscaler "
+                    "to add one (`ray status` shows its progress)%s", cluster.describe(required),
+                    "" if types is not None else "; if none of its node types has that, they wait forever")
+        return
+    have = "; ".join(cluster.describe({k: n.get(k, 0) for k in required}) for n in cluster.node_resources())
+    ray.shutdown()  # nothing was started on the cluster
+    raise AlliterError(
+        f"no node of the Ray cluster at {address or 'this machine'} has {cluster.describe(required)} for a trial "
+        f"(its nodes: {have or 'none'}) and {'no autoscaler' if not types else 'no node type of its autoscaler'} can "
+        "add one; lower --gpus-per-trial / --cpus-per-trial (--gpus-per-trial 0 runs on CPUs)"
+    )
 
 
 def _search_settings(sweep: SweepConfig, seeds: list[int]) -> SearchSettings:
@@ -228,6 +289,7 @@ def run_sweep(
 ) -> Path | str:
     """Run (or resume) a sweep and return its folder. `given` = trainer fields set on the command line."""
     start, started = time.perf_counter(), time.time()
+    sweep = sweep.resolved()  # fail on bad resources now, not when Ray schedules the first trial
     rule = rule or CollapseRule()
     rule.validate_rule(TRAINER_MEASURES)  # self-BLEU is best_beta's alone: the trainer does not measure it
     if sweep.search and (sweep.grid or sweep.betas):
@@ -242,28 +304,30 @@ def run_sweep(
         base = dataclasses.replace(base, max_generations=grid_generations)
     base = base.resolved()  # fail on a bad model path or lr now, not inside six trials
     check_model_folder(base.model)
-    storage = _storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or "results")
+    storage = _storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR)
+    store.check_writable(storage)
     trials = (settings.budget if sweep.search else len(betas)) * len(seeds)
     snapshots, snapshot_total = snapshot_plan(base, trials, at_most=sweep.search)
     if not sweep.resume:
         check_disk(storage, snapshot_total)
     name = sweep.name
     if sweep.resume:
-        name = name or (_newest_sweep(storage) if "://" not in storage else None)
+        name = name or _newest_sweep(storage)
         if not name:
             raise AlliterError(f"--resume: no sweep to resume under {storage} (pass --name of an existing sweep)")
-        exp_path = f"{storage.rstrip('/')}/{name}"
-        if "://" not in storage and not list(Path(exp_path).glob("experiment_state-*.json")):
+        exp_path = store.join(storage, name)
+        if not store.is_sweep(exp_path):
             raise AlliterError(f"--resume: {exp_path} holds no Tune sweep to resume")
     else:
         name = name or f"rloo-{sweep.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
-        exp_path = f"{storage.rstrip('/')}/{name}"
-        if "://" not in storage and Path(exp_path).exists():
+        exp_path = store.join(storage, name)
+        if store.exists(exp_path):
             raise AlliterError(f"{exp_path} exists already; pass --resume to continue it, or another --name")
 
     address = sweep.address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_address(address)
+    _check_local_gpus(address, sweep.gpus_per_trial or 0)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
@@ -271,13 +335,12 @@ def run_sweep(
     except (ConnectionError, RuntimeError) as err:
         raise AlliterError(f"cannot start or join Ray at {address or 'this machine'}: {err}") from None
 
-    gpus = sweep.gpus_per_trial
-    if gpus is None and os.environ.get("ALLITER_GPUS_PER_TRIAL"):
-        gpus = float(os.environ["ALLITER_GPUS_PER_TRIAL"])
+    gpus = sweep.gpus_per_trial  # the flag, else $ALLITER_GPUS_PER_TRIAL (resolved above)
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     if gpus == 0:
         log.warning("alliter: no GPUs in this Ray cluster: the trials run on CPUs (%s each)", sweep.cpus_per_trial)
+    _check_cluster_fits({"GPU": gpus, "CPU": sweep.cpus_per_trial}, address)
     trainable = tune.with_resources(rloo_trial, {"cpu": sweep.cpus_per_trial, "gpu": gpus})
     slots = _trial_slots(sweep, gpus)
 
@@ -384,8 +447,10 @@ def _print_summary(results, exp_path: str, stats: dict[str, float]) -> None:
         print(f"  ERROR in {Path(r.path).name}: {str(r.error).splitlines()[0][:200]}")
     print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of group time over "
           f"{stats['slots']} trial slots x {stats['wall_seconds']:.0f} s of wall time)")
+    quoted = shlex.quote(exp_path)  # a URI's query string holds '&'
     print(f"results:     {exp_path}")
-    print(f"tensorboard: tensorboard --logdir {exp_path}")
-    print(f"next:        python analysis/best_beta.py {exp_path}")
+    print(f"tensorboard: tensorboard --logdir {quoted}")
+    print(f"next:        python analysis/best_beta.py {quoted}")
     if errors:
-        print(f"{len(errors)} trial(s) errored; continue them with: python tune_jobs/sweep.py --resume --name {Path(exp_path).name}")
+        name = Path(exp_path.partition("?")[0]).name
+        print(f"{len(errors)} trial(s) errored; continue them with: python tune_jobs/sweep.py --resume --name {name}")

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -137,41 +136,6 @@ def test_interrupted_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert generation_indices(trial_dir(exp, f"{unfinished:g}")) == list(range(60))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_sweep_spreads_over_two_ray_nodes(tmp_path):
-    port = _free_port()
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    # a local ray.init() leaves a token in ~/.ray that a head started later enables, and `ray start
-    # --address` does not send: on loopback, run this two-node cluster without token auth
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    head = ["start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=1",
-            "--include-dashboard=false", "--disable-usage-stats"]
-    worker = ["start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=1"]
-    try:
-        subprocess.run([*ray, *head], check=True, capture_output=True, env=env, timeout=120)
-        subprocess.run([*ray, *worker], check=True, capture_output=True, env=env, timeout=120)
-        # one (stand-in) GPU per node and one per trial: the two trials must land on different nodes
-        res = sweep("--betas", "0,10", "--max-generations", "20", "--address", f"127.0.0.1:{port}",
-                    "--storage", str(tmp_path), "--name", "nodes", env=env)
-    finally:
-        subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
-    exp = tmp_path / "nodes"
-    assert {s["status"] for s in trial_states(exp).values()} == {"TERMINATED"}
-    nodes = set()
-    for beta in ("0", "10"):
-        trial = trial_dir(exp, beta)  # read through the storage path the driver sees
-        assert generation_indices(trial) == list(range(20))
-        assert list(trial.glob("events.out.tfevents.*"))
-        nodes.add(json.loads((trial / "node.json").read_text())["node_id"])
-    assert len(nodes) == 2
-
-
 def test_stop_on_collapse_ends_the_trial_where_the_rule_says(tmp_path):
     # a share of 1 and a window of one group: the first group less diverse than the first one is a collapse
     res = sweep("--betas", "0", "--max-generations", "200", "--stop-on-collapse", "--diversity-share", "1.0",
@@ -186,6 +150,13 @@ def test_stop_on_collapse_ends_the_trial_where_the_rule_says(tmp_path):
     assert state["status"] == "TERMINATED" and state["generations"] == expected
     reason = (trial / "stop_reason.txt").read_text()
     assert "collapsed: distinct_2 under 100%" in reason and f"at {expected:.0f} generations" in reason
+
+
+def local_gpus() -> int:
+    """GPUs a Ray started on this machine would have (Ray's own count)."""
+    from ray._private.accelerators import get_accelerator_manager_for_resource
+
+    return get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
 
 
 def sweep_main(*args: str) -> subprocess.CompletedProcess:
@@ -220,6 +191,12 @@ def sweep_main(*args: str) -> subprocess.CompletedProcess:
         (["--seeds", "0,-1"], "seeds must be integers >= 0"),
         (["--seeds", "1,2,1"], "--seeds lists a seed twice"),
         (["--diversity-measure", "self_bleu"], "diversity_measure must be one of distinct_1, distinct_2, unique_fraction"),
+        (["--gpus-per-trial", "-1"], "gpus_per_trial must be a finite number >= 0, got -1"),
+        (["--gpus-per-trial", "1.5"], "gpus_per_trial above 1 must be a whole number"),
+        (["--cpus-per-trial", "0"], "cpus_per_trial must be a finite number > 0, got 0"),
+        # no --address: the trials would run on a Ray started on this machine, which has no GPU
+        pytest.param(["--gpus-per-trial", "1"], "--gpus-per-trial 1, but this machine has 0 GPU(s)",
+                     marks=pytest.mark.skipif(local_gpus() > 0, reason="this machine has a GPU")),
     ],
 )
 def test_bad_input_is_one_line_and_deletes_nothing(tmp_path, args, message):
@@ -228,6 +205,25 @@ def test_bad_input_is_one_line_and_deletes_nothing(tmp_path, args, message):
     assert res.returncode == 2
     assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("make", ["under_a_file", "read_only_folder"])
+def test_unwritable_storage_is_one_line_and_deletes_nothing(tmp_path, make):
+    (tmp_path / "keep.txt").write_text("results of another day")
+    if make == "under_a_file":
+        storage = tmp_path / "keep.txt" / "results"
+        message = "keep.txt is not a folder"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        storage = tmp_path / "locked" / "results"
+        storage.parent.mkdir(mode=0o555)
+        message = "cannot write in"
+    res = sweep_main("--betas", "1", "--storage", str(storage))
+    assert res.returncode == 2
+    assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["keep.txt"] + (["locked"] if make != "under_a_file" else []))
+    assert (tmp_path / "keep.txt").read_text() == "results of another day"
 
 
 def test_best_beta_reads_a_real_sweep(two_beta_sweep, tmp_path):
