@@ -106,14 +106,6 @@ def drop_snapshots_after(run_dir: str | os.PathLike, generations: int) -> list[i
     return dropped
 
 
-def drop_local_snapshots(run_dir: str | os.PathLike, up_to: int) -> None:
-    """Free a sweep worker's disk of the snapshots Tune has already synced to storage (those up to a
-    reported checkpoint); the copies in storage stay."""
-    for g, path in list_snapshots(run_dir).items():
-        if g <= up_to:
-            path.unlink(missing_ok=True)
-
-
 def load_snapshot(run_dir: str | os.PathLike, generations: int, device: str | torch.device = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) of a trial at a snapshot, from the trial folder alone; the model in eval mode and
     in the snapshot's dtype."""

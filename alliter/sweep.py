@@ -44,7 +44,7 @@ from alliter.config import (
     parse_seeds,
 )
 from alliter.search import BetaSearch, SearchSettings
-from alliter.snapshots import check_disk, drop_local_snapshots, snapshot_plan
+from alliter.snapshots import check_disk, snapshot_plan
 
 log = logging.getLogger("alliter")
 
@@ -160,8 +160,6 @@ def rloo_trial(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as d:
                 trainer.save_checkpoint(Path(d) / CHECKPOINT)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-            if _synced_to_storage(run_dir):  # that report synced the snapshots so far; storage keeps them
-                drop_local_snapshots(run_dir, trainer.generations)
         else:
             tune.report(metrics)
         if crash_after and restored is None and trainer.group == crash_after:
@@ -174,18 +172,6 @@ def rloo_trial(config: dict[str, Any]) -> None:
 
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8") if path.exists() else ""
-
-
-def _synced_to_storage(run_dir: Path) -> bool:
-    """Whether Tune syncs this working directory to a storage folder elsewhere (then it has, and waited for
-    it, with each reported checkpoint: sync_artifacts_on_checkpoint)."""
-    try:
-        storage = tune.get_context().get_storage()
-        config = storage.sync_config
-        elsewhere = Path(storage.trial_fs_path).resolve() != run_dir.resolve()
-        return bool(config.sync_artifacts and config.sync_artifacts_on_checkpoint and elsewhere)
-    except Exception:  # noqa: BLE001 - not in a Tune session, or another Ray: keep the files
-        return False
 
 
 def _write_node_info(run_dir: Path) -> None:

@@ -150,10 +150,7 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     # the oldest first, so a driver killed during that upload leaves a state naming a deleted checkpoint,
     # and that trial cannot resume (docs/cluster.md, troubleshooting). The kill below comes at the first
     # trial's first or second checkpoint, 3 checkpoints before such a moment.
-    # No snapshots: a worker deleting its synced snapshots races Tune's last artifact upload of a reused
-    # actor (FileNotFoundError for generations=000060.safetensors, seen on S3), an open issue of alliter's
-    # snapshots; the export test below covers snapshots read from a URI.
-    args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--snapshot-every", "0",
+    args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--snapshot-every", "20",
             "--cpus-per-trial", str(os.cpu_count())]
     root = f"{BUCKET}/alliter-results"
 
@@ -196,6 +193,8 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
         assert 1 <= len(checkpoints) <= 2  # Tune keeps the newest two
         generations = [json.loads(line)["generation"] for line in read(fs, f"{exp}/{trial}/generations.jsonl").splitlines()]
         assert generations == list(range(60))  # every generation exactly once, across the kill
+        assert sorted(f for f in mine if f.endswith(".safetensors")) == [
+            f"snapshots/generations={g:06d}.safetensors" for g in (20, 40, 60)]
     print(f"{len(files)} objects in s3://{exp}: " + ", ".join(sorted({f.split('/')[-1] for f in files})))
 
     # 4. the analysis from the bucket's URI (in this process: its imports are loaded); the report is written here

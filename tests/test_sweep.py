@@ -274,7 +274,8 @@ def test_search_with_seeds_end_to_end_on_a_tiny_model(tiny_gpt_neo, tmp_path):
         assert row["trials"] == 2
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## The search" in report and "start: a wide, log-spaced set" in report
-    assert "seeds" in run.stderr.splitlines()[0]  # the table's seeds column
+    header = next(line for line in run.stderr.splitlines() if line.startswith("beta "))
+    assert header.split()[:2] == ["beta", "seeds"]  # the table's seeds column
 
 
 def test_interrupted_search_resumes_with_its_searcher_state(tiny_gpt_neo, tmp_path):
