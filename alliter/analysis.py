@@ -113,9 +113,11 @@ class Trial:
     def status(self) -> str:
         if not len(self.metrics):
             return "no data"
+        if self.max_generations is not None and self.done >= self.max_generations:
+            return "complete"  # Ray keeps error.txt of a failure that a restart recovered from
         if self.error is not None:
             return "errored"
-        if self.max_generations is not None and self.done < self.max_generations:
+        if self.max_generations is not None:
             return "stopped" if self.stop_reason else "incomplete"
         return "complete"
 

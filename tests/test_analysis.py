@@ -316,3 +316,9 @@ def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep:
     assert s.loc[30.0, "verdict"] == "dropped" and not s.loc[30.0, "pareto"]
     assert s.loc[30.0, "alliteration"] > s.loc[10.0, "alliteration"]  # more alliteration, and still not the choice
     assert result.choice["beta"] == 10.0
+
+
+def test_a_trial_that_recovered_from_a_failure_is_complete(known_sweep: Path) -> None:
+    (known_sweep / "trial_beta10" / "error.txt").write_text("Traceback ...\nRayActorError: the actor died\n")
+    result = analyse([known_sweep])
+    assert result.summary.set_index("beta").loc[10.0, "status"] == "complete" and not result.notes
