@@ -134,7 +134,8 @@ def test_best_point_is_before_diversity_falls(tmp_path: Path) -> None:
 def test_partial_errored_and_running_trials_are_used_and_named(known_sweep: Path) -> None:
     rng = random.Random(2)
     write_trial(known_sweep / "trial_beta1", 1.0, varied_groups(rng, 12, 3), max_generations=400)
-    write_trial(known_sweep / "trial_beta3", 3.0, varied_groups(rng, 8, 3), error="RuntimeError: CUDA out of memory")
+    write_trial(known_sweep / "trial_beta3", 3.0, varied_groups(rng, 8, 3), max_generations=400,
+                error="RuntimeError: CUDA out of memory")
     stopped = write_trial(known_sweep / "trial_beta0.5", 0.5, varied_groups(rng, 10, 3), max_generations=400)
     (stopped / "stop_reason.txt").write_text("collapsed: unique_fraction <= 0.2 for 10 groups\n")  # by the sweep
     with open(known_sweep / "trial_beta1" / "metrics.jsonl", "a") as f:
