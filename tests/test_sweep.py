@@ -93,11 +93,10 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     exp = tmp_path / "fault"
     state = trial_states(exp)[1.0]
+    # a second worker finished it (result.json cannot tell: the restarted worker's upload replaces the lost one's)
     assert state["status"] == "TERMINATED" and state["num_failures"] == 1 and state["generations"] == 50
     trial = trial_dir(exp, "1")
     assert generation_indices(trial) == list(range(50))  # every generation exactly once
-    pids = {json.loads(line)["pid"] for line in (trial / "result.json").read_text().splitlines()}
-    assert len(pids) == 2  # a second worker process finished the trial
     # every snapshot once: those up to the checkpoint were synced with it, the restarted worker wrote the rest
     assert sorted(p.name for p in (trial / "snapshots").glob("*.safetensors")) == [
         f"generations={g:06d}.safetensors" for g in range(10, 51, 10)]
