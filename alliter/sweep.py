@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from alliter import cluster, storage as store
 from alliter.collapse import TRAINER_MEASURES, CollapseRule, CollapseWatch
@@ -98,6 +99,10 @@ class SweepConfig:
     """Times Tune restarts a crashed trial from its last checkpoint."""
     resume: bool = False
     """Continue an interrupted sweep: finished trials are kept, the others continue from their checkpoints."""
+    report_seconds: float = 1.0
+    """A trial reports its newest group to Tune at most this often (and always with a checkpoint, and at its
+    end): each report waits for the driver, a few ms that count when a group takes 0.1 s. metrics.jsonl and
+    TensorBoard keep every group."""
 
     @property
     def mode(self) -> str:
@@ -114,6 +119,8 @@ class SweepConfig:
             raise AlliterError(f"cpus_per_trial must be a finite number > 0, got {cpus:g}")
         if self.max_failures < -1:
             raise AlliterError(f"max_failures must be >= 0 (or -1: retry forever), got {self.max_failures}")
+        if not (math.isfinite(self.report_seconds) and self.report_seconds >= 0):
+            raise AlliterError(f"report_seconds must be a finite number >= 0, got {self.report_seconds:g}")
         return self
 
     def resolved(self) -> "SweepConfig":
@@ -150,18 +157,24 @@ def rloo_trial(config: dict[str, Any]) -> None:
         tune.report({**history[-1], **watch.verdict()})
         return
     crash_after = int(os.environ.get(CRASH_ENV, "0"))
+    report_seconds, reported = float(config.get("_report_seconds", 0.0)), -math.inf
+    session = {"session_groups": 0, "session_group_seconds": 0.0}  # this process's totals, for the sweep's efficiency
     for metrics in trainer.groups():
-        metrics.update(watch.add(metrics))
+        session["session_groups"] += 1
+        session["session_group_seconds"] += metrics["seconds_per_group"]
+        metrics.update(watch.add(metrics), **session)
         stop = stop_on_collapse and metrics["collapsed"] and not trainer.done
         if stop:
             reason = f"collapsed: {rule.describe()} at {trainer.generations} generations"
             (run_dir / STOP_REASON_FILE).write_text(reason + "\n")
-        if trainer.checkpoint_due or stop:
+        if trainer.checkpoint_due or stop:  # the last group is due too
             with tempfile.TemporaryDirectory() as d:
                 trainer.save_checkpoint(Path(d) / CHECKPOINT)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-        else:
+            reported = time.monotonic()
+        elif time.monotonic() - reported >= report_seconds:
             tune.report(metrics)
+            reported = time.monotonic()
         if crash_after and restored is None and trainer.group == crash_after:
             shutil.rmtree(run_dir, ignore_errors=True)
             os._exit(1)
@@ -180,18 +193,23 @@ def _write_node_info(run_dir: Path) -> None:
 
 
 def sweep_stats(results: tune.ResultGrid, started: float, wall: float, slots: int) -> dict[str, float]:
-    """The sweep's efficiency: the trials' group time over (wall time x trial slots), for this driver's session
-    (`started`: its wall-clock start). What is lost is start-up (Ray, trial workers, imports, model loads),
-    checkpoints, reporting, and idle slots."""
-    busy, generations = 0.0, 0
+    """The sweep's efficiency: the trials' group time over (Tune's wall time x trial slots), for this driver's
+    session (`started`: the wall-clock time Tune started). What is lost is the trials' start-up (workers,
+    imports, model loads), checkpoints, reporting, and idle slots. Each trial reports its process's running
+    totals (`session_groups`, `session_group_seconds`); a trial restarted within the session starts them again."""
+    busy, groups = 0.0, 0
     for r in results:
         rows = r.metrics_dataframe
-        if rows is None or "seconds_per_group" not in rows:
+        if rows is None or "session_group_seconds" not in rows:
             continue
-        rows = rows[rows["timestamp"] >= math.floor(started)].drop_duplicates("generations", keep="last")
-        busy += float(rows["seconds_per_group"].sum())
-        generations += len(rows) * int(r.config.get("group_size", 0))
-    return {"wall_seconds": wall, "group_seconds": busy, "slots": slots, "generations": generations,
+        rows = rows[rows["timestamp"] >= math.floor(started)].dropna(subset=["session_groups"])
+        for key in ("session_group_seconds", "session_groups"):
+            run_totals = rows[key].where(rows[key].shift(-1, fill_value=-1) < rows[key])  # each run's last total
+            if key == "session_groups":
+                groups += int(run_totals.sum()) * int(r.config.get("group_size", 0))
+            else:
+                busy += float(run_totals.sum())
+    return {"wall_seconds": wall, "group_seconds": busy, "slots": slots, "generations": groups,
             "efficiency": busy / (wall * slots) if wall > 0 and slots else math.nan}
 
 
@@ -274,7 +292,7 @@ def run_sweep(
     sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | None = None, rule: CollapseRule | None = None
 ) -> Path | str:
     """Run (or resume) a sweep and return its folder. `given` = trainer fields set on the command line."""
-    start, started = time.perf_counter(), time.time()
+    start = time.perf_counter()
     sweep = sweep.resolved()  # fail on bad resources now, not when Ray schedules the first trial
     rule = rule or CollapseRule()
     rule.validate_rule(TRAINER_MEASURES)  # self-BLEU is best_beta's alone: the trainer does not measure it
@@ -316,6 +334,9 @@ def run_sweep(
     _check_local_gpus(address, sweep.gpus_per_trial or 0)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's JSON and CSV logs (result.json, progress.csv), not its TensorBoard logger: the trials write their
+    # own events, and a second file per trial would show every curve twice (and cost the driver every result)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     try:
         ray.init(address=address, include_dashboard=False if not address else None, log_to_driver=True)
     except (ConnectionError, RuntimeError) as err:
@@ -343,6 +364,7 @@ def run_sweep(
         space: dict[str, Any] = {
             **base.to_dict(), "_cpus_per_trial": sweep.cpus_per_trial, "_rule": dataclasses.asdict(rule.rule()),
             "_stop_on_collapse": sweep.search or sweep.stop_on_collapse, "_seed_in_name": sweep.seeds is not None,
+            "_report_seconds": sweep.report_seconds,
         }
         stopper = None
         if sweep.search:
@@ -367,6 +389,7 @@ def run_sweep(
                 name=name,
                 storage_path=storage,
                 stop=stopper,
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 # on_checkpoint (Ray's default, said here because alliter.snapshots relies on it)
@@ -378,8 +401,10 @@ def run_sweep(
                 verbose=1,
             ),
         )
+    ray_start = time.perf_counter() - start  # Ray's own start (and the checks): paid once per driver
+    fit_start, fit_started = time.perf_counter(), time.time()
     results = tuner.fit()
-    stats = sweep_stats(results, started, time.perf_counter() - start, slots)
+    stats = {**sweep_stats(results, fit_started, time.perf_counter() - fit_start, slots), "ray_start_seconds": ray_start}
     _print_summary(results, exp_path, stats)
     with results.filesystem.open_output_stream(f"{results.experiment_path}/{SWEEP_STATS_FILE}") as f:
         f.write((json.dumps({**stats, "mode": sweep.mode, "resumed": sweep.resume}) + "\n").encode())
@@ -432,7 +457,8 @@ def _print_summary(results, exp_path: str, stats: dict[str, float]) -> None:
     for r in errors:
         print(f"  ERROR in {Path(r.path).name}: {str(r.error).splitlines()[0][:200]}")
     print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of group time over "
-          f"{stats['slots']} trial slots x {stats['wall_seconds']:.0f} s of wall time)")
+          f"{stats['slots']} trial slots x {stats['wall_seconds']:.0f} s of Tune's run; Ray's start and the checks "
+          f"before it took {stats['ray_start_seconds']:.0f} s)")
     quoted = shlex.quote(exp_path)  # a URI's query string holds '&'
     print(f"results:     {exp_path}")
     print(f"tensorboard: tensorboard --logdir {quoted}")
