@@ -16,7 +16,7 @@ export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, ray; print('torch', torch.__version__, 'transformers', transformers.__version__, 'ray', ray.__version__)" | tee -a "$OUT/gpu.txt"
 
-python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -5 | tee "$OUT/tests.txt"
+python3 -m pytest tests/test_gpu.py -q -s -p no:cacheprovider 2>&1 | tail -12 | tee "$OUT/tests.txt"
 
 python3 bench/throughput.py --device cuda --groups 20 --ref-groups 3 2>&1 | tee "$OUT/throughput-stories260k.txt"
 python3 bench/throughput.py --device cuda --model tinystories-33m-shape --groups 10 --ref-groups 2 2>&1 \
