@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.export:
             if at is not None:
                 wanted: dict[str, Any] = {"beta": at[0], "generations": at[1]}
-                rule = f"chosen by hand: --export-at {args.export_at}"
+                rule = f"by hand: --export-at {args.export_at}"
             elif result.best_point is not None:
                 wanted, rule = result.best_point, best_point_rule(result)
             else:

@@ -104,7 +104,7 @@ print(json.dumps(generator("Once upon a time")))
     assert (gen["do_sample"], gen["top_k"], gen["temperature"], gen["max_length"]) == (True, 50, 1.0, 100)
     card = (exported / "README.md").read_text()
     assert "beta=10 at 20 generations" in card and str(sweep) in card and "beta10" in card
-    assert "chosen by: chosen by hand: --export-at 10:20" in card
+    assert "chosen by: by hand: --export-at 10:20" in card
     assert re.search(r"\| alliteration .* \| \d+\.\d{3} \| \d+\.\d{3} \|", card)  # its metrics, and the unmodified model's
     assert (exported / "LICENSE").read_text().startswith("MIT License")  # the bundled model's
 
