@@ -169,10 +169,13 @@ def reason(result: Analysis) -> str:
             )
     if p is not None:
         fell = (f"; it collapses at {p['fell_at']:.0f} generations" if p["fell_at"]
-                else "; it never falls under the threshold")
+                else "; it never falls under the threshold" if not seeds else "; by the rule it never collapses")
+        # with --max-collapse-rate a beta may count as kept while its seeds' mean is under the threshold
+        above = p["diversity"] >= p["diversity_threshold"]
         lines.append(
             f"best point: beta={p['beta']:g} at {p['generations']} generations (alliteration {p['alliteration']:.2f}, "
-            f"{measure} {p['diversity']:.2f} >= {p['diversity_threshold']:.2f}){fell}."
+            f"{measure} {p['diversity']:.2f} {'>=' if above else '<'} {p['diversity_threshold']:.2f}"
+            f"{'' if above else ': the mean over seeds, collapsed ones allowed by --max-collapse-rate'}){fell}."
         )
     front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], "beta"]) or "none"
     lines.append(f"Pareto front of alliteration against {measure}: beta = {front}.")

@@ -6,7 +6,8 @@ The strategy:
   whose outcome the others already imply (below a collapsed beta, or above a kept one);
 - the bracket is the highest beta seen collapsed and the lowest seen kept (a trial collapses, and stops
   early, when its diversity falls under the rule of `alliter.collapse`);
-- each free trial slot gets the geometric midpoint of the widest gap (in log beta) inside the bracket;
+- each free trial slot gets a beta inside the widest gap (in log beta) of the bracket: the simplest number
+  in the gap's middle half, the closest to its geometric midpoint (`simple_beta`: 30 between 10 and 100);
   betas still running count as split points, so slots never duplicate each other's work;
 - if every beta so far collapsed, try 10x the highest; if every one kept, a tenth of the lowest;
 - stop when every gap inside the bracket is narrower than `precision` (a ratio), or `budget` betas ran.

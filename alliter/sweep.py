@@ -70,8 +70,8 @@ class SweepConfig:
     """Comma-separated betas to sweep instead of a grid, e.g. 5,15,25."""
     search: bool = False
     """Search for the balanced beta instead of running a grid: collapsed trials stop early, and each free
-    trial slot gets the geometric midpoint of the widest gap between the highest collapsed and the lowest
-    kept beta (README, "Search mode")."""
+    trial slot gets a simple number near the geometric midpoint of the widest gap between the highest
+    collapsed and the lowest kept beta (README, "Search mode")."""
     search_start: str = "1,10,100"
     """The search's first betas (log-spaced; tried from the highest down, skipping those already implied)."""
     precision: float = 1.25
@@ -224,14 +224,6 @@ def _check_address(address: str) -> None:
         raise AlliterError(f"cannot reach a Ray cluster at {address!r} ({err}); check --address or RAY_ADDRESS") from None
 
 
-def _storage_root(storage: str) -> str:
-    return store.storage_root(storage)
-
-
-def _newest_sweep(storage: str) -> str | None:
-    return store.newest_sweep(storage)
-
-
 def _check_local_gpus(address: str | None, gpus: float) -> None:
     """Before starting a Ray on this machine: the GPUs a trial asks for must be here (Ray's own count)."""
     if address or not gpus:
@@ -308,7 +300,7 @@ def run_sweep(
         base = dataclasses.replace(base, max_generations=grid_generations)
     base = base.resolved()  # fail on a bad model path or lr now, not inside six trials
     check_model_folder(base.model)
-    storage = _storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR)
+    storage = store.storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR)
     store.check_writable(storage)
     trials = (settings.budget if sweep.search else len(betas)) * len(seeds)
     snapshots, snapshot_total = snapshot_plan(base, trials, at_most=sweep.search)
@@ -316,7 +308,7 @@ def run_sweep(
         check_disk(storage, snapshot_total)
     name = sweep.name
     if sweep.resume:
-        name = name or _newest_sweep(storage)
+        name = name or store.newest_sweep(storage)
         if not name:
             raise AlliterError(f"--resume: no sweep to resume under {storage} (pass --name of an existing sweep)")
         exp_path = store.join(storage, name)
