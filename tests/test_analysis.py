@@ -104,6 +104,22 @@ def test_picks_the_balanced_beta_and_labels_the_others(known_sweep: Path, capsys
     assert "beta=10" in (out / "report.md").read_text()
 
 
+def test_self_bleu_equals_sacrebleus_sentence_bleu_against_the_other_texts() -> None:
+    from sacrebleu.metrics import BLEU
+
+    from alliter.analysis import self_bleu
+
+    bleu = BLEU(effective_order=True)
+    rng = random.Random(3)
+    words = ["Once", "upon", "a", "time", "tall", "tree", "Tim", ",", ".", "!", "the", "cat's", "sat"]
+    groups = [
+        [" ".join(rng.choice(words) for _ in range(rng.randint(0, 30))) for _ in range(K)] for _ in range(20)
+    ] + [["", "a"], ["", ""], [COLLAPSED] * K, [COLLAPSED, COLLAPSED.upper(), "sally sells."]]
+    for texts in groups:
+        by_sentence = np.mean([bleu.sentence_score(t, texts[:i] + texts[i + 1 :]).score for i, t in enumerate(texts)])
+        assert self_bleu(texts, bleu) == pytest.approx(by_sentence / 100, abs=1e-12), texts
+
+
 def test_table_on_stdout_and_the_default_output_folder(known_sweep: Path, capsys) -> None:
     assert main([str(known_sweep)]) == 0
     table = capsys.readouterr().out
