@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import torch
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.summary_pb2 import Summary
 
 from alliter import reward as R
 from alliter.config import CONFIG_FILE, GENERATIONS_FILE, METRICS_FILE, AlliterError, TrainConfig
@@ -173,8 +174,10 @@ class Trainer:
         if self._writer is None:
             # purge_step: TensorBoard drops events a crashed run logged past the checkpoint we resume from
             self._writer = SummaryWriter(str(self.run_dir), purge_step=self.resumed_at)
-        for name, value in metrics.items():
-            self._writer.add_scalar(name, value, self.generations)
+        # one event for all of a group's scalars: add_scalar writes an event per metric, 3 ms a group (2.5% of a
+        # group on the bundled model, lost to the sweep's efficiency); TensorBoard reads both alike
+        scalars = Summary(value=[Summary.Value(tag=name, simple_value=float(v)) for name, v in metrics.items()])
+        self._writer.file_writer.add_summary(scalars, self.generations)
         texts = "\n\n".join(f"**{r['raw_reward']}** (kl {r['kl_penalty']:+.3f}): {r['text']}" for r in records)
         self._writer.add_text("generations", texts, self.generations)
         self._writer.flush()  # TensorBoard shows a running trial up to its last group

@@ -75,6 +75,8 @@ def test_single_trial_writes_metrics_generations_events_and_checkpoint(tmp_path,
     events = EventAccumulator(str(out)).Reload()
     assert METRIC_NAMES <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("raw_reward_mean")] == [10, 20, 30, 40, 50]
+    for name in METRIC_NAMES:  # every metric of every group, as metrics.jsonl has it
+        assert [e.value for e in events.Scalars(name)] == pytest.approx([m[name] for m in metrics], rel=1e-6), name
     assert "generations/text_summary" in events.Tags()["tensors"]  # the texts of each group
 
     state = load_checkpoint_file(out / "checkpoint.pt")
