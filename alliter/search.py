@@ -113,6 +113,13 @@ class BetaSearch(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the param_space holds constants (the trainer's config); the searcher adds beta and seed
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Tune's `max_concurrent_trials`: this searcher keeps to it itself (suggest), so Tune's limiter passes
+        every call through; Tune also lets that many trials be pending at once, so that a wave's trials start
+        together instead of one after the other (each waiting for the previous one's worker)."""
+        self.settings.concurrency = max_concurrent
+        return True
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if not self.queue:
             live = len(self.trials) - len(self.outcomes)

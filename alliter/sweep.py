@@ -374,6 +374,7 @@ def run_sweep(
             param_space=space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg, num_samples=num_samples,
+                max_concurrent_trials=settings.concurrency if sweep.search else None,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                 reuse_actors=True,  # a worker keeps torch and transformers imported from one trial to the next
             ),
