@@ -159,8 +159,8 @@ def reason(result: Analysis) -> str:
         runners = s[(s["verdict"] != "collapsed") & ~s["chosen"]].sort_values("alliteration", ascending=False)
         if seeds and len(runners):
             r = runners.iloc[0]
-            se = [v for v in (c["alliteration_se"], r["alliteration_se"]) if v is not None and not pd.isna(v)]
-            apart = c["alliteration"] - r["alliteration"] > sum(se)
+            apart = c["alliteration"] - r["alliteration"] > sum(v for v in (c["alliteration_se"], r["alliteration_se"])
+                                                                  if not pd.isna(v))  # None: one seed, no interval
             lines.append(
                 f"  beta={c['beta']:g} over beta={r['beta']:g} (the next kept beta): mean alliteration "
                 f"{_pm(c['alliteration'], c['alliteration_se'])} against {_pm(r['alliteration'], r['alliteration_se'])} "

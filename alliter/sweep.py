@@ -203,12 +203,9 @@ def sweep_stats(results: tune.ResultGrid, started: float, wall: float, slots: in
         if rows is None or "session_group_seconds" not in rows:
             continue
         rows = rows[rows["timestamp"] >= math.floor(started)].dropna(subset=["session_groups"])
-        for key in ("session_group_seconds", "session_groups"):
-            run_totals = rows[key].where(rows[key].shift(-1, fill_value=-1) < rows[key])  # each run's last total
-            if key == "session_groups":
-                groups += int(run_totals.sum()) * int(r.config.get("group_size", 0))
-            else:
-                busy += float(run_totals.sum())
+        last = rows["session_groups"].shift(-1, fill_value=-1) < rows["session_groups"]  # each run's last report
+        busy += float(rows.loc[last, "session_group_seconds"].sum())
+        groups += int(rows.loc[last, "session_groups"].sum()) * int(r.config.get("group_size", 0))
     return {"wall_seconds": wall, "group_seconds": busy, "slots": slots, "generations": groups,
             "efficiency": busy / (wall * slots) if wall > 0 and slots else math.nan}
 
