@@ -57,9 +57,11 @@ PROGRESS_COLUMNS = {
     "distinct_2": "distinct_2",
     "diversity_kept": "div_kept",
 }
-# test-only: make a trial's worker process die after this many groups, once, before any restore, and
-# lose its working directory, as a lost node would
-CRASH_ENV = "ALLITER_TEST_CRASH_AFTER_GROUPS"
+# tests only: a fault in a trial's first process (never in one restored from a checkpoint), set on the
+# driver and carried in the trial's config to whichever node runs it. "crash:N": the process loses its
+# working folder, as a lost node would, and dies after group N; "hang:N": it stops after group N (and
+# after that group's checkpoint, if one is due) until its node is killed.
+FAULT_ENV = "ALLITER_TEST_FAULT"
 
 
 @dataclass
@@ -156,7 +158,7 @@ def rloo_trial(config: dict[str, Any]) -> None:
         # restored from the final checkpoint: report the last group again, once
         tune.report({**history[-1], **watch.verdict()})
         return
-    crash_after = int(os.environ.get(CRASH_ENV, "0"))
+    fault, _, fault_group = str(config.get("_fault") or "").partition(":")
     report_seconds, reported = float(config.get("_report_seconds", 0.0)), -math.inf
     session = {"session_groups": 0, "session_group_seconds": 0.0}  # this process's totals, for the sweep's efficiency
     for metrics in trainer.groups():
@@ -175,9 +177,11 @@ def rloo_trial(config: dict[str, Any]) -> None:
         elif time.monotonic() - reported >= report_seconds:
             tune.report(metrics)
             reported = time.monotonic()
-        if crash_after and restored is None and trainer.group == crash_after:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            os._exit(1)
+        if fault and restored is None and trainer.group == int(fault_group):
+            if fault == "crash":
+                shutil.rmtree(run_dir, ignore_errors=True)
+                os._exit(1)
+            time.sleep(3600)
         if stop:
             trainer.close()
             return
@@ -353,7 +357,7 @@ def run_sweep(
         space: dict[str, Any] = {
             **base.to_dict(), "_cpus_per_trial": sweep.cpus_per_trial, "_rule": dataclasses.asdict(rule.rule()),
             "_stop_on_collapse": sweep.search or sweep.stop_on_collapse, "_seed_in_name": sweep.seeds is not None,
-            "_report_seconds": sweep.report_seconds,
+            "_report_seconds": sweep.report_seconds, "_fault": os.environ.get(FAULT_ENV),
         }
         stopper = None
         if sweep.search:

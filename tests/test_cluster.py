@@ -31,6 +31,7 @@ from raycluster import (
     ray_env,
     resource_flags,
 )
+from alliter.sweep import FAULT_ENV
 from test_sweep import SWEEP, generation_indices, sweep, sweep_main, trial_dir, trial_states
 
 yaml = pytest.importorskip("yaml")
@@ -120,6 +121,13 @@ def test_a_trial_that_fits_on_no_node_without_an_autoscaler_is_one_line(gpu_work
     assert not list(tmp_path.iterdir())  # no sweep folder: nothing was started
 
 
+def reported_generations(trial: Path) -> int:
+    """The most generations of the trial's rows in result.json (the driver writes it: it had those reports)."""
+    path = trial / "result.json"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return max((json.loads(line)["generations"] for line in lines if line.endswith("}")), default=0)
+
+
 @pytest.mark.slow
 def test_a_trial_continues_on_another_node_when_its_node_dies(gpu_workers_cluster, tmp_path):
     cluster = gpu_workers_cluster
@@ -127,16 +135,19 @@ def test_a_trial_continues_on_another_node_when_its_node_dies(gpu_workers_cluste
     args = ["--betas", "5", "--max-generations", "80", "--checkpoint-every", "2", "--gpus-per-trial", "1",
             "--address", cluster.address, "--storage", str(tmp_path), "--name", "loss"]
     log = tmp_path / "driver.log"  # a file, not a pipe nobody reads while the trial runs
+    # the trial's first process stops after its second checkpoint (group 4, 40 generations) until its node
+    # dies: without that, it could finish its last groups before the kill (it did once in CI)
     with log.open("w") as out:
-        driver = subprocess.Popen([*SWEEP, *args], stdout=out, stderr=subprocess.STDOUT, env=cluster.env,
-                                  start_new_session=True)
+        driver = subprocess.Popen([*SWEEP, *args], stdout=out, stderr=subprocess.STDOUT,
+                                  env={**cluster.env, FAULT_ENV: "hang:4"}, start_new_session=True)
     exp = tmp_path / "loss"
     try:
-        # wait for the trial's second checkpoint (group 4, 40 generations): its node.json is synced with it
+        # wait for that checkpoint (node.json is synced with it) and for the driver to have its report
         deadline = time.time() + 180
         while time.time() < deadline and driver.poll() is None:
             trials = list(exp.glob("beta=5_*"))
-            if trials and len(list(trials[0].glob("checkpoint_*/checkpoint.pt"))) >= 2 and (trials[0] / "node.json").exists():
+            if (trials and len(list(trials[0].glob("checkpoint_*/checkpoint.pt"))) >= 2
+                    and (trials[0] / "node.json").exists() and reported_generations(trials[0]) >= 40):
                 break
             time.sleep(0.1)
         first_node = json.loads((trial_dir(exp, "5") / "node.json").read_text())["node_id"]

@@ -18,6 +18,7 @@ import pytest
 
 from alliter.analysis import tune_trial_dirs
 from alliter.collapse import CollapseRule
+from alliter.sweep import FAULT_ENV
 from conftest import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
     # the trial's process dies (os._exit) after group 3, losing its working folder as a lost node would;
     # its last checkpoint is at group 2
     res = sweep("--betas", "1", "--max-generations", "50", "--checkpoint-every", "2", "--snapshot-every", "10",
-                "--storage", str(tmp_path), "--name", "fault", env={"ALLITER_TEST_CRASH_AFTER_GROUPS": "3"})
+                "--storage", str(tmp_path), "--name", "fault", env={FAULT_ENV: "crash:3"})
     assert res.returncode == 0, res.stderr[-3000:]
     exp = tmp_path / "fault"
     state = trial_states(exp)[1.0]
