@@ -93,7 +93,7 @@ class TrainConfig:
     dtype: str = "float32"
     """float32, or bfloat16 (meant for a GPU)."""
     threads: int = 0
-    """torch threads on the CPU; 0 keeps torch's default."""
+    """torch threads on the CPU; 0 keeps torch's default (a sweep's trial: its --cpus-per-trial). The samples depend on it: other threads sum in another order."""
     fast_decode: bool = True
     """Sample with alliter's KV-cache decode loop where the architecture allows, else the library's generate."""
 
