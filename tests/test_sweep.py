@@ -253,8 +253,10 @@ def test_interrupted_search_resumes_with_its_searcher_state(tiny_gpt_neo, tmp_pa
     args = ["--search", "--search-start", "1,100", "--budget", "3", "--concurrency", "1", "--max-generations", "60",
             "--window", "20", "--checkpoint-every", "2", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path)]
     exp = tmp_path / "resume"
-    driver = subprocess.Popen([*SWEEP, *args, "--name", "resume"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    log = tmp_path / "driver.log"  # shown if an assertion fails: where the kill fell
+    with log.open("w") as out:
+        driver = subprocess.Popen([*SWEEP, *args, "--name", "resume"], stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     deadline = time.time() + 240
     try:
         while time.time() < deadline and not (exp.exists() and "TERMINATED" in str(
@@ -267,15 +269,19 @@ def test_interrupted_search_resumes_with_its_searcher_state(tiny_gpt_neo, tmp_pa
     before = {name: digest(first / name) for name in ("generations.jsonl", "metrics.jsonl")}
 
     res = sweep("--resume", "--storage", str(tmp_path))  # no --name: the newest sweep
-    assert res.returncode == 0, res.stderr[-3000:]
-    path = json.loads((exp / "search.json").read_text())
-    suggested = [s["beta"] for s in path["steps"] if s["event"] == "suggest"]
-    assert path["finished"] and len(suggested) == 3 and len(set(suggested)) == 3
-    assert sorted(b for b, _ in tune_betas(exp)) == sorted(suggested)  # every suggested beta ran, once
-    assert {s["status"] for s in trial_states(exp).values()} == {"TERMINATED"}
-    assert {name: digest(first / name) for name in before} == before  # the finished trial was not run again
-    for trial in (exp / t for t in tune_trial_dirs(exp)):  # the interrupted one went on from its checkpoint
-        indices = generation_indices(trial)
-        assert indices == list(range(len(indices))) and len(indices) % 10 == 0  # every generation once
-    choice, _ = best_beta(exp, tmp_path / "out")
-    assert sorted(b["beta"] for b in choice["betas"]) == sorted(suggested)  # a trial lost with the driver is left out
+    try:
+        assert res.returncode == 0
+        path = json.loads((exp / "search.json").read_text())
+        suggested = [s["beta"] for s in path["steps"] if s["event"] == "suggest"]
+        assert path["finished"] and len(suggested) == 3 and len(set(suggested)) == 3
+        assert sorted(b for b, _ in tune_betas(exp)) == sorted(suggested)  # every suggested beta ran, once
+        assert {s["status"] for s in trial_states(exp).values()} == {"TERMINATED"}
+        assert {name: digest(first / name) for name in before} == before  # the finished trial was not run again
+        for trial in (exp / t for t in tune_trial_dirs(exp)):  # the interrupted one went on from its checkpoint
+            indices = generation_indices(trial)
+            assert indices == list(range(len(indices))) and len(indices) % 10 == 0  # every generation once
+        choice, _ = best_beta(exp, tmp_path / "out")
+        assert sorted(b["beta"] for b in choice["betas"]) == sorted(suggested)  # a trial lost with the driver is left out
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n--- killed driver:\n{log.read_text()[-4000:]}\n--- resume:\n"
+                             f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}") from e
