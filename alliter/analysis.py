@@ -1,31 +1,28 @@
-"""Pick the beta, and the point in training, that balances alliteration against diversity.
+"""Pick the beta, and the point in training, that balances alliteration against diversity and fluency.
 
     python analysis/best_beta.py                        # the newest sweep under ./results
     python analysis/best_beta.py results/coarse --json  # the choice, machine-readable, on stdout
     python analysis/best_beta.py s3://bucket/prefix/SWEEP  # copied to results/SWEEP first (no checkpoints)
 
-Reads trial directories (any folder under RESULTS_DIR holding metrics.jsonl or config.json), so it
-works on a finished sweep, on one still running, on errored trials, and on single runs of
-`python -m alliter.train`. metrics.jsonl is the per-group record (Ray's result.json is not read: it
-can hold duplicated rows after a restore); generations.jsonl gives the texts.
+Reads the trial folders of a sweep (any folder holding metrics.jsonl or config.json), so it works on a finished
+sweep, on one still running, on errored trials, and on single runs of `python -m alliter.train`. metrics.jsonl is
+the per-group record (Ray's result.json is not read: it can hold duplicated rows after a restore),
+generations.jsonl the training texts, evaluations.jsonl the stories of every evaluation.
 
-Every measure is a mean over a window of generations, taken group by group: diversity depends on how
-many texts it is measured over, and the unmodified model's is measured on one group (the trial's
-first, sampled before any update), so each window's groups are measured the same way and averaged.
+Points are judged by the rule of alliter.collapse, on their evaluations (fresh stories of the policy at that point,
+the same random numbers at every point): kept, collapsed (repetition) or degenerate (non-words). A trial fails at
+its first point that is not kept.
 
-The rule: among the betas whose diversity over the final window stays at or above
-`diversity_share` of the unmodified model's, pick the one with the highest alliteration (mean raw
-reward). Betas under the threshold are collapsed; those above it whose alliteration gain over the
+The choice: among the betas that never failed (in more than --max-collapse-rate of their seeds), the one with the
+highest alliteration (mean raw reward) at its final evaluation. Kept betas whose alliteration gain over the
 unmodified model is under `under_optimised_share` of the best such gain, or under `min_gain`, are
-under-optimised. The best point in training is, among the betas, the one with the highest
-alliteration at the latest window before its diversity first falls under the threshold. Trials of the
-same beta (seeds) are averaged.
+under-optimised. The best point, the default export: the stable point (kept, and so is the trial's next
+evaluated point) with the highest alliteration, over every beta and generation. Trials of the same beta (seeds)
+are averaged point by point.
 
-Near-duplicates are measured with self-BLEU (sacrebleu's sentence BLEU of each text against the rest
-of its group, 0: nothing shared, 1: copies), not n-gram entropy: distinct-n and the unique fraction
-see exact copies and repeated n-grams, self-BLEU also scores stories that differ in a few words as
-nearly the same; it is the diversity measure of the text-generation literature, and its scale reads
-without knowing the texts' length or vocabulary, which entropy's does not.
+Near-duplicates are measured with self-BLEU (sacrebleu's sentence BLEU of each text against the rest of its
+group, 0: nothing shared, 1: copies): distinct-n and the unique fraction see exact copies and repeated n-grams,
+self-BLEU also scores stories that differ in a few words as nearly the same.
 """
 
 from __future__ import annotations
@@ -41,10 +38,11 @@ import numpy as np
 import pandas as pd
 
 from alliter import reward as R
-from alliter.collapse import CollapseRule
+from alliter.collapse import CollapseRule, Judgement, seeds_failed_at, training_points
 from alliter.config import (
     CONFIG_FILE,
     DROPPED_PREFIX,
+    EVALUATIONS_FILE,
     GENERATIONS_FILE,
     METRICS_FILE,
     RESULTS_DIR,
@@ -56,10 +54,10 @@ from alliter.config import (
 RAY_ERROR_FILE = "error.txt"
 RAY_PARAMS_FILE = "params.json"
 # every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
-SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, RAY_ERROR_FILE, STOP_REASON_FILE, SEARCH_FILE,
-               "experiment_state-*.json")
+SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
+               STOP_REASON_FILE, SEARCH_FILE, "experiment_state-*.json")
 
-# summary name -> per-group column; every one is averaged over a window's groups
+# training window name -> per-group column; every one is averaged over a window's groups
 MEASURES = {
     "alliteration": "raw_reward_mean",
     "distinct_1": "distinct_1",
@@ -78,12 +76,13 @@ class AnalysisConfig(CollapseRule):
     """The collapse rule's knobs (alliter.collapse.CollapseRule, shared with the sweep) and the report's."""
 
     under_optimised_share: float = 0.5
-    """A beta that keeps its diversity is under-optimised when its alliteration gain over the unmodified model
+    """A kept beta is under-optimised when its alliteration gain over the unmodified model
     is below this share of the best such gain."""
     min_gain: float = 0.5
     """Alliteration gain (mean raw reward) under which a beta is under-optimised in any case."""
-    examples: int = 2
-    """Last generations of every beta shown in the report."""
+    examples: int = 3
+    """Evaluation stories of every beta shown in the report, at its final point (and its last training
+    generations)."""
 
     def validate(self) -> "AnalysisConfig":
         self.validate_rule()
@@ -102,8 +101,12 @@ class Trial:
     max_generations: int | None
     metrics: pd.DataFrame
     generations: pd.DataFrame
+    evaluations: pd.DataFrame  # the stories of every evaluation (generations, sample, text, raw_reward, ce_ref, ...)
+    seed: int = 0
+    group_size: int = 10
     error: str | None = None  # the last line of Ray's error.txt
     stop_reason: str | None = None  # why the sweep stopped the trial early
+    damaged: list[str] = field(default_factory=list)  # lines of its files that could not be read
 
     @property
     def done(self) -> int:
@@ -139,6 +142,10 @@ class Trial:
         out = [notes[self.status]] if self.status in notes else []
         if self.status != "no data" and not len(self.generations):
             out.append(f"{where}: no {GENERATIONS_FILE}; self-BLEU, repetition and its texts are missing")
+        if self.status != "no data" and not len(self.evaluations):
+            out.append(f"{where}: no evaluations ({EVALUATIONS_FILE}); judged on its training groups, which lag its "
+                       "policy")
+        out += [f"{where}: {line}" for line in self.damaged]
         return out
 
 
@@ -148,6 +155,7 @@ class Analysis:
     trials: list[Trial]
     groups: pd.DataFrame  # one row per (trial, group): the trainer's metrics and the text measures
     generations: pd.DataFrame  # one row per generated text
+    points: pd.DataFrame  # one row per (trial, evaluated point): its measures and the rule's verdict
     windows: pd.DataFrame  # one row per (beta, window along training)
     summary: pd.DataFrame  # one row per beta: the final window, the verdict
     choice: dict[str, Any] | None
@@ -159,21 +167,27 @@ class Analysis:
 # --- reading trials ------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines file; a torn last line (a trial still writing it) is skipped."""
+def read_jsonl(path: Path, damaged: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file. A torn last line (a trial still writing it) is skipped; any other line that is
+    not a JSON object is skipped too, and named in `damaged`: a damaged line loses that line, not the trial."""
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    rows = []
+    rows, bad = [], []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise AlliterError(f"{path} line {i + 1} is not JSON; the file is damaged") from None
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif i != len(lines) - 1 or line.rstrip().endswith("}"):
+            bad.append(i + 1)
+    if bad and damaged is not None:
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        damaged.append(f"{path.name}: line{'s' if len(bad) > 1 else ''} {shown} damaged (not JSON); left out")
     return rows
 
 
@@ -214,16 +228,26 @@ def find_trials(root: Path) -> list[Path]:
 REQUIRED = {
     METRICS_FILE: {"generations", "group", "raw_reward_mean", "kl_penalty_mean", "ce_ref_mean"},
     GENERATIONS_FILE: {"generation", "group", "text", "raw_reward"},
+    EVALUATIONS_FILE: {"generations", "sample", "text", "raw_reward", "ce_ref", "ce_policy", "new_tokens"},
 }
+
+
+def _rows(path: Path, damaged: list[str]) -> pd.DataFrame:
+    """A trial file's rows as a frame; rows without the fields the analysis needs are damaged lines too."""
+    rows = read_jsonl(path, damaged)
+    need = REQUIRED[path.name]
+    whole = [r for r in rows if need <= r.keys()]
+    if len(whole) < len(rows):
+        damaged.append(f"{path.name}: {len(rows) - len(whole)} line(s) without {', '.join(sorted(need))}; left out")
+    return pd.DataFrame(whole)
 
 
 def read_trial(path: Path, root: Path) -> Trial:
     config = _read_json(path / CONFIG_FILE) or _read_json(path / RAY_PARAMS_FILE)
-    metrics = pd.DataFrame(read_jsonl(path / METRICS_FILE))
-    generations = pd.DataFrame(read_jsonl(path / GENERATIONS_FILE))
-    for file, frame in ((METRICS_FILE, metrics), (GENERATIONS_FILE, generations)):
-        if len(frame) and not REQUIRED[file] <= set(frame.columns):
-            raise AlliterError(f"{path / file} lacks {', '.join(sorted(REQUIRED[file] - set(frame.columns)))}")
+    damaged: list[str] = []
+    metrics = _rows(path / METRICS_FILE, damaged)
+    generations = _rows(path / GENERATIONS_FILE, damaged)
+    evaluations = _rows(path / EVALUATIONS_FILE, damaged)
     beta = config.get("beta", metrics["beta"].iloc[0] if "beta" in metrics else None)
     if beta is None:
         raise AlliterError(f"{path}: no beta in {CONFIG_FILE}, {RAY_PARAMS_FILE} or {METRICS_FILE}")
@@ -232,10 +256,14 @@ def read_trial(path: Path, root: Path) -> Trial:
     if len(generations):
         generations = generations.drop_duplicates("generation", keep="last")
         generations = generations.sort_values("generation", ignore_index=True)
+    if len(evaluations):
+        evaluations = evaluations.drop_duplicates(["generations", "sample"], keep="last")
+        evaluations = evaluations.sort_values(["generations", "sample"], ignore_index=True)
     name = str(Path(root.resolve().name) / path.relative_to(root))  # the sweep's name, then the trial's
     max_generations = int(config["max_generations"]) if config.get("max_generations") else None
     error, stop_reason = _last_line(path / RAY_ERROR_FILE), _last_line(path / STOP_REASON_FILE)
-    return Trial(path, name, float(beta), max_generations, metrics, generations, error, stop_reason)
+    return Trial(path, name, float(beta), max_generations, metrics, generations, evaluations,
+                 int(config.get("seed") or 0), int(config.get("group_size") or 10), error, stop_reason, damaged)
 
 
 def _last_line(path: Path) -> str | None:
@@ -313,49 +341,9 @@ def newest_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
 # --- measures --------------------------------------------------------------------------------------
 
 
-def repeated_4grams(text: str) -> float:
-    """Share of a text's word 4-grams that repeat one seen earlier in it (0 for under 4 words)."""
-    words = text.split()
-    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def self_bleu(texts: Sequence[str], bleu: Any) -> float:
-    """Mean BLEU of each text against the others as references, in [0, 1]; high = near-duplicates.
-
-    Equal to the mean of `bleu.sentence_score(text, others)` (tests/test_analysis.py), with each text's n-grams
-    counted once per group: sentence_score counts every reference again for each hypothesis, which made
-    best_beta take 2 minutes, instead of 46 s, on a 24-trial sweep."""
-    if len(texts) < 2:
-        return math.nan
-    from sacrebleu.metrics.helpers import extract_all_word_ngrams
-
-    segments = [bleu._preprocess_segment(t) for t in texts]
-    grams = [extract_all_word_ngrams(s, 1, bleu.max_ngram_order) for s in segments]  # (Counter, length) each
-    # BLEU clips a hypothesis n-gram's count by the most any one reference has. The most among "the others" is
-    # the group's highest count, unless the hypothesis holds it: then the second highest.
-    top: dict[tuple[str, ...], tuple[int, int, int]] = {}  # n-gram -> (highest count, its text, second highest)
-    for j, (counts, _) in enumerate(grams):
-        for g, c in counts.items():
-            high, who, second = top.get(g, (0, -1, 0))
-            top[g] = (c, j, high) if c > high else (high, who, max(second, c))
-    scores = []
-    for i, segment in enumerate(segments):
-        ref_ngrams = {}
-        for g in grams[i][0]:
-            high, who, second = top[g]
-            ref_ngrams[g] = high if who != i else second
-        ref_lens = [n for j, (_, n) in enumerate(grams) if j != i]
-        stats = bleu._compute_segment_statistics(segment, {"ref_ngrams": ref_ngrams, "ref_lens": ref_lens})
-        scores.append(bleu._compute_score_from_stats(stats).score)
-    return float(np.mean(scores)) / 100
-
-
 def text_measures(generations: pd.DataFrame) -> pd.DataFrame:
     """Per (trial, group): distinct-n, unique fraction and self-BLEU of the group's texts, and repetition."""
-    from sacrebleu.metrics import BLEU
-
-    bleu = BLEU(effective_order=True)  # sentence-level BLEU without zeroing texts short of 4-gram matches
+    bleu = R.bleu()
     rows = []
     for (trial, group), texts in generations.groupby(["trial", "group"], sort=False)["text"]:
         texts = list(texts)
@@ -365,8 +353,8 @@ def text_measures(generations: pd.DataFrame) -> pd.DataFrame:
             "distinct_1": R.distinct_n(texts, 1),
             "distinct_2": R.distinct_n(texts, 2),
             "unique_fraction": R.unique_fraction(texts),
-            "self_bleu": self_bleu(texts, bleu),
-            "repeated_4grams": float(np.mean([repeated_4grams(t) for t in texts])),
+            "self_bleu": R.self_bleu(texts, bleu),
+            "repeated_4grams": float(np.mean([R.repeated_4grams(t) for t in texts])),
         })
     measures = ["distinct_1", "distinct_2", "unique_fraction", "self_bleu", "repeated_4grams"]
     return pd.DataFrame(rows, columns=["trial", "group", *measures]).astype({"group": int, **dict.fromkeys(measures, float)})
@@ -386,7 +374,51 @@ def group_frame(trials: list[Trial], measure: str) -> tuple[pd.DataFrame, pd.Dat
     return groups, generations
 
 
-# --- windows, the rule ------------------------------------------------------------------------------
+# --- points, the rule ---------------------------------------------------------------------------------
+
+POINT_MEASURES = ("alliteration", "distinct_1", "distinct_2", "unique_fraction", "self_bleu", "repeated_4grams",
+                  "fluency", "kl", "new_tokens")
+
+
+def trial_points(trial: Trial, groups: pd.DataFrame, cfg: AnalysisConfig, bleu: Any) -> tuple[list[dict], str]:
+    """A trial's points in order of generations (the first: the unmodified model's) and where they come from:
+    its evaluations, else (none) its training groups, a point per window (alliter.collapse.training_points)."""
+    if len(trial.evaluations):
+        points = []
+        for g, stories in trial.evaluations.groupby("generations", sort=True):
+            rows = stories.sort_values("sample").to_dict("records")
+            points.append({"generations": int(g), **R.point_measures(rows, trial.group_size, bleu)})
+        return points, "evaluation"
+    rows = groups[groups["trial"] == trial.name].sort_values("generations").to_dict("records")
+    return training_points(rows, cfg.window), "training"
+
+
+def point_frame(trials: list[Trial], groups: pd.DataFrame, cfg: AnalysisConfig) -> tuple[pd.DataFrame, dict[str, Judgement]]:
+    """One row per (trial, point): the point's measures, its share of the unmodified model's diversity, its
+    fluency gap, the rule's verdict and whether it is stable; and each trial's judgement."""
+    bleu = R.bleu()
+    frames, judgements = [], {}
+    for t in trials:
+        points, source = trial_points(t, groups, cfg, bleu)
+        judgement = cfg.judge_trial(points, complete=t.status == "complete")
+        judgements[t.name] = judgement
+        if not points:
+            continue
+        frame = pd.DataFrame(points).assign(
+            trial=t.name, beta=t.beta, seed=t.seed, source=source, verdict=judgement.verdicts, stable=judgement.stable,
+            diversity_kept=judgement.diversity_kept, fluency_gap=judgement.fluency_gap,
+        )
+        frames.append(frame)
+    columns = ["trial", "beta", "seed", "generations", *POINT_MEASURES, "diversity_kept", "fluency_gap", "verdict",
+               "stable", "source"]
+    if not frames:
+        return pd.DataFrame(columns=columns), judgements
+    points = pd.concat(frames, ignore_index=True)
+    for name in POINT_MEASURES:
+        if name not in points:
+            points[name] = math.nan
+    points["diversity"] = 1 - points["self_bleu"] if cfg.diversity_measure == "self_bleu" else points[cfg.diversity_measure]
+    return points[[*columns, "diversity"]], judgements
 
 
 def _means(groups: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -395,84 +427,82 @@ def _means(groups: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def window_frame(groups: pd.DataFrame, window: int) -> pd.DataFrame:
-    """Per (beta, window end): the measures over the window's groups, averaged over trials of a beta."""
+    """Per (beta, window end): the training measures over the window's groups, averaged over trials of a beta."""
     tiled = groups.assign(window=(np.ceil(groups["generations"] / window) * window).astype(int))
     per_trial = _means(tiled, ["beta", "trial", "window"]).reset_index().drop(columns="trial")
     per_beta = per_trial.groupby(["beta", "window"])
     return per_beta.mean().assign(generations=per_beta["generations"].max()).reset_index()
 
 
-def trial_frame(trials: list[Trial], groups: pd.DataFrame, cfg: AnalysisConfig) -> pd.DataFrame:
-    """Per trial: the final window's measures, the unmodified model's (its first group), the first generation
-    at which it collapsed by the rule of alliter.collapse (NaN: it never did), and whether a search dropped it."""
-    last = groups.groupby("trial")["generations"].transform("max")
-    final = _means(groups[groups["generations"] > last - cfg.window], ["beta", "trial"])
-    first = groups.loc[groups.groupby("trial")["group"].idxmin()].set_index(["beta", "trial"])
-    final["alliteration_baseline"] = first["raw_reward_mean"]
-    final["diversity_baseline"] = first["diversity"]
-    collapsed_at = {
-        key: cfg.collapsed_at(g["generations"], g["diversity"])
-        for key, g in groups.sort_values("generations").groupby(["beta", "trial"])
-    }
-    final["collapsed_at"] = pd.Series(collapsed_at, dtype=float)
-    final["collapsed"] = final["collapsed_at"].notna()
-    dropped = {t.name for t in trials if t.dropped}
-    return final.reset_index().assign(dropped=lambda f: f["trial"].isin(dropped))
+def trial_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame, judgements: dict[str, Judgement],
+                cfg: AnalysisConfig) -> pd.DataFrame:
+    """Per trial: its final point's measures and the unmodified model's (its first point), where it failed (NaN:
+    it never did) and as what, the training measures over its final window, and whether a search dropped it."""
+    rows = []
+    for t in trials:
+        mine = points[points["trial"] == t.name].sort_values("generations")
+        g = groups[groups["trial"] == t.name]
+        last = g["generations"].max()
+        final_window = g[g["generations"] > last - cfg.window]
+        judgement = judgements[t.name]
+        row: dict[str, Any] = {"beta": t.beta, "trial": t.name, "seed": t.seed, "generations": t.done,
+                               "dropped": t.dropped, "status": t.status,
+                               "kl_penalty": final_window["kl_penalty_mean"].mean(),
+                               "ce_ref": final_window["ce_ref_mean"].mean(),
+                               "failed_at": math.nan if judgement.failed_at is None else float(judgement.failed_at),
+                               "failed_as": judgement.failed_as, "failed": not judgement.kept,
+                               "source": mine["source"].iloc[0] if len(mine) else None}
+        final = mine.iloc[-1] if len(mine) > 1 else None  # a trial with its baseline alone has no final point
+        base = mine.iloc[0] if len(mine) else None
+        for name in (*POINT_MEASURES, "diversity", "diversity_kept", "fluency_gap"):
+            row[name] = final[name] if final is not None else math.nan
+        row["point"] = int(final["generations"]) if final is not None else math.nan
+        for name in ("alliteration", "diversity", "fluency"):
+            row[f"{name}_baseline"] = base[name] if base is not None else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def beta_collapse(collapsed_at: pd.Series, max_collapse_rate: float) -> float:
-    """When a beta collapses: the generation at which more than `max_collapse_rate` of its trials (seeds)
-    have collapsed, NaN if they never do."""
-    times = np.sort(collapsed_at.fillna(np.inf).to_numpy())
-    at = times[int(math.floor(max_collapse_rate * len(times) + 1e-9))]
-    return float(at) if np.isfinite(at) else math.nan
-
-
-def summary_frame(
-    trials: list[Trial], groups: pd.DataFrame, windows: pd.DataFrame, cfg: AnalysisConfig
-) -> pd.DataFrame:
-    """Per beta, over its trials (seeds): the final window's measures (mean, and standard error when there
-    are several seeds), the unmodified model's, the collapse rate, the verdict and the Pareto front."""
-    per_trial = trial_frame(trials, groups, cfg)
+def summary_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame, judgements: dict[str, Judgement],
+                  cfg: AnalysisConfig) -> pd.DataFrame:
+    """Per beta, over its trials (seeds): the final point's measures (mean, and standard error when there are
+    several seeds), the unmodified model's, the failure rate and the generation of the failure, the verdict and
+    the Pareto front."""
+    per_trial = trial_frame(trials, groups, points, judgements, cfg)
     dropped = per_trial.groupby("beta")["dropped"].all()  # a beta the search only ever ran to drop it
-    by_beta = per_trial[~per_trial["dropped"] | per_trial["beta"].map(dropped)].drop(columns=["trial", "dropped"])
-    by_beta = by_beta.groupby("beta")
+    used = per_trial[~per_trial["dropped"] | per_trial["beta"].map(dropped)]
+    by_beta = used.drop(columns=["trial", "dropped", "status", "source", "failed_as", "seed"]).groupby("beta")
     s = by_beta.mean(numeric_only=True)
     for name in ("alliteration", "diversity"):  # NaN for one seed: no interval
         s[f"{name}_se"] = by_beta[name].std(ddof=1) / np.sqrt(by_beta[name].count())
-    s["collapse_rate"] = by_beta["collapsed"].mean()
-    s["collapsed_seeds"] = by_beta["collapsed"].sum().astype(int)
+    s["failed_seeds"] = by_beta["failed"].sum().astype(int)
+    s["collapse_rate"] = by_beta["failed"].mean()
     status = pd.DataFrame([(t.beta, t.status) for t in trials], columns=["beta", "status"]).groupby("beta")["status"]
-    s.insert(0, "trials", status.size())
+    s.insert(0, "trials", used.groupby("beta").size())
     s.insert(1, "status", status.agg(lambda v: ", ".join(sorted(set(v)))))
     s["generations"] = by_beta["generations"].max()
+    s["point"] = by_beta["point"].max()
+    s["source"] = used.groupby("beta")["source"].agg(lambda v: ", ".join(sorted({x for x in v if x})) or None)
     s["alliteration_gain"] = s["alliteration"] - s["alliteration_baseline"]
     s["diversity_threshold"] = cfg.diversity_share * s["diversity_baseline"]
-    s["diversity_kept"] = s["diversity"] / s["diversity_baseline"]
-    s["diversity_fell_at"] = [beta_collapse(g["collapsed_at"], cfg.max_collapse_rate) for _, g in by_beta]
-    s["diverse_until"] = [diverse_until(windows[windows["beta"] == b], s.at[b, "diversity_fell_at"]) for b in s.index]
+    s["fluency_limit"] = s["fluency_baseline"] + cfg.fluency_margin
+    s["failed_at"] = [seeds_failed_at(list(g["failed_at"]), cfg.max_collapse_rate) for _, g in by_beta]
+    failures = used[used["failed"]].groupby("beta")["failed_as"]
+    s["failed_as"] = failures.agg(lambda v: v.mode().sort_values().iloc[0]).reindex(s.index)  # ties: collapsed
 
-    kept = (s["collapse_rate"] <= cfg.max_collapse_rate) & s["diversity"].notna() & ~dropped
+    failed = pd.Series([cfg.seeds_failed(list(g["failed"])) for _, g in by_beta], index=s.index)
+    measured = s["alliteration"].notna()
+    kept = ~failed & measured & ~dropped
     best_gain = s.loc[kept, "alliteration_gain"].max()
     gain = s["alliteration_gain"]
     learned = kept & (gain >= cfg.min_gain) & (gain >= cfg.under_optimised_share * best_gain)
-    verdict = np.where(~kept, "collapsed", np.where(learned, "balanced", "under-optimised"))
-    s["verdict"] = np.where(dropped, "dropped", np.where(s["diversity"].isna(), "unmeasured", verdict))
+    verdict = np.where(failed, s["failed_as"].fillna("collapsed"), np.where(learned, "balanced", "under-optimised"))
+    s["verdict"] = np.where(dropped, "dropped", np.where(~measured, "unmeasured", verdict))
     s["pareto"] = pareto_front(s["alliteration"].where(~dropped), s["diversity"].where(~dropped))
     s["chosen"] = False
     if kept.any():
         s.loc[s.loc[kept, "alliteration"].idxmax(), "chosen"] = True
     return s.reset_index()
-
-
-def diverse_until(windows: pd.DataFrame, fell_at: float) -> float:
-    """The end of the latest window along training before the beta collapsed (its last window if it never
-    did); NaN when it collapsed inside its first window."""
-    ends = windows["generations"].to_numpy(dtype=float)
-    if windows["diversity"].isna().all():  # no texts to measure it on
-        return math.nan
-    before = ends[ends < fell_at] if math.isfinite(fell_at) else ends
-    return float(before.max()) if len(before) else math.nan
 
 
 def pareto_front(alliteration: pd.Series, diversity: pd.Series) -> pd.Series:
@@ -486,16 +516,41 @@ def pareto_front(alliteration: pd.Series, diversity: pd.Series) -> pd.Series:
     return pd.Series(on, index=alliteration.index)
 
 
-def best_point(summary: pd.DataFrame, windows: pd.DataFrame) -> dict[str, Any] | None:
-    """Of each beta's latest window before its diversity falls, the one with the highest alliteration."""
-    points = []
-    for row in summary.dropna(subset=["diverse_until"]).itertuples():
-        w = windows[(windows["beta"] == row.beta) & (windows["generations"] == row.diverse_until)].iloc[0]
-        points.append({
-            "beta": row.beta, "generations": int(w["generations"]), "alliteration": w["alliteration"],
-            "diversity": w["diversity"], "diversity_threshold": row.diversity_threshold, "fell_at": row.diversity_fell_at,
-        })
-    return max(points, key=lambda p: p["alliteration"]) if points else None
+def point_means(points: pd.DataFrame, cfg: AnalysisConfig, dropped: set[str] = frozenset()) -> pd.DataFrame:
+    """Per (beta, generations) after generation 0: the points' measures averaged over the beta's trials (seeds),
+    how many of them are stable there, and whether the beta's point is stable (at most `max_collapse_rate` of its
+    seeds are not); trials a search dropped are left out."""
+    p = points[(points["generations"] > 0) & ~points["trial"].isin(dropped)]
+    if not len(p):
+        return pd.DataFrame(columns=["beta", "generations", "trials", "stable_trials", "stable", *POINT_MEASURES])
+    by = p.groupby(["beta", "generations"])
+    means = by[[*POINT_MEASURES, "diversity", "diversity_kept", "fluency_gap"]].mean()
+    means["trials"] = by.size()
+    means["stable_trials"] = by["stable"].sum().astype(int)
+    means["stable"] = [not cfg.seeds_failed([not s for s in g["stable"]]) for _, g in by]
+    return means.reset_index()
+
+
+def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial], cfg: AnalysisConfig) -> dict[str, Any] | None:
+    """The stable point with the highest alliteration over every beta and generation (seeds averaged): kept, and
+    so is the next evaluated point of its trials, so it never sits on the edge of a collapse."""
+    dropped = {t.name for t in trials if t.dropped}
+    means = point_means(points, cfg, dropped)
+    stable = means[means["stable"]]
+    if not len(stable):
+        return None
+    row = stable.loc[stable["alliteration"].idxmax()]
+    beta, g = float(row["beta"]), int(row["generations"])
+    mine = points[(points["beta"] == beta) & ~points["trial"].isin(dropped)].sort_values("generations")
+    later = sorted(int(x) for x in mine["generations"].unique() if x > g)
+    s = summary.set_index("beta").loc[beta]
+    return {
+        "beta": beta, "generations": g, "alliteration": row["alliteration"], "diversity": row["diversity"],
+        "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "trials": int(row["trials"]),
+        "stable_trials": int(row["stable_trials"]), "next": later[0] if later else None,
+        "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"],
+        "source": ", ".join(sorted(set(mine["source"]))),
+    }
 
 
 def analyse(paths: Sequence[str | Path], cfg: AnalysisConfig | None = None) -> Analysis:
@@ -504,12 +559,14 @@ def analyse(paths: Sequence[str | Path], cfg: AnalysisConfig | None = None) -> A
     paths = [Path(p) for p in paths]
     trials, notes = load_trials(paths)
     groups, generations = group_frame(trials, cfg.diversity_measure)
+    points, judgements = point_frame(trials, groups, cfg)
     windows = window_frame(groups, cfg.window)
-    summary = summary_frame(trials, groups, windows, cfg)
+    summary = summary_frame(trials, groups, points, judgements, cfg)
     chosen = summary[summary["chosen"]]
     choice = plain(chosen.iloc[0].to_dict()) if len(chosen) else None
-    point = plain(best_point(summary, windows))
-    return Analysis(cfg, trials, groups, generations, windows, summary, choice, point, notes, read_search(paths))
+    point = plain(best_point(points, summary, trials, cfg))
+    return Analysis(cfg, trials, groups, generations, points, windows, summary, choice, point, notes,
+                    read_search(paths))
 
 
 def plain(value: Any) -> Any:

@@ -21,11 +21,8 @@ EPILOG = """export:
 
 
 def best_point_rule(result: analysis.Analysis) -> str:
-    cfg = result.cfg
-    return (
-        f"the analysis's best point (best_beta.py): of each beta's latest window of {cfg.window} generations before it "
-        f"collapsed ({cfg.rule().describe()}), the one with the highest alliteration"
-    )
+    return ("the analysis's best point (best_beta.py): the stable point (kept, and so is its trial's next evaluation; "
+            f"not kept: {result.cfg.rule().describe()}) with the highest alliteration by its evaluation")
 
 
 def local_sweep(path: str) -> Path:
@@ -62,13 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--export-at", metavar="BETA:GENERATIONS",
                         help="with --export: export this point instead, e.g. 30:1600 (the nearest earlier snapshot "
                              "when it has none)")
+    parser.add_argument("--force", action="store_true",
+                        help="with --export: export a point whose evaluation fails the rule, with the failure in its card")
     add_config_flags(parser, AnalysisConfig)
     args = parser.parse_args(argv)
     say = sys.stderr if args.json else sys.stdout
     try:
-        point = None
-        if args.export_at and not args.export:
-            raise AlliterError("--export-at needs --export DIR")
+        point, shipped = None, None
+        if (args.export_at or args.force) and not args.export:
+            raise AlliterError(f"{'--export-at' if args.export_at else '--force'} needs --export DIR")
         if args.export:
             export.check_out_dir(Path(args.export))  # before anything runs
             at = export.parse_point(args.export_at) if args.export_at else None
@@ -81,11 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif result.best_point is not None:
                 wanted, rule = result.best_point, best_point_rule(result)
             else:
-                raise AlliterError("the analysis found no best point (every beta's diversity falls in its first "
-                                   "window); pass --export-at BETA:GENERATIONS")
+                raise AlliterError("the analysis found no best point (no point is kept with its next evaluation kept "
+                                   "too); pass --export-at BETA:GENERATIONS (and --force for a point that fails the rule)")
             # a sweep copied from a URI: the chosen trial's snapshots are copied now, and only those
             fetch_snapshots(export.pick_trial(result, float(wanted["beta"]), wanted.get("trial"))[0].path)
             point = export.resolve_point(result, wanted, rule)  # a bad beta or generation fails before any output
+            export.check_point(point, args.force)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
         out = Path(args.out) if args.out else paths[0] / "analysis"
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if point is not None:
             for note in point.notes:
                 print(f"note: {note}", file=sys.stderr)
-            export.write_export(result, point, Path(args.export), paths)
+            shipped = export.write_export(result, point, Path(args.export), paths, force=args.force)
     except AlliterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -104,8 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + report.reason(result), file=say)
     print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)
     if point is not None:
+        m = shipped["point"]
         print(f"exported beta={point.beta:g} at {point.generations} generations (trial {point.trial.name}) to "
-              f"{args.export}\nnext: python -m alliter.sample {args.export}", file=say)
+              f"{args.export}; its own evaluation ({shipped['samples']} stories from the folder): {shipped['verdict']}, "
+              f"alliteration {m['alliteration']:.2f} (unmodified model {shipped['unmodified']['alliteration']:.2f}), "
+              f"{result.cfg.diversity_measure} {shipped['diversity_kept']:.0%} of the unmodified model's, fluency "
+              f"{shipped['fluency_gap']:+.2f} nats\nnext: python -m alliter.sample {args.export}", file=say)
     if args.json:
         choice = report.choice_json(result, out)
         if point is not None:

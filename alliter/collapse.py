@@ -1,35 +1,93 @@
-"""What "collapsed" means: one definition, used by the sweep's trials (to stop early), the search (to
-bracket the balanced beta) and best_beta (to judge and choose).
+"""What a kept point is: one rule, used by the sweep's trials (to stop early), the search (to bracket the balanced
+beta) and best_beta (to judge, choose and export).
 
-A trial has collapsed at generation g when its diversity, averaged group by group over the running
-window of generations (g - window, g], falls under `diversity_share` x its first group's diversity. The first
-group is sampled before any update, so it is the unmodified model's diversity, measured the same way.
-Averaging group by group matters: distinct-n grows with the amount of text it is measured over, so a
-window of groups compares with one group only as a mean of per-group values.
+A point of a trial is judged by its evaluation (`alliter.evaluation`: fresh stories of the policy at that point,
+sampled with the same random numbers at every point) against the trial's evaluation at generation 0, the
+unmodified model's:
+- *collapsed* (repetition): its diversity (`diversity_measure`, distinct-2 by default) is under `diversity_share`
+  of the unmodified model's;
+- *degenerate* (non-words): its diversity holds, but its fluency, the unmodified model's mean token
+  cross-entropy of its stories, is more than `fluency_margin` nats above the unmodified model's own stories';
+- *kept* otherwise.
+Non-words are all distinct, so distinct-n alone calls gibberish diverse: the fluency check is what catches it.
 
-The default (distinct-2, 80%, 200 generations) is best_beta's rule. On the bundled model at 2000
-generations beta 1 keeps 1% of its distinct-2 while its ten texts still all differ (they differ by a
-word), which is why the unique fraction is not the default measure.
+A trial has failed at its first point that is not kept, and stays failed. A point is *stable* when it is kept and
+so is the trial's next evaluated point (or it is the last point of a trial that ran to its end without failing):
+the best point is chosen among stable points only, so it is never the last kept point before a collapse.
 
-This module is torch-free and pandas-free, so that the driver, the trials and the analysis all import
-it cheaply.
+A trial without evaluations (`--eval-samples 0`, or run before alliter had them) is judged the same way on
+*training points*: the training groups' measures averaged over each `window` of generations, against the
+trial's first group. Training groups lag their policy (a window still holds the varied groups of before a
+collapse), which is why evaluations are the default.
+
+With seeds, a beta has failed when more than `max_collapse_rate` of its seeds failed (`seeds_failed`).
+
+This module is torch-free and pandas-free, so that the driver, the trials and the analysis all import it cheaply.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Sequence
-
-import numpy as np
+from dataclasses import dataclass, field, fields
+from typing import Any, Sequence
 
 from alliter.config import DEFAULT_WINDOW, AlliterError
 
-# per-group diversity measures the trainer reports (best_beta also has self-BLEU, from the texts)
+KEPT, COLLAPSED, DEGENERATE = "kept", "collapsed", "degenerate"
+# diversity measures a point has from its stories (best_beta also has self-BLEU, counted as 1 - self-BLEU)
 TRAINER_MEASURES = ("distinct_1", "distinct_2", "unique_fraction")
 ALL_MEASURES = (*TRAINER_MEASURES, "self_bleu")
 DEFAULT_MEASURE = "distinct_2"
 DEFAULT_SHARE = 0.8
+DEFAULT_FLUENCY_MARGIN = 0.3
+
+# a training group's metric -> the point measure it stands for (training points, the fallback)
+TRAINING_MEASURES = {
+    "raw_reward_mean": "alliteration",
+    "distinct_1": "distinct_1",
+    "distinct_2": "distinct_2",
+    "unique_fraction": "unique_fraction",
+    "self_bleu": "self_bleu",
+    "repeated_4grams": "repeated_4grams",
+    "ce_ref_mean": "fluency",
+    "mean_new_tokens": "new_tokens",
+}
+
+
+def diversity(point: dict[str, Any], measure: str) -> float:
+    """A point's diversity by `measure`, higher = more diverse: self-BLEU is counted as 1 - self-BLEU."""
+    value = point.get(measure)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return math.nan
+    return 1 - value if measure == "self_bleu" else float(value)
+
+
+@dataclass
+class Judgement:
+    """A trial's points judged in order: each point's verdict and stability, and where the trial failed."""
+
+    generations: list[int]
+    verdicts: list[str]
+    stable: list[bool]
+    diversity_kept: list[float]
+    fluency_gap: list[float]
+    failed_at: int | None = None  # the first generation whose point is not kept
+    failed_as: str | None = None  # its verdict: collapsed or degenerate
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kept(self) -> bool:
+        return self.failed_at is None
+
+    def report(self) -> dict[str, Any]:
+        """What a trial reports to Tune: its verdict so far, and its latest point's share of the unmodified model's
+        diversity and fluency gap."""
+        return {
+            "verdict": self.failed_as or KEPT, "kept": self.kept,
+            "failed_at": math.nan if self.failed_at is None else float(self.failed_at),
+            "diversity_kept": self.diversity_kept[-1] if self.diversity_kept else math.nan,
+            "fluency_gap": self.fluency_gap[-1] if self.fluency_gap else math.nan,
+        }
 
 
 @dataclass
@@ -38,15 +96,18 @@ class CollapseRule:
 
     diversity_measure: str = DEFAULT_MEASURE
     """The diversity the rule uses: distinct_1, distinct_2, unique_fraction, or (best_beta only) self_bleu,
-    counted as 1 - self-BLEU."""
+    counted as 1 - self-BLEU; each measured per group of group_size stories."""
     diversity_share: float = DEFAULT_SHARE
-    """A trial keeps its diversity while the running mean stays at or above this share of the unmodified
-    model's; under it, it has collapsed."""
+    """A point keeps its diversity while it is at or above this share of the unmodified model's; under it, the
+    trial has collapsed (repetition)."""
+    fluency_margin: float = DEFAULT_FLUENCY_MARGIN
+    """A point whose stories' mean token cross-entropy under the unmodified model is more than this many nats
+    above the unmodified model's own stories' is degenerate (non-words); see README, "What kept means"."""
     window: int = DEFAULT_WINDOW
-    """Generations of the running window the diversity is averaged over (best_beta: also the final window
-    every measure is averaged over, and the windows along training)."""
+    """Generations of a training point (trials without evaluations) and of the final window of the training
+    measures in best_beta's table."""
     max_collapse_rate: float = 0.0
-    """With seeds: a beta counts as kept while at most this share of its seeds collapsed (0: kept in every seed)."""
+    """With seeds: a beta counts as kept while at most this share of its seeds failed (0: kept in every seed)."""
 
     def rule(self) -> "CollapseRule":
         """The rule alone, without the fields of a dataclass that extends it."""
@@ -57,58 +118,86 @@ class CollapseRule:
             raise AlliterError(f"diversity_measure must be one of {', '.join(measures)}, got {self.diversity_measure!r}")
         if not 0 < self.diversity_share <= 1:
             raise AlliterError(f"diversity_share must be in (0, 1], got {self.diversity_share}")
+        if not (math.isfinite(self.fluency_margin) and self.fluency_margin >= 0):
+            raise AlliterError(f"fluency_margin must be a finite number of nats >= 0, got {self.fluency_margin}")
         if self.window < 1:
             raise AlliterError(f"window must be at least 1 generation, got {self.window}")
         if not 0 <= self.max_collapse_rate < 1:
             raise AlliterError(f"max_collapse_rate must be in [0, 1), got {self.max_collapse_rate}")
 
-    def kept_shares(self, generations: Sequence[float], diversity: Sequence[float]) -> np.ndarray:
-        """Per group (in order of generations): the mean diversity over the running window ending at
-        that group, as a share of the first group's. NaN values (no text to measure) are skipped."""
-        g = np.asarray(generations, dtype=float)
-        d = np.asarray(diversity, dtype=float)
-        if not len(g):
-            return np.zeros(0)
-        valid = ~np.isnan(d)
-        sums = np.concatenate([[0.0], np.cumsum(np.where(valid, d, 0.0))])
-        counts = np.concatenate([[0], np.cumsum(valid)])
-        start = np.searchsorted(g, g - self.window, side="right")  # first group inside (g - window, g]
-        end = np.arange(1, len(g) + 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = (sums[end] - sums[start]) / (counts[end] - counts[start])
-            return means / d[0] if d[0] > 0 else np.full(len(g), math.nan)
+    def judge(self, point: dict[str, Any], baseline: dict[str, Any]) -> str:
+        """kept, collapsed (diversity under the share) or degenerate (fluency over the margin)."""
+        d, d0 = diversity(point, self.diversity_measure), diversity(baseline, self.diversity_measure)
+        if d < self.diversity_share * d0:
+            return COLLAPSED
+        if point["fluency"] - baseline["fluency"] > self.fluency_margin:
+            return DEGENERATE
+        return KEPT
 
-    def collapsed_at(self, generations: Sequence[float], diversity: Sequence[float]) -> float:
-        """The first generation at which the trial has collapsed, NaN if it never did (so far)."""
-        shares = self.kept_shares(generations, diversity)
-        below = shares < self.diversity_share
-        return float(np.asarray(generations, dtype=float)[below.argmax()]) if below.any() else math.nan
+    def judge_trial(self, points: Sequence[dict[str, Any]], complete: bool) -> Judgement:
+        """Judge a trial's points (in order of generations; the first is the unmodified model's, at generation 0).
+        `complete`: the trial ran to its end, so its last point, if kept, is stable."""
+        if not points:
+            return Judgement([], [], [], [], [])
+        baseline = points[0]
+        verdicts, failed_at, failed_as = [], None, None
+        for point in points:
+            verdict = self.judge(point, baseline)
+            if verdict != KEPT and failed_at is None:
+                failed_at, failed_as = int(point["generations"]), verdict
+            verdicts.append(verdict)
+        ok = [v == KEPT and (failed_at is None or int(p["generations"]) < failed_at) for v, p in zip(verdicts, points)]
+        stable = [ok[i] and (ok[i + 1] if i + 1 < len(ok) else complete) for i in range(len(ok))]
+        d0 = diversity(baseline, self.diversity_measure)
+        kept = [diversity(p, self.diversity_measure) / d0 if d0 > 0 else math.nan for p in points]
+        gaps = [p["fluency"] - baseline["fluency"] for p in points]
+        return Judgement([int(p["generations"]) for p in points], verdicts, stable, kept, gaps, failed_at, failed_as)
+
+    def seeds_failed(self, failed: Sequence[bool]) -> bool:
+        """A beta's verdict over its seeds: failed when more than `max_collapse_rate` of them failed."""
+        return bool(failed) and sum(failed) / len(failed) > self.max_collapse_rate + 1e-12
 
     def describe(self) -> str:
-        return (f"{self.diversity_measure} under {self.diversity_share:.0%} of the unmodified model's "
-                f"(running mean over {self.window} generations)")
+        return (f"{self.diversity_measure} under {self.diversity_share:.0%} of the unmodified model's (collapsed), or "
+                f"fluency more than {self.fluency_margin:g} nats worse than its (degenerate)")
 
 
-class CollapseWatch:
-    """A trial's running verdict, group by group: the same `CollapseRule.kept_shares` on the history so far."""
+def seeds_failed_at(failed_at: Sequence[float], max_collapse_rate: float) -> float:
+    """When a beta fails: the generation at which more than `max_collapse_rate` of its trials (seeds) have
+    failed (NaN in `failed_at`: never), NaN if they never do."""
+    times = sorted(math.inf if (t is None or math.isnan(t)) else t for t in failed_at)
+    if not times:
+        return math.nan
+    at = times[int(math.floor(max_collapse_rate * len(times) + 1e-9))]
+    return float(at) if math.isfinite(at) else math.nan
 
-    def __init__(self, rule: CollapseRule, history: Sequence[dict] = ()):
-        self.rule = rule
-        self.generations: list[float] = []
-        self.diversity: list[float] = []
-        for metrics in history:
-            self.add(metrics)
 
-    def add(self, metrics: dict) -> dict[str, float | bool]:
-        """Take a group's metrics; return the verdict so far (`verdict`)."""
-        self.generations.append(float(metrics["generations"]))
-        self.diversity.append(float(metrics[self.rule.diversity_measure]))
-        return self.verdict()
+def training_points(groups: Sequence[dict[str, Any]], window: int, partial: bool = True) -> list[dict[str, Any]]:
+    """A trial's training points (the fallback when it has no evaluations), from its groups' metrics in order: the
+    first group as the unmodified model's point (generation 0), then the mean of each window of generations
+    (0, w], (w, 2w], ... and (`partial`) of the window ending at the last group, when that is off this grid."""
+    rows = [g for g in groups if g.get("generations") is not None]
+    if not rows:
+        return []
 
-    def verdict(self) -> dict[str, float | bool]:
-        """The running share of the unmodified model's diversity at the last group, and whether the trial
-        has collapsed (at that group or before)."""
-        shares = self.rule.kept_shares(self.generations, self.diversity)
-        if not len(shares):
-            return {"diversity_kept": math.nan, "collapsed": False}
-        return {"diversity_kept": float(shares[-1]), "collapsed": bool((shares < self.rule.diversity_share).any())}
+    def point(chunk: Sequence[dict[str, Any]], generations: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"generations": generations}
+        for column, name in TRAINING_MEASURES.items():
+            values = [float(g[column]) for g in chunk if g.get(column) is not None and not _isnan(g[column])]
+            out[name] = sum(values) / len(values) if values else math.nan
+        kl = [-float(g["kl_penalty_mean"]) for g in chunk if g.get("kl_penalty_mean") is not None]
+        out["kl"] = sum(kl) / len(kl) if kl else math.nan
+        return out
+
+    points = [point(rows[:1], 0)]
+    last = int(rows[-1]["generations"])
+    ends = list(range(window, last + 1, window)) + ([last] if last % window and partial else [])
+    for end in ends:
+        chunk = [g for g in rows if end - window < int(g["generations"]) <= end]
+        if chunk:
+            points.append(point(chunk, end))
+    return points
+
+
+def _isnan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

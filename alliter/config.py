@@ -35,6 +35,7 @@ MODEL_PRESETS: dict[str, tuple[str, str | None, float]] = {
 # the files of a run (trial) directory; see alliter/trainer.py
 GENERATIONS_FILE = "generations.jsonl"
 METRICS_FILE = "metrics.jsonl"
+EVALUATIONS_FILE = "evaluations.jsonl"  # the stories of every evaluation of the trial (alliter/evaluation.py)
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 STOP_REASON_FILE = "stop_reason.txt"  # a trial stopped early says why: it collapsed, or a search dropped it
@@ -96,6 +97,12 @@ class TrainConfig:
     """torch threads on the CPU; 0 keeps torch's default (a sweep's trial: its --cpus-per-trial). The samples depend on it: other threads sum in another order."""
     fast_decode: bool = True
     """Sample with alliter's KV-cache decode loop where the architecture allows, else the library's generate."""
+    eval_samples: int = 50
+    """Stories sampled from the policy to evaluate it, before the first update and at every snapshot (the points
+    best_beta judges and exports); 0: no evaluations (best_beta then judges on the training groups)."""
+    eval_seed: int = 1234
+    """Seed of the evaluations' sampling, a generator of their own: training is untouched, and every point of every
+    trial is sampled with the same random numbers."""
 
     def validate(self) -> "TrainConfig":
         """Raise AlliterError, in one line, for a value the trainer cannot run with."""
@@ -107,6 +114,8 @@ class TrainConfig:
             raise AlliterError(f"lr must be a finite number > 0, got {self.lr}")
         if self.max_generations < 1 or self.checkpoint_every < 1 or self.top_k < 0 or self.temperature <= 0:
             raise AlliterError("max_generations and checkpoint_every must be >= 1, top_k >= 0, temperature > 0")
+        if self.eval_samples < 0:
+            raise AlliterError(f"eval_samples must be >= 0 (0: no evaluations), got {self.eval_samples}")
         if self.snapshot_every < 0:
             raise AlliterError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
         if self.dtype not in ("float32", "bfloat16", "float64"):
@@ -133,6 +142,14 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def base_model_here(model: str) -> str:
+    """A trial's base model as this machine reaches it: the bundled model wherever the trial's machine had it
+    installed (the path in its config.json is that machine's), any other folder or hub id as it is."""
+    if not Path(model).exists() and Path(model).name == BUNDLED_MODEL.name:
+        return str(BUNDLED_MODEL)
+    return model
 
 
 def check_model_folder(model: str) -> None:

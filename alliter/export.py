@@ -6,14 +6,20 @@
 The folder holds the policy of the trial at that point, from the trial's snapshot (or, when the point has
 none, the nearest earlier one, said in one line): model.safetensors and config.json
 (`save_pretrained`), the tokenizer, a generation config with the trial's sampling settings (do_sample,
-top-k, temperature, max_length), README.md (a model card: the point, its metrics, the sweep, the rule
+top-k, temperature, max_length), README.md (a model card: the point, its evaluation, the sweep, the rule
 that chose it) and alliter.json (the same, machine-readable). `AutoModelForCausalLM.from_pretrained(DIR)`
 and `pipeline("text-generation", model=DIR)` load it with no hub; `python -m alliter.sample DIR` prints
 stories from it.
+
+An export measures what it ships: the folder is written aside, loaded back as its user would load it and
+evaluated (alliter.evaluation.evaluate_folder) against the unmodified model; that evaluation goes into the card
+and alliter.json. A point whose evaluation fails the rule (alliter.collapse) is refused, with nothing written,
+unless `--force`, which writes the failure into the card.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,20 +30,21 @@ from typing import Any
 
 import pandas as pd
 
-from alliter.analysis import MEASURES, Analysis, Trial
-from alliter.config import BUNDLED_MODEL, CONFIG_FILE, EXPORT_INFO_FILE, AlliterError, TrainConfig
+from alliter.analysis import Analysis, Trial
+from alliter.collapse import KEPT
+from alliter.config import CONFIG_FILE, EXPORT_INFO_FILE, AlliterError, TrainConfig, base_model_here
 from alliter.snapshots import umask_now, list_snapshots, load_snapshot
 
-# the measures a model card lists, in order: summary name -> label
+# the measures a model card lists, in order: point measure -> label
 CARD_MEASURES = {
     "alliteration": "alliteration (mean raw reward: adjacent word pairs with the same first letter)",
-    "distinct_1": "distinct-1 (unique words / words, per group of samples)",
+    "distinct_1": "distinct-1 (unique words / words, per group of stories)",
     "distinct_2": "distinct-2 (unique word pairs / word pairs, per group)",
-    "self_bleu": "self-BLEU (each text against the rest of its group; high = near-duplicates)",
-    "repeated_4grams": "repeated word 4-grams inside a text (share)",
-    "unique_fraction": "unique fraction (distinct texts / texts, per group)",
-    "kl_penalty": "KL penalty per token (CE policy - CE reference)",
-    "ce_ref": "cross-entropy of the texts under the unmodified model",
+    "self_bleu": "self-BLEU (each story against the rest of its group; high = near-duplicates)",
+    "repeated_4grams": "repeated word 4-grams inside a story (share)",
+    "unique_fraction": "unique fraction (distinct stories / stories, per group)",
+    "fluency": "fluency: mean token cross-entropy of the stories under the unmodified model (nats)",
+    "kl": "KL estimate per token (CE unmodified - CE this model, on its stories)",
 }
 
 
@@ -52,6 +59,7 @@ class ExportPoint:
     snapshot: Path
     rule: str
     notes: list[str] = field(default_factory=list)
+    recorded: dict[str, Any] | None = None  # the trial's own evaluation of that point, judged (analysis.points)
 
 
 def parse_point(text: str) -> tuple[float, int]:
@@ -118,34 +126,33 @@ def resolve_point(result: Analysis, point: dict[str, Any], rule: str) -> ExportP
     used = max(earlier)
     if used != requested:
         notes.append(f"no snapshot at generation {requested} in {trial.name}: exporting the nearest earlier one, at {used}")
-    return ExportPoint(beta, requested, used, trial, snapshots[used], rule, notes)
+    p = result.points
+    mine = p[(p["trial"] == trial.name) & (p["generations"] == used)]
+    recorded = mine.iloc[0].to_dict() if len(mine) else None
+    return ExportPoint(beta, requested, used, trial, snapshots[used], rule, notes, recorded)
 
 
-def point_metrics(result: Analysis, point: ExportPoint) -> dict[str, float]:
-    """The trial's measures over the window of generations ending at the exported snapshot, group by group,
-    and the unmodified model's (the trial's first group)."""
-    g = result.groups[result.groups["trial"] == point.trial.name]
-    window = g[(g["generations"] > point.generations - result.cfg.window) & (g["generations"] <= point.generations)]
-    first = g.loc[g["group"].idxmin()] if len(g) else None
-    out: dict[str, float] = {}
-    for name in CARD_MEASURES:
-        column = MEASURES[name]
-        if column in window:
-            out[name] = _number(window[column].mean())
-            out[f"{name}_unmodified"] = _number(first[column]) if first is not None else None
-    out["window_from"] = int(max(0, point.generations - result.cfg.window))
-    return out
+def check_point(point: ExportPoint, force: bool) -> None:
+    """Refuse, before anything is written, a point whose own evaluation in its trial failed the rule."""
+    r = point.recorded
+    if r is None or r["verdict"] == KEPT:
+        return
+    why = (f"{r['verdict']} by its {r['source']} (diversity {r['diversity_kept']:.0%} of the unmodified model's, "
+           f"fluency {r['fluency_gap']:+.2f} nats)")
+    if not force:
+        raise AlliterError(f"beta={point.beta:g} at {point.generations} generations is {why}; nothing was written - "
+                           "pass --force to export it anyway, with the failure in its card")
+    point.notes.append(f"exported with --force: the point is {why}")
 
 
-def _number(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
-
-
-def write_export(result: Analysis, point: ExportPoint, out: Path, sweep: list[Path]) -> Path:
-    """Write the model folder (into a temporary folder beside `out`, renamed at the end: a failed export
-    leaves nothing half-written)."""
+def write_export(result: Analysis, point: ExportPoint, out: Path, sweep: list[Path], force: bool = False) -> dict[str, Any]:
+    """Write the model folder into a temporary folder beside `out`, evaluate it from there, and rename it to
+    `out` when its evaluation passes the rule (or with `force`): a failed or refused export leaves nothing.
+    Returns the folder's evaluation."""
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
+
+    from alliter.evaluation import evaluate_folder
 
     hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar, for one file
     check_out_dir(out)
@@ -165,12 +172,24 @@ def write_export(result: Analysis, point: ExportPoint, out: Path, sweep: list[Pa
             "top_p": 1.0, "pad_token_id": eos,
         })
         gen.save_pretrained(tmp)
-        metrics = point_metrics(result, point)
+        evaluation = evaluate_folder(tmp, cfg, result.cfg.rule())
+        if evaluation["verdict"] != KEPT:
+            why = (f"{evaluation['verdict']} (diversity {evaluation['diversity_kept']:.0%} of the unmodified model's, "
+                   f"fluency {evaluation['fluency_gap']:+.2f} nats)")
+            if not force:
+                raise AlliterError(f"the exported folder's own evaluation is {why}; nothing was written - pass --force "
+                                   "to export it anyway")
+            point.notes.append(f"exported with --force: its evaluation is {why}")
+        recorded = point.recorded
         info = {
             "beta": point.beta, "generations": point.generations, "requested_generations": point.requested,
             "trial": point.trial.name, "trial_folder": str(point.trial.path.resolve()),
             "sweep": [str(p.resolve()) for p in sweep], "snapshot": point.snapshot.name, "rule": point.rule,
-            "notes": point.notes, "prompt": cfg.prompt, "metrics": metrics, "window": result.cfg.window,
+            "rule_settings": dataclasses.asdict(result.cfg.rule()), "notes": point.notes, "prompt": cfg.prompt,
+            "evaluation": evaluation,
+            "trial_evaluation": None if recorded is None else {
+                k: _number(recorded.get(k)) if k not in ("verdict", "source") else recorded.get(k)
+                for k in ("verdict", "source", "alliteration", "diversity_kept", "fluency_gap")},
             "config": cfg.to_dict(),
         }
         (tmp / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -183,15 +202,17 @@ def write_export(result: Analysis, point: ExportPoint, out: Path, sweep: list[Pa
         os.replace(tmp, out)  # onto a missing or empty folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return evaluation
 
 
 def _base_licence(model: str) -> Path | None:
     """The base model's licence file, when it is a local folder with one (the bundled model: MIT)."""
-    for folder in (Path(model), BUNDLED_MODEL if Path(model).name == BUNDLED_MODEL.name else None):
-        if folder is not None and (folder / "LICENSE").is_file():
-            return folder / "LICENSE"
-    return None
+    folder = Path(base_model_here(model))
+    return folder / "LICENSE" if (folder / "LICENSE").is_file() else None
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _is_hub_id(model: str) -> bool:
@@ -199,21 +220,29 @@ def _is_hub_id(model: str) -> bool:
 
 
 def model_card(info: dict[str, Any], cfg: TrainConfig, has_licence: bool) -> str:
-    beta, gens, m = info["beta"], info["generations"], info["metrics"]
+    beta, gens, ev = info["beta"], info["generations"], info["evaluation"]
     base = Path(cfg.model).name if not _is_hub_id(cfg.model) else cfg.model
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [alliter, rloo, tinystories]"]
     if _is_hub_id(cfg.model):
         front.append(f"base_model: {cfg.model}")
     front.append("---")
 
-    def num(name: str, fmt: str = ".3f") -> str:
-        value = m.get(name)
-        return "-" if value is None else format(value, fmt)
+    def num(value: Any) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
-    rows = "\n".join(
-        f"| {label} | {num(name)} | {num(name + '_unmodified')} |" for name, label in CARD_MEASURES.items() if name in m
-    )
+    rows = "\n".join(f"| {label} | {num(ev['point'].get(name))} | {num(ev['unmodified'].get(name))} |"
+                     for name, label in CARD_MEASURES.items() if name in ev["point"])
     notes = "".join(f"\n- note: {n}" for n in info["notes"])
+    rule = info["rule_settings"]
+    verdict = (f"**{ev['verdict']}** by alliter's rule: {rule['diversity_measure']} "
+               f"{ev['diversity_kept']:.0%} of the unmodified model's (at least {rule['diversity_share']:.0%} keeps it), "
+               f"fluency {ev['fluency_gap']:+.3f} nats over the unmodified model's (at most +{rule['fluency_margin']:g})")
+    trial_eval = info.get("trial_evaluation")
+    recorded = ("" if trial_eval is None else
+                f"\n\nIn its trial, this point's own {trial_eval['source']} was {trial_eval['verdict']}: alliteration "
+                f"{num(trial_eval['alliteration'])}, diversity {trial_eval['diversity_kept']:.0%} of the unmodified "
+                f"model's, fluency {trial_eval['fluency_gap']:+.3f} nats.")
+    stories = "\n\n".join(f"```text\n{t}\n```" for t in ev["stories"])
     licence = (
         "The base model's licence is in `LICENSE`; it applies to these weights too."
         if has_licence else f"The base model's licence ({cfg.model}) applies to these weights."
@@ -233,15 +262,19 @@ policy of trial `{info['trial']}` (KL-penalty coefficient beta={beta:g}) after {
 - sweep: {', '.join(f'`{s}`' for s in info['sweep'])}
 - chosen by: {info['rule']}{notes}
 
-## Metrics
+## Evaluation of this folder
 
-Over the trial's {info['window']} generations up to the snapshot ({m['window_from']} to {gens}), each measure a mean
-over its groups of {cfg.group_size} samples; the unmodified model is the trial's first group, sampled before any
-update.
+{ev['samples']} stories sampled from this folder as it loads (`from_pretrained`), with the sampling below and
+seed {ev['seed']}, and {ev['samples']} stories of the unmodified model sampled the same way; distinct-n, the unique
+fraction and self-BLEU are per group of {cfg.group_size} stories, then averaged. The point is {verdict}.{recorded}
 
-| measure | at this point | unmodified model |
+| measure | this model | unmodified model |
 | --- | --- | --- |
 {rows}
+
+Three of its stories:
+
+{stories}
 
 ## Use
 

@@ -20,23 +20,24 @@ from alliter.analysis import Analysis, plain
 
 # the study's colours for the coarse grid, low beta to high; gold stands in for yellow, which is unreadable on white
 STUDY_COLOURS = ["red", "darkorange", "gold", "green", "blue", "darkviolet"]
-# table header -> summary column, in the order printed
+# table header -> summary column, in the order printed: the final evaluation's measures, then the training's KL
 TABLE = {
     "beta": "beta",
     "gens": "generations",
     "alliteration": "alliteration",
     "gain": "alliteration_gain",
-    "distinct_1": "distinct_1",
     "distinct_2": "distinct_2",
-    "unique": "unique_fraction",
     "self_bleu": "self_bleu",
     "rep_4grams": "repeated_4grams",
-    "kl_penalty": "kl_penalty",
-    "ce_ref": "ce_ref",
     "div_kept": "diversity_kept",
+    "fluency": "fluency_gap",
+    "kl_penalty": "kl_penalty",
     "verdict": "verdict",
+    "fails_at": "failed_at",
 }
-PLOTS = ("raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png")
+# the rule's measure, when it is not distinct-2: header -> summary column, shown after distinct_2
+RULE_COLUMNS = {"distinct_1": "distinct_1", "unique_fraction": "unique"}
+PLOTS = ("evaluations.png", "raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png")
 MEASURE_LABELS = {
     "distinct_1": "distinct-1",
     "distinct_2": "distinct-2",
@@ -79,30 +80,44 @@ def beta_colours(betas: list[float]) -> dict[float, tuple]:
 def display_frame(result: Analysis) -> pd.DataFrame:
     """The summary as the table shows it: rounded numbers, the chosen beta marked; with seeds, the
     standard error of alliteration and of the rule's diversity measure, and the seeds that collapsed."""
-    summary = result.summary
-    t = summary[list(TABLE.values())].copy()
-    t.columns = list(TABLE)
+    summary, measure = result.summary, result.cfg.diversity_measure
+    columns = dict(TABLE)
+    if measure in RULE_COLUMNS:
+        at = list(columns).index("distinct_2") + 1
+        columns = dict([*list(columns.items())[:at], (RULE_COLUMNS[measure], measure), *list(columns.items())[at:]])
+    t = summary[list(columns.values())].copy()
+    t.columns = list(columns)
     t["beta"] = t["beta"].map(lambda b: f"{b:g}")
     t["gens"] = t["gens"].map(lambda g: f"{g:.0f}")
     t["div_kept"] = t["div_kept"].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}")
-    for col in ("alliteration", "gain", "distinct_1", "distinct_2", "unique", "self_bleu", "rep_4grams", "ce_ref"):
-        t[col] = t[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    for col in ("alliteration", "gain", "distinct_1", "distinct_2", "unique", "self_bleu", "rep_4grams"):
+        if col in t:
+            t[col] = t[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
+    t["fluency"] = t["fluency"].map(lambda v: "-" if pd.isna(v) else f"{v:+.2f}")
     t["kl_penalty"] = t["kl_penalty"].map(lambda v: "-" if pd.isna(v) else f"{v:+.3f}")
+    t["fails_at"] = t["fails_at"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
     t["verdict"] = [v + (" *" if c else "") for v, c in zip(summary["verdict"], summary["chosen"])]
     if (summary["status"] != "complete").any():
         t.insert(1, "status", summary["status"])
     if (summary["trials"] > 1).any():  # seeds: mean ± standard error, and how many collapsed
-        measure = {v: k for k, v in TABLE.items()}[result.cfg.diversity_measure]
+        header = {v: k for k, v in columns.items()}[measure]
         t["alliteration"] = [_pm(m, se) for m, se in zip(summary["alliteration"], summary["alliteration_se"])]
         value = 1 - summary["diversity"] if measure == "self_bleu" else summary["diversity"]
-        t[measure] = [_pm(m, se) for m, se in zip(value, summary["diversity_se"])]
+        t[header] = [_pm(m, se) for m, se in zip(value, summary["diversity_se"])]
         t.insert(1, "seeds", summary["trials"])
-        t.insert(len(t.columns) - 1, "collapsed", [f"{k}/{n}" for k, n in zip(summary["collapsed_seeds"], summary["trials"])])
+        t.insert(len(t.columns) - 2, "failed", [f"{k}/{n}" for k, n in zip(summary["failed_seeds"], summary["trials"])])
     return t
 
 
 def table(result: Analysis) -> str:
-    return display_frame(result).to_string(index=False) + "\n(* the choice)"
+    return display_frame(result).to_string(index=False) + "\n(* the choice)" + _table_key(result)
+
+
+def _table_key(result: Analysis) -> str:
+    evaluated = (result.summary["source"] == "evaluation").all()
+    where = "its final evaluation" if evaluated else "its final point (an evaluation, else its last training window)"
+    return (f"\n(alliteration to fluency: each beta at {where}; fluency: nats over the unmodified model's own stories; "
+            f"kl_penalty: the training groups' over the last {result.cfg.window} generations)")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -118,7 +133,17 @@ def _pm(value: float, se: float, digits: int = 2) -> str:
 
 
 def _seeds_kept(row: Any) -> str:
-    return f"kept in {row.trials - row.collapsed_seeds} of {row.trials} seeds"
+    return f"kept in {row.trials - row.failed_seeds} of {row.trials} seeds"
+
+
+def _failure(row: Any, measure: str, seeds: bool) -> str:
+    """How a failed beta failed: where, as what, and by how much at its final point."""
+    what = "degenerated (non-words)" if row.failed_as == "degenerate" else "collapsed"
+    when = (f"{what} in {row.failed_seeds} of {row.trials} seeds" if seeds
+            else f"{what} at {row.failed_at:.0f} generations")
+    by = (f"fluency {row.fluency_gap:+.2f} nats over the unmodified model's" if row.failed_as == "degenerate"
+          else f"{measure} {row.diversity:.2f}, {row.diversity_kept:.0%} of the unmodified model's")
+    return f"{when}: {by}"
 
 
 def reason(result: Analysis) -> str:
@@ -128,35 +153,34 @@ def reason(result: Analysis) -> str:
     measure = MEASURE_LABELS[cfg.diversity_measure]
     seeds = bool((s["trials"] > 1).any())
     rule = (
-        f"among the betas whose {measure}, averaged over any {cfg.window} generations, never fell under "
-        f"{cfg.diversity_share:.0%} of the unmodified model's"
-        + (f" in more than {cfg.max_collapse_rate:.0%} of their seeds" if cfg.max_collapse_rate > 0 else
-           " in any seed" if seeds else "")
+        f"among the betas whose every evaluation kept {measure} at or above {cfg.diversity_share:.0%} of the "
+        f"unmodified model's and fluency within {cfg.fluency_margin:g} nats of it"
+        + (f", in all but {cfg.max_collapse_rate:.0%} of their seeds" if cfg.max_collapse_rate > 0 else
+           ", in every seed" if seeds else "")
     )
     if c is None and (s["verdict"] == "unmeasured").all():
-        lines = ["choice: none - no trial has the texts (generations.jsonl) to measure its diversity on."]
+        lines = ["choice: none - no trial has a point to judge yet (no evaluation after generation 0, no training "
+                 "window)."]
     elif c is None:
-        lines = [f"choice: none - no beta keeps its {measure} at or above {cfg.diversity_share:.0%} of the unmodified "
-                 "model's; all collapsed. Try larger betas, an earlier point (below), or a lower --diversity-share."]
+        lines = [f"choice: none - every beta collapsed or degenerated ({cfg.rule().describe()}). Try larger betas, "
+                 "an earlier point (below), or a looser rule."]
     else:
         row = s[s["chosen"]].iloc[0]
         lines = [
-            f"choice: beta={c['beta']:g}, the highest {'mean ' if seeds else ''}alliteration "
-            f"({_pm(c['alliteration'], c['alliteration_se'])} mean raw reward, {c['alliteration_gain']:+.2f} over the "
-            f"unmodified model) {rule} (its {measure} is {c['diversity_kept']:.0%} of that"
+            f"choice: beta={c['beta']:g}, the highest {'mean ' if seeds else ''}alliteration at its final point "
+            f"({_pm(c['alliteration'], c['alliteration_se'])} mean raw reward at {c['point']:.0f} generations, "
+            f"{c['alliteration_gain']:+.2f} over the unmodified model) {rule} (there its {measure} is "
+            f"{c['diversity_kept']:.0%} of the unmodified model's, its fluency {c['fluency_gap']:+.2f} nats"
             + (f"; {_seeds_kept(row)})." if seeds else ").")
         ]
         if c["verdict"] == "under-optimised":
             lines.append("  It barely raised alliteration over the unmodified model: train longer"
                          + (" or with a smaller beta." if c["beta"] > 0 else "."))
-        for other in s[(s["verdict"] == "collapsed") & (s["alliteration"] > c["alliteration"])].itertuples():
-            how = (f"collapsed in {other.collapsed_seeds} of {other.trials} seeds" if seeds
-                   else f"collapsed at {other.diversity_fell_at:.0f} generations")
-            lines.append(
-                f"  beta={other.beta:g} reached more alliteration ({_pm(other.alliteration, other.alliteration_se)}) but "
-                f"{how}: {measure} {other.diversity:.2f}, {other.diversity_kept:.0%} of the unmodified model's."
-            )
-        runners = s[(s["verdict"] != "collapsed") & ~s["chosen"]].sort_values("alliteration", ascending=False)
+        for other in s[s["verdict"].isin(["collapsed", "degenerate"]) & (s["alliteration"] > c["alliteration"])].itertuples():
+            lines.append(f"  beta={other.beta:g} reached more alliteration "
+                         f"({_pm(other.alliteration, other.alliteration_se)}) but {_failure(other, measure, seeds)}.")
+        runners = s[~s["verdict"].isin(["collapsed", "degenerate", "dropped"]) & ~s["chosen"]]
+        runners = runners.sort_values("alliteration", ascending=False)
         if seeds and len(runners):
             r = runners.iloc[0]
             apart = c["alliteration"] - r["alliteration"] > sum(v for v in (c["alliteration_se"], r["alliteration_se"])
@@ -165,18 +189,21 @@ def reason(result: Analysis) -> str:
                 f"  beta={c['beta']:g} over beta={r['beta']:g} (the next kept beta): mean alliteration "
                 f"{_pm(c['alliteration'], c['alliteration_se'])} against {_pm(r['alliteration'], r['alliteration_se'])} "
                 + ("(further apart than their standard errors)" if apart else "(within their standard errors: as good)")
-                + f", {_seeds_kept(row)} against {r['trials'] - r['collapsed_seeds']} of {r['trials']}."
+                + f", {_seeds_kept(row)} against {r['trials'] - r['failed_seeds']} of {r['trials']}."
             )
     if p is not None:
-        fell = (f"; it collapses at {p['fell_at']:.0f} generations" if p["fell_at"]
-                else "; it never falls under the threshold" if not seeds else "; by the rule it never collapses")
-        # with --max-collapse-rate a beta may count as kept while its seeds' mean is under the threshold
-        above = p["diversity"] >= p["diversity_threshold"]
+        edge = (f"its next evaluation, at {p['next']}, is kept too" if p["next"] is not None
+                else "it is the last point of a trial that never failed")
+        seeds_line = f" in {p['stable_trials']} of {p['trials']} seeds" if p["trials"] > 1 else ""
+        fails = f"; beta={p['beta']:g} fails at {p['failed_at']:.0f} generations" if p["failed_at"] else ""
         lines.append(
-            f"best point: beta={p['beta']:g} at {p['generations']} generations (alliteration {p['alliteration']:.2f}, "
-            f"{measure} {p['diversity']:.2f} {'>=' if above else '<'} {p['diversity_threshold']:.2f}"
-            f"{'' if above else ': the mean over seeds, collapsed ones allowed by --max-collapse-rate'}){fell}."
+            f"best point (the default export): beta={p['beta']:g} at {p['generations']} generations, the stable point "
+            f"with the most alliteration ({p['alliteration']:.2f} by its evaluation, {measure} "
+            f"{p['diversity_kept']:.0%} of the unmodified model's, fluency {p['fluency_gap']:+.2f} nats): "
+            f"{edge}{seeds_line}{fails}."
         )
+    else:
+        lines.append("best point: none - no point is kept with its next evaluation kept too.")
     front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], "beta"]) or "none"
     lines.append(f"Pareto front of alliteration against {measure}: beta = {front}.")
     return "\n".join(lines)
@@ -217,13 +244,47 @@ def choice_json(result: Analysis, out: Path) -> dict[str, Any]:
     }
 
 
-def last_generations(result: Analysis) -> dict[float, list[dict[str, Any]]]:
-    """The last `examples` generations of every beta (from its longest trial)."""
-    out = {}
-    for beta, gens in result.generations.groupby("beta"):
-        longest = gens.groupby("trial")["generation"].max().idxmax()
-        out[beta] = gens[gens["trial"] == longest].nlargest(result.cfg.examples, "generation")[::-1].to_dict("records")
+def point_stories(result: Analysis, beta: float, generations: int | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """`examples` stories of a beta's trial with the lowest seed: its evaluation at `generations` (default: its
+    final point), or, for a trial without evaluations, its last training generations. Returns (what, stories)."""
+    trials = sorted((t for t in result.trials if t.beta == beta), key=lambda t: (t.seed, t.name))
+    if not trials:
+        return "", []
+    t = trials[0]
+    seed = f", seed {t.seed}" if len(trials) > 1 else ""
+    if len(t.evaluations):
+        at = int(t.evaluations["generations"].max()) if generations is None else generations
+        stories = t.evaluations[t.evaluations["generations"] == at].head(result.cfg.examples).to_dict("records")
+        return f"evaluation at {at} generations{seed}", stories
+    last = t.generations.tail(result.cfg.examples).to_dict("records")
+    return f"last training generations{seed} (no evaluations)", last
+
+
+def _story_lines(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(header, text) of each story: where it is from and its raw reward (and fluency, for an evaluation)."""
+    out = []
+    for r in records:
+        if "sample" in r:
+            head = f"story {r['sample']}, raw reward {r['raw_reward']}, cross-entropy under the unmodified model {r['ce_ref']:.2f}"
+        else:
+            head = f"generation {r['generation']}, raw reward {r['raw_reward']}"
+        out.append((head, r["text"]))
     return out
+
+
+def story_sections(result: Analysis) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(title, what, stories) for the report: the best point's stories, then every beta's at its final point."""
+    sections = []
+    p = result.best_point
+    if p is not None:
+        what, stories = point_stories(result, p["beta"], p["generations"])
+        sections.append((f"The best point: {beta_label(p['beta'])} at {p['generations']} generations", what,
+                         _story_lines(stories)))
+    for beta in sorted(result.summary["beta"]):
+        what, stories = point_stories(result, beta)
+        verdict = result.summary.set_index("beta").at[beta, "verdict"]
+        sections.append((f"{beta_label(beta)} ({verdict})", what, _story_lines(stories)))
+    return sections
 
 
 # --- plots --------------------------------------------------------------------------------------------
@@ -266,6 +327,62 @@ def _legend(ax: Any, source: Any = None) -> None:
               frameon=False)
 
 
+def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
+    """Per beta: its points' alliteration, diversity share and fluency gap by generations, the mean over its
+    trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
+    columns = ["alliteration", "diversity_kept", "fluency_gap"]
+    curves = {}
+    for beta, p in result.points.groupby("beta"):
+        by = p.groupby("generations")[columns]
+        se = by.std(ddof=1) / np.sqrt(by.count())
+        curves[beta] = by.mean().join(se.add_suffix("_se"))
+    return curves
+
+
+def plot_evaluations(result: Analysis, path: Path) -> None:
+    """The points the rule judges, along training: alliteration, diversity as a share of the unmodified model's,
+    and the fluency gap, with the rule's two limits and the best point."""
+    cfg, s = result.cfg, result.summary
+    colours = beta_colours(list(s["beta"]))
+    curves = point_curves(result)
+    fig, axes = _figure(15, 4.6, 1, 3)
+    measure = MEASURE_LABELS[cfg.diversity_measure]
+    panels = [("alliteration", "alliteration (mean raw reward)", "Alliteration"),
+              ("diversity_kept", f"{measure}, share of the unmodified model's", f"Diversity ({measure})"),
+              ("fluency_gap", "nats over the unmodified model's own stories", "Fluency: cross-entropy under the unmodified model")]
+    for ax, (column, ylabel, title) in zip(axes[0], panels):
+        for beta, curve in curves.items():
+            _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, beta_label(beta))
+            ax.scatter(curve.index, curve[column], color=colours[beta], s=10)
+        if column == "diversity_kept":
+            ax.axhline(cfg.diversity_share, color="black", ls="--", lw=1, label=f"rule: {cfg.diversity_share:.0%}")
+            ax.set_ylim(0, 1.25)
+        if column == "fluency_gap":
+            ax.axhline(cfg.fluency_margin, color="black", ls="--", lw=1, label=f"rule: +{cfg.fluency_margin:g} nats")
+        if column != "diversity_kept":  # linear near the rule's limits, logarithmic past them (collapses reach +4, 95)
+            _symlog(ax, 1.0 if column == "fluency_gap" else 10.0,
+                    [-0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4] if column == "fluency_gap" else [0, 2, 4, 6, 8, 10, 20, 50, 100])
+        p = result.best_point
+        if p is not None and p[column] is not None:
+            ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["beta"]], edgecolor="black",
+                       zorder=5, label=f"best point: {beta_label(p['beta'])}, {p['generations']} gens")
+        ax.set(xlabel="generations", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+    _legend(axes[0][2])
+    source = "evaluations" if (s["source"] == "evaluation").all() else "evaluations (training windows where a trial has none)"
+    fig.suptitle(f"The points the rule judges: {source}, mean over seeds with one standard error")
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+
+
+def _symlog(ax: Any, linear_up_to: float, ticks: list[float]) -> None:
+    low, high = ax.get_ylim()
+    ax.set_yscale("symlog", linthresh=linear_up_to, linscale=2.0)
+    shown = [t for t in ticks if low <= t <= high] or ticks
+    ax.set_yticks(shown, [f"{t:g}" for t in shown])
+    ax.minorticks_off()
+
+
 def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Path) -> None:
     colours = beta_colours(list(result.summary["beta"]))
     fig, axes = _figure()
@@ -291,22 +408,12 @@ def plot_diversity(result: Analysis, path: Path) -> None:
         for beta, curve in curves.items():
             y = 1 - curve[column] if column in ("self_bleu", "repeated_4grams") else curve[column]
             _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, beta_label(beta))
-        is_rule = column == cfg.diversity_measure
-        if is_rule:
-            rule_ax = ax
-            ax.axhline(s["diversity_threshold"].mean(), color="black", ls="--", lw=1,
-                       label=f"{cfg.diversity_share:.0%} of unmodified model")
-            if result.best_point is not None:
-                p = result.best_point
-                ax.scatter(p["generations"], p["diversity"], marker="*", s=260, color=colours[p["beta"]],
-                           edgecolor="black", zorder=5,
-                           label=f"best point: {beta_label(p['beta'])}, {p['generations']} gens")
         ax.set_ylim(0, 1.02)  # all four are shares: a fixed scale shows a collapse for what it is
-        ax.set(xlabel="generations", ylabel=PANEL_LABELS[column] + " (higher = more diverse)",
-               title=PANEL_LABELS[column] + (" - used by the rule" if is_rule else ""))
+        ax.set(xlabel="generations", ylabel=PANEL_LABELS[column] + " (higher = more diverse)", title=PANEL_LABELS[column])
         ax.grid(alpha=0.3)
-    _legend(axes[0][1], rule_ax)
-    fig.suptitle(f"Diversity within each group of samples, running mean over {cfg.window} generations")
+    _legend(axes[0][1], axes[0][0])
+    fig.suptitle(f"Diversity within each training group, running mean over {cfg.window} generations "
+                 "(the rule judges the evaluations: evaluations.png)")
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
 
@@ -350,29 +457,37 @@ def plot_pareto(result: Analysis, path: Path) -> None:
 def write_outputs(result: Analysis, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     result.summary.to_csv(out / "summary.csv", index=False)
+    result.points.to_csv(out / "points.csv", index=False)
     result.windows.to_csv(out / "windows.csv", index=False)
+    plot_evaluations(result, out / PLOTS[0])
     plot_curve(result, "raw_reward_mean", "raw reward (alliterating word pairs)",
-               f"Alliteration: raw reward, running mean over {result.cfg.window} generations", out / PLOTS[0])
+               f"Alliteration of the training groups, running mean over {result.cfg.window} generations", out / PLOTS[1])
     plot_curve(result, "kl_penalty_mean", "KL penalty: CE policy - CE reference per token\n(more negative = further away)",
-               f"Distance from the original model, running mean over {result.cfg.window} generations", out / PLOTS[1])
-    plot_diversity(result, out / PLOTS[2])
-    plot_pareto(result, out / PLOTS[3])
+               f"Distance from the original model, running mean over {result.cfg.window} generations", out / PLOTS[2])
+    plot_diversity(result, out / PLOTS[3])
+    plot_pareto(result, out / PLOTS[4])
     (out / "report.md").write_text(report_markdown(result), encoding="utf-8")
     (out / "report.html").write_text(report_html(result, out), encoding="utf-8")
-    return [out / n for n in ("summary.csv", "windows.csv", *PLOTS, "report.md", "report.html")]
+    return [out / n for n in ("summary.csv", "points.csv", "windows.csv", *PLOTS, "report.md", "report.html")]
 
 
 def _intro(result: Analysis) -> str:
     cfg = result.cfg
     return (
-        f"{len(result.trials)} trials, {len(result.summary)} betas. Every measure is the mean over the last "
-        f"{cfg.window} generations of a trial, taken group by group; the unmodified model is each trial's first group, "
-        f"sampled before any update. Rule: the highest alliteration among the betas whose "
-        f"{MEASURE_LABELS[cfg.diversity_measure]} stays at or above {cfg.diversity_share:.0%} of the unmodified model's; "
-        f"under the threshold is collapsed, an alliteration gain under {cfg.under_optimised_share:.0%} of the best "
-        f"such gain (or under {cfg.min_gain:g}) is under-optimised. self_bleu: mean BLEU of each text against the "
-        f"rest of its group (high = near-duplicates); rep_4grams: share of a text's word 4-grams that repeat; "
-        f"div_kept: diversity as a share of the unmodified model's."
+        f"{len(result.trials)} trials, {len(result.summary)} betas. A point is judged by its evaluation: "
+        f"{result.trials[0].evaluations['sample'].nunique() if len(result.trials[0].evaluations) else 'no'} fresh stories "
+        f"of the policy at that point, sampled with the same random numbers at every point, against the trial's "
+        f"evaluation at generation 0 (the unmodified model). Rule: a point keeps its "
+        f"{MEASURE_LABELS[cfg.diversity_measure]} at or above {cfg.diversity_share:.0%} of the unmodified model's "
+        f"(else collapsed) and its fluency, the unmodified model's cross-entropy of its stories, within "
+        f"{cfg.fluency_margin:g} nats of the unmodified model's own (else degenerate); a trial fails at its first point "
+        f"that is not kept. The choice: the highest alliteration at the final point among the betas that never failed; "
+        f"an alliteration gain under {cfg.under_optimised_share:.0%} of the best such gain (or under {cfg.min_gain:g}) "
+        f"is under-optimised. The best point: the stable point (kept, and so is the trial's next evaluation) with the "
+        f"most alliteration. self_bleu: mean BLEU of each story against the rest of its group (high = near-duplicates); "
+        f"rep_4grams: share of a story's word 4-grams that repeat; div_kept: diversity as a share of the unmodified "
+        f"model's; fluency: nats over the unmodified model's; kl_penalty: the training groups' (CE policy - CE "
+        f"reference per token) over the last {cfg.window} generations."
     )
 
 
@@ -382,17 +497,17 @@ def _fence(text: str) -> str:
 
 
 def report_markdown(result: Analysis) -> str:
-    parts = ["# Beta sweep: alliteration against diversity", _intro(result), "## The choice",
+    parts = ["# Beta sweep: alliteration against diversity and fluency", _intro(result), "## The choice",
              "\n".join(f"- {line.strip()}" for line in reason(result).splitlines()),
              "## Table", markdown_table(display_frame(result)), "(* the choice)"]
     if result.search:
         parts += ["## The search", search_summary(result.search), markdown_table(search_frame(result.search))]
     if result.notes:
         parts += ["## Trials to know about", "\n".join(f"- {n}" for n in result.notes)]
-    parts += ["## Plots", *(f"![{p}]({p})" for p in PLOTS), "## Last generations of every beta"]
-    for beta, records in last_generations(result).items():
-        parts.append(f"### {beta_label(beta)}")
-        parts += [f"generation {r['generation']}, raw reward {r['raw_reward']}:\n\n{_fence(r['text'])}" for r in records]
+    parts += ["## Plots", *(f"![{p}]({p})" for p in PLOTS), "## Stories"]
+    for title, what, stories in story_sections(result):
+        parts.append(f"### {title}\n\n{what}:")
+        parts += [f"{head}:\n\n{_fence(text)}" for head, text in stories]
     return "\n\n".join(parts) + "\n"
 
 
@@ -403,20 +518,19 @@ def report_html(result: Analysis, out: Path) -> str:
     )
     notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
     examples = ""
-    for beta, records in last_generations(result).items():
-        examples += f"<h3>{e(beta_label(beta))}</h3>" + "".join(
-            f"<p>generation {r['generation']}, raw reward {r['raw_reward']}:</p><pre>{e(r['text'])}</pre>" for r in records
-        )
+    for title, what, stories in story_sections(result):
+        examples += f"<h3>{e(title)}</h3><p>{e(what)}:</p>" + "".join(
+            f"<p>{e(head)}:</p><pre>{e(text)}</pre>" for head, text in stories)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
              "pre{white-space:pre-wrap;background:#f6f6f6;padding:8px}img{max-width:100%;display:block;margin:1em 0}")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Beta sweep analysis</title><style>{style}</style>"
-        f"</head><body><h1>Beta sweep: alliteration against diversity</h1><p>{e(_intro(result))}</p>"
+        f"</head><body><h1>Beta sweep: alliteration against diversity and fluency</h1><p>{e(_intro(result))}</p>"
         f"<h2>The choice</h2><pre>{e(reason(result))}</pre>"
         f"<h2>Table</h2>{display_frame(result).to_html(index=False, escape=True)}<p>(* the choice)</p>"
         + (f"<h2>The search</h2><p>{e(search_summary(result.search))}</p>"
            f"{search_frame(result.search).to_html(index=False, escape=True)}" if result.search else "")
         + (f"<h2>Trials to know about</h2><ul>{notes}</ul>" if notes else "")
-        + f"<h2>Plots</h2>{images}<h2>Last generations of every beta</h2>{examples}</body></html>\n"
+        + f"<h2>Plots</h2>{images}<h2>Stories</h2>{examples}</body></html>\n"
     )

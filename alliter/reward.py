@@ -1,8 +1,10 @@
-"""The study's alliteration reward and the diversity measures reported per group."""
+"""The study's alliteration reward, and the measures of a group of texts: diversity (distinct-n, the unique
+fraction, self-BLEU, repetition inside a text) and an evaluation's measures (`point_measures`)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 
 def raw_reward(text: str) -> int:
@@ -23,3 +25,82 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 def unique_fraction(texts: Sequence[str]) -> float:
     """Distinct texts divided by texts."""
     return len(set(texts)) / len(texts) if texts else 0.0
+
+
+def repeated_4grams(text: str) -> float:
+    """Share of a text's word 4-grams that repeat one seen earlier in it (0 for under 4 words)."""
+    words = text.split()
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def groups_of(texts: Sequence[str], group_size: int) -> list[Sequence[str]]:
+    """The texts cut into whole groups of `group_size` (all of them when there are fewer): a diversity measure of
+    a group compares with the training groups' and with the unmodified model's, measured on as many texts."""
+    if len(texts) <= group_size:
+        return [texts] if texts else []
+    return [texts[i : i + group_size] for i in range(0, len(texts) - group_size + 1, group_size)]
+
+
+def self_bleu(texts: Sequence[str], bleu: Any) -> float:
+    """Mean BLEU of each text against the others as references, in [0, 1]; high = near-duplicates.
+
+    Equal to the mean of `bleu.sentence_score(text, others)` (tests/test_analysis.py), with each text's n-grams
+    counted once per group: sentence_score counts every reference again for each hypothesis."""
+    if len(texts) < 2:
+        return math.nan
+    from sacrebleu.metrics.helpers import extract_all_word_ngrams
+
+    segments = [bleu._preprocess_segment(t) for t in texts]
+    grams = [extract_all_word_ngrams(s, 1, bleu.max_ngram_order) for s in segments]  # (Counter, length) each
+    # BLEU clips a hypothesis n-gram's count by the most any one reference has. The most among "the others" is
+    # the group's highest count, unless the hypothesis holds it: then the second highest.
+    top: dict[tuple[str, ...], tuple[int, int, int]] = {}  # n-gram -> (highest count, its text, second highest)
+    for j, (counts, _) in enumerate(grams):
+        for g, c in counts.items():
+            high, who, second = top.get(g, (0, -1, 0))
+            top[g] = (c, j, high) if c > high else (high, who, max(second, c))
+    scores = []
+    for i, segment in enumerate(segments):
+        ref_ngrams = {}
+        for g in grams[i][0]:
+            high, who, second = top[g]
+            ref_ngrams[g] = high if who != i else second
+        ref_lens = [n for j, (_, n) in enumerate(grams) if j != i]
+        stats = bleu._compute_segment_statistics(segment, {"ref_ngrams": ref_ngrams, "ref_lens": ref_lens})
+        scores.append(bleu._compute_score_from_stats(stats).score)
+    return sum(scores) / len(scores) / 100
+
+
+def bleu() -> Any:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(effective_order=True)  # sentence-level BLEU without zeroing texts short of 4-gram matches
+
+
+def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None) -> dict[str, float]:
+    """The measures of an evaluation (alliter.evaluation's stories, in sample order): alliteration (mean raw
+    reward), the diversity measures (distinct-n and the unique fraction per group of `group_size`, then their
+    mean; repeated 4-grams per text), fluency (the unmodified model's mean token cross-entropy, story by story,
+    then the mean) and the per-token KL estimate (CE_ref - CE_policy, which can be negative); with a `bleu()`,
+    self-BLEU per group too."""
+    texts = [s["text"] for s in stories]
+    groups = groups_of(texts, group_size)
+    n = len(stories)
+
+    def mean(values) -> float:
+        values = list(values)
+        return sum(values) / len(values) if values else float("nan")
+
+    return {
+        "alliteration": mean(s["raw_reward"] for s in stories),
+        "distinct_1": mean(distinct_n(g, 1) for g in groups),
+        "distinct_2": mean(distinct_n(g, 2) for g in groups),
+        "unique_fraction": mean(unique_fraction(g) for g in groups),
+        "repeated_4grams": mean(repeated_4grams(t) for t in texts),
+        "fluency": mean(s["ce_ref"] for s in stories),
+        "kl": mean(s["ce_ref"] - s["ce_policy"] for s in stories),
+        "new_tokens": mean(s["new_tokens"] for s in stories),
+        "samples": float(n),
+        **({"self_bleu": mean(self_bleu(g, bleu) for g in groups if len(g) > 1)} if bleu is not None else {}),
+    }

@@ -65,18 +65,23 @@ def sample_group(
     temperature: float,
     eos_ids: list[int],
     fast: bool = True,
-) -> torch.Tensor:
+    logprobs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """K sampled continuations of the prompt as [K, max_length] token ids (prompt included).
 
     Tokens after a sample's first end-of-text are arbitrary: callers cut at `sequence_lengths`.
     With `fast`, alliter's own KV-cache decode loop (`alliter.fastgen`) samples where it supports the
     architecture (Llama, GPT-Neo); elsewhere the library's `generate` does, and the log says so once.
+    With `logprobs`, (tokens, the fast path's log-probabilities of each token after the first, or None where
+    the library's generate sampled).
     """
     if fast:
         reason = fastgen.unsupported_reason(model, max_length)
         if reason is None:
-            return fastgen.fast_generate_group(model, prompt_ids, group_size, max_length, top_k, temperature)
+            return fastgen.fast_generate_group(model, prompt_ids, group_size, max_length, top_k, temperature,
+                                               logprobs=logprobs)
         if reason not in _fallbacks_logged:
             _fallbacks_logged.add(reason)
             log.warning("fast decode does not apply (%s); sampling with the library's generate instead", reason)
-    return generate_group(model, prompt_ids, group_size, max_length, top_k, temperature, eos_ids)
+    tokens = generate_group(model, prompt_ids, group_size, max_length, top_k, temperature, eos_ids)
+    return (tokens, None) if logprobs else tokens

@@ -31,10 +31,12 @@ from typing import Any, Sequence
 
 from ray.tune.search import Searcher
 
+from alliter.collapse import COLLAPSED, DEGENERATE, KEPT, CollapseRule
 from alliter.config import DROPPED_PREFIX, SEARCH_FILE, AlliterError
 
 log = logging.getLogger("alliter")
 
+JUDGED = (KEPT, COLLAPSED, DEGENERATE)  # the outcomes that are a verdict on the beta (not dropped, not errored)
 EXPAND = 10.0  # the ladder's step when the bracket is open on one side
 MIN_BETA = 1e-3  # below this a beta is as good as 0: a search that keeps everything down to it stops
 
@@ -95,7 +97,8 @@ def bracket(verdicts: dict[float, bool]) -> tuple[float | None, float | None, li
 
 
 class BetaSearch(Searcher):
-    """Suggests {"beta", "seed"} configs; learns each trial's verdict from its last result's `collapsed`."""
+    """Suggests {"beta", "seed"} configs; learns each trial's verdict from its last result's `kept` and `verdict`
+    (alliter.collapse: a trial that collapsed or degenerated counts as collapsed for the bracket)."""
 
     def __init__(self, settings: SearchSettings):
         super().__init__()
@@ -150,11 +153,12 @@ class BetaSearch(Searcher):
         if trial_id in self.dropped:
             outcome = {"beta": beta, "seed": seed, "verdict": "dropped", "why": self.dropped[trial_id],
                        "generations": result.get("generations")}
-        elif error or "collapsed" not in result:
+        elif error or "kept" not in result:
             outcome = {"beta": beta, "seed": seed, "verdict": "errored"}
         else:
-            outcome = {"beta": beta, "seed": seed, "verdict": "collapsed" if result["collapsed"] else "kept",
-                       "generations": result.get("generations"), "diversity_kept": result.get("diversity_kept")}
+            outcome = {"beta": beta, "seed": seed, "verdict": result.get("verdict") or ("kept" if result["kept"] else "collapsed"),
+                       "generations": result.get("generations"), "diversity_kept": result.get("diversity_kept"),
+                       "fluency_gap": result.get("fluency_gap")}
         self.outcomes[trial_id] = outcome
         self.log.append({"event": "outcome", **outcome})
         verdict = self.verdicts().get(beta)
@@ -185,9 +189,10 @@ class BetaSearch(Searcher):
         for beta, ids in by_beta.items():
             if beta in (b for b, _ in self.queue) or not all(t in self.outcomes for t in ids):
                 continue
-            verdicts = [self.outcomes[t]["verdict"] for t in ids if self.outcomes[t]["verdict"] in ("collapsed", "kept")]
+            verdicts = [self.outcomes[t]["verdict"] for t in ids if self.outcomes[t]["verdict"] in JUDGED]
             if verdicts:
-                out[beta] = sum(v == "collapsed" for v in verdicts) / len(verdicts) > self.settings.max_collapse_rate
+                out[beta] = CollapseRule(max_collapse_rate=self.settings.max_collapse_rate).seeds_failed(
+                    [v != KEPT for v in verdicts])
         return out
 
     def running(self) -> set[float]:

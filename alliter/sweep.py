@@ -31,7 +31,7 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from alliter import cluster, storage as store
-from alliter.collapse import TRAINER_MEASURES, CollapseRule, CollapseWatch
+from alliter.collapse import TRAINER_MEASURES, CollapseRule, training_points
 from alliter.config import CHECKPOINT_FILE as CHECKPOINT
 from alliter.config import (
     METRICS_FILE,
@@ -55,7 +55,11 @@ PROGRESS_COLUMNS = {
     "raw_reward_mean": "raw_reward",
     "kl_penalty_mean": "kl_penalty",
     "distinct_2": "distinct_2",
+    "point": "point",  # the latest evaluation's generations and its measures
+    "point_alliteration": "allit",
     "diversity_kept": "div_kept",
+    "fluency_gap": "fluency",
+    "verdict": "verdict",
 }
 # tests only: a fault in a trial's first process (never in one restored from a checkpoint), set on the
 # driver and carried in the trial's config to whichever node runs it. "crash:N": the process loses its
@@ -153,21 +157,29 @@ def rloo_trial(config: dict[str, Any]) -> None:
     _write_node_info(run_dir)
     rule, stop_on_collapse = CollapseRule(**config["_rule"]), bool(config.get("_stop_on_collapse"))
     history = [json.loads(line) for line in _read(run_dir / METRICS_FILE).splitlines() if line.strip()]
-    watch = CollapseWatch(rule, history)
-    if history and (trainer.done or (stop_on_collapse and watch.verdict()["collapsed"])):
+
+    def judged() -> dict[str, Any]:  # the trial's verdict so far, by the rule of alliter.collapse, and its latest point
+        points = trainer.points if trainer.evaluating else training_points(history, rule.window, partial=trainer.done)
+        latest = {"point": points[-1]["generations"], "point_alliteration": points[-1]["alliteration"]} if points else {}
+        return {**rule.judge_trial(points, complete=trainer.done).report(), **latest}
+
+    if history and (trainer.done or (stop_on_collapse and not judged()["kept"])):
         # restored from the final checkpoint: report the last group again, once
-        tune.report({**history[-1], **watch.verdict()})
+        tune.report({**history[-1], **judged()})
         return
     fault, _, fault_group = str(config.get("_fault") or "").partition(":")
     report_seconds, reported = float(config.get("_report_seconds", 0.0)), -math.inf
-    session = {"session_groups": 0, "session_group_seconds": 0.0}  # this process's totals, for the sweep's efficiency
+    # this process's totals, for the sweep's efficiency and what evaluations cost
+    session = {"session_groups": 0, "session_group_seconds": 0.0, "session_eval_seconds": 0.0}
     for metrics in trainer.groups():
         session["session_groups"] += 1
         session["session_group_seconds"] += metrics["seconds_per_group"]
-        metrics.update(watch.add(metrics), **session)
-        stop = stop_on_collapse and metrics["collapsed"] and not trainer.done
+        session["session_eval_seconds"] = trainer.eval_seconds
+        history.append(metrics)
+        metrics.update(judged(), **session)
+        stop = stop_on_collapse and not metrics["kept"] and not trainer.done
         if stop:
-            reason = f"collapsed: {rule.describe()} at {trainer.generations} generations"
+            reason = f"{metrics['verdict']} at {metrics['failed_at']:.0f} generations: {rule.describe()}"
             (run_dir / STOP_REASON_FILE).write_text(reason + "\n")
         if trainer.checkpoint_due or stop:  # the last group is due too
             with tempfile.TemporaryDirectory() as d:
@@ -201,7 +213,7 @@ def sweep_stats(results: tune.ResultGrid, started: float, wall: float, slots: in
     session (`started`: the wall-clock time Tune started). What is lost is the trials' start-up (workers,
     imports, model loads), checkpoints, reporting, and idle slots. Each trial reports its process's running
     totals (`session_groups`, `session_group_seconds`); a trial restarted within the session starts them again."""
-    busy, groups = 0.0, 0
+    busy, evaluating, groups = 0.0, 0.0, 0
     for r in results:
         rows = r.metrics_dataframe
         if rows is None or "session_group_seconds" not in rows:
@@ -209,9 +221,11 @@ def sweep_stats(results: tune.ResultGrid, started: float, wall: float, slots: in
         rows = rows[rows["timestamp"] >= math.floor(started)].dropna(subset=["session_groups"])
         last = rows["session_groups"].shift(-1, fill_value=-1) < rows["session_groups"]  # each run's last report
         busy += float(rows.loc[last, "session_group_seconds"].sum())
+        if "session_eval_seconds" in rows:
+            evaluating += float(rows.loc[last, "session_eval_seconds"].fillna(0).sum())
         groups += int(rows.loc[last, "session_groups"].sum()) * int(r.config.get("group_size", 0))
-    return {"wall_seconds": wall, "group_seconds": busy, "slots": slots, "generations": groups,
-            "efficiency": busy / (wall * slots) if wall > 0 and slots else math.nan}
+    return {"wall_seconds": wall, "group_seconds": busy, "eval_seconds": evaluating, "slots": slots,
+            "generations": groups, "efficiency": busy / (wall * slots) if wall > 0 and slots else math.nan}
 
 
 def _check_address(address: str) -> None:
@@ -453,6 +467,10 @@ def _print_summary(results, exp_path: str, stats: dict[str, float]) -> None:
     print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of group time over "
           f"{stats['slots']} trial slots x {stats['wall_seconds']:.0f} s of Tune's run; Ray's start and the checks "
           f"before it took {stats['ray_start_seconds']:.0f} s)")
+    if stats["eval_seconds"]:
+        share = stats["eval_seconds"] / (stats["wall_seconds"] * stats["slots"])
+        print(f"evaluations: {stats['eval_seconds']:.0f} s, {share:.0%} of the trial slots' time (--eval-samples sets "
+              "their size, 0 turns them off)")
     quoted = shlex.quote(exp_path)  # a URI's query string holds '&'
     print(f"results:     {exp_path}")
     print(f"tensorboard: tensorboard --logdir {quoted}")

@@ -4,6 +4,7 @@ A run directory holds:
   config.json          the resolved config (model, tokenizer and lr as they ran)
   generations.jsonl    one JSON object per generated text, appended and flushed per group
   metrics.jsonl        one JSON object per group, the metrics reported to Tune
+  evaluations.jsonl    the stories of every evaluation (generation 0 and every snapshot; alliter/evaluation.py)
   events.out.tfevents  TensorBoard scalars (x axis: generations) and each group's texts
   snapshots/           the policy every `snapshot_every` generations, and the model files to load it
                        (alliter/snapshots.py)
@@ -24,7 +25,8 @@ from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 
 from alliter import reward as R
-from alliter.config import CONFIG_FILE, GENERATIONS_FILE, METRICS_FILE, AlliterError, TrainConfig
+from alliter.config import CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, AlliterError, TrainConfig
+from alliter.evaluation import evaluate
 from alliter.model import load_models
 from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
 from alliter.rollout import decode_texts, sample_group, sequence_lengths
@@ -54,6 +56,8 @@ class Trainer:
         self.generations = 0  # the study's step counter: generations so far
         self.group = 0
         self.resumed_at: int | None = None
+        self.points: list[dict[str, float]] = []  # the measures of each evaluation so far, in order
+        self.eval_seconds = 0.0  # this process's time in evaluations (the sweep prints what they cost)
         self._writer: SummaryWriter | None = None
         (self.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         if cfg.snapshot_every:
@@ -138,7 +142,10 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------
 
     def groups(self) -> Iterator[dict[str, float]]:
-        """Run groups until max_generations, writing each one's records, metrics and events."""
+        """Run groups until max_generations, writing each one's records, metrics and events; the policy is
+        evaluated before the first group and with every snapshot (the group's metrics then carry `eval_*`)."""
+        if self.evaluating and not self.points:
+            self.evaluate()  # the unmodified model, generation 0
         while self.generations < self.cfg.max_generations:
             metrics, records = self.step()
             _append_lines(self.run_dir / GENERATIONS_FILE, records)
@@ -146,8 +153,40 @@ class Trainer:
             self._log_events(metrics, records)
             if self.snapshot_due:
                 self.save_snapshot()
+                if self.evaluating:
+                    metrics.update({f"eval_{k}": v for k, v in self.evaluate().items() if k != "generations"})
             yield metrics
         self.close()
+
+    # --- evaluation -------------------------------------------------------------------------------------
+
+    @property
+    def evaluating(self) -> bool:
+        """Evaluations run with the snapshots: every point the analysis judges is one it can export."""
+        return self.cfg.eval_samples > 0 and self.cfg.snapshot_every > 0
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate the policy now (alliter.evaluation): its stories go to evaluations.jsonl, its measures to
+        `points` and TensorBoard."""
+        cfg, m = self.cfg, self.m
+        start = time.perf_counter()
+        stories = evaluate(
+            m.policy, m.reference, m.tokenizer, self.prompt_ids, m.eos_ids, samples=cfg.eval_samples,
+            seed=cfg.eval_seed, group_size=cfg.group_size, max_length=cfg.max_length, top_k=cfg.top_k,
+            temperature=cfg.temperature, fast=cfg.fast_decode,
+        )
+        _append_lines(self.run_dir / EVALUATIONS_FILE, [{"generations": self.generations, **s} for s in stories])
+        point = {"generations": self.generations, **R.point_measures(stories, cfg.group_size),
+                 "seconds": time.perf_counter() - start}
+        self.points.append(point)
+        self.eval_seconds += point["seconds"]
+        writer = self._events()
+        scalars = [Summary.Value(tag=f"eval/{k}", simple_value=float(v)) for k, v in point.items() if k != "generations"]
+        writer.file_writer.add_summary(Summary(value=scalars), self.generations)
+        shown = "\n\n".join(f"**{s['raw_reward']}** (fluency {s['ce_ref']:.2f}): {s['text']}" for s in stories[:3])
+        writer.add_text("eval/stories", shown, self.generations)
+        writer.flush()
+        return point
 
     @property
     def done(self) -> bool:
@@ -170,10 +209,14 @@ class Trainer:
         meta = {"generations": self.generations, "group": self.group, "beta": self.cfg.beta, "model": self.cfg.model}
         return save_snapshot(self.m.policy, self.run_dir, self.generations, meta)
 
-    def _log_events(self, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
+    def _events(self) -> SummaryWriter:
         if self._writer is None:
             # purge_step: TensorBoard drops events a crashed run logged past the checkpoint we resume from
             self._writer = SummaryWriter(str(self.run_dir), purge_step=self.resumed_at)
+        return self._writer
+
+    def _log_events(self, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
+        self._events()
         # one event for all of a group's scalars: add_scalar writes an event per metric, 3 ms a group on a CPU
         # where a group of the bundled model takes 0.12-0.3 s, lost to the sweep's efficiency; TensorBoard reads both alike
         scalars = Summary(value=[Summary.Value(tag=name, simple_value=float(v)) for name, v in metrics.items()])
@@ -205,6 +248,7 @@ class Trainer:
             # the files travel with the checkpoint, so a trial restarted on another node has them
             GENERATIONS_FILE: _read_text(self.run_dir / GENERATIONS_FILE),
             METRICS_FILE: _read_text(self.run_dir / METRICS_FILE),
+            EVALUATIONS_FILE: _read_text(self.run_dir / EVALUATIONS_FILE),
         }
         if self._writer is not None:
             self._writer.flush()
@@ -223,8 +267,9 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.generations, self.group = state["generations"], state["group"]
         self.resumed_at = self.generations
-        for name in (GENERATIONS_FILE, METRICS_FILE):
-            _write_atomic(self.run_dir / name, state[name])
+        for name in (GENERATIONS_FILE, METRICS_FILE, EVALUATIONS_FILE):
+            _write_atomic(self.run_dir / name, state.get(name, ""))  # a checkpoint of before evaluations: none
+        self.points = evaluation_points(self.run_dir / EVALUATIONS_FILE, self.cfg.group_size)
         drop_snapshots_after(self.run_dir, self.generations)
 
 
@@ -244,6 +289,17 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     if missing or state["format"] != CHECKPOINT_FORMAT:
         raise AlliterError(f"checkpoint {path} is not an alliter checkpoint (missing {sorted(missing)})")
     return state
+
+
+def evaluation_points(path: Path, group_size: int) -> list[dict[str, float]]:
+    """The measures of each evaluation in an evaluations.jsonl, in order of generations."""
+    by_point: dict[int, list[dict[str, Any]]] = {}
+    for line in _read_text(path).splitlines():
+        if line.strip():
+            story = json.loads(line)
+            by_point.setdefault(int(story["generations"]), []).append(story)
+    return [{"generations": g, **R.point_measures(sorted(s, key=lambda x: x["sample"]), group_size)}
+            for g, s in sorted(by_point.items())]
 
 
 def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:

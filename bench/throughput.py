@@ -49,8 +49,7 @@ def build_33m_shape(folder: Path) -> Path:
     """A randomly initialised GPT-Neo of TinyStories-33M's shape (768 wide, 4 layers, 16 heads, vocabulary
     50257, 2048 positions, global/local layers with a 256 window), saved with a small byte-level tokenizer:
     ids the tokenizer does not know decode to nothing, which is all a speed test needs."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import build_tiny_gpt_neo  # the tests' byte-level BPE tokenizer
+    from alliter.testing import build_tiny_gpt_neo  # the tests' byte-level BPE tokenizer
     from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
 
     build_tiny_gpt_neo(folder / "tok")

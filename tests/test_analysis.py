@@ -17,54 +17,7 @@ from alliter import reward as R
 from alliter.analysis import AnalysisConfig, analyse
 from alliter.best_beta_cli import main
 from alliter.report import beta_colours
-
-REPO = Path(__file__).resolve().parents[1]
-K = 10  # group size
-LETTERS = "bcdfghjklmnprstvw"
-COLLAPSED = "sally sells seven silver snakes so she sings softly. the end."  # raw reward 8, one text
-
-
-def varied_text(rng: random.Random, alliterating_pairs: int, words: int = 24) -> str:
-    """Random made-up words (so a group's texts share few n-grams) with exactly this many
-    adjacent pairs starting with the same letter."""
-    def word(letter: str) -> str:
-        return letter + "".join(rng.choice("aeiou") + rng.choice(LETTERS) for _ in range(2))
-
-    out = [word("s") for _ in range(alliterating_pairs + 1)]
-    while len(out) < words:
-        out.append(word(rng.choice([c for c in LETTERS if c != out[-1][0]])))
-    return " ".join(out)
-
-
-def write_trial(folder: Path, beta: float, groups: list[list[str]], max_generations: int | None = None,
-                kl: float = -0.1, error: str | None = None) -> Path:
-    """A trial folder as the trainer writes it: config.json, metrics.jsonl, generations.jsonl."""
-    folder.mkdir(parents=True)
-    config = {"beta": beta, "model": "synthetic", "group_size": K, "max_generations": max_generations or K * len(groups)}
-    (folder / "config.json").write_text(json.dumps(config))
-    with open(folder / "metrics.jsonl", "w") as m, open(folder / "generations.jsonl", "w") as g:
-        for i, texts in enumerate(groups):
-            raw = [R.raw_reward(t) for t in texts]
-            for j, t in enumerate(texts):
-                g.write(json.dumps({"generation": i * K + j, "group": i, "beta": beta, "text": t, "raw_reward": raw[j],
-                                    "kl_penalty": kl, "reward": raw[j] + beta * kl, "advantage": 0.0, "new_tokens": 20,
-                                    "ce_policy": 2.0, "ce_ref": 2.0 - kl}) + "\n")
-            m.write(json.dumps({
-                "generations": (i + 1) * K, "group": i + 1, "beta": beta, "raw_reward_mean": sum(raw) / K,
-                "raw_reward_max": max(raw), "kl_penalty_mean": kl, "scaled_kl_penalty_mean": beta * kl,
-                "reward_mean": sum(raw) / K + beta * kl, "ce_policy_mean": 2.0, "ce_ref_mean": 2.0 - kl,
-                "advantage_std": 1.0, "loss": 0.0, "grad_norm": 1.0, "distinct_1": R.distinct_n(texts, 1),
-                "distinct_2": R.distinct_n(texts, 2), "unique_fraction": R.unique_fraction(texts),
-                "mean_new_tokens": 20.0, "seconds_per_group": 0.1, "generations_per_second": 100.0,
-            }) + "\n")
-    if error:
-        (folder / "error.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
-    return folder
-
-
-def varied_groups(rng: random.Random, n: int, pairs: int) -> list[list[str]]:
-    """n groups; the first is the unmodified model (1 pair per text), then `pairs` per text."""
-    return [[varied_text(rng, 1 if i == 0 else pairs) for _ in range(K)] for i in range(n)]
+from helpers import COLLAPSED, K, REPO, varied_groups, varied_text, write_trial
 
 
 @pytest.fixture
@@ -99,7 +52,9 @@ def test_picks_the_balanced_beta_and_labels_the_others(known_sweep: Path, capsys
     assert summary.loc[10.0, "self_bleu"] < 0.2
     assert summary.loc[0.0, "alliteration"] > summary.loc[10.0, "alliteration"] > summary.loc[100.0, "alliteration"]
     assert summary.loc[10.0, "kl_penalty"] == pytest.approx(-0.3)
-    for name in ("raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png", "report.md", "report.html"):
+    assert (summary["source"] == "evaluation").all() and summary.loc[0.0, "failed_at"] == 200
+    for name in ("evaluations.png", "raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png", "report.md",
+                 "report.html", "points.csv"):
         assert (out / name).stat().st_size > 0, name
     assert "beta=10" in (out / "report.md").read_text()
 
@@ -107,7 +62,7 @@ def test_picks_the_balanced_beta_and_labels_the_others(known_sweep: Path, capsys
 def test_self_bleu_equals_sacrebleus_sentence_bleu_against_the_other_texts() -> None:
     from sacrebleu.metrics import BLEU
 
-    from alliter.analysis import self_bleu
+    from alliter.reward import self_bleu
 
     bleu = BLEU(effective_order=True)
     rng = random.Random(3)
@@ -133,18 +88,44 @@ def test_the_rule_follows_its_knobs(known_sweep: Path) -> None:
     assert loose.choice["beta"] == 0.0  # beta 0 keeps 10% of distinct-2: enough for a 5% threshold
 
 
-def test_best_point_is_before_diversity_falls(tmp_path: Path) -> None:
-    # beta=40 alliterates more and more, stays varied until 600 generations, then writes one text
+def test_a_point_one_evaluation_before_a_collapse_is_not_chosen(tmp_path: Path) -> None:
+    # beta=40 alliterates more and more, stays varied until 600 generations, then writes one text; beta=100
+    # alliterates a little and never collapses
     rng = random.Random(1)
     groups = [[varied_text(rng, 1 + i // 10) for _ in range(K)] for i in range(60)] + [[COLLAPSED] * K] * 40
     write_trial(tmp_path / "beta40", 40.0, groups)
-    result = analyse([tmp_path], AnalysisConfig(window=200))
-    assert result.best_point["beta"] == 40.0
-    assert result.best_point["generations"] == 600
-    # varied groups have distinct-2 ~1, copies 0.1: the running mean over 20 groups falls under 80% of the
-    # first group's once 5 of them are copies (0.9 x 5 / 20 > 0.2), at 650 generations
-    assert result.best_point["fell_at"] == 650
-    assert result.summary.loc[0, "verdict"] == "collapsed" and result.choice is None
+    write_trial(tmp_path / "beta100", 100.0, [[varied_text(rng, 1 if i == 0 else 2) for _ in range(K)] for i in range(100)])
+    result = analyse([tmp_path])
+    p = result.points.set_index(["beta", "generations"])
+    assert p.loc[(40.0, 600), "verdict"] == "kept" and p.loc[(40.0, 800), "verdict"] == "collapsed"
+    # 600 is the last kept point, and the most alliterative one: one evaluation before the collapse, so not stable
+    assert not p.loc[(40.0, 600), "stable"] and p.loc[(40.0, 400), "stable"]
+    assert p.loc[(40.0, 600), "alliteration"] > p.loc[(40.0, 400), "alliteration"] > 2
+    assert result.best_point["beta"] == 40.0 and result.best_point["generations"] == 400
+    assert result.best_point["next"] == 600
+    s = result.summary.set_index("beta")
+    assert s.loc[40.0, "verdict"] == "collapsed" and s.loc[40.0, "failed_at"] == 800
+    assert result.choice["beta"] == 100.0
+
+
+def test_non_words_are_degenerate_and_repetition_is_collapsed(tmp_path: Path) -> None:
+    """Non-words keep distinct-n high: only the unmodified model's cross-entropy of them tells. From 600
+    generations beta=1 writes made-up words that the unmodified model finds 2 nats less likely than its own."""
+    rng = random.Random(4)
+    write_trial(tmp_path / "beta1", 1.0, varied_groups(rng, 100, 6), fluency=lambda g: 1.2 if g < 600 else 3.2)
+    write_trial(tmp_path / "beta0", 0.0, varied_groups(rng, 1, 1) + [[COLLAPSED] * K] * 99)
+    write_trial(tmp_path / "beta50", 50.0, varied_groups(rng, 100, 2))
+    result = analyse([tmp_path])
+    s = result.summary.set_index("beta")
+    assert s.loc[1.0, "verdict"] == "degenerate" and s.loc[1.0, "failed_at"] == 600
+    assert s.loc[1.0, "diversity_kept"] > 0.9 and s.loc[1.0, "fluency_gap"] == pytest.approx(2.0)
+    assert s.loc[0.0, "verdict"] == "collapsed" and s.loc[0.0, "failed_at"] == 200
+    assert result.choice["beta"] == 50.0
+    assert result.best_point["beta"] == 1.0 and result.best_point["generations"] == 200  # 400: next degenerate
+    from alliter.report import reason, table
+
+    assert "beta=1 reached more alliteration (6.00) but degenerated (non-words) at 600 generations: fluency +2.00" in reason(result)
+    assert "degenerate" in table(result) and "collapsed" in table(result)
 
 
 def test_partial_errored_and_running_trials_are_used_and_named(known_sweep: Path) -> None:
@@ -197,20 +178,35 @@ def test_trials_without_generations_are_named(known_sweep: Path, capsys) -> None
     assert "beta=10 (sweep/trial_beta10): no generations.jsonl" in err
     summary = pd.read_csv(known_sweep / "analysis" / "summary.csv").set_index("beta")
     assert 5.0 not in summary.index
-    assert summary.loc[10.0, "distinct_2"] > 0.9  # the trainer's own per-group measure stands in
-    assert pd.isna(summary.loc[10.0, "self_bleu"])
+    assert summary.loc[10.0, "distinct_2"] > 0.9 and summary.loc[10.0, "self_bleu"] < 0.2  # from its evaluations
+    groups = analyse([known_sweep]).groups  # its training groups keep the trainer's distinct-n, and no self-BLEU
+    ten = groups[groups["beta"] == 10.0]
+    assert ten["self_bleu"].isna().all() and ten["distinct_2"].notna().all()
+
+
+def test_trials_without_evaluations_are_judged_on_training_points(known_sweep: Path, capsys) -> None:
+    for trial in known_sweep.iterdir():
+        (trial / "evaluations.jsonl").unlink()
+    assert main([str(known_sweep), "--json"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["choice"]["beta"] == 10.0
+    assert {b["beta"]: b["verdict"] for b in result["betas"]} == {0.0: "collapsed", 10.0: "balanced",
+                                                                   100.0: "under-optimised"}
+    assert all(b["source"] == "training" for b in result["betas"])
+    assert "no evaluations (evaluations.jsonl); judged on its training groups" in out.err
 
 
 def test_generated_text_is_escaped_in_the_html(tmp_path: Path) -> None:
     rng = random.Random(3)
-    groups = varied_groups(rng, 5, 2)
-    groups[-1][-1] = "<script>alert('boo')</script> & more"
+    groups = varied_groups(rng, 20, 2)
+    groups[-5][0] = "<script>alert('boo')</script> & more"  # the first story of the evaluation at 200
     write_trial(tmp_path / "beta1", 1.0, groups)
     assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
     assert "&lt;script&gt;alert(&#x27;boo&#x27;)&lt;/script&gt; &amp; more" in page
     assert "<script>" not in page
-    assert page.count("data:image/png;base64,") == 4  # self-contained
+    assert page.count("data:image/png;base64,") == 5  # self-contained
 
 
 def test_default_is_the_newest_sweep_under_results(tmp_path: Path, monkeypatch) -> None:
@@ -270,17 +266,18 @@ def test_seeds_are_aggregated_with_standard_errors_and_collapse_rates(seeded_swe
     result = analyse([seeded_sweep])
     s = result.summary.set_index("beta")
     assert s["trials"].to_dict() == {0.0: 3, 5.0: 3, 10.0: 3}
-    # by hand: the final 200 generations are the last 20 groups; texts have exactly n alliterating pairs
+    # by hand: the final evaluation's stories are the last 5 groups' texts, with exactly n alliterating pairs
+    assert (s["point"] == 300).all()
     assert s.loc[10.0, "alliteration"] == pytest.approx(4.0)
     assert s.loc[10.0, "alliteration_se"] == pytest.approx(np.std([3, 4, 5], ddof=1) / np.sqrt(3))
     assert s.loc[5.0, "alliteration"] == pytest.approx((6 + 6 + 8) / 3)  # the collapsed seed's text has 8 pairs
     d2 = result.groups.groupby("trial")["distinct_2"]
-    finals = {t: g.iloc[-20:].mean() for t, g in d2}
+    finals = {t: g.iloc[-5:].mean() for t, g in d2}  # an evaluation's groups of K are those 5 groups
     tens = [finals[f"seeds/beta10_seed{i}"] for i in range(3)]
     assert s.loc[10.0, "distinct_2"] == pytest.approx(np.mean(tens))
     assert s.loc[10.0, "diversity_se"] == pytest.approx(np.std(tens, ddof=1) / np.sqrt(3))
     assert s["collapse_rate"].to_dict() == pytest.approx({0.0: 1.0, 5.0: 1 / 3, 10.0: 0.0})
-    assert s["collapsed_seeds"].to_dict() == {0.0: 3, 5.0: 1, 10.0: 0}
+    assert s["failed_seeds"].to_dict() == {0.0: 3, 5.0: 1, 10.0: 0}
 
 
 def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path, capsys) -> None:
@@ -291,7 +288,7 @@ def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path,
     verdicts = {b["beta"]: b["verdict"] for b in result["betas"]}
     assert verdicts == {0.0: "collapsed", 5.0: "collapsed", 10.0: "balanced"}
     table = out.err.splitlines()
-    assert table[0].split()[:3] == ["beta", "seeds", "gens"] and "collapsed" in table[0]
+    assert table[0].split()[:3] == ["beta", "seeds", "gens"] and "failed" in table[0]
     assert "4.00±0.58" in out.err and "1/3" in out.err and "3/3" in out.err
     assert "beta=5 reached more alliteration (6.67±0.67) but collapsed in 1 of 3 seeds" in out.err
     assert "kept in 3 of 3 seeds" in out.err
@@ -302,20 +299,23 @@ def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path,
 
     assert "beta=5 over beta=10 (the next kept beta): mean alliteration 6.67±0.67 against 4.00±0.58" in reason(loose)
     assert "kept in 2 of 3 seeds against 3 of 3" in reason(loose)
-    # its seeds' mean diversity is under the threshold (one seed collapsed): the best point says so, not ">="
-    assert "distinct-2 0.70 < 0.80: the mean over seeds, collapsed ones allowed by --max-collapse-rate" in reason(loose)
+    # the best point of beta 5 is stable in 2 of its 3 seeds, which --max-collapse-rate 0.34 allows
+    assert loose.best_point["beta"] == 5.0 and loose.best_point["stable_trials"] == 2
+    assert "in 2 of 3 seeds" in reason(loose)
+    assert analyse([seeded_sweep]).best_point["beta"] == 10.0  # without it, no seed of a stable point may fail
 
 
-# the table and the choice of known_sweep before seeds were aggregated (commit "One collapse rule ...")
+# the table of known_sweep when points were first judged by their evaluations
 ONE_SEED_TABLE = """\
-beta gens alliteration gain distinct_1 distinct_2 unique self_bleu rep_4grams kl_penalty ce_ref div_kept         verdict
-   0  400         8.00 7.00       0.10       0.10   0.10      1.00       0.00     -3.000   5.00      10%       collapsed
-  10  400         4.00 3.00       1.00       1.00   1.00      0.00       0.00     -0.300   2.30     100%      balanced *
- 100  400         1.00 0.00       1.00       1.00   1.00      0.00       0.00     -0.010   2.01     100% under-optimised
-(* the choice)"""
+beta gens alliteration gain distinct_2 self_bleu rep_4grams div_kept fluency kl_penalty         verdict fails_at
+   0  400         8.00 7.00       0.10      1.00       0.00      10%   +0.00     -3.000       collapsed      200
+  10  400         4.00 3.00       1.00      0.00       0.00     100%   +0.00     -0.300      balanced *        -
+ 100  400         1.00 0.00       1.00      0.00       0.00     100%   +0.00     -0.010 under-optimised        -
+(* the choice)
+(alliteration to fluency: each beta at its final evaluation; fluency: nats over the unmodified model's own stories; kl_penalty: the training groups' over the last 200 generations)"""
 
 
-def test_one_seed_gives_the_same_table_and_choice_as_before_seeds(known_sweep: Path) -> None:
+def test_one_seed_gives_the_one_seed_table_and_choice(known_sweep: Path) -> None:
     from alliter.report import reason, table
 
     result = analyse([known_sweep])
@@ -326,14 +326,14 @@ def test_one_seed_gives_the_same_table_and_choice_as_before_seeds(known_sweep: P
 
 def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep: Path) -> None:
     rng = random.Random(9)
-    dropped = write_trial(known_sweep / "trial_beta30", 30.0, varied_groups(rng, 8, 6), max_generations=400)
+    dropped = write_trial(known_sweep / "trial_beta30", 30.0, varied_groups(rng, 21, 6), max_generations=400)
     (dropped / "stop_reason.txt").write_text("not needed: beta 10 kept its diversity, and the search takes a "
-                                             "higher beta to keep it too (stopped at 80 generations)\n")
+                                             "higher beta to keep it too (stopped at 210 generations)\n")
     result = analyse([known_sweep])
     s = result.summary.set_index("beta")
     assert s.loc[30.0, "verdict"] == "dropped" and not s.loc[30.0, "pareto"]
     assert s.loc[30.0, "alliteration"] > s.loc[10.0, "alliteration"]  # more alliteration, and still not the choice
-    assert result.choice["beta"] == 10.0
+    assert result.choice["beta"] == 10.0 and result.best_point["beta"] == 10.0
 
 
 def test_a_trial_that_recovered_from_a_failure_is_complete(known_sweep: Path) -> None:

@@ -32,7 +32,7 @@ from raycluster import (
     resource_flags,
 )
 from alliter.sweep import FAULT_ENV
-from test_sweep import SWEEP, generation_indices, result_rows, sweep, sweep_main, trial_dir, trial_states
+from helpers import SWEEP, generation_indices, result_rows, sweep, sweep_main, trial_dir, trial_states
 
 yaml = pytest.importorskip("yaml")
 

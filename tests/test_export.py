@@ -23,9 +23,7 @@ from alliter.snapshots import (
     check_disk, list_snapshots, save_snapshot, snapshot_bytes, snapshot_path, write_model_files,
 )
 from alliter.trainer import Trainer, load_checkpoint_file
-from test_analysis import COLLAPSED, K, varied_text, write_trial
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import COLLAPSED, K, REPO, varied_text, write_trial
 
 
 def run_trial(folder: Path, model: Path, beta: float = 10.0, generations: int = 40, snapshot_every: int = 20,
@@ -124,27 +122,78 @@ def test_sample_prints_stories_with_their_raw_reward_from_the_export_and_from_th
     assert cli(sample, str(exported), "--n", "3", "--seed", "2", capsys=capsys)[1] != out
 
 
-def test_a_point_without_a_snapshot_falls_back_to_the_nearest_earlier_one(tmp_path, bundled_model, capsys):
-    # the analysis's best point is beta=40 at 600 generations (tests/test_analysis.py); snapshots every 400
-    rng = random.Random(1)
-    groups = [[varied_text(rng, 1 + i // 10) for _ in range(K)] for i in range(60)] + [[COLLAPSED] * K] * 40
-    trial = write_trial(tmp_path / "sweep" / "beta40", 40.0, groups)
+def hand_made_trial(folder: Path, bundled_model: Path, snapshots: dict[int, float], **trial) -> Path:
+    """A trial folder built by hand (helpers.write_trial) with real snapshots of the bundled model: {generations:
+    noise}, each snapshot the model with its embedding moved by that much."""
+    trial = write_trial(folder, model=str(bundled_model), **trial)
     model = AutoModelForCausalLM.from_pretrained(bundled_model)
     write_model_files(model, AutoTokenizer.from_pretrained(bundled_model), trial)
-    for generations in (400, 800):
+    for generations, noise in snapshots.items():
         with torch.no_grad():
-            next(model.parameters()).add_(1.0)  # each snapshot its own weights
+            torch.manual_seed(generations)
+            moved = {k: v.clone() for k, v in model.state_dict().items()}
+            model.get_input_embeddings().weight.add_(noise * torch.randn_like(model.get_input_embeddings().weight))
         save_snapshot(model, trial, generations, {"generations": generations})
+        model.load_state_dict(moved)
+    return trial
 
+
+def test_a_point_without_a_snapshot_falls_back_to_the_nearest_earlier_one(tmp_path, bundled_model, capsys):
+    # the analysis's best point is beta=40 at 400 generations (tests/test_analysis.py); snapshots at 300 and 800
+    rng = random.Random(1)
+    groups = [[varied_text(rng, 1 + i // 10) for _ in range(K)] for i in range(60)] + [[COLLAPSED] * K] * 40
+    trial = hand_made_trial(tmp_path / "sweep" / "beta40", bundled_model, {300: 1e-3, 800: 1e-3}, beta=40.0,
+                            groups=groups)
     code, out, err = cli(best_beta, str(tmp_path / "sweep"), "--export", str(tmp_path / "out"), capsys=capsys)
     assert code == 0, err
-    assert ("note: no snapshot at generation 600 in sweep/beta40: exporting the nearest earlier one, at 400"
+    assert ("note: no snapshot at generation 400 in sweep/beta40: exporting the nearest earlier one, at 300"
             in err.splitlines())
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
-    at_400 = load_file(snapshot_path(trial, 400))
-    assert all(torch.equal(exported[k], v) for k, v in at_400.items())
+    at_300 = load_file(snapshot_path(trial, 300))
+    assert all(torch.equal(exported[k], v) for k, v in at_300.items())
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "beta=40 at 400 generations" in card and "asked for: 600" in card and "the analysis's best point" in card
+    assert "beta=40 at 300 generations" in card and "asked for: 400" in card and "the analysis's best point" in card
+    assert "The point is **kept**" in card
+
+
+def test_a_point_that_fails_the_rule_is_refused_unless_forced(tmp_path, bundled_model, capsys):
+    rng = random.Random(2)
+    groups = [[varied_text(rng, 2) for _ in range(K)] for _ in range(40)]
+    # the trial's own evaluation at 400 found non-words; its snapshot at 200 passed, but the weights are gibberish
+    hand_made_trial(tmp_path / "sweep" / "beta5", bundled_model, {200: 3.0, 400: 1e-3}, beta=5.0, groups=groups,
+                    fluency=lambda g: 1.2 if g < 400 else 3.0)
+    analysis, out = tmp_path / "analysis", tmp_path / "out"
+    for at, message in [("5:400", "beta=5 at 400 generations is degenerate by its evaluation (diversity 100% of the "
+                                  "unmodified model's, fluency +1.80 nats); nothing was written - pass --force"),
+                        ("5:200", "the exported folder's own evaluation is ")]:
+        code, _, err = cli(best_beta, str(tmp_path / "sweep"), "--out", str(analysis), "--export", str(out),
+                           "--export-at", at, capsys=capsys)
+        assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and not list(tmp_path.glob(".out.export-*"))  # nothing written, not even aside
+    code, _, err = cli(best_beta, str(tmp_path / "sweep"), "--out", str(analysis), "--export", str(out),
+                       "--export-at", "5:200", "--force", capsys=capsys)
+    assert code == 0, err
+    card = (out / "README.md").read_text()
+    assert "exported with --force: its evaluation is" in card and "The point is **kept**" not in card
+    assert json.loads((out / "alliter.json").read_text())["evaluation"]["verdict"] in ("collapsed", "degenerate")
+
+
+def test_the_model_card_gives_the_evaluation_of_the_exported_folder(sweep, exported):
+    """The card's numbers are what evaluating the folder as a user loads it gives, and the trial's own
+    evaluation of that point: the same policy, the same random numbers."""
+    from alliter.collapse import CollapseRule
+    from alliter.evaluation import evaluate_folder
+
+    info = json.loads((exported / "alliter.json").read_text())
+    again = evaluate_folder(exported, TrainConfig.from_dict(info["config"]), CollapseRule(**info["rule_settings"]))
+    assert again == info["evaluation"]
+    card = (exported / "README.md").read_text()
+    assert f"| {again['point']['alliteration']:.3f} | {again['unmodified']['alliteration']:.3f} |" in card
+    assert f"fluency {again['fluency_gap']:+.3f} nats" in card and again["stories"][0] in card
+    mine = info["trial_evaluation"]
+    assert mine["source"] == "evaluation" and mine["verdict"] == again["verdict"] == "kept"
+    assert mine["alliteration"] == pytest.approx(again["point"]["alliteration"])
+    assert mine["fluency_gap"] == pytest.approx(again["fluency_gap"], abs=1e-6)
 
 
 @pytest.mark.parametrize("case", ["no sweep", "beta not in it", "past the end", "non-empty DIR", "bad point",
@@ -216,9 +265,8 @@ def test_of_several_seeds_the_named_trial_else_the_lowest_seed_is_exported(tmp_p
     tokenizer = AutoTokenizer.from_pretrained(bundled_model)
     rng = random.Random(5)
     for seed in (3, 1):
-        trial = write_trial(tmp_path / "sweep" / f"beta10_seed{seed}", 10.0, [[varied_text(rng, 2) for _ in range(K)]] * 4)
-        config = json.loads((trial / "config.json").read_text())
-        (trial / "config.json").write_text(json.dumps({**config, "seed": seed}))
+        trial = write_trial(tmp_path / "sweep" / f"beta10_seed{seed}", 10.0, [[varied_text(rng, 2) for _ in range(K)]] * 4,
+                            seed=seed, model=str(bundled_model))
         write_model_files(model, tokenizer, trial)
         save_snapshot(model, trial, 40, {})
     code, out, err = cli(best_beta, str(tmp_path / "sweep"), "--export", str(tmp_path / "out"), "--export-at", "10:40",

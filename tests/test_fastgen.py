@@ -12,17 +12,7 @@ from alliter import fastgen, rollout
 from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
 from alliter.rollout import sample_group, sequence_lengths
 
-LLAMA_PROMPT = [1, 403, 407, 261, 378]  # "Once upon a time", starting with the end-of-text <s>
-
-
-def _model(arch, tiny_gpt_neo, bundled_model, dtype=torch.float32):
-    path = tiny_gpt_neo if arch == "gpt_neo" else bundled_model
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-    prompt = torch.tensor(LLAMA_PROMPT if arch == "llama" else [5, 17, 42, 99])
-    return model, prompt
-
-
-ARCHS = ["llama", "gpt_neo"]
+from helpers import ARCHS, LLAMA_PROMPT, arch_model as _model
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -201,3 +191,19 @@ def test_bfloat16_runs_and_stays_close(arch, tiny_gpt_neo, bundled_model):
     with torch.no_grad():
         seq = fastgen.sequence_logits(model, tokens).float()
     assert (seq - model(tokens).logits.float()).abs().max() < 0.05 * full.abs().max()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sampling_logprobs_give_the_policys_cross_entropy(arch, tiny_gpt_neo, bundled_model):
+    """An evaluation takes the policy's cross-entropy of its stories from the logits that sampled them: the same
+    as a scoring forward's, up to an end-of-text mid-way."""
+    model, prompt = _model(arch, tiny_gpt_neo, bundled_model)
+    torch.manual_seed(1)
+    tokens, logprobs = fastgen.fast_generate_group(model, prompt, 6, 70, top_k=50, temperature=1.0, logprobs=True)
+    torch.manual_seed(1)
+    assert torch.equal(tokens, fastgen.fast_generate_group(model, prompt, 6, 70, top_k=50, temperature=1.0))
+    lengths = torch.tensor([70, 70, 40, 55, 70, 12])  # as if some ended early
+    mask = torch.arange(1, 70)[None, :] < lengths[:, None]
+    ce = -(logprobs * mask).sum(1) / mask.sum(1)
+    with torch.no_grad():
+        torch.testing.assert_close(ce, sequence_ce(model, tokens, lengths), rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ from alliter.config import TrainConfig
 from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
 from alliter.rollout import sample_group, sequence_lengths
 from alliter.trainer import Trainer
-from test_fastgen import ARCHS, _model
+from helpers import ARCHS, arch_model as _model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

@@ -7,33 +7,20 @@ import math
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from alliter.analysis import AnalysisConfig, analyse
-from alliter.collapse import CollapseRule, CollapseWatch
-from alliter.config import AlliterError
-from alliter.search import BetaSearch, SearchSettings, bracket, simple_beta
-from test_analysis import COLLAPSED, K, varied_text, write_trial
-
 from ray.tune.search import Searcher
 
-
-def test_kept_shares_is_the_running_window_mean_over_the_first_group():
-    rule = CollapseRule(window=30)  # three groups of ten
-    gens = [10, 20, 30, 40, 50]
-    div = [1.0, 0.9, 0.8, 0.3, 0.4]
-    expected = [1.0, 0.95, 0.9, (0.9 + 0.8 + 0.3) / 3, (0.8 + 0.3 + 0.4) / 3]
-    assert rule.kept_shares(gens, div) == pytest.approx(expected)
-    assert CollapseRule(window=30, diversity_share=0.6).collapsed_at(gens, div) == 50  # 0.667, then 0.5
+from alliter.analysis import analyse
+from alliter.collapse import CollapseRule
+from alliter.config import AlliterError
+from alliter.search import BetaSearch, SearchSettings, bracket, simple_beta
+from alliter.trainer import evaluation_points
+from helpers import COLLAPSED, K, varied_text, write_trial
 
 
-def test_collapsed_at_is_the_first_generation_under_the_share():
-    rule = CollapseRule(window=30)
-    gens, div = [10, 20, 30, 40, 50], [1.0, 0.9, 0.8, 0.3, 0.4]
-    assert rule.collapsed_at(gens, div) == 40  # (0.9 + 0.8 + 0.3) / 3 = 0.667 < 0.8
-    assert math.isnan(rule.collapsed_at(gens, [1.0, 1.0, 0.9, 0.9, 0.9]))
-    assert math.isnan(rule.collapsed_at([], []))
+def outcome(collapsed: bool, **more) -> dict:
+    """A trial's last result as the trainable reports it (alliter.collapse.Judgement.report)."""
+    return {"kept": not collapsed, "verdict": "collapsed" if collapsed else "kept", **more}
 
 
 def _stopping_trial(rng: random.Random, falls_after: int, groups: int) -> list[list[str]]:
@@ -41,43 +28,86 @@ def _stopping_trial(rng: random.Random, falls_after: int, groups: int) -> list[l
     return [[varied_text(rng, 2) for _ in range(K)] if i < falls_after else [COLLAPSED] * K for i in range(groups)]
 
 
-def test_the_trials_watch_the_search_and_best_beta_agree_on_the_same_frames(tmp_path: Path):
+def test_the_trials_the_search_and_best_beta_judge_the_same_points_alike(tmp_path: Path):
     rng = random.Random(7)
     sweep = tmp_path / "sweep"
-    # beta 1 collapses at group 25, beta 5 at group 33 then recovers (best_beta's old final-window rule would
-    # call it kept), beta 50 never
-    b5 = _stopping_trial(rng, 33, 60)
-    b5[40:] = [[varied_text(rng, 2) for _ in range(K)] for _ in range(20)]
-    paths = {1.0: write_trial(sweep / "beta1", 1.0, _stopping_trial(rng, 25, 60)),
+    # beta 1 collapses at group 25, beta 5 at group 38 then recovers (a final-point rule would call it kept), beta 50
+    # never; beta 20 keeps its diversity but writes non-words from 400 generations
+    b5 = _stopping_trial(rng, 38, 100)
+    b5[60:] = [[varied_text(rng, 2) for _ in range(K)] for _ in range(40)]
+    paths = {1.0: write_trial(sweep / "beta1", 1.0, _stopping_trial(rng, 25, 100)),
              5.0: write_trial(sweep / "beta5", 5.0, b5),
-             50.0: write_trial(sweep / "beta50", 50.0, _stopping_trial(rng, 99, 60))}
+             20.0: write_trial(sweep / "beta20", 20.0, _stopping_trial(rng, 999, 100),
+                               fluency=lambda g: 1.2 if g < 400 else 2.5),
+             50.0: write_trial(sweep / "beta50", 50.0, _stopping_trial(rng, 999, 100))}
     rule = CollapseRule()
-    result = analyse([sweep], AnalysisConfig())
-    verdicts = result.summary.set_index("beta")["verdict"].to_dict()
-    fell = result.summary.set_index("beta")["diversity_fell_at"].to_dict()
+    result = analyse([sweep])
+    summary = result.summary.set_index("beta")
 
-    search = BetaSearch(SearchSettings([1.0, 5.0, 50.0], 1.1, 10, [0], 0.0, 3))
-    ids = {}
-    for _ in range(3):
-        trial_id = f"t{len(ids)}"
-        ids[search.suggest(trial_id)["beta"]] = trial_id
+    search = BetaSearch(SearchSettings([1.0, 5.0, 20.0, 50.0], 1.1, 10, [0], 0.0, 4))
+    ids = {search.suggest(f"t{i}")["beta"]: f"t{i}" for i in range(4)}
     for beta, path in paths.items():
-        rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-        watch = CollapseWatch(rule)
+        points = evaluation_points(path / "evaluations.jsonl", K)  # what the trainer holds, point by point
         stopped_at = None
-        for row in rows:  # what the trial does, group by group
-            if watch.add(row)["collapsed"]:
-                stopped_at = row["generations"]
+        for n in range(1, len(points) + 1):  # what the trial does: judge its points so far, stop on a failure
+            judged = rule.judge_trial(points[:n], complete=False).report()
+            if not judged["kept"]:
+                stopped_at = points[n - 1]["generations"]
                 break
-        last = {**row, **watch.verdict()}
-        search.on_trial_complete(ids[beta], last)  # the trial's last result, as Tune hands it over
-        assert (stopped_at is not None) == (verdicts[beta] == "collapsed") == search.verdicts()[beta], beta
-        if stopped_at is not None:
-            assert stopped_at == fell[beta]
-        else:
-            assert math.isnan(fell[beta])
-    assert verdicts == {1.0: "collapsed", 5.0: "collapsed", 50.0: "under-optimised"}  # kept; no gain: same texts
-    assert fell[1.0] == 300  # 5 copies in the window of 20 groups: 25 + 5 groups, at 10 generations each
+        search.on_trial_complete(ids[beta], {**judged, "generations": points[n - 1]["generations"]})
+        failed = summary.loc[beta, "verdict"] in ("collapsed", "degenerate")
+        assert (stopped_at is not None) == failed == search.verdicts()[beta], beta
+        assert stopped_at == (None if not failed else summary.loc[beta, "failed_at"])
+        assert search.outcomes[ids[beta]]["verdict"] == judged["verdict"]
+    assert summary["verdict"].to_dict() == {1.0: "collapsed", 5.0: "collapsed", 20.0: "degenerate",
+                                            50.0: "under-optimised"}
+    assert summary.loc[1.0, "failed_at"] == 400  # the evaluation at 400 holds groups 35-39: copies
+    assert summary.loc[20.0, "failed_at"] == 400
+
+
+def test_the_rule_judges_a_point_against_the_unmodified_model():
+    rule = CollapseRule(diversity_share=0.8, fluency_margin=0.25)
+    base = {"generations": 0, "distinct_2": 0.70, "fluency": 1.10, "self_bleu": 0.30}
+    assert rule.judge({"distinct_2": 0.57, "fluency": 1.30}, base) == "kept"  # 81%, +0.20
+    assert rule.judge({"distinct_2": 0.55, "fluency": 1.10}, base) == "collapsed"  # 79%
+    assert rule.judge({"distinct_2": 0.75, "fluency": 1.40}, base) == "degenerate"  # +0.30: non-words stay diverse
+    assert rule.judge({"distinct_2": 0.20, "fluency": 4.00}, base) == "collapsed"  # repetition first
+    bleu = CollapseRule(diversity_measure="self_bleu")  # counted as 1 - self-BLEU
+    assert bleu.judge({"self_bleu": 0.40, "fluency": 1.1}, base) == "kept"  # 0.60 >= 0.8 x 0.70
+    assert bleu.judge({"self_bleu": 0.50, "fluency": 1.1}, base) == "collapsed"
+
+
+def test_a_trial_fails_at_its_first_failing_point_and_stable_points_have_a_kept_next():
+    rule = CollapseRule()
+    points = [{"generations": g, "distinct_2": d, "fluency": 1.0} for g, d in
+              [(0, 0.7), (200, 0.7), (400, 0.69), (600, 0.3), (800, 0.7)]]
+    j = rule.judge_trial(points, complete=True)
+    assert j.verdicts == ["kept", "kept", "kept", "collapsed", "kept"]
+    assert (j.failed_at, j.failed_as) == (600, "collapsed") and not j.kept
+    assert j.stable == [True, True, False, False, False]  # 400's next failed; 800 recovered, but the trial failed
+    whole = rule.judge_trial(points[:3], complete=True)
+    assert whole.kept and whole.stable == [True, True, True]  # the last point of a finished trial
+    assert rule.judge_trial(points[:3], complete=False).stable == [True, True, False]  # a running one's: not yet
+    assert rule.judge_trial(points[:4], complete=False).report()["verdict"] == "collapsed"
+
+
+def test_the_seeds_vote():
+    assert CollapseRule().seeds_failed([False, False, True])  # any seed, by default
+    assert not CollapseRule(max_collapse_rate=0.34).seeds_failed([False, False, True])
+    assert CollapseRule(max_collapse_rate=0.34).seeds_failed([False, True, True])
+    assert not CollapseRule().seeds_failed([])
+
+
+def test_training_points_are_window_means_after_the_first_group():
+    from alliter.collapse import training_points
+
+    groups = [{"generations": g, "raw_reward_mean": r, "distinct_2": 0.5, "ce_ref_mean": 1.0, "kl_penalty_mean": -0.1}
+              for g, r in [(10, 1.0), (20, 2.0), (30, 3.0), (40, 4.0), (50, 5.0)]]
+    points = training_points(groups, window=20)
+    assert [p["generations"] for p in points] == [0, 20, 40, 50]
+    assert [p["alliteration"] for p in points] == [1.0, 1.5, 3.5, 4.5]  # the last: (30, 50]
+    assert points[1]["kl"] == pytest.approx(0.1) and points[1]["fluency"] == 1.0
+    assert [p["generations"] for p in training_points(groups, window=20, partial=False)] == [0, 20, 40]
 
 
 def test_bracket_is_the_cut_with_fewest_wrong_outcomes():
@@ -109,7 +139,7 @@ def run_search(settings: SearchSettings, collapsed, seed_noise: random.Random | 
         assert running, "the searcher waits with nothing running"
         done = running.pop(rng.randrange(len(running)))
         beta, seed = search.trials[done]
-        search.on_trial_complete(done, {"collapsed": collapsed(beta, seed), "generations": 100, "diversity_kept": 0.5})
+        search.on_trial_complete(done, outcome(collapsed(beta, seed), generations=100, diversity_kept=0.5))
     raise AssertionError("the search did not finish")
 
 
@@ -183,7 +213,7 @@ def test_errored_trials_leave_their_beta_undecided_and_count_in_the_budget():
     search = BetaSearch(SearchSettings([10.0, 100.0], 1.1, 3, [0], 0.0, 2))
     a, b = search.suggest("a"), search.suggest("b")
     search.on_trial_complete("a", None, error=True)
-    search.on_trial_complete("b", {"collapsed": False})
+    search.on_trial_complete("b", outcome(False))
     assert search.verdicts() == {10.0: False}
     assert {a["beta"], b["beta"]} == {10.0, 100.0}
 
@@ -191,7 +221,7 @@ def test_errored_trials_leave_their_beta_undecided_and_count_in_the_budget():
 def test_save_and_restore_keep_the_whole_state(tmp_path: Path):
     search = BetaSearch(SearchSettings([1.0, 10.0, 100.0], 1.1, 12, [0], 0.0, 2))
     search.suggest("a"), search.suggest("b")
-    search.on_trial_complete("b", {"collapsed": True, "generations": 50})
+    search.on_trial_complete("b", outcome(True, generations=50))
     search.save(str(tmp_path / "searcher-state.pkl"))
     again = BetaSearch(SearchSettings([5.0], 2.0, 1, [0], 0.0, 1))
     again.restore(str(tmp_path / "searcher-state.pkl"))
@@ -218,7 +248,7 @@ def test_betas_are_the_simplest_numbers_in_the_middle_of_the_gap():
     for i in range(4):
         config = search.suggest(f"t{i}")
         seen.append(config["beta"])
-        search.on_trial_complete(f"t{i}", {"collapsed": config["beta"] < 40})
+        search.on_trial_complete(f"t{i}", outcome(config["beta"] < 40))
     assert seen == [100.0, 10.0, 30.0, 50.0]  # the simplest numbers in the middle of each gap
 
 
@@ -237,13 +267,13 @@ def test_a_running_trial_the_bracket_no_longer_needs_is_dropped_and_says_why(tmp
     assert [search.suggest(t)["beta"] for t in "abc"] == [100.0, 10.0, 30.0]  # 30: between two running betas
     stopper = SearchStopper(search, str(tmp_path / "exp"), seed_in_name=False)
     assert not stopper("c", {"generations": 50})  # still useful
-    search.on_trial_complete("b", {"collapsed": False, "generations": 2000})  # 10 kept: 30 and 100 can't matter
+    search.on_trial_complete("b", outcome(False, generations=2000))  # 10 kept: 30 and 100 can't matter
     assert search.needless("c").startswith("not needed: beta 10 kept its diversity")
     assert stopper("c", {"generations": 60}) and stopper("a", {"generations": 70})
     reason = (tmp_path / "exp" / "beta=30_c" / "stop_reason.txt").read_text()
     assert reason.startswith("not needed: beta 10 kept") and "stopped at 60 generations" in reason
-    search.on_trial_complete("c", {"collapsed": False, "generations": 60})
-    search.on_trial_complete("a", {"collapsed": False, "generations": 70})
+    search.on_trial_complete("c", outcome(False, generations=60))
+    search.on_trial_complete("a", outcome(False, generations=70))
     assert search.verdicts() == {10.0: False}  # a dropped trial gives its beta no verdict
     assert [o["verdict"] for o in search.outcomes.values()] == ["kept", "dropped", "dropped"]
     assert search.suggest("d")["beta"] == 1.0  # the start's last beta, no longer implied

@@ -26,7 +26,7 @@ import pytest
 from alliter import storage as store
 from alliter.config import AlliterError
 from raycluster import free_port, kill_session
-from test_sweep import SWEEP, sweep, sweep_main
+from helpers import SWEEP, sweep, sweep_main
 
 BUCKET = "alliter-test"
 S3_ENV = {

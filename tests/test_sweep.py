@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import importlib.util
-import io
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,51 +14,13 @@ import pytest
 from alliter.analysis import tune_trial_dirs
 from alliter.collapse import CollapseRule
 from alliter.sweep import FAULT_ENV
-from conftest import METRIC_NAMES
-
-ROOT = Path(__file__).resolve().parents[1]
-SWEEP = [sys.executable, str(ROOT / "tune_jobs" / "sweep.py")]
+from alliter.trainer import evaluation_points
+from helpers import (
+    METRIC_NAMES, REPO, SWEEP, best_beta as run_best_beta, digest, generation_indices, local_gpus, result_rows, sweep,
+    sweep_main, trial_dir, trial_states, tune_betas,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def sweep(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SWEEP, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
-
-
-def trial_states(exp: Path) -> dict[float, dict]:
-    """beta -> {status, num_failures, generations}, from Tune's own experiment state."""
-    states = {}
-    for f in sorted(exp.glob("experiment_state-*.json")):
-        for trial, runtime in json.loads(f.read_text())["trial_data"]:
-            trial, runtime = json.loads(trial), json.loads(runtime)
-            states[trial["config"]["beta"]] = {
-                "status": trial["status"],
-                "num_failures": runtime["num_failures"],
-                "generations": (runtime.get("last_result") or {}).get("generations"),
-            }
-    return states
-
-
-def trial_dir(exp: Path, beta: str) -> Path:
-    (found,) = exp.glob(f"beta={beta}_*")
-    return found
-
-
-def generation_indices(trial: Path) -> list[int]:
-    return [json.loads(line)["generation"] for line in (trial / "generations.jsonl").read_text().splitlines()]
-
-
-def result_rows(trial: Path) -> list[dict]:
-    """Tune's rows of the trial (result.json: the driver writes one per report it had); a line being written is left out."""
-    path = trial / "result.json"
-    return [json.loads(line) for line in (path.read_text().splitlines() if path.exists() else []) if line.endswith("}")]
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +40,9 @@ def test_two_beta_sweep_terminates_with_metrics_generations_events_and_checkpoin
         results = result_rows(trial)
         assert [r["generations"] for r in results] == [10, 20, 30]
         assert METRIC_NAMES <= set(results[0]) and results[0]["beta"] == float(beta)
+        assert {"verdict", "kept", "diversity_kept", "fluency_gap", "point_alliteration"} <= set(results[-1])
         assert generation_indices(trial) == list(range(30))
+        assert [p["generations"] for p in evaluation_points(trial / "evaluations.jsonl", 10)] == [0, 30]
         assert len((trial / "metrics.jsonl").read_text().splitlines()) == 3
         assert len(list(trial.glob("events.out.tfevents.*"))) == 1  # the trainer's own; none of Tune's beside it
         assert list(trial.glob("checkpoint_*/checkpoint.pt"))
@@ -91,6 +50,7 @@ def test_two_beta_sweep_terminates_with_metrics_generations_events_and_checkpoin
     assert f"python analysis/best_beta.py {exp}" in res.stdout
     assert "raw_reward" in res.stdout and "div_kept" in res.stdout  # the progress table's columns
     assert "sweep efficiency: " in res.stdout and json.loads((exp / "sweep.json").read_text())["slots"] >= 1
+    assert "evaluations: " in res.stdout and json.loads((exp / "sweep.json").read_text())["eval_seconds"] > 0
 
 
 def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
@@ -112,37 +72,20 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
 
 
 def test_stop_on_collapse_ends_the_trial_where_the_rule_says(tmp_path):
-    # a share of 1 and a window of one group: the first group less diverse than the first one is a collapse
+    # a share of 1: the first evaluation (every 20 generations) less diverse than generation 0's is a collapse
     res = sweep("--betas", "0", "--max-generations", "200", "--stop-on-collapse", "--diversity-share", "1.0",
-                "--window", "10", "--storage", str(tmp_path), "--name", "stop")
+                "--snapshot-every", "20", "--eval-samples", "20", "--storage", str(tmp_path), "--name", "stop")
     assert res.returncode == 0, res.stderr[-3000:]
     trial = trial_dir(tmp_path / "stop", "0")
     rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
-    expected = CollapseRule(diversity_share=1.0, window=10).collapsed_at([r["generations"] for r in rows],
-                                                                           [r["distinct_2"] for r in rows])
-    assert rows[-1]["generations"] == expected < 200  # stopped at the first collapsed group, not later
+    judged = CollapseRule(diversity_share=1.0).judge_trial(evaluation_points(trial / "evaluations.jsonl", 10), False)
+    expected = judged.failed_at
+    assert expected is not None and rows[-1]["generations"] == expected < 200  # stopped at the failing point
+    assert judged.generations[-1] == expected  # and evaluated nothing after it
     state = trial_states(tmp_path / "stop")[0.0]
     assert state["status"] == "TERMINATED" and state["generations"] == expected
     reason = (trial / "stop_reason.txt").read_text()
-    assert "collapsed: distinct_2 under 100%" in reason and f"at {expected:.0f} generations" in reason
-
-
-def local_gpus() -> int:
-    """GPUs a Ray started on this machine would have (Ray's own count)."""
-    from ray._private.accelerators import get_accelerator_manager_for_resource
-
-    return get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
-
-
-def sweep_main(*args: str) -> subprocess.CompletedProcess:
-    """tune_jobs/sweep.py's main() in this process: these errors come before Ray starts."""
-    spec = importlib.util.spec_from_file_location("sweep_cli", SWEEP[1])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = module.main(list(args))
-    return subprocess.CompletedProcess(args, code, "", err.getvalue())
+    assert reason.startswith(f"collapsed at {expected} generations: distinct_2 under 100%"), reason
 
 
 @pytest.mark.parametrize(
@@ -205,25 +148,19 @@ def test_best_beta_reads_a_real_sweep(two_beta_sweep, tmp_path):
     """analysis/best_beta.py end to end on the folder a real sweep wrote."""
     exp, res = two_beta_sweep
     assert res.returncode == 0
-    run = subprocess.run([sys.executable, str(ROOT / "analysis" / "best_beta.py"), str(exp), "--out", str(tmp_path), "--json"],
-                         capture_output=True, text=True, timeout=300)
+    run = run_best_beta(str(exp), "--out", str(tmp_path), "--json")
     assert run.returncode == 0, run.stderr[-3000:]
     choice = json.loads(run.stdout)
     assert choice["choice"]["beta"] in (0.0, 10.0) and sorted(r["beta"] for r in choice["betas"]) == [0.0, 10.0]
-    for name in ("summary.csv", "report.md", "report.html", "raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png"):
+    assert all(r["source"] == "evaluation" for r in choice["betas"])  # the trials evaluated themselves
+    for name in ("summary.csv", "report.md", "report.html", "evaluations.png", "raw_reward.png", "kl_penalty.png",
+                 "diversity.png", "pareto.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "verdict" in run.stderr  # the table
 
 
-def tune_betas(exp: Path) -> list[tuple[float, int]]:
-    """(beta, seed) of every trial in the newest Tune state of a sweep, in Tune's order."""
-    state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
-    return [(json.loads(t)["config"]["beta"], json.loads(t)["config"]["seed"]) for t, _ in state["trial_data"]]
-
-
 def best_beta(exp: Path, out: Path) -> tuple[dict, subprocess.CompletedProcess]:
-    run = subprocess.run([sys.executable, str(ROOT / "analysis" / "best_beta.py"), str(exp), "--out", str(out), "--json",
-                          "--window", "20"], capture_output=True, text=True, timeout=300)
+    run = run_best_beta(str(exp), "--out", str(out), "--json", "--window", "20")
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout), run
 
@@ -244,8 +181,8 @@ def test_search_with_seeds_end_to_end_on_a_tiny_model(tiny_gpt_neo, tmp_path):
     outcomes = {(s["beta"], s["seed"]): s for s in path["steps"] if s["event"] == "outcome"}
     choice, run = best_beta(exp, tmp_path / "out")
     for row in choice["betas"]:  # a beta collapsed in any seed is collapsed, for the search as for best_beta
-        searched = any(outcomes[(row["beta"], seed)]["verdict"] == "collapsed" for seed in (0, 1))
-        assert (row["verdict"] == "collapsed") == searched, row
+        searched = any(outcomes[(row["beta"], seed)]["verdict"] != "kept" for seed in (0, 1))
+        assert (row["verdict"] in ("collapsed", "degenerate")) == searched, row
         assert row["trials"] == 2
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## The search" in report and "start: a wide, log-spaced set" in report

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from alliter.config import AlliterError, TrainConfig
-from conftest import METRIC_NAMES
 from alliter.train import main
-from alliter.trainer import NonFiniteLossError, Trainer, load_checkpoint_file
+from alliter.trainer import NonFiniteLossError, Trainer, evaluation_points, load_checkpoint_file
+from helpers import METRIC_NAMES, read_jsonl
 
 RECORD_FIELDS = {"generation", "group", "beta", "text", "raw_reward", "kl_penalty", "reward", "advantage", "new_tokens"}
 
@@ -35,10 +35,6 @@ def train_cli(*args: str) -> subprocess.CompletedProcess:
 
 def snapshot(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_kl_penalty_is_zero_before_the_first_update(tmp_path, bundled_model):
@@ -106,6 +102,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert res.returncode == 0, res.stderr
     assert f"resumed at generation {at_checkpoint}" in res.stdout
     assert (broken / "generations.jsonl").read_text() == (straight / "generations.jsonl").read_text()
+    assert (broken / "evaluations.jsonl").read_text() == (straight / "evaluations.jsonl").read_text()
+    assert [p["generations"] for p in evaluation_points(broken / "evaluations.jsonl", 10)] == [0, 30, 60, 90, 120]
     a = load_checkpoint_file(straight / "checkpoint.pt")["policy"]
     b = load_checkpoint_file(broken / "checkpoint.pt")["policy"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -113,6 +111,32 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert [m["generations"] for m in metrics] == list(range(10, 121, 10))
     assert snapshot(broken / "snapshots") == snapshot(straight / "snapshots")  # the policy snapshots, byte for byte
     assert len(list((broken / "snapshots").glob("generations=*.safetensors"))) == 4
+
+
+def test_evaluations_leave_training_untouched_and_sample_every_point_alike(tmp_path, bundled_model):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = {}
+    for samples in (0, 20):
+        out = tmp_path / f"eval{samples}"
+        trainer = Trainer(TrainConfig(beta=1.0, model=str(bundled_model), threads=1, max_generations=60,
+                                      snapshot_every=30, eval_samples=samples), out)
+        for _ in trainer.groups():
+            pass
+        runs[samples] = (out, trainer)
+    (off, _), (on, trainer) = runs[0], runs[20]
+    assert (on / "generations.jsonl").read_bytes() == (off / "generations.jsonl").read_bytes()  # byte for byte
+    assert not (off / "evaluations.jsonl").exists()
+    stories = read_jsonl(on / "evaluations.jsonl")
+    assert [s["generations"] for s in stories] == [0] * 20 + [30] * 20 + [60] * 20
+    assert [p["generations"] for p in trainer.points] == [0, 30, 60]
+    assert trainer.points[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # generation 0: the policy is the reference
+    # the same random numbers at every point: the policy moved a little, so most first tokens are the same
+    first = [s["text"].split()[4] for s in stories]
+    assert sum(a == b for a, b in zip(first[:20], first[20:40])) >= 10
+    events = EventAccumulator(str(on)).Reload()
+    assert [e.step for e in events.Scalars("eval/alliteration")] == [0, 30, 60]
+    assert [e.value for e in events.Scalars("eval/fluency")] == pytest.approx([p["fluency"] for p in trainer.points])
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):
