@@ -152,6 +152,7 @@ class Trial:
 @dataclass
 class Analysis:
     cfg: AnalysisConfig
+    sweep: Path  # the sweep's folder
     trials: list[Trial]
     groups: pd.DataFrame  # one row per (trial, group): the trainer's metrics and the text measures
     generations: pd.DataFrame  # one row per generated text
@@ -274,38 +275,37 @@ def _last_line(path: Path) -> str | None:
     return (lines[-1] if lines else f"{path.name} is empty")[:200]
 
 
-def load_trials(paths: Sequence[Path]) -> tuple[list[Trial], list[str]]:
-    """Every trial with data under the paths, and a note for each one that is not complete."""
+def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
+    """Every trial with data of one sweep (a folder of trial folders, or one trial folder), and a note for each
+    one that is not complete. A folder that holds the trials of several sweeps is refused: pooled, they would be
+    one table of trials of other grids, models and days."""
+    if not root.is_dir():
+        raise AlliterError(f"no such folder: {root}")
+    found = find_trials(root)
+    if not found:
+        raise AlliterError(f"no trials under {root} (a trial folder holds {METRICS_FILE} or {CONFIG_FILE})")
+    sweeps = sorted({p.parent for p in found if p != root})
+    if len(sweeps) > 1:
+        shown = ", ".join(str(s.relative_to(root)) for s in sweeps[:8]) + (f" and {len(sweeps) - 8} more" if len(sweeps) > 8 else "")
+        raise AlliterError(f"{root} holds {len(sweeps)} sweeps ({shown}); best_beta analyses one: pass its folder")
     trials, notes = [], []
-    for root in paths:
-        if not root.is_dir():
-            raise AlliterError(f"no such folder: {root}")
-        found = find_trials(root)
-        if not found:
-            raise AlliterError(f"no trials under {root} (a trial folder holds {METRICS_FILE} or {CONFIG_FILE})")
-        for path in found:
-            if path.resolve() in {t.path.resolve() for t in trials}:
-                continue  # the same folder given twice, or once inside another
-            listed = tune_trial_dirs(path.parent)
-            if listed is not None and path.name not in listed:
-                notes.append(f"{path}: not in the sweep's Tune state (it started after the state was last saved: "
-                             "the sweep is still running, or its driver was killed and the resumed sweep runs it "
-                             "again); left out")
-                continue
-            try:
-                trial = read_trial(path, root)
-            except AlliterError as err:
-                notes.append(f"{err}; left out")
-                continue
-            if trial.name in {t.name for t in trials}:
-                trial.name = str(path)  # two sweeps of one name: the full path tells them apart
-            notes += trial.notes()
-            trials.append(trial)
+    listed = tune_trial_dirs(found[0].parent) if found[0] != root else None
+    for path in found:
+        if listed is not None and path.name not in listed:
+            notes.append(f"{path}: not in the sweep's Tune state (it started after the state was last saved: "
+                         "the sweep is still running, or its driver was killed and the resumed sweep runs it "
+                         "again); left out")
+            continue
+        try:
+            trial = read_trial(path, root)
+        except AlliterError as err:
+            notes.append(f"{err}; left out")
+            continue
+        notes += trial.notes()
+        trials.append(trial)
     with_data = [t for t in trials if t.status != "no data"]
     if not with_data:
-        raise AlliterError(
-            f"none of the {len(trials)} trials under {', '.join(map(str, paths))} has any metrics yet; nothing to analyse"
-        )
+        raise AlliterError(f"none of the {len(trials)} trials under {root} has any metrics yet; nothing to analyse")
     return with_data, notes
 
 
@@ -322,9 +322,9 @@ def tune_trial_dirs(sweep: Path) -> set[str] | None:
         return None  # an unreadable state hides nothing
 
 
-def read_search(paths: Sequence[Path]) -> dict[str, Any] | None:
-    """The search's path (alliter.search) when the first folder is a search sweep."""
-    path = paths[0] / SEARCH_FILE
+def read_search(root: Path) -> dict[str, Any] | None:
+    """The search's path (alliter.search) when the folder is a search sweep."""
+    path = root / SEARCH_FILE
     return _read_json(path) or None if path.exists() else None
 
 
@@ -553,11 +553,11 @@ def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial],
     }
 
 
-def analyse(paths: Sequence[str | Path], cfg: AnalysisConfig | None = None) -> Analysis:
-    """Read every trial under the paths and apply the rule; raises AlliterError for a user error."""
+def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
+    """Read every trial of a sweep's folder and apply the rule; raises AlliterError for a user error."""
     cfg = (cfg or AnalysisConfig()).validate()
-    paths = [Path(p) for p in paths]
-    trials, notes = load_trials(paths)
+    sweep = Path(sweep)
+    trials, notes = load_trials(sweep)
     groups, generations = group_frame(trials, cfg.diversity_measure)
     points, judgements = point_frame(trials, groups, cfg)
     windows = window_frame(groups, cfg.window)
@@ -565,8 +565,8 @@ def analyse(paths: Sequence[str | Path], cfg: AnalysisConfig | None = None) -> A
     chosen = summary[summary["chosen"]]
     choice = plain(chosen.iloc[0].to_dict()) if len(chosen) else None
     point = plain(best_point(points, summary, trials, cfg))
-    return Analysis(cfg, trials, groups, generations, points, windows, summary, choice, point, notes,
-                    read_search(paths))
+    return Analysis(cfg, sweep, trials, groups, generations, points, windows, summary, choice, point, notes,
+                    read_search(sweep))
 
 
 def plain(value: Any) -> Any:

@@ -49,11 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=analysis.__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "results", nargs="*", metavar="RESULTS_DIR",
-        help="sweep or trial folders, or sweep URIs such as s3://bucket/prefix/SWEEP (copied to results/SWEEP first); "
-        "default: the newest sweep under ./results",
+        "results", nargs="?", metavar="RESULTS_DIR",
+        help="a sweep's folder (or one trial's), or a sweep URI such as s3://bucket/prefix/SWEEP (copied to "
+        "results/SWEEP first); default: the newest sweep under ./results",
     )
-    parser.add_argument("--out", help="output folder (default: RESULTS_DIR/analysis, the first RESULTS_DIR's)")
+    parser.add_argument("--out", help="output folder (default: RESULTS_DIR/analysis)")
     parser.add_argument("--json", action="store_true", help="print the choice as JSON on stdout (the table goes to stderr)")
     parser.add_argument("--export", metavar="DIR", help="write the best point's policy as a model folder (new or empty)")
     parser.add_argument("--export-at", metavar="BETA:GENERATIONS",
@@ -71,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.export:
             export.check_out_dir(Path(args.export))  # before anything runs
             at = export.parse_point(args.export_at) if args.export_at else None
-        paths = [local_sweep(p) for p in args.results] or [newest_sweep()]
-        result = analyse(paths, AnalysisConfig(**given_config_values(args, AnalysisConfig)))
+        sweep = local_sweep(args.results) if args.results else newest_sweep()
+        result = analyse(sweep, AnalysisConfig(**given_config_values(args, AnalysisConfig)))
         if args.export:
             if at is not None:
                 wanted: dict[str, Any] = {"beta": at[0], "generations": at[1]}
@@ -88,12 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             export.check_point(point, args.force)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
-        out = Path(args.out) if args.out else paths[0] / "analysis"
+        out = Path(args.out) if args.out else sweep / "analysis"
         written = report.write_outputs(result, out)
         if point is not None:
             for note in point.notes:
                 print(f"note: {note}", file=sys.stderr)
-            shipped = export.write_export(result, point, Path(args.export), paths, force=args.force)
+            shipped = export.write_export(result, point, Path(args.export), force=args.force)
     except AlliterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

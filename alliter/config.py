@@ -10,8 +10,10 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import json
 import math
 import os
+import struct
 import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -125,12 +127,24 @@ class TrainConfig:
         return self
 
     def resolved(self) -> "TrainConfig":
-        """The config with the preset applied: concrete model, tokenizer and lr (user values win)."""
+        """The config with the preset applied: concrete model, tokenizer and lr (user values win). A local model
+        folder must hold a readable model, and a tokenizer unless --tokenizer names one: nothing falls back to
+        the hub for a local folder."""
         model, tokenizer, lr = MODEL_PRESETS.get(self.model, (self.model, None, STUDY_LR))
+        check_model_folder(model)
+        local = Path(model).expanduser()
+        if local.is_dir():
+            check_model_files(local)
         if tokenizer is None and self.tokenizer is None:
-            local = Path(model)
-            has_own = local.is_dir() and any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-            tokenizer = str(local) if has_own else STUDY_TOKENIZER
+            if local.is_dir():
+                if not any((local / f).exists() for f in TOKENIZER_FILES):
+                    raise AlliterError(f"model folder {model} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); pass "
+                                       f"--tokenizer NAME_OR_FOLDER (the study's: {STUDY_TOKENIZER})")
+                tokenizer = str(local)
+            else:
+                tokenizer = STUDY_TOKENIZER  # a hub id without a tokenizer of its own: the study's, from the hub
+        if self.tokenizer is not None:
+            check_model_folder(self.tokenizer, "tokenizer")
         return dataclasses.replace(
             self, model=model, tokenizer=self.tokenizer or tokenizer, lr=self.lr if self.lr is not None else lr
         ).validate()
@@ -152,29 +166,64 @@ def base_model_here(model: str) -> str:
     return model
 
 
-def check_model_folder(model: str) -> None:
-    """A model that can only be a folder must exist (a hub id is "name" or "org/name")."""
+def check_model_folder(model: str, what: str = "model") -> None:
+    """A model (or tokenizer) that can only be a folder must exist (a hub id is "name" or "org/name")."""
     looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_local and not os.path.isdir(os.path.expanduser(model)):
-        raise AlliterError(f"model folder {model!r} does not exist; pass --model PATH to a saved model folder")
+        raise AlliterError(f"{what} folder {model!r} does not exist; pass --{what} PATH to a saved {what} folder")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (read without torch); a truncated or empty file is an AlliterError."""
+    try:
+        with open(path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            if size > os.path.getsize(path) - 8:
+                raise ValueError(f"a header of {size} bytes in a file of {os.path.getsize(path)}")
+            header = json.loads(f.read(size))
+    except (OSError, struct.error, ValueError) as err:
+        why = " ".join(str(err).split())[:120] or "empty"
+        raise AlliterError(f"{path} is not a readable safetensors file ({type(err).__name__}: {why}); the model "
+                           "folder is damaged") from None
+    if not isinstance(header, dict):
+        raise AlliterError(f"{path} is not a readable safetensors file (its header is not a table)")
+    return header
+
+
+def check_model_files(folder: Path) -> None:
+    """A local model folder holds a config and weights whose headers can be read."""
+    if not (folder / "config.json").is_file():
+        raise AlliterError(f"model folder {folder} has no config.json: not a saved model (save_pretrained writes one)")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES) and not list(folder.glob("*.safetensors")):
+        raise AlliterError(f"model folder {folder} has no weights ({', '.join(WEIGHT_FILES[::2])})")
+    for path in sorted(folder.glob("*.safetensors")):
+        safetensors_header(path)
 
 
 def grid_betas(grid: str | None, betas: str | None) -> tuple[list[float], int | None]:
     """Betas (and a grid's own trial length) from `--grid NAME` or `--betas 5,15,25`."""
-    if betas:
+    if betas is not None:
         try:
             values = [float(b) for b in betas.split(",") if b.strip()]
         except ValueError:
             raise AlliterError(f"--betas takes numbers separated by commas, got {betas!r}") from None
+        if not values:
+            raise AlliterError(f"--betas takes numbers separated by commas, got {betas!r}: no beta to sweep")
         length = None
     elif grid in GRIDS:
         values, length = GRIDS[grid]
     else:
         raise AlliterError(f"unknown grid {grid!r}; known grids: {', '.join(GRIDS)}")
-    if not values:
-        raise AlliterError("no beta to sweep")
     for b in values:
         TrainConfig(beta=b).validate()
+    twice = sorted({b for b in values if values.count(b) > 1})
+    if twice:
+        raise AlliterError(f"--betas lists {', '.join(f'{b:g}' for b in twice)} twice: two trials of one beta and "
+                           "seed are the same trial; for several trials of a beta pass --seeds N")
     return list(values), length
 
 

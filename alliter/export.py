@@ -33,7 +33,7 @@ import pandas as pd
 from alliter.analysis import Analysis, Trial
 from alliter.collapse import KEPT
 from alliter.config import CONFIG_FILE, EXPORT_INFO_FILE, AlliterError, TrainConfig, base_model_here
-from alliter.snapshots import umask_now, list_snapshots, load_snapshot
+from alliter.snapshots import load_snapshot, snapshot_at, snapshot_path, umask_now
 
 # the measures a model card lists, in order: point measure -> label
 CARD_MEASURES = {
@@ -108,28 +108,12 @@ def resolve_point(result: Analysis, point: dict[str, Any], rule: str) -> ExportP
     """The trial and snapshot for a point {beta, generations[, trial]}; AlliterError in one line when there is none."""
     beta, requested = float(point["beta"]), int(point["generations"])
     trial, notes = pick_trial(result, beta, point.get("trial"))
-    if requested < 1:
-        raise AlliterError(f"generations must be at least 1, got {requested}")
-    if requested > trial.done:
-        raise AlliterError(f"generation {requested} is past the end of trial {trial.name} ({trial.done} generations)")
-    snapshots = list_snapshots(trial.path)
-    if not snapshots:
-        raise AlliterError(
-            f"trial {trial.name} has no snapshots (it ran with --snapshot-every 0, or before alliter kept them); "
-            "run it again to export it"
-        )
-    earlier = [g for g in snapshots if g <= requested]
-    if not earlier:
-        raise AlliterError(
-            f"trial {trial.name} has no snapshot at or before generation {requested} (the first is at {min(snapshots)})"
-        )
-    used = max(earlier)
-    if used != requested:
-        notes.append(f"no snapshot at generation {requested} in {trial.name}: exporting the nearest earlier one, at {used}")
+    used, note = snapshot_at(trial.path, requested, trial.done, trial.name)
+    notes += [note] if note else []
     p = result.points
     mine = p[(p["trial"] == trial.name) & (p["generations"] == used)]
     recorded = mine.iloc[0].to_dict() if len(mine) else None
-    return ExportPoint(beta, requested, used, trial, snapshots[used], rule, notes, recorded)
+    return ExportPoint(beta, requested, used, trial, snapshot_path(trial.path, used), rule, notes, recorded)
 
 
 def check_point(point: ExportPoint, force: bool) -> None:
@@ -145,7 +129,7 @@ def check_point(point: ExportPoint, force: bool) -> None:
     point.notes.append(f"exported with --force: the point is {why}")
 
 
-def write_export(result: Analysis, point: ExportPoint, out: Path, sweep: list[Path], force: bool = False) -> dict[str, Any]:
+def write_export(result: Analysis, point: ExportPoint, out: Path, force: bool = False) -> dict[str, Any]:
     """Write the model folder into a temporary folder beside `out`, evaluate it from there, and rename it to
     `out` when its evaluation passes the rule (or with `force`): a failed or refused export leaves nothing.
     Returns the folder's evaluation."""
@@ -184,7 +168,7 @@ def write_export(result: Analysis, point: ExportPoint, out: Path, sweep: list[Pa
         info = {
             "beta": point.beta, "generations": point.generations, "requested_generations": point.requested,
             "trial": point.trial.name, "trial_folder": str(point.trial.path.resolve()),
-            "sweep": [str(p.resolve()) for p in sweep], "snapshot": point.snapshot.name, "rule": point.rule,
+            "sweep": str(result.sweep.resolve()), "snapshot": point.snapshot.name, "rule": point.rule,
             "rule_settings": dataclasses.asdict(result.cfg.rule()), "notes": point.notes, "prompt": cfg.prompt,
             "evaluation": evaluation,
             "trial_evaluation": None if recorded is None else {
@@ -259,7 +243,7 @@ policy of trial `{info['trial']}` (KL-penalty coefficient beta={beta:g}) after {
 - beta (KL-penalty coefficient): {beta:g}
 - generations: {gens} (snapshot `{info['snapshot']}`; asked for: {info['requested_generations']})
 - trial: `{info['trial']}` (seed {cfg.seed})
-- sweep: {', '.join(f'`{s}`' for s in info['sweep'])}
+- sweep: `{info['sweep']}`
 - chosen by: {info['rule']}{notes}
 
 ## Evaluation of this folder

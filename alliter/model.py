@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from alliter.config import AlliterError, TrainConfig, check_model_folder
+from alliter.config import AlliterError, TrainConfig
 
 log = logging.getLogger("alliter")
 
@@ -44,7 +44,6 @@ def load_models(cfg: TrainConfig) -> Models:
     hf_logging.disable_progress_bar()  # a bar per load, six trials at once, drowns the progress table
     device = pick_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
-    check_model_folder(cfg.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
         policy = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)

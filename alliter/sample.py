@@ -19,10 +19,11 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from alliter import reward as R
-from alliter.config import CONFIG_FILE, EXPORT_INFO_FILE, AlliterError, TrainConfig
+from alliter.analysis import read_jsonl
+from alliter.config import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, AlliterError, TrainConfig
 from alliter.model import end_ids, pick_device
 from alliter.rollout import decode_texts, sample_group, sequence_lengths
-from alliter.snapshots import list_snapshots, load_snapshot
+from alliter.snapshots import list_snapshots, load_snapshot, snapshot_at
 
 
 def load_exported(folder: Path, device: torch.device) -> tuple[Any, Any, dict[str, Any], str]:
@@ -54,16 +55,11 @@ def load_trial(folder: Path, generations: int, device: torch.device) -> tuple[An
     if not (folder / CONFIG_FILE).is_file():
         raise AlliterError(f"{folder} is not a trial folder (no {CONFIG_FILE})")
     cfg = TrainConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-    snapshots = list_snapshots(folder)
-    if not snapshots:
-        raise AlliterError(f"trial {folder} has no snapshots (it ran with --snapshot-every 0?)")
-    earlier = [g for g in snapshots if g <= generations]
-    if not earlier:
-        raise AlliterError(f"trial {folder} has no snapshot at or before generation {generations} (the first is at {min(snapshots)})")
-    used = max(earlier)
-    if used != generations:
-        print(f"note: no snapshot at generation {generations} in {folder}: sampling the nearest earlier one, at {used}",
-              file=sys.stderr)
+    rows = read_jsonl(folder / METRICS_FILE)
+    done = max((int(r["generations"]) for r in rows if "generations" in r), default=max(list_snapshots(folder) or [0]))
+    used, note = snapshot_at(folder, generations, done)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     model, tokenizer = load_snapshot(folder, used, device)
     settings = {"prompt": cfg.prompt, "top_k": cfg.top_k, "temperature": cfg.temperature, "max_length": cfg.max_length}
     return model, tokenizer, settings, f"beta={cfg.beta:g} at {used} generations (trial {folder})"

@@ -19,14 +19,13 @@ import json
 import logging
 import math
 import shutil
-import struct
 import threading
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from alliter.config import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN, AlliterError, TrainConfig
+from alliter.config import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN, AlliterError, TrainConfig, safetensors_header
 
 if TYPE_CHECKING:  # torch only where weights are written or read: the sweep's driver imports this module
     import torch
@@ -98,6 +97,28 @@ def umask_now() -> int:
         return 0o022
 
 
+def snapshot_at(run_dir: str | os.PathLike, generations: int, done: int, name: str | None = None) -> tuple[int, str | None]:
+    """The snapshot that serves a point of a trial that ran `done` generations: the one at `generations`, else the
+    nearest earlier one (and a note saying so); AlliterError in one line when there is none."""
+    name = name or str(run_dir)
+    if generations < 1:
+        raise AlliterError(f"generations must be at least 1, got {generations}")
+    if generations > done:
+        raise AlliterError(f"generation {generations} is past the end of trial {name} ({done} generations)")
+    snapshots = list_snapshots(run_dir)
+    if not snapshots:
+        raise AlliterError(f"trial {name} has no snapshots (it ran with --snapshot-every 0, or before alliter kept "
+                           "them); run it again to export it")
+    earlier = [g for g in snapshots if g <= generations]
+    if not earlier:
+        raise AlliterError(f"trial {name} has no snapshot at or before generation {generations} (the first is at "
+                           f"{min(snapshots)})")
+    used = max(earlier)
+    note = None if used == generations else (
+        f"no snapshot at generation {generations} in {name}: using the nearest earlier one, at {used}")
+    return used, note
+
+
 def drop_snapshots_after(run_dir: str | os.PathLike, generations: int) -> list[int]:
     """Remove the snapshots a crashed run wrote past the checkpoint it resumes from (the run writes them again)."""
     dropped = [g for g, path in list_snapshots(run_dir).items() if g > generations]
@@ -158,12 +179,8 @@ def _local_parameters(folder: Path) -> int | None:
     PyTorch weight files and the config's dtype."""
     files = sorted(folder.glob("*.safetensors"))
     if files:
-        total = 0
-        for path in files:
-            with open(path, "rb") as f:
-                header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-            total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-        return total
+        return sum(math.prod(t["shape"]) for path in files for name, t in safetensors_header(path).items()
+                   if name != "__metadata__")
     size = sum(p.stat().st_size for p in folder.glob("pytorch_model*.bin"))
     return size // _config_itemsize(folder / "config.json") if size else None
 

@@ -10,10 +10,14 @@ made from it.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from alliter.config import AlliterError
 
@@ -177,3 +181,143 @@ def download(uri: str, dest: Path, names: Iterable[str] = ("*",), skip: Iterable
     except OSError as err:
         raise AlliterError(f"cannot copy {uri}: {_first_line(err)}") from None
     return len(files)
+
+
+# --- small files on a folder or a bucket ---------------------------------------------------------------
+
+
+def read_text(path: str) -> str | None:
+    """A small file's text, None when it is not there."""
+    import pyarrow.fs
+
+    fs, where = filesystem(path)
+    try:
+        if fs.get_file_info(where).type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(where) as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError as err:
+        raise AlliterError(f"cannot read {path}: {_first_line(err)}") from None
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """A small JSON file's table, None when it is not there or not a table."""
+    text = read_text(path)
+    try:
+        value = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a small file, its folder made first; on a local folder atomically (a temporary file, renamed)."""
+    fs, where = filesystem(path)
+    try:
+        fs.create_dir(where.rpartition("/")[0], recursive=True)
+        if not is_uri(path):
+            tmp = f"{where}.tmp-{os.getpid()}"
+            Path(tmp).write_text(text, encoding="utf-8")
+            os.replace(tmp, where)
+            return
+        with fs.open_output_stream(where) as f:
+            f.write(text.encode("utf-8"))
+    except OSError as err:
+        raise AlliterError(f"cannot write {path}: {_first_line(err)}") from None
+
+
+def remove(path: str) -> None:
+    fs, where = filesystem(path)
+    try:
+        fs.delete_file(where)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def sweep_trials(exp_path: str) -> list[dict[str, Any]] | None:
+    """The trials of a sweep's newest Tune state (one per driver session; the names sort by time): each
+    {"dir", "status", "config"}; None where there is no readable Tune state."""
+    fs, path = filesystem(exp_path)
+    try:
+        states = sorted(_sweep_states(fs, path), key=lambda i: i.base_name)
+    except OSError as err:
+        raise AlliterError(f"cannot read {exp_path}: {_first_line(err)}") from None
+    if not states:
+        return None
+    state = read_json(join(exp_path, states[-1].base_name))
+    try:
+        trials = [json.loads(t) for t, _ in (state or {})["trial_data"]]
+        return [{"dir": t["relative_logdir"], "status": t["status"], "config": t["config"]} for t in trials]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# --- one driver per sweep ------------------------------------------------------------------------------------
+
+LOCK_FILE = "driver.lock"
+LOCK_HEARTBEAT_S = 30.0  # a driver on another machine refreshes its lock this often ...
+LOCK_STALE_S = 300.0  # ... and a lock not refreshed for this long is a dead driver's
+
+
+class DriverLock:
+    """The sweep folder's lock: a second driver on a running sweep (a second --resume) is refused. The lock names
+    its driver's host and process; a lock whose process is gone (this machine), or that has not been refreshed for
+    LOCK_STALE_S (another machine), is a dead driver's and is taken over. On a local folder the lock is created
+    exclusively; on a bucket, two drivers starting in the same second can both take it."""
+
+    def __init__(self, exp_path: str):
+        self.exp_path = exp_path
+        self.path = join(exp_path, LOCK_FILE)
+        self.created = False  # the lock made the sweep's folder: a sweep that never started leaves none
+        self.me = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def live_holder(self) -> dict[str, Any] | None:
+        held = read_json(self.path)
+        if not held or (held.get("host"), held.get("pid")) == (self.me["host"], self.me["pid"]):
+            return None
+        if held.get("host") == self.me["host"]:
+            try:
+                os.kill(int(held["pid"]), 0)
+            except (ProcessLookupError, ValueError, KeyError, TypeError):
+                return None
+            except PermissionError:
+                pass  # another user's live process
+            return held
+        return held if time.time() - float(held.get("time", 0)) < LOCK_STALE_S else None
+
+    def __enter__(self) -> "DriverLock":
+        held = self.live_holder()
+        if held is not None:
+            raise AlliterError(f"another driver runs this sweep (process {held.get('pid')} on {held.get('host')}, "
+                               f"{self.path}); wait for it, or stop it first")
+        text = json.dumps({**self.me, "time": time.time()})
+        if not is_uri(self.path):
+            self.created = not Path(self.exp_path).exists()
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:  # a dead driver's: taken over
+                write_text(self.path, text)
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+        else:
+            write_text(self.path, text)
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)  # for a driver on another machine
+        self._beat.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            write_text(self.path, json.dumps({**self.me, "time": time.time()}))
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        if (read_json(self.path) or {}).get("pid") == self.me["pid"]:
+            remove(self.path)
+        if self.created and not any(Path(self.exp_path).iterdir()):
+            Path(self.exp_path).rmdir()

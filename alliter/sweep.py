@@ -19,28 +19,28 @@ import os
 import shlex
 import shutil
 import socket
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
-import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from alliter import cluster, storage as store
+from alliter import cluster, preflight, storage as store
 from alliter.collapse import TRAINER_MEASURES, CollapseRule, training_points
 from alliter.config import CHECKPOINT_FILE as CHECKPOINT
 from alliter.config import (
     METRICS_FILE,
     RESULTS_DIR,
+    SEARCH_FILE,
     STOP_REASON_FILE,
     SWEEP_STATS_FILE,
     AlliterError,
     TrainConfig,
-    check_model_folder,
     grid_betas,
     parse_seeds,
 )
@@ -66,6 +66,9 @@ PROGRESS_COLUMNS = {
 # working folder, as a lost node would, and dies after group N; "hang:N": it stops after group N (and
 # after that group's checkpoint, if one is due) until its node is killed.
 FAULT_ENV = "ALLITER_TEST_FAULT"
+FATAL = "alliter_error"  # a trial's last report when an error of alliter's own ended it (NoRetry)
+# the flags a resume takes: where and how the trials run (resources, not the threads: those stay the trials')
+RESUME_FLAGS = {"resume", "name", "storage", "address", "gpus_per_trial", "cpus_per_trial"}
 
 
 @dataclass
@@ -100,11 +103,12 @@ class SweepConfig:
     gpus_per_trial: float | None = None
     """GPUs per trial, fractions pack several trials on one GPU (0.25 = four); default: $ALLITER_GPUS_PER_TRIAL (cluster.yaml sets 1), else 1 when the cluster has GPUs, else 0."""
     cpus_per_trial: float = 1.0
-    """CPUs per trial (also the trial's torch threads)."""
+    """CPUs per trial (also the trial's torch threads; a resume may change the CPUs, the threads stay as started)."""
     max_failures: int = 3
     """Times Tune restarts a crashed trial from its last checkpoint."""
     resume: bool = False
-    """Continue an interrupted sweep: finished trials are kept, the others continue from their checkpoints."""
+    """Continue an interrupted or errored sweep as it was started: finished trials are kept, the others continue from
+    their checkpoints (errored ones too); it takes --name, --storage, --address and the resources only."""
     report_seconds: float = 1.0
     """A trial reports its newest group to Tune at most this often (and always with a checkpoint, and at its
     end): each report waits for the driver, a few ms that count when a group takes 0.1 s. metrics.jsonl and
@@ -140,14 +144,48 @@ class SweepConfig:
         return self.validate()
 
 
+@dataclass
+class TrialOptions:
+    """What the sweep tells each trial beside its TrainConfig: one typed object in the trial's config, under
+    OPTIONS_KEY, so that it travels with the trial to whichever node runs it (and with Tune's state to a resume)."""
+
+    cpus_per_trial: float
+    """The trial's CPUs, and so its torch threads when the config leaves them at 0."""
+    rule: dict[str, Any]
+    """The rule of alliter.collapse (CollapseRule's fields)."""
+    stop_on_collapse: bool
+    """End the trial at its first point that is not kept."""
+    seed_in_name: bool
+    """Trial folders say their seed (a sweep of several seeds)."""
+    report_seconds: float
+    """Report to Tune at most this often (and always with a checkpoint, and at the end)."""
+    fault: str | None = None
+    """Tests only (FAULT_ENV)."""
+
+
+OPTIONS_KEY = "_alliter"
+
+
 def rloo_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: the core trainer, reporting every group, checkpointing every N, and
-    ending itself once it has collapsed when the sweep asks for that."""
+    """Tune function trainable: the core trainer, reporting every group, checkpointing every N, and ending itself
+    once it has collapsed when the sweep asks for that. An error of alliter's own (a bad setting, a non-finite
+    loss, a corrupt checkpoint: what a retry would meet again) is reported as FATAL before it is raised, so that
+    the driver (NoRetry) does not retry the trial and prints its cause."""
+    try:
+        _run_trial(TrainConfig.from_dict(config), TrialOptions(**config[OPTIONS_KEY]))
+    except AlliterError as err:
+        tune.report({FATAL: str(err)})
+        raise
+
+
+def _run_trial(cfg: TrainConfig, opts: TrialOptions) -> None:
     from alliter.trainer import Trainer  # torch and transformers: in the trial's process only
 
-    cfg = TrainConfig.from_dict(config)
+    # Ray's line per checkpoint ("Checkpoint successfully created at ..."), which the driver's console would show
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
     if cfg.threads == 0:
-        cfg = dataclasses.replace(cfg, threads=max(1, int(config.get("_cpus_per_trial", 1))))
+        cfg = dataclasses.replace(cfg, threads=max(1, int(opts.cpus_per_trial)))
     run_dir = Path.cwd()  # Tune runs the trial in its working directory and syncs it to storage
     trainer = Trainer(cfg, run_dir)
     restored = tune.get_checkpoint()
@@ -155,7 +193,7 @@ def rloo_trial(config: dict[str, Any]) -> None:
         with restored.as_directory() as d:
             trainer.load_checkpoint(Path(d) / CHECKPOINT)
     _write_node_info(run_dir)
-    rule, stop_on_collapse = CollapseRule(**config["_rule"]), bool(config.get("_stop_on_collapse"))
+    rule = CollapseRule(**opts.rule)
     history = [json.loads(line) for line in _read(run_dir / METRICS_FILE).splitlines() if line.strip()]
 
     def judged() -> dict[str, Any]:  # the trial's verdict so far, by the rule of alliter.collapse, and its latest point
@@ -163,12 +201,12 @@ def rloo_trial(config: dict[str, Any]) -> None:
         latest = {"point": points[-1]["generations"], "point_alliteration": points[-1]["alliteration"]} if points else {}
         return {**rule.judge_trial(points, complete=trainer.done).report(), **latest}
 
-    if history and (trainer.done or (stop_on_collapse and not judged()["kept"])):
+    if history and (trainer.done or (opts.stop_on_collapse and not judged()["kept"])):
         # restored from the final checkpoint: report the last group again, once
         tune.report({**history[-1], **judged()})
         return
-    fault, _, fault_group = str(config.get("_fault") or "").partition(":")
-    report_seconds, reported = float(config.get("_report_seconds", 0.0)), -math.inf
+    fault, _, fault_group = str(opts.fault or "").partition(":")
+    reported = -math.inf
     # this process's totals, for the sweep's efficiency and what evaluations cost
     session = {"session_groups": 0, "session_group_seconds": 0.0, "session_eval_seconds": 0.0}
     for metrics in trainer.groups():
@@ -177,7 +215,7 @@ def rloo_trial(config: dict[str, Any]) -> None:
         session["session_eval_seconds"] = trainer.eval_seconds
         history.append(metrics)
         metrics.update(judged(), **session)
-        stop = stop_on_collapse and not metrics["kept"] and not trainer.done
+        stop = opts.stop_on_collapse and not metrics["kept"] and not trainer.done
         if stop:
             reason = f"{metrics['verdict']} at {metrics['failed_at']:.0f} generations: {rule.describe()}"
             (run_dir / STOP_REASON_FILE).write_text(reason + "\n")
@@ -186,7 +224,7 @@ def rloo_trial(config: dict[str, Any]) -> None:
                 trainer.save_checkpoint(Path(d) / CHECKPOINT)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             reported = time.monotonic()
-        elif time.monotonic() - reported >= report_seconds:
+        elif time.monotonic() - reported >= opts.report_seconds:
             tune.report(metrics)
             reported = time.monotonic()
         if fault and restored is None and trainer.group == int(fault_group):
@@ -197,6 +235,15 @@ def rloo_trial(config: dict[str, Any]) -> None:
         if stop:
             trainer.close()
             return
+
+
+class NoRetry(tune.Callback):
+    """A trial that reported FATAL failed with an error a retry would meet again: Tune does not retry it (its
+    max_failures drops to 0 before the error that follows the report arrives)."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(FATAL):
+            trial.max_failures = 0
 
 
 def _read(path: Path) -> str:
@@ -210,9 +257,10 @@ def _write_node_info(run_dir: Path) -> None:
 
 def sweep_stats(results: tune.ResultGrid, started: float, wall: float, slots: int) -> dict[str, float]:
     """The sweep's efficiency: the trials' group time over (Tune's wall time x trial slots), for this driver's
-    session (`started`: the wall-clock time Tune started). What is lost is the trials' start-up (workers,
-    imports, model loads), checkpoints, reporting, and idle slots. Each trial reports its process's running
-    totals (`session_groups`, `session_group_seconds`); a trial restarted within the session starts them again."""
+    session (`started`: the wall-clock time Tune started), and the trials' time in evaluations. What is lost is
+    the trials' start-up (workers, imports, model loads), evaluations, checkpoints, reporting, and idle slots.
+    Each trial reports its process's running totals (`session_groups`, `session_group_seconds`,
+    `session_eval_seconds`); a trial restarted within the session starts them again."""
     busy, evaluating, groups = 0.0, 0.0, 0
     for r in results:
         rows = r.metrics_dataframe
@@ -228,6 +276,9 @@ def sweep_stats(results: tune.ResultGrid, started: float, wall: float, slots: in
             "generations": groups, "efficiency": busy / (wall * slots) if wall > 0 and slots else math.nan}
 
 
+# --- checks before anything starts -------------------------------------------------------------------------
+
+
 def _check_address(address: str) -> None:
     """Fail fast, in one line, on a host:port nobody answers on (ray.init would retry for a minute)."""
     if address in ("auto", "local") or "://" in address:
@@ -239,21 +290,28 @@ def _check_address(address: str) -> None:
         raise AlliterError(f"cannot reach a Ray cluster at {address!r} ({err}); check --address or RAY_ADDRESS") from None
 
 
-def _check_local_gpus(address: str | None, gpus: float) -> None:
-    """Before starting a Ray on this machine: the GPUs a trial asks for must be here (Ray's own count)."""
-    if address or not gpus:
-        return
+def _local_gpus() -> int | None:
+    """GPUs on this machine by Ray's own count (None: another Ray, that cannot say)."""
     try:
         from ray._private.accelerators import get_accelerator_manager_for_resource
 
-        here = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
-    except Exception:  # noqa: BLE001 - another Ray: the check after ray.init still runs
-        return
-    if here < gpus:
+        return get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+    except Exception:  # noqa: BLE001 - the check after ray.init still runs
+        return None
+
+
+def _check_devices(address: str | None, gpus: float | None, device: str) -> None:
+    """The GPUs a trial asks for must be here, before a Ray is started on this machine; a trial that asks torch
+    for CUDA must be given a GPU."""
+    here = None if address else _local_gpus()
+    if here is not None and (gpus or 0) > here:
         raise AlliterError(
             f"--gpus-per-trial {gpus:g}, but this machine has {here} GPU(s) and no Ray cluster was given (--address); "
             "pass --gpus-per-trial 0 to run the trials on CPUs"
         )
+    if device.startswith("cuda") and (gpus == 0 or (gpus is None and here == 0)):
+        raise AlliterError(f"--device {device}, but the trials get no GPU (--gpus-per-trial 0, or none here); "
+                           "pass --gpus-per-trial 1, or --device auto")
 
 
 def _check_cluster_fits(required: dict[str, float], address: str | None) -> None:
@@ -276,14 +334,15 @@ def _check_cluster_fits(required: dict[str, float], address: str | None) -> None
     )
 
 
-def _search_settings(sweep: SweepConfig, seeds: list[int]) -> SearchSettings:
+def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule) -> SearchSettings:
     try:
         start = [float(b) for b in sweep.search_start.split(",") if b.strip()]
     except ValueError:
         raise AlliterError(f"--search-start takes numbers separated by commas, got {sweep.search_start!r}") from None
     if sweep.concurrency < 0:
         raise AlliterError(f"--concurrency must be >= 0 (0: the cluster's trial slots), got {sweep.concurrency}")
-    return SearchSettings(start, sweep.precision, sweep.budget, seeds, 0.0, max(sweep.concurrency, 1)).validate()
+    return SearchSettings(start, sweep.precision, sweep.budget, seeds, rule.max_collapse_rate,
+                          max(sweep.concurrency, 1)).validate()
 
 
 def _trial_slots(sweep: SweepConfig, gpus: float) -> int:
@@ -295,132 +354,270 @@ def _trial_slots(sweep: SweepConfig, gpus: float) -> int:
     return max(1, slots)
 
 
-def run_sweep(
-    sweep: SweepConfig, base: TrainConfig, given: dict[str, Any] | None = None, rule: CollapseRule | None = None
-) -> Path | str:
-    """Run (or resume) a sweep and return its folder. `given` = trainer fields set on the command line."""
-    start = time.perf_counter()
+# --- plan -> lock -> connect -> build the Tuner -> run -> summarise ------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Everything a sweep will run, checked before anything starts."""
+
+    sweep: SweepConfig
+    base: TrainConfig  # the trials' config (a resume: as the sweep was started)
+    rule: CollapseRule
+    seeds: list[int]
+    betas: list[float]  # a grid's; empty for a search
+    settings: SearchSettings | None  # a search's
+    storage: str
+    name: str
+    exp_path: str
+    address: str | None
+    options: TrialOptions
+    snapshots: str = ""  # the line about the snapshots' disk
+    stored: list[dict[str, Any]] = field(default_factory=list)  # a resume: the trials of the sweep's Tune state
+    finished: bool = False  # a resume: every trial of the sweep finished (and a search has ended): nothing to do
+
+    @property
+    def resume_command(self) -> str:
+        """The command that continues this sweep, as it can be pasted from anywhere."""
+        address = f" --address {shlex.quote(self.address)}" if self.address else ""
+        return (f"python tune_jobs/sweep.py --resume --name {shlex.quote(self.name)} "
+                f"--storage {shlex.quote(self.storage)}{address}")
+
+
+def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (), rule: CollapseRule | None = None) -> Plan:
+    """Check a sweep's flags, model, tokenizer, storage and name, and plan it; starts nothing. `given`: the names of
+    the flags set on the command line (a resume refuses those it cannot change)."""
     sweep = sweep.resolved()  # fail on bad resources now, not when Ray schedules the first trial
     rule = rule or CollapseRule()
     rule.validate_rule(TRAINER_MEASURES)  # self-BLEU is best_beta's alone: the trainer does not measure it
-    if sweep.search and (sweep.grid or sweep.betas):
+    storage = store.storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR)
+    address = sweep.address or os.environ.get("RAY_ADDRESS") or None
+    if sweep.resume:
+        return _plan_resume(sweep, given, rule, storage, address)
+    if sweep.search and (sweep.grid or sweep.betas is not None):
         raise AlliterError("--search chooses its own betas: leave out --grid and --betas")
     seeds = parse_seeds(sweep.seeds, base.seed)
-    if sweep.search:
-        betas, grid_generations = [], None
-        settings = _search_settings(sweep, seeds)
-    else:
-        betas, grid_generations = grid_betas(None if sweep.betas else sweep.grid or "coarse", sweep.betas)
-    if grid_generations and "max_generations" not in (given or {}):
+    settings = _search_settings(sweep, seeds, rule) if sweep.search else None
+    betas, grid_generations = ([], None) if sweep.search else grid_betas(
+        None if sweep.betas is not None else sweep.grid or "coarse", sweep.betas)
+    if grid_generations and "max_generations" not in given:
         base = dataclasses.replace(base, max_generations=grid_generations)
-    base = base.resolved()  # fail on a bad model path or lr now, not inside six trials
-    check_model_folder(base.model)
-    storage = store.storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR)
+    base = base.resolved()  # fail on a bad model folder or lr now, not inside six trials
+    _check_devices(address, sweep.gpus_per_trial, base.device)
     store.check_writable(storage)
-    trials = (settings.budget if sweep.search else len(betas)) * len(seeds)
+    name = sweep.name or f"rloo-{sweep.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_path = store.join(storage, name)
+    if store.exists(exp_path):
+        raise AlliterError(f"{exp_path} exists already; pass --resume to continue it, or another --name")
+    trials = (settings.budget if settings else len(betas)) * len(seeds)
     snapshots, snapshot_total = snapshot_plan(base, trials, at_most=sweep.search)
-    if not sweep.resume:
-        check_disk(storage, snapshot_total)
-    name = sweep.name
-    if sweep.resume:
-        name = name or store.newest_sweep(storage)
-        if not name:
-            raise AlliterError(f"--resume: no sweep to resume under {storage} (pass --name of an existing sweep)")
-        exp_path = store.join(storage, name)
-        if not store.is_sweep(exp_path):
-            raise AlliterError(f"--resume: {exp_path} holds no Tune sweep to resume")
-    else:
-        name = name or f"rloo-{sweep.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
-        exp_path = store.join(storage, name)
-        if store.exists(exp_path):
-            raise AlliterError(f"{exp_path} exists already; pass --resume to continue it, or another --name")
-
-    address = sweep.address or os.environ.get("RAY_ADDRESS")
+    check_disk(storage, snapshot_total)
     if address:
         _check_address(address)
-    _check_local_gpus(address, sweep.gpus_per_trial or 0)
+    preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
+    options = TrialOptions(sweep.cpus_per_trial, dataclasses.asdict(rule.rule()), sweep.search or sweep.stop_on_collapse,
+                           sweep.seeds is not None, sweep.report_seconds, os.environ.get(FAULT_ENV))
+    return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots)
+
+
+def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule, storage: str, address: str | None) -> Plan:
+    """A resume continues the sweep as it was started: only where and how its trials run may change."""
+    fixed = sorted(set(given) - RESUME_FLAGS)
+    if fixed:
+        flags = ", ".join("--" + f.replace("_", "-") for f in fixed)
+        allowed = ", ".join("--" + f.replace("_", "-") for f in sorted(RESUME_FLAGS - {"resume"}))
+        raise AlliterError(f"--resume continues a sweep with the settings it was started with: {flags} cannot change "
+                           f"(a resume takes {allowed}); start a new sweep (--name) for other settings")
+    name = sweep.name or store.newest_sweep(storage)
+    if not name:
+        raise AlliterError(f"--resume: no sweep to resume under {storage} (pass --name of an existing sweep)")
+    exp_path = store.join(storage, name)
+    stored = store.sweep_trials(exp_path)
+    if stored is None:
+        raise AlliterError(f"--resume: {exp_path} holds no Tune sweep to resume")
+    configs = [t["config"] for t in stored if OPTIONS_KEY in t["config"]]
+    if not configs:
+        raise AlliterError(f"--resume: the sweep {exp_path} was started by an older alliter (its trials have no "
+                           f"{OPTIONS_KEY} options); resume it with that version")
+    options = TrialOptions(**configs[0][OPTIONS_KEY])
+    base = TrainConfig.from_dict(configs[0]).resolved()
+    search = store.read_json(store.join(exp_path, SEARCH_FILE))
+    finished = all(t["status"] == "TERMINATED" for t in stored) and (search is None or bool(search.get("finished")))
+    if not finished:
+        _check_devices(address, sweep.gpus_per_trial, base.device)
+        if address:
+            _check_address(address)
+        preflight.run_preflight(base)
+    betas = sorted({float(c["beta"]) for c in configs}) if search is None else []
+    seeds = sorted({int(c["seed"]) for c in configs})
+    settings = SearchSettings(**search["settings"]) if search else None
+    rule = CollapseRule(**options.rule)
+    sweep = dataclasses.replace(sweep, search=search is not None, seeds=",".join(map(str, seeds)) if options.seed_in_name else None)
+    return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, stored=stored,
+                finished=finished)
+
+
+def connect(plan: Plan) -> tuple[float, int]:
+    """Start or join Ray, and size the trials: (GPUs per trial, trial slots now)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's JSON and CSV logs (result.json, progress.csv), not its TensorBoard logger: the trials write their
     # own events, and a second file per trial would show every curve twice (and cost the driver every result)
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     try:
-        ray.init(address=address, include_dashboard=False if not address else None, log_to_driver=True)
+        ray.init(address=plan.address, include_dashboard=False if not plan.address else None, log_to_driver=True)
     except (ConnectionError, RuntimeError) as err:
-        raise AlliterError(f"cannot start or join Ray at {address or 'this machine'}: {err}") from None
-
-    gpus = sweep.gpus_per_trial  # the flag, else $ALLITER_GPUS_PER_TRIAL (resolved above)
+        raise AlliterError(f"cannot start or join Ray at {plan.address or 'this machine'}: {err}") from None
+    gpus = plan.sweep.gpus_per_trial  # the flag, else $ALLITER_GPUS_PER_TRIAL (resolved above)
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     if gpus == 0:
-        log.warning("alliter: no GPUs in this Ray cluster: the trials run on CPUs (%s each)", sweep.cpus_per_trial)
-    _check_cluster_fits({"GPU": gpus, "CPU": sweep.cpus_per_trial}, address)
-    trainable = tune.with_resources(rloo_trial, {"cpu": sweep.cpus_per_trial, "gpu": gpus})
-    slots = _trial_slots(sweep, gpus)
+        log.warning("alliter: no GPUs in this Ray cluster: the trials run on CPUs (%s each)", plan.sweep.cpus_per_trial)
+    _check_cluster_fits({"GPU": gpus, "CPU": plan.sweep.cpus_per_trial}, plan.address)
+    slots = _trial_slots(plan.sweep, gpus)
+    if plan.settings is not None:
+        plan.settings.concurrency = plan.sweep.concurrency or slots
+    return gpus, min(slots, plan.settings.concurrency if plan.settings else len(plan.betas) * len(plan.seeds))
 
-    what = "a search" if sweep.search else f"betas {betas}"
-    print(f"alliter sweep {name}: {what}{f', seeds {seeds}' if sweep.seeds else ''}, model {base.model}, "
-          f"tokenizer {base.tokenizer}, lr {base.lr}, {base.max_generations} generations each, "
-          f"{gpus:g} GPU and {sweep.cpus_per_trial:g} CPU per trial")
-    print(f"results: {exp_path}")
-    if not sweep.resume:
-        print(snapshots)
-    if sweep.resume:
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True)
+
+def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
+    """The Tuner of a new sweep, or the restored one of a resumed sweep."""
+    trainable = tune.with_resources(rloo_trial, {"cpu": plan.sweep.cpus_per_trial, "gpu": gpus})
+    if plan.sweep.resume:
+        return tune.Tuner.restore(plan.exp_path, trainable, resume_errored=True)
+    space: dict[str, Any] = {**plan.base.to_dict(), OPTIONS_KEY: dataclasses.asdict(plan.options)}
+    stopper = None
+    if plan.settings is not None:
+        search_alg, num_samples = BetaSearch(plan.settings), -1
+        stopper = SearchStopper(search_alg, plan.exp_path, plan.options.seed_in_name)
     else:
-        space: dict[str, Any] = {
-            **base.to_dict(), "_cpus_per_trial": sweep.cpus_per_trial, "_rule": dataclasses.asdict(rule.rule()),
-            "_stop_on_collapse": sweep.search or sweep.stop_on_collapse, "_seed_in_name": sweep.seeds is not None,
-            "_report_seconds": sweep.report_seconds, "_fault": os.environ.get(FAULT_ENV),
-        }
-        stopper = None
-        if sweep.search:
-            settings.max_collapse_rate = rule.max_collapse_rate
-            settings.concurrency = sweep.concurrency or slots
-            search_alg, num_samples = BetaSearch(settings), -1
-            stopper = SearchStopper(search_alg, exp_path, sweep.seeds is not None)
-        else:
-            space["beta"] = tune.grid_search(betas)
-            space["seed"] = tune.grid_search(seeds) if sweep.seeds else base.seed
-            search_alg, num_samples = None, 1
-        slots = min(slots, settings.concurrency if sweep.search else len(betas) * len(seeds))
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                search_alg=search_alg, num_samples=num_samples,
-                max_concurrent_trials=settings.concurrency if sweep.search else None,
-                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-                reuse_actors=True,  # a worker keeps torch and transformers imported from one trial to the next
+        space["beta"] = tune.grid_search(plan.betas)
+        space["seed"] = tune.grid_search(plan.seeds) if plan.options.seed_in_name else plan.base.seed
+        search_alg, num_samples = None, 1
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg, num_samples=num_samples,
+            max_concurrent_trials=plan.settings.concurrency if plan.settings else None,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            reuse_actors=True,  # a worker keeps torch and transformers imported from one trial to the next
+        ),
+        run_config=tune.RunConfig(
+            name=plan.name,
+            storage_path=plan.storage,
+            stop=stopper,
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), NoRetry()],
+            failure_config=tune.FailureConfig(max_failures=plan.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # on_checkpoint (Ray's default, said here because alliter.snapshots relies on it)
+            sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
+            progress_reporter=tune.CLIReporter(
+                parameter_columns=["beta", "seed"] if plan.options.seed_in_name else ["beta"],
+                metric_columns=PROGRESS_COLUMNS, max_report_frequency=15,
             ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                stop=stopper,
-                callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
-                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                # on_checkpoint (Ray's default, said here because alliter.snapshots relies on it)
-                sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
-                progress_reporter=tune.CLIReporter(
-                    parameter_columns=["beta", "seed"] if sweep.seeds else ["beta"], metric_columns=PROGRESS_COLUMNS,
-                    max_report_frequency=15,
-                ),
-                verbose=1,
-            ),
-        )
-    ray_start = time.perf_counter() - start  # Ray's own start (and the checks): paid once per driver
-    fit_start, fit_started = time.perf_counter(), time.time()
-    results = tuner.fit()
-    stats = {**sweep_stats(results, fit_started, time.perf_counter() - fit_start, slots), "ray_start_seconds": ray_start}
-    _print_summary(results, exp_path, stats)
-    with results.filesystem.open_output_stream(f"{results.experiment_path}/{SWEEP_STATS_FILE}") as f:
-        f.write((json.dumps({**stats, "mode": sweep.mode, "resumed": sweep.resume}) + "\n").encode())
-    return exp_path
+            verbose=1,
+        ),
+    )
+
+
+@dataclass
+class Outcome:
+    """How a sweep ended: finished, errored (some trial failed), interrupted, or nothing to resume."""
+
+    status: str
+    exp_path: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return {"finished": 0, "nothing": 0, "errored": 1, "interrupted": 130}[self.status]
+
+
+def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (),
+              rule: CollapseRule | None = None) -> Outcome:
+    """Run (or resume) a sweep: plan it, hold its lock, start or join Ray, run the Tuner, summarise."""
+    start = time.perf_counter()
+    plan = plan_sweep(sweep, base, given, rule)
+    if plan.finished:
+        print(f"alliter sweep {plan.name}: nothing to resume, every trial finished (results: {plan.exp_path})")
+        return Outcome("nothing", plan.exp_path)
+    with store.DriverLock(plan.exp_path):
+        gpus, slots = connect(plan)
+        what = "a search" if plan.settings else f"betas {plan.betas}"
+        print(f"alliter sweep {plan.name}: {'resuming ' if plan.sweep.resume else ''}{what}"
+              f"{f', seeds {plan.seeds}' if plan.options.seed_in_name else ''}, model {plan.base.model}, tokenizer "
+              f"{plan.base.tokenizer}, lr {plan.base.lr}, {plan.base.max_generations} generations each, "
+              f"{gpus:g} GPU and {plan.sweep.cpus_per_trial:g} CPU per trial")
+        print(f"results: {plan.exp_path}")
+        if plan.snapshots:
+            print(plan.snapshots)
+        tuner = build_tuner(plan, gpus)
+        ray_start = time.perf_counter() - start  # Ray's own start (and the checks): paid once per driver
+        fit_start, fit_started = time.perf_counter(), time.time()
+        try:
+            results = tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune stops without its last save
+            print(f"\ninterrupted; continue it with: {plan.resume_command}", file=sys.stderr)
+            return Outcome("interrupted", plan.exp_path)
+        stats = {**sweep_stats(results, fit_started, time.perf_counter() - fit_start, slots),
+                 "ray_start_seconds": ray_start}
+        return summarise(plan, results, stats)
+
+
+def trial_cause(result: Any) -> str:
+    """The one line that says why a trial errored: alliter's own message, else the last line of Ray's error."""
+    fatal = (result.metrics or {}).get(FATAL)
+    if fatal:
+        return str(fatal)
+    lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(result.error).__name__)[:300]
+
+
+def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Outcome:
+    """Print the trials' table, the figures and what to run next; keep the figures in sweep.json."""
+    df = results.get_dataframe()
+    cols = [c for c in ["config/beta", "config/seed", "generations", "raw_reward_mean", "kl_penalty_mean", "distinct_2",
+                        "diversity_kept", "fluency_gap", "verdict"] if c in df.columns]
+    if cols:
+        print(df[cols].sort_values(cols[:2]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    errors = [r for r in results if r.error]
+    # Tune's saved state tells an interrupted sweep: trials still RUNNING or PENDING, or a search not ended
+    unfinished = sum(t["status"] not in ("TERMINATED", "ERROR") for t in store.sweep_trials(plan.exp_path) or [])
+    searching = plan.settings is not None and not (store.read_json(store.join(plan.exp_path, SEARCH_FILE)) or {}).get("finished")
+    status = "interrupted" if unfinished or (searching and not errors) else "errored" if errors else "finished"
+    print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of group time over "
+          f"{stats['slots']} trial slots x {stats['wall_seconds']:.0f} s of Tune's run; Ray's start and the checks "
+          f"before it took {stats['ray_start_seconds']:.0f} s)")
+    if stats["eval_seconds"]:
+        share = stats["eval_seconds"] / (stats["wall_seconds"] * stats["slots"])
+        print(f"evaluations: {stats['eval_seconds']:.0f} s, {share:.0%} of the trial slots' time (--eval-samples sets "
+              "their size, 0 turns them off)")
+    quoted = shlex.quote(plan.exp_path)  # a URI's query string holds '&'
+    print(f"results:     {plan.exp_path}")
+    print(f"tensorboard: tensorboard --logdir {quoted}")
+    for r in errors:
+        print(f"  ERROR in {Path(r.path).name}: {trial_cause(r)}", file=sys.stderr)
+    if status == "finished":
+        print(f"next:        python analysis/best_beta.py {quoted}")
+    elif status == "errored":
+        print(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with: "
+              f"{plan.resume_command}", file=sys.stderr)
+    else:
+        print(f"interrupted with {unfinished} trial(s) unfinished; continue it with: {plan.resume_command}",
+              file=sys.stderr)
+    path = store.join(plan.exp_path, SWEEP_STATS_FILE)
+    earlier = store.read_json(path) or {}
+    sessions = [*earlier.pop("earlier", []), earlier] if earlier else []  # a resume keeps the figures of before
+    mode = earlier.get("mode", plan.sweep.mode) if plan.sweep.resume else plan.sweep.mode
+    store.write_text(path, json.dumps({**stats, "mode": mode, "resumed": plan.sweep.resume, "status": status,
+                                       "earlier": sessions}) + "\n")
+    return Outcome(status, plan.exp_path, stats)
 
 
 def _trial_name(trial) -> str:
-    return trial_dirname(trial.config["beta"], trial.config["seed"], trial.config.get("_seed_in_name"), trial.trial_id)
+    return trial_dirname(trial.config["beta"], trial.config["seed"], trial.config[OPTIONS_KEY]["seed_in_name"],
+                         trial.trial_id)
 
 
 def trial_dirname(beta: float, seed: int, seed_in_name: bool, trial_id: str) -> str:
@@ -443,38 +640,10 @@ class SearchStopper(tune.Stopper):
         self.search.dropped[trial_id] = why
         beta, seed = self.search.trials[trial_id]
         why += f" (stopped at {result.get('generations')} generations)"
-        fs, root = pafs.FileSystem.from_uri(self.exp_path)
-        folder = f"{root}/{trial_dirname(beta, seed, self.seed_in_name, trial_id)}"
-        fs.create_dir(folder, recursive=True)
-        with fs.open_output_stream(f"{folder}/{STOP_REASON_FILE}") as f:
-            f.write((why + "\n").encode())
+        folder = store.join(self.exp_path, trial_dirname(beta, seed, self.seed_in_name, trial_id))
+        store.write_text(store.join(folder, STOP_REASON_FILE), why + "\n")
         log.info("alliter search: stopped beta %g (seed %d): %s", beta, seed, why)
         return True
 
     def stop_all(self) -> bool:
         return False
-
-
-def _print_summary(results, exp_path: str, stats: dict[str, float]) -> None:
-    df = results.get_dataframe()
-    cols = [c for c in ["config/beta", "config/seed", "generations", "raw_reward_mean", "kl_penalty_mean", "distinct_2",
-                        "diversity_kept", "collapsed"] if c in df.columns]
-    if cols:
-        print(df[cols].sort_values(cols[:2]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    errors = [r for r in results if r.error]
-    for r in errors:
-        print(f"  ERROR in {Path(r.path).name}: {str(r.error).splitlines()[0][:200]}")
-    print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of group time over "
-          f"{stats['slots']} trial slots x {stats['wall_seconds']:.0f} s of Tune's run; Ray's start and the checks "
-          f"before it took {stats['ray_start_seconds']:.0f} s)")
-    if stats["eval_seconds"]:
-        share = stats["eval_seconds"] / (stats["wall_seconds"] * stats["slots"])
-        print(f"evaluations: {stats['eval_seconds']:.0f} s, {share:.0%} of the trial slots' time (--eval-samples sets "
-              "their size, 0 turns them off)")
-    quoted = shlex.quote(exp_path)  # a URI's query string holds '&'
-    print(f"results:     {exp_path}")
-    print(f"tensorboard: tensorboard --logdir {quoted}")
-    print(f"next:        python analysis/best_beta.py {quoted}")
-    if errors:
-        name = Path(exp_path.partition("?")[0]).name
-        print(f"{len(errors)} trial(s) errored; continue them with: python tune_jobs/sweep.py --resume --name {name}")

@@ -28,6 +28,7 @@ from alliter import reward as R
 from alliter.config import CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, AlliterError, TrainConfig
 from alliter.evaluation import evaluate
 from alliter.model import load_models
+from alliter.preflight import check_prompt, positions
 from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
 from alliter.rollout import decode_texts, sample_group, sequence_lengths
 from alliter.snapshots import drop_snapshots_after, save_snapshot, write_model_files
@@ -43,14 +44,15 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike):
         self.cfg = cfg = cfg.resolved()
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise AlliterError(f"{self.run_dir} is a file, not a run folder; pass another --out")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         self.m = load_models(cfg)
         self.optimizer = torch.optim.SGD(self.m.policy.parameters(), lr=cfg.lr)
         self.prompt_ids = self.m.tokenizer(cfg.prompt, return_tensors="pt").input_ids[0].to(self.m.device)
-        if len(self.prompt_ids) >= cfg.max_length:
-            raise AlliterError(f"the prompt is {len(self.prompt_ids)} tokens, max_length {cfg.max_length} leaves none")
+        check_prompt(cfg, len(self.prompt_ids), positions(self.m.policy.config))
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # only once the trial can run: a refused one leaves nothing
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.generations = 0  # the study's step counter: generations so far

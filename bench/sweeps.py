@@ -45,7 +45,7 @@ def run_mode(mode: str, storage: Path, extra: list[str]) -> dict:
     trials = find_trials(exp)
     generations = sum(int(rows[-1]["generations"]) for t in trials if (rows := read_jsonl(t / METRICS_FILE)))
     stats = json.loads((exp / SWEEP_STATS_FILE).read_text())
-    result = analyse([exp])
+    result = analyse(exp)
     c = result.choice
     return {
         "mode": mode, "trials": len(trials), "generations": generations, "wall_s": wall,

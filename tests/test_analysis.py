@@ -83,8 +83,8 @@ def test_table_on_stdout_and_the_default_output_folder(known_sweep: Path, capsys
 
 
 def test_the_rule_follows_its_knobs(known_sweep: Path) -> None:
-    assert analyse([known_sweep], AnalysisConfig(diversity_measure="self_bleu")).choice["beta"] == 10.0
-    loose = analyse([known_sweep], AnalysisConfig(diversity_share=0.05, diversity_measure="distinct_2"))
+    assert analyse(known_sweep, AnalysisConfig(diversity_measure="self_bleu")).choice["beta"] == 10.0
+    loose = analyse(known_sweep, AnalysisConfig(diversity_share=0.05, diversity_measure="distinct_2"))
     assert loose.choice["beta"] == 0.0  # beta 0 keeps 10% of distinct-2: enough for a 5% threshold
 
 
@@ -95,7 +95,7 @@ def test_a_point_one_evaluation_before_a_collapse_is_not_chosen(tmp_path: Path) 
     groups = [[varied_text(rng, 1 + i // 10) for _ in range(K)] for i in range(60)] + [[COLLAPSED] * K] * 40
     write_trial(tmp_path / "beta40", 40.0, groups)
     write_trial(tmp_path / "beta100", 100.0, [[varied_text(rng, 1 if i == 0 else 2) for _ in range(K)] for i in range(100)])
-    result = analyse([tmp_path])
+    result = analyse(tmp_path)
     p = result.points.set_index(["beta", "generations"])
     assert p.loc[(40.0, 600), "verdict"] == "kept" and p.loc[(40.0, 800), "verdict"] == "collapsed"
     # 600 is the last kept point, and the most alliterative one: one evaluation before the collapse, so not stable
@@ -115,7 +115,7 @@ def test_non_words_are_degenerate_and_repetition_is_collapsed(tmp_path: Path) ->
     write_trial(tmp_path / "beta1", 1.0, varied_groups(rng, 100, 6), fluency=lambda g: 1.2 if g < 600 else 3.2)
     write_trial(tmp_path / "beta0", 0.0, varied_groups(rng, 1, 1) + [[COLLAPSED] * K] * 99)
     write_trial(tmp_path / "beta50", 50.0, varied_groups(rng, 100, 2))
-    result = analyse([tmp_path])
+    result = analyse(tmp_path)
     s = result.summary.set_index("beta")
     assert s.loc[1.0, "verdict"] == "degenerate" and s.loc[1.0, "failed_at"] == 600
     assert s.loc[1.0, "diversity_kept"] > 0.9 and s.loc[1.0, "fluency_gap"] == pytest.approx(2.0)
@@ -179,7 +179,7 @@ def test_trials_without_generations_are_named(known_sweep: Path, capsys) -> None
     summary = pd.read_csv(known_sweep / "analysis" / "summary.csv").set_index("beta")
     assert 5.0 not in summary.index
     assert summary.loc[10.0, "distinct_2"] > 0.9 and summary.loc[10.0, "self_bleu"] < 0.2  # from its evaluations
-    groups = analyse([known_sweep]).groups  # its training groups keep the trainer's distinct-n, and no self-BLEU
+    groups = analyse(known_sweep).groups  # its training groups keep the trainer's distinct-n, and no self-BLEU
     ten = groups[groups["beta"] == 10.0]
     assert ten["self_bleu"].isna().all() and ten["distinct_2"].notna().all()
 
@@ -263,7 +263,7 @@ def seeded_sweep(tmp_path: Path) -> Path:
 
 
 def test_seeds_are_aggregated_with_standard_errors_and_collapse_rates(seeded_sweep: Path) -> None:
-    result = analyse([seeded_sweep])
+    result = analyse(seeded_sweep)
     s = result.summary.set_index("beta")
     assert s["trials"].to_dict() == {0.0: 3, 5.0: 3, 10.0: 3}
     # by hand: the final evaluation's stories are the last 5 groups' texts, with exactly n alliterating pairs
@@ -293,7 +293,7 @@ def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path,
     assert "beta=5 reached more alliteration (6.67±0.67) but collapsed in 1 of 3 seeds" in out.err
     assert "kept in 3 of 3 seeds" in out.err
     # one collapsed seed in three allowed: beta 5 wins, and the report says how sure
-    loose = analyse([seeded_sweep], AnalysisConfig(max_collapse_rate=0.34))
+    loose = analyse(seeded_sweep, AnalysisConfig(max_collapse_rate=0.34))
     assert loose.choice["beta"] == 5.0
     from alliter.report import reason
 
@@ -302,7 +302,7 @@ def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path,
     # the best point of beta 5 is stable in 2 of its 3 seeds, which --max-collapse-rate 0.34 allows
     assert loose.best_point["beta"] == 5.0 and loose.best_point["stable_trials"] == 2
     assert "in 2 of 3 seeds" in reason(loose)
-    assert analyse([seeded_sweep]).best_point["beta"] == 10.0  # without it, no seed of a stable point may fail
+    assert analyse(seeded_sweep).best_point["beta"] == 10.0  # without it, no seed of a stable point may fail
 
 
 # the table of known_sweep when points were first judged by their evaluations
@@ -318,7 +318,7 @@ beta gens alliteration gain distinct_2 self_bleu rep_4grams div_kept fluency kl_
 def test_one_seed_gives_the_one_seed_table_and_choice(known_sweep: Path) -> None:
     from alliter.report import reason, table
 
-    result = analyse([known_sweep])
+    result = analyse(known_sweep)
     assert table(result) == ONE_SEED_TABLE
     assert result.choice["beta"] == 10.0
     assert "seed" not in reason(result)
@@ -329,7 +329,7 @@ def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep:
     dropped = write_trial(known_sweep / "trial_beta30", 30.0, varied_groups(rng, 21, 6), max_generations=400)
     (dropped / "stop_reason.txt").write_text("not needed: beta 10 kept its diversity, and the search takes a "
                                              "higher beta to keep it too (stopped at 210 generations)\n")
-    result = analyse([known_sweep])
+    result = analyse(known_sweep)
     s = result.summary.set_index("beta")
     assert s.loc[30.0, "verdict"] == "dropped" and not s.loc[30.0, "pareto"]
     assert s.loc[30.0, "alliteration"] > s.loc[10.0, "alliteration"]  # more alliteration, and still not the choice
@@ -338,5 +338,5 @@ def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep:
 
 def test_a_trial_that_recovered_from_a_failure_is_complete(known_sweep: Path) -> None:
     (known_sweep / "trial_beta10" / "error.txt").write_text("Traceback ...\nRayActorError: the actor died\n")
-    result = analyse([known_sweep])
+    result = analyse(known_sweep)
     assert result.summary.set_index("beta").loc[10.0, "status"] == "complete" and not result.notes

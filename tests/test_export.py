@@ -146,7 +146,7 @@ def test_a_point_without_a_snapshot_falls_back_to_the_nearest_earlier_one(tmp_pa
                             groups=groups)
     code, out, err = cli(best_beta, str(tmp_path / "sweep"), "--export", str(tmp_path / "out"), capsys=capsys)
     assert code == 0, err
-    assert ("note: no snapshot at generation 400 in sweep/beta40: exporting the nearest earlier one, at 300"
+    assert ("note: no snapshot at generation 400 in sweep/beta40: using the nearest earlier one, at 300"
             in err.splitlines())
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
     at_300 = load_file(snapshot_path(trial, 300))
@@ -274,5 +274,5 @@ def test_of_several_seeds_the_named_trial_else_the_lowest_seed_is_exported(tmp_p
     assert code == 0, err
     assert "2 trials have beta=10: exporting sweep/beta10_seed1, the one with the lowest seed (1)" in err
     assert "trial sweep/beta10_seed1" in out
-    named = resolve_point(analyse([tmp_path / "sweep"]), {"beta": 10.0, "generations": 40, "trial": "sweep/beta10_seed3"}, "")
+    named = resolve_point(analyse(tmp_path / "sweep"), {"beta": 10.0, "generations": 40, "trial": "sweep/beta10_seed3"}, "")
     assert named.trial.name == "sweep/beta10_seed3" and not named.notes

@@ -63,10 +63,14 @@ def test_presets_resolve_model_tokenizer_and_lr():
     assert TrainConfig(model="stories260k", tokenizer="my/tok").resolved().tokenizer == "my/tok"
 
 
-def test_local_folder_uses_its_own_tokenizer_or_the_studys(tmp_path, tiny_gpt_neo):
+def test_a_local_folder_uses_its_own_tokenizer_and_never_falls_back_to_the_hub(tmp_path, tiny_gpt_neo):
     assert TrainConfig(model=str(tiny_gpt_neo)).resolved().tokenizer == str(tiny_gpt_neo)
-    (tmp_path / "config.json").write_text("{}")
-    assert TrainConfig(model=str(tmp_path)).resolved().tokenizer == STUDY_TOKENIZER
+    for name in ("config.json", "model.safetensors"):  # a model without its tokenizer
+        (tmp_path / name).write_bytes((tiny_gpt_neo / name).read_bytes())
+    with pytest.raises(AlliterError, match="has no tokenizer .* pass --tokenizer NAME_OR_FOLDER"):
+        TrainConfig(model=str(tmp_path)).resolved()
+    assert TrainConfig(model=str(tmp_path), tokenizer=str(tiny_gpt_neo)).resolved().tokenizer == str(tiny_gpt_neo)
+    assert TrainConfig(model="someone/a-hub-model").resolved().tokenizer == STUDY_TOKENIZER  # a hub id: the study's
 
 
 def test_unknown_local_path_is_the_one_line_error():

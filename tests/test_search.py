@@ -41,7 +41,7 @@ def test_the_trials_the_search_and_best_beta_judge_the_same_points_alike(tmp_pat
                                fluency=lambda g: 1.2 if g < 400 else 2.5),
              50.0: write_trial(sweep / "beta50", 50.0, _stopping_trial(rng, 999, 100))}
     rule = CollapseRule()
-    result = analyse([sweep])
+    result = analyse(sweep)
     summary = result.summary.set_index("beta")
 
     search = BetaSearch(SearchSettings([1.0, 5.0, 20.0, 50.0], 1.1, 10, [0], 0.0, 4))

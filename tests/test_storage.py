@@ -173,7 +173,7 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     # in pyarrow's query options this time, not in the environment
     env.pop("AWS_ENDPOINT_URL")
     query_storage = f"s3://{BUCKET}/alliter-results?endpoint_override=127.0.0.1:{s3_server}&scheme=http"
-    res = sweep(*args, "--storage", query_storage, "--resume", env=env)
+    res = sweep("--storage", query_storage, "--resume", "--cpus-per-trial", str(os.cpu_count()), env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"results: s3://{BUCKET}/alliter-results/{name}?endpoint_override=" in res.stdout
 

@@ -7,8 +7,10 @@
     python tune_jobs/sweep.py --resume                           # continue the newest sweep
     python tune_jobs/sweep.py --grid fine --model tinystories-33m --address auto --storage s3://bucket/alliter
 
-Every trainer setting (alliter.config.TrainConfig) is a flag and applies to every trial; the collapse
-rule's flags (--diversity-measure, --diversity-share, --window, --max-collapse-rate) are best_beta's.
+Every trainer setting (alliter.config.TrainConfig) is a flag and applies to every trial; the rule's flags
+(--diversity-measure, --diversity-share, --fluency-margin, --window, --max-collapse-rate) are best_beta's.
+Exit status: 0 when every trial finished, 1 when a trial errored, 2 for a bad flag (nothing started),
+130 when interrupted; the last two lines say how to go on.
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     add_config_flags(parser, TrainConfig, skip=["beta"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    given = given_config_values(args, TrainConfig)
+    given = {cls: given_config_values(args, cls) for cls in (SweepConfig, CollapseRule, TrainConfig)}
     try:
-        sweep, rule = SweepConfig(**given_config_values(args, SweepConfig)), CollapseRule(**given_config_values(args, CollapseRule))
-        run_sweep(sweep, TrainConfig(**given), given, rule)
+        outcome = run_sweep(SweepConfig(**given[SweepConfig]), TrainConfig(**given[TrainConfig]),
+                            {name for values in given.values() for name in values}, CollapseRule(**given[CollapseRule]))
     except AlliterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted before the trials started; nothing to resume", file=sys.stderr)
+        return 130
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""What a trial will build, checked before anything starts: the model's config (and, for a folder, its files:
+TrainConfig.resolved), the tokenizer, the prompt's tokens against max_length and the model's positions.
+
+The sweep's driver runs `check_trial` in a subprocess (`run_preflight`), so that it finds in a few seconds, in one
+line, what every trial would otherwise find inside Ray, once per retry, while the driver itself never imports
+torch. The trainer runs the same `check_prompt` on what it loaded.
+
+    python -m alliter.preflight < config.json     # {"ok": {...}} or {"error": "one line"} on stdout
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from alliter.config import AlliterError, TrainConfig
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def positions(config: Any) -> int | None:
+    """The positions a model was built for (learned embeddings, or its trained context), if its config says."""
+    for key in POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_prompt(cfg: TrainConfig, prompt_tokens: int, model_positions: int | None) -> None:
+    """The prompt leaves tokens to generate, and every sample fits the model's positions."""
+    if not cfg.prompt.strip():
+        raise AlliterError("the prompt is empty; pass --prompt TEXT (the study's: 'Once upon a time')")
+    if prompt_tokens >= cfg.max_length:
+        raise AlliterError(f"the prompt is {prompt_tokens} tokens, max_length {cfg.max_length} leaves none to generate; "
+                           "pass a larger --max-length")
+    if model_positions is not None and cfg.max_length > model_positions:
+        raise AlliterError(f"max_length {cfg.max_length} exceeds the {model_positions} positions of {cfg.model}; "
+                           f"pass --max-length {model_positions} or less")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def check_trial(cfg: TrainConfig) -> dict[str, Any]:
+    """Load what a trial loads, but the weights, and check it; AlliterError in one line. Returns what was found."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    cfg = cfg.resolved()  # a local model folder's files, and its tokenizer, are checked there
+    try:
+        config = AutoConfig.from_pretrained(cfg.model)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AlliterError(f"cannot read the config of model {cfg.model!r}: {_one_line(err)}") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise AlliterError(f"model {cfg.model!r} is a {config.model_type!r}, not a causal language model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AlliterError(f"cannot load tokenizer {cfg.tokenizer!r}: {_one_line(err)}") from None
+    if tokenizer.eos_token_id is None:
+        raise AlliterError(f"tokenizer {cfg.tokenizer!r} has no end-of-text token")
+    prompt_tokens = len(tokenizer(cfg.prompt).input_ids)
+    check_prompt(cfg, prompt_tokens, positions(config))
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AlliterError(f"--device {cfg.device}, but torch sees no CUDA device here")
+    return {"architecture": (config.architectures or [config.model_type])[0], "prompt_tokens": prompt_tokens,
+            "positions": positions(config), "vocabulary": len(tokenizer)}
+
+
+def run_preflight(cfg: TrainConfig, timeout: float = 300.0) -> dict[str, Any]:
+    """`check_trial` in a subprocess, so that the driver does not import torch (in this process where it already
+    has); AlliterError with its line."""
+    if "torch" in sys.modules:
+        return check_trial(cfg)
+    env = {**os.environ, "HF_HUB_ETAG_TIMEOUT": os.environ.get("HF_HUB_ETAG_TIMEOUT", "10"),
+           "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "alliter.preflight"], input=json.dumps(cfg.to_dict()),
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise AlliterError(f"checking model {cfg.model!r} and tokenizer {cfg.tokenizer!r} took over {timeout:.0f} s "
+                           "(a hub download?); fetch them first, or pass local folders") from None
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AlliterError(f"the check of the trial's model and tokenizer failed: {tail[:200]}")
+    answer = json.loads(lines[-1])
+    if "error" in answer:
+        raise AlliterError(answer["error"])
+    return answer["ok"]
+
+
+def main() -> int:
+    try:
+        cfg = TrainConfig.from_dict(json.loads(sys.stdin.read()))
+        print(json.dumps({"ok": check_trial(cfg)}))
+    except AlliterError as err:
+        print(json.dumps({"error": str(err)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
