@@ -1,10 +1,38 @@
-"""What every command line of alliter does the same way."""
+"""What every command line of alliter does the same way: its one kind of user error, flags made from dataclasses
+(a field's docstring is its flag's help, so a knob is written once), and one handler that turns an error into
+its line and exit status 2."""
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
 import os
 import sys
-from typing import Callable, NoReturn
+import textwrap
+from dataclasses import fields
+from typing import Any, Callable, NoReturn, Sequence
+
+
+class AlliterError(Exception):
+    """A user-facing error: the command lines print its one line and exit with 2."""
+
+
+def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """The one error handler of every command's main(argv): an AlliterError is its line on stderr and exit status 2,
+    with no traceback."""
+
+    @functools.wraps(main)
+    def handled(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except AlliterError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return handled
 
 
 def run(main: Callable[[], int]) -> NoReturn:
@@ -18,3 +46,56 @@ def run(main: Callable[[], int]) -> NoReturn:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
     sys.exit(code)
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut at `limit` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (and of the dataclasses it extends), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field. Defaults are left out of the namespace (SUPPRESS), so that
+    `given_config_values` tells what the user actually typed."""
+    docs = field_docs(cls)
+    hints = {f.name: f.type for f in fields(cls)}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        hint = str(hints[f.name])
+        kind = {"float": float, "int": int, "bool": _parse_bool}.get(hint.split(" ")[0].split("|")[0].strip(), str)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            **({"nargs": "?", "const": True} if kind is _parse_bool else {}),  # bare --flag means true
+            metavar=f.name.upper() if kind is not _parse_bool else "{true,false}",
+            help=docs.get(f.name, "") + ("" if "default" in docs.get(f.name, "") else f" (default: {f.default})"),
+        )
+
+
+def given_config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of `cls` set on the command line (add_config_flags leaves defaults out of the namespace)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}

@@ -1,27 +1,21 @@
-"""The one config of an RLOO trial, the model presets and the beta grids.
+"""The one config of an RLOO trial, the model presets, the beta grids, and the checks of a model folder.
 
 Every field of `TrainConfig` is a command-line flag (`--group-size` for `group_size`), with the
-field's docstring as its help, so a knob is written once.
+field's docstring as its help (alliter.cli), so a knob is written once.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
 import json
 import math
 import os
 import struct
-import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-
-class AlliterError(Exception):
-    """A user-facing error: the command lines print its one line and exit non-zero."""
+from alliter.cli import AlliterError
 
 
 BUNDLED_MODEL = Path(__file__).parent / "models" / "stories260k"
@@ -33,24 +27,6 @@ MODEL_PRESETS: dict[str, tuple[str, str | None, float]] = {
     "stories260k": (str(BUNDLED_MODEL), str(BUNDLED_MODEL), 1e-3),
     "tinystories-33m": ("roneneldan/TinyStories-33M", STUDY_TOKENIZER, STUDY_LR),
 }
-
-# the files of a run (trial) directory; see alliter/trainer.py
-GENERATIONS_FILE = "generations.jsonl"
-METRICS_FILE = "metrics.jsonl"
-EVALUATIONS_FILE = "evaluations.jsonl"  # the stories of every evaluation of the trial (alliter/evaluation.py)
-CONFIG_FILE = "config.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-STOP_REASON_FILE = "stop_reason.txt"  # a trial stopped early says why: it collapsed, or a search dropped it
-DROPPED_PREFIX = "not needed"  # how the reason of a trial that a search dropped begins (alliter/search.py)
-SWEEP_STATS_FILE = "sweep.json"  # a sweep's wall time, group time and efficiency, beside Tune's experiment state
-SEARCH_FILE = "search.json"  # a search's path (alliter/search.py), beside Tune's experiment state
-RESULTS_DIR = "results"  # the sweeps' folder when --storage and $ALLITER_STORAGE are not given
-# snapshots/ holds the policy every --snapshot-every generations, and the model's config and tokenizer,
-# so that an export or a sample needs nothing but the trial folder (alliter/snapshots.py)
-SNAPSHOT_DIR = "snapshots"
-SNAPSHOT_FILE = "generations={:06d}.safetensors"
-SNAPSHOT_PATTERN = r"generations=(\d+)\.safetensors"
-EXPORT_INFO_FILE = "alliter.json"  # in an exported model folder: the point, the trial and its config
 
 # generations of best_beta's window, the collapse rule's running window, and so the snapshots' spacing
 DEFAULT_WINDOW = 200
@@ -97,8 +73,10 @@ class TrainConfig:
     """float32, or bfloat16 (meant for a GPU)."""
     threads: int = 0
     """torch threads on the CPU; 0 keeps torch's default (a sweep's trial: its --cpus-per-trial). The samples depend on it: other threads sum in another order."""
-    fast_decode: bool = True
-    """Sample with alliter's KV-cache decode loop where the architecture allows, else the library's generate."""
+    fast: bool = True
+    """alliter's own decode loop and training forward (alliter.train.fast) where the architecture allows (Llama,
+    GPT-Neo), else the library's; false: the library's generate and forward everywhere (same numbers, within float
+    tolerance, and another draw of the samples)."""
     eval_samples: int = 50
     """Stories sampled from the policy to evaluate it, before the first update and at every snapshot (the points
     best_beta judges and exports); 0: no evaluations (best_beta then judges on the training groups)."""
@@ -245,52 +223,3 @@ def parse_seeds(seeds: str | None, default: int) -> list[int]:
     if len(set(values)) != len(values):
         raise AlliterError(f"--seeds lists a seed twice: {seeds!r}")
     return values
-
-
-# --- flags from the dataclass -------------------------------------------------------------------
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (and of the dataclasses it extends), by field name."""
-    docs: dict[str, str] = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
-    return docs
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls: type = TrainConfig, skip: Sequence[str] = ()) -> None:
-    """One flag per dataclass field. Defaults are left out of the namespace (SUPPRESS), so that
-    `given_config_values` tells what the user actually typed."""
-    docs = field_docs(cls)
-    hints = {f.name: f.type for f in fields(cls)}
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        hint = str(hints[f.name])
-        kind = {"float": float, "int": int, "bool": _parse_bool}.get(hint.split(" ")[0].split("|")[0].strip(), str)
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=kind,
-            default=argparse.SUPPRESS,
-            **({"nargs": "?", "const": True} if kind is _parse_bool else {}),  # bare --flag means true
-            metavar=f.name.upper() if kind is not _parse_bool else "{true,false}",
-            help=docs.get(f.name, "") + ("" if "default" in docs.get(f.name, "") else f" (default: {f.default})"),
-        )
-
-
-def given_config_values(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}

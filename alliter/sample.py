@@ -3,7 +3,7 @@
     python -m alliter.sample DIR [--n 5] [--seed 0]                  # a folder best_beta.py --export wrote
     python -m alliter.sample TRIAL_DIR --generations 800 [--n 5]     # a trial folder, at a snapshot
 
-Sampling is the trainer's own (alliter.rollout: the same decode loop, top-k and temperature, stories cut at
+Sampling is the trainer's own (alliter.train.rollout: the same decode loop, top-k and temperature, stories cut at
 their end-of-text) with the settings the policy was trained with, and the raw reward is the trainer's.
 """
 
@@ -18,12 +18,14 @@ from typing import Any, Sequence
 import torch
 from transformers.utils import logging as hf_logging
 
-from alliter import reward as R
-from alliter.analysis import read_jsonl
-from alliter.config import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, AlliterError, TrainConfig
-from alliter.model import end_ids, pick_device
-from alliter.rollout import decode_texts, sample_group, sequence_lengths
-from alliter.snapshots import list_snapshots, load_snapshot, snapshot_at
+from alliter.cli import AlliterError, command, one_line, run
+from alliter.config import TrainConfig
+from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, read_jsonl
+from alliter.train.reward import raw_reward
+from alliter.train.model import end_ids, pick_device
+from alliter.train.preflight import check_prompt
+from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
+from alliter.train.snapshots import list_snapshots, load_snapshot, snapshot_at
 
 
 def load_exported(folder: Path, device: torch.device) -> tuple[Any, Any, dict[str, Any], str]:
@@ -35,7 +37,7 @@ def load_exported(folder: Path, device: torch.device) -> tuple[Any, Any, dict[st
         model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as err:
-        raise AlliterError(f"cannot load a model from {folder}: {' '.join(str(err).split())[:200]}") from None
+        raise AlliterError(f"cannot load a model from {folder}: {one_line(err)}") from None
     info_path = folder / EXPORT_INFO_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     gen = model.generation_config
@@ -69,8 +71,7 @@ def stories(model: Any, tokenizer: Any, settings: dict[str, Any], n: int, seed: 
     """n stories of the prompt, sampled as the trainer samples a group."""
     torch.manual_seed(seed)
     prompt_ids = tokenizer(settings["prompt"], return_tensors="pt").input_ids[0].to(model.device)
-    if len(prompt_ids) >= settings["max_length"]:
-        raise AlliterError(f"the prompt is {len(prompt_ids)} tokens, max_length {settings['max_length']} leaves none")
+    check_prompt(settings["prompt"], len(prompt_ids), settings["max_length"], model.config, "the model")
     eos = end_ids(tokenizer, model)
     if not eos:
         raise AlliterError("the tokenizer has no end-of-text token")
@@ -79,8 +80,10 @@ def stories(model: Any, tokenizer: Any, settings: dict[str, Any], n: int, seed: 
     return decode_texts(tokenizer, tokens, sequence_lengths(tokens, len(prompt_ids), eos))
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m alliter.sample", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", metavar="DIR", help="an exported model folder, or a trial folder with --generations")
     parser.add_argument("--generations", type=int, help="a trial folder's snapshot at this many generations")
     parser.add_argument("--n", type=int, default=5, help="stories to print (default: 5)")
@@ -90,33 +93,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(args.dir)
     hf_logging.disable_progress_bar()
-    try:
-        if args.n < 1:
-            raise AlliterError(f"--n must be at least 1, got {args.n}")
-        if not folder.is_dir():
-            raise AlliterError(f"no such folder: {folder}")
-        device = pick_device(args.device)
-        if args.generations is not None:
-            model, tokenizer, settings, what = load_trial(folder, args.generations, device)
-        elif list_snapshots(folder):
-            have = ", ".join(str(g) for g in list_snapshots(folder))
-            raise AlliterError(f"{folder} is a trial folder: pass --generations G (its snapshots: {have})")
-        else:
-            model, tokenizer, settings, what = load_exported(folder, device)
-        if args.prompt is not None:
-            settings["prompt"] = args.prompt
-        texts = stories(model, tokenizer, settings, args.n, args.seed)
-    except AlliterError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.n < 1:
+        raise AlliterError(f"--n must be at least 1, got {args.n}")
+    if not folder.is_dir():
+        raise AlliterError(f"no such folder: {folder}")
+    device = pick_device(args.device)
+    if args.generations is not None:
+        model, tokenizer, settings, what = load_trial(folder, args.generations, device)
+    elif list_snapshots(folder):
+        have = ", ".join(str(g) for g in list_snapshots(folder))
+        raise AlliterError(f"{folder} is a trial folder: pass --generations G (its snapshots: {have})")
+    else:
+        model, tokenizer, settings, what = load_exported(folder, device)
+    if args.prompt is not None:
+        settings["prompt"] = args.prompt
+    texts = stories(model, tokenizer, settings, args.n, args.seed)
     print(f"{what}: top-k {settings['top_k']}, temperature {settings['temperature']:g}, "
           f"max length {settings['max_length']} tokens, seed {args.seed}\n")
     for i, text in enumerate(texts, 1):
-        print(f"[{i}] raw reward {R.raw_reward(text)}\n{text}\n")
+        print(f"[{i}] raw reward {raw_reward(text)}\n{text}\n")
     return 0
 
 
 if __name__ == "__main__":
-    from alliter.cli import run
-
     run(main)

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from alliter.config import AlliterError
+from alliter.cli import AlliterError
+from alliter.schema import EXPERIMENT_STATE_GLOB
 
-EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # Tune's record of a sweep, in the sweep's folder
 SOURCE_FILE = ".alliter-source"  # in a local copy of a sweep: the URI it was copied from
 
 

@@ -1,22 +1,18 @@
-"""Pick the beta, and the point in training, that balances alliteration and diversity; export it as a model.
+"""Pick the beta, and the point in training, that balances alliteration against diversity and fluency; export it
+as a model. A thin entry point over alliter.analyse.command (--help for the rule, the outputs and the export);
+the same command is `alliter best-beta` once the package is installed.
 
-    python analysis/best_beta.py [RESULTS_DIR ...] [--out DIR] [--json] [--window 200] ...
-    python analysis/best_beta.py RESULTS_DIR --export DIR [--export-at BETA:GENERATIONS]
-
-A thin entry point over alliter.best_beta_cli (see alliter/analysis.py's docstring, or --help, for the rule
-and the outputs, and alliter/export.py for the exported folder).
+    python analysis/best_beta.py [RESULTS_DIR] [--out DIR] [--json] ...
+    python analysis/best_beta.py RESULTS_DIR --export DIR [--export-at BETA:GENERATIONS] [--force]
 """
 
 import sys
 from pathlib import Path
 
-try:
-    import alliter  # noqa: F401  (installed with `pip install -e .`)
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's alliter, installed or not
 
-from alliter.best_beta_cli import main
-from alliter.cli import run
+from alliter.analyse.command import main  # noqa: E402
+from alliter.cli import run  # noqa: E402
 
 if __name__ == "__main__":
     run(main)

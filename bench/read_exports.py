@@ -31,7 +31,8 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alliter import reward as R  # noqa: E402
+from alliter import measures as M
+from alliter.train.reward import raw_reward  # noqa: E402
 from alliter.config import EXPORT_INFO_FILE, MODEL_PRESETS  # noqa: E402
 
 WORD = re.compile(r"[a-z]+")
@@ -71,7 +72,7 @@ def words(texts: list[str]) -> list[str]:
 
 
 def pooled_distinct_2(texts: list[str]) -> float:
-    return R.distinct_n(texts, 2)
+    return M.distinct_n(texts, 2)
 
 
 def measure(texts: list[str], reference, tokenizer, vocabulary: set[str]) -> dict[str, float]:
@@ -80,7 +81,7 @@ def measure(texts: list[str], reference, tokenizer, vocabulary: set[str]) -> dic
         "fluency": mean_ce(reference, tokenizer, texts),
         "novel_words": sum(w not in vocabulary for w in ws) / max(1, len(ws)),
         "distinct_2": pooled_distinct_2(texts),
-        "raw_reward": sum(R.raw_reward(t) for t in texts) / len(texts),
+        "raw_reward": sum(raw_reward(t) for t in texts) / len(texts),
     }
 
 
@@ -131,7 +132,7 @@ def main() -> None:
             print(json.dumps({"folder": folder, "point": point, **m}), file=sys.stderr)
     for folder, point, _, texts in rows:
         for i, text in enumerate(texts, 1):
-            print(f"\n{folder} ({point}) [{i}] raw reward {R.raw_reward(text)}\n{text}")
+            print(f"\n{folder} ({point}) [{i}] raw reward {raw_reward(text)}\n{text}")
 
 
 if __name__ == "__main__":

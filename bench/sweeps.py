@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alliter.analysis import analyse, find_trials, read_jsonl  # noqa: E402
+from alliter.analyse.judge import analyse, find_trials, read_jsonl  # noqa: E402
 from alliter.config import METRICS_FILE, SWEEP_STATS_FILE  # noqa: E402
 
 MODES = {"coarse": ["--grid", "coarse"], "fine": ["--grid", "fine"], "search": ["--search"]}

@@ -17,7 +17,7 @@ group (median and best); the ratios divide the reference loop's median by each p
 The per-sample loop is the reference study's: for each of the K samples, `generate` one sample
 (top-k 50, temperature 1, max_length 100), score it alone with `model(seq, labels=seq).loss` for policy
 and reference, reward it; then the leave-one-out advantages, one `(adv_i * loss_i).backward()` per
-sample, one SGD step. The batched paths are `alliter.trainer.Trainer.step()`, the whole group.
+sample, one SGD step. The batched paths are `alliter.train.trainer.Trainer.step()`, the whole group.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alliter import reward as R  # noqa: E402
+from alliter import measures as M
+from alliter.train.reward import raw_reward  # noqa: E402
 from alliter.config import TrainConfig  # noqa: E402
-from alliter.rloo import leave_one_out_advantage  # noqa: E402
-from alliter.trainer import Trainer  # noqa: E402
+from alliter.train.rloo import leave_one_out_advantage  # noqa: E402
+from alliter.train.trainer import Trainer  # noqa: E402
 
 SHAPE_33M = "tinystories-33m-shape"
 
@@ -114,7 +115,7 @@ def reference_group(trainer: Trainer) -> None:
         loss = m.policy(seq, labels=seq).loss
         with torch.no_grad():
             ref = m.reference(seq, labels=seq).loss
-        rewards.append(R.raw_reward(text) + cfg.beta * (loss.item() - ref.item()))
+        rewards.append(raw_reward(text) + cfg.beta * (loss.item() - ref.item()))
         losses.append(loss)
     advantage = leave_one_out_advantage(torch.tensor(rewards, dtype=torch.float64))
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -126,7 +127,7 @@ def reference_group(trainer: Trainer) -> None:
 def profile_groups(trainer: Trainer, groups: int, device: torch.device) -> None:
     """Where alliter's group spends its time: the trainer's pieces timed by wrapping the functions it calls
     (backward, clipping, the SGD step and the metrics are the remainder), then torch's op profile."""
-    import alliter.trainer as T
+    import alliter.train.trainer as T
     from torch.profiler import profile
 
     spent: dict[str, float] = {}
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         rss_start = peak_rss_mib()
 
         def trainer(fast: bool, name: str) -> Trainer:
-            cfg = TrainConfig(model=model, fast_decode=fast, threads=args.threads, device=args.device, dtype=args.dtype)
+            cfg = TrainConfig(model=model, fast=fast, threads=args.threads, device=args.device, dtype=args.dtype)
             return Trainer(cfg, tmp / name)
 
         fast_trainer = trainer(True, "fast")

@@ -15,19 +15,18 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from alliter import reward as R
+from alliter import measures as M
+from alliter import schema
+from alliter.train.reward import raw_reward
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
 SWEEP = [sys.executable, str(REPO / "tune_jobs" / "sweep.py")]
+FAULTY_SWEEP = [sys.executable, str(REPO / "tests" / "faulty_sweep.py")]  # the sweep with a test's fault in its trials
+FAULT_ENV = "ALLITER_TEST_FAULT"
 BEST_BETA = [sys.executable, str(REPO / "analysis" / "best_beta.py")]
 
-# the per-group metrics the sweep and the analysis depend on
-METRIC_NAMES = {
-    "generations", "beta", "raw_reward_mean", "raw_reward_max", "kl_penalty_mean", "scaled_kl_penalty_mean",
-    "reward_mean", "ce_policy_mean", "ce_ref_mean", "advantage_std", "loss", "grad_norm", "distinct_1",
-    "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group", "generations_per_second",
-}
+METRIC_NAMES = set(schema.METRIC_NAMES)  # the per-group metrics the sweep and the analysis depend on
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -83,7 +82,7 @@ def write_trial(folder: Path, beta: float, groups: list[list[str]], max_generati
     (folder / "config.json").write_text(json.dumps(config))
     with open(folder / "metrics.jsonl", "w") as m, open(folder / "generations.jsonl", "w") as g:
         for i, texts in enumerate(groups):
-            raw = [R.raw_reward(t) for t in texts]
+            raw = [raw_reward(t) for t in texts]
             for j, t in enumerate(texts):
                 g.write(json.dumps({"generation": i * K + j, "group": i, "beta": beta, "text": t, "raw_reward": raw[j],
                                     "kl_penalty": kl, "reward": raw[j] + beta * kl, "advantage": 0.0, "new_tokens": 20,
@@ -92,8 +91,8 @@ def write_trial(folder: Path, beta: float, groups: list[list[str]], max_generati
                 "generations": (i + 1) * K, "group": i + 1, "beta": beta, "raw_reward_mean": sum(raw) / K,
                 "raw_reward_max": max(raw), "kl_penalty_mean": kl, "scaled_kl_penalty_mean": beta * kl,
                 "reward_mean": sum(raw) / K + beta * kl, "ce_policy_mean": 2.0, "ce_ref_mean": 2.0 - kl,
-                "advantage_std": 1.0, "loss": 0.0, "grad_norm": 1.0, "distinct_1": R.distinct_n(texts, 1),
-                "distinct_2": R.distinct_n(texts, 2), "unique_fraction": R.unique_fraction(texts),
+                "advantage_std": 1.0, "loss": 0.0, "grad_norm": 1.0, "distinct_1": M.distinct_n(texts, 1),
+                "distinct_2": M.distinct_n(texts, 2), "unique_fraction": M.unique_fraction(texts),
                 "mean_new_tokens": 20.0, "seconds_per_group": 0.1, "generations_per_second": 100.0,
             }) + "\n")
     if evaluations is True:  # where the trainer evaluates: generation 0, every EVAL_EVERY, and a finished trial's end
@@ -109,7 +108,7 @@ def write_trial(folder: Path, beta: float, groups: list[list[str]], max_generati
             for generations, stories in sorted(evaluations.items()):
                 for i, (text, ce_ref) in enumerate(stories):
                     e.write(json.dumps({"generations": generations, "sample": i, "text": text,
-                                        "raw_reward": R.raw_reward(text), "new_tokens": 20, "ce_ref": ce_ref,
+                                        "raw_reward": raw_reward(text), "new_tokens": 20, "ce_ref": ce_ref,
                                         "ce_policy": ce_ref + kl}) + "\n")
     if error:
         (folder / "error.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
@@ -119,10 +118,11 @@ def write_trial(folder: Path, beta: float, groups: list[list[str]], max_generati
 # --- the sweep, run as its user runs it ------------------------------------------------------------------
 
 
-def sweep(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SWEEP, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
+def sweep(*args: str, env: dict | None = None, timeout: float = 300, fault: str | None = None) -> subprocess.CompletedProcess:
+    """The sweep's command line as a user runs it; with `fault`, tests/faulty_sweep.py's (crash:N, hang:N)."""
+    command = [*FAULTY_SWEEP, "--report-seconds", "0"] if fault else SWEEP
+    env = {**os.environ, **(env or {}), **({FAULT_ENV: fault} if fault else {})}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def sweep_main(*args: str) -> subprocess.CompletedProcess:

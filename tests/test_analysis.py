@@ -13,10 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alliter import reward as R
-from alliter.analysis import AnalysisConfig, analyse
-from alliter.best_beta_cli import main
-from alliter.report import beta_colours
+from alliter import measures as M
+from alliter.train.reward import raw_reward
+from alliter.analyse.judge import AnalysisConfig, analyse
+from alliter.analyse.command import main
+from alliter.analyse.report import beta_colours
+from alliter.schema import stop_record
 from helpers import COLLAPSED, K, REPO, varied_groups, varied_text, write_trial
 
 
@@ -62,7 +64,7 @@ def test_picks_the_balanced_beta_and_labels_the_others(known_sweep: Path, capsys
 def test_self_bleu_equals_sacrebleus_sentence_bleu_against_the_other_texts() -> None:
     from sacrebleu.metrics import BLEU
 
-    from alliter.reward import self_bleu
+    from alliter.measures import self_bleu
 
     bleu = BLEU(effective_order=True)
     rng = random.Random(3)
@@ -122,7 +124,7 @@ def test_non_words_are_degenerate_and_repetition_is_collapsed(tmp_path: Path) ->
     assert s.loc[0.0, "verdict"] == "collapsed" and s.loc[0.0, "failed_at"] == 200
     assert result.choice["beta"] == 50.0
     assert result.best_point["beta"] == 1.0 and result.best_point["generations"] == 200  # 400: next degenerate
-    from alliter.report import reason, table
+    from alliter.analyse.report import reason, table
 
     assert "beta=1 reached more alliteration (6.00) but degenerated (non-words) at 600 generations: fluency +2.00" in reason(result)
     assert "degenerate" in table(result) and "collapsed" in table(result)
@@ -134,7 +136,8 @@ def test_partial_errored_and_running_trials_are_used_and_named(known_sweep: Path
     write_trial(known_sweep / "trial_beta3", 3.0, varied_groups(rng, 8, 3), max_generations=400,
                 error="RuntimeError: CUDA out of memory")
     stopped = write_trial(known_sweep / "trial_beta0.5", 0.5, varied_groups(rng, 10, 3), max_generations=400)
-    (stopped / "stop_reason.txt").write_text("collapsed: unique_fraction <= 0.2 for 10 groups\n")  # by the sweep
+    # by the sweep, in the one line of text alliter wrote before stop.json
+    (stopped / "stop_reason.txt").write_text("collapsed: unique_fraction <= 0.2 for 10 groups\n")
     with open(known_sweep / "trial_beta1" / "metrics.jsonl", "a") as f:
         f.write('{"generations": 130, "gro')  # a line the running trial is still writing
     proc = run_cli(str(known_sweep))
@@ -230,7 +233,7 @@ def test_coarse_grid_gets_the_study_colours() -> None:
 
 @pytest.mark.slow
 def test_end_to_end_on_real_tiny_trials(tmp_path: Path) -> None:
-    from alliter.train import main as train  # in this process: torch is imported once
+    from alliter.train.__main__ import main as train  # in this process: torch is imported once
 
     for beta in ("0", "10"):
         assert train(["--beta", beta, "--max-generations", "40", "--quiet", "--threads", "1",
@@ -295,7 +298,7 @@ def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path,
     # one collapsed seed in three allowed: beta 5 wins, and the report says how sure
     loose = analyse(seeded_sweep, AnalysisConfig(max_collapse_rate=0.34))
     assert loose.choice["beta"] == 5.0
-    from alliter.report import reason
+    from alliter.analyse.report import reason
 
     assert "beta=5 over beta=10 (the next kept beta): mean alliteration 6.67±0.67 against 4.00±0.58" in reason(loose)
     assert "kept in 2 of 3 seeds against 3 of 3" in reason(loose)
@@ -316,7 +319,7 @@ beta gens alliteration gain distinct_2 self_bleu rep_4grams div_kept fluency kl_
 
 
 def test_one_seed_gives_the_one_seed_table_and_choice(known_sweep: Path) -> None:
-    from alliter.report import reason, table
+    from alliter.analyse.report import reason, table
 
     result = analyse(known_sweep)
     assert table(result) == ONE_SEED_TABLE
@@ -327,8 +330,8 @@ def test_one_seed_gives_the_one_seed_table_and_choice(known_sweep: Path) -> None
 def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep: Path) -> None:
     rng = random.Random(9)
     dropped = write_trial(known_sweep / "trial_beta30", 30.0, varied_groups(rng, 21, 6), max_generations=400)
-    (dropped / "stop_reason.txt").write_text("not needed: beta 10 kept its diversity, and the search takes a "
-                                             "higher beta to keep it too (stopped at 210 generations)\n")
+    (dropped / "stop.json").write_text(stop_record("dropped", "not needed: beta 10 kept its diversity, and the search "
+                                                   "takes a higher beta to keep it too", 210))
     result = analyse(known_sweep)
     s = result.summary.set_index("beta")
     assert s.loc[30.0, "verdict"] == "dropped" and not s.loc[30.0, "pareto"]

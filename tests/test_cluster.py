@@ -31,8 +31,9 @@ from raycluster import (
     ray_env,
     resource_flags,
 )
-from alliter.sweep import FAULT_ENV
-from helpers import SWEEP, generation_indices, result_rows, sweep, sweep_main, trial_dir, trial_states
+from helpers import (
+    FAULT_ENV, FAULTY_SWEEP, SWEEP, generation_indices, result_rows, sweep, sweep_main, trial_dir, trial_states,
+)
 
 yaml = pytest.importorskip("yaml")
 
@@ -131,7 +132,7 @@ def test_a_trial_continues_on_another_node_when_its_node_dies(gpu_workers_cluste
     # the trial's first process stops after its second checkpoint (group 4, 40 generations) until its node
     # dies: without that, it could finish its last groups before the kill (it did once in CI)
     with log.open("w") as out:
-        driver = subprocess.Popen([*SWEEP, *args], stdout=out, stderr=subprocess.STDOUT,
+        driver = subprocess.Popen([*FAULTY_SWEEP, *args, "--report-seconds", "0"], stdout=out, stderr=subprocess.STDOUT,
                                   env={**cluster.env, FAULT_ENV: "hang:4"}, start_new_session=True)
     exp = tmp_path / "loss"
     try:

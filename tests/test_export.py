@@ -15,14 +15,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alliter import reward as R
-from alliter.best_beta_cli import main as best_beta
-from alliter.config import AlliterError, TrainConfig
+from alliter import measures as M
+from alliter.train.reward import raw_reward
+from alliter.analyse.command import main as best_beta
+from alliter.cli import AlliterError
+from alliter.config import TrainConfig
 from alliter.sample import main as sample
-from alliter.snapshots import (
+from alliter.train.snapshots import (
     check_disk, list_snapshots, save_snapshot, snapshot_bytes, snapshot_path, write_model_files,
 )
-from alliter.trainer import Trainer, load_checkpoint_file
+from alliter.train.trainer import Trainer, load_checkpoint_file
 from helpers import COLLAPSED, K, REPO, varied_text, write_trial
 
 
@@ -113,7 +115,7 @@ def test_sample_prints_stories_with_their_raw_reward_from_the_export_and_from_th
     assert out.startswith("beta=10 at 20 generations")
     stories = re.findall(r"^\[(\d)\] raw reward (\d+)\n(.*?)\n\n", out, re.S | re.M)
     assert [s[0] for s in stories] == ["1", "2", "3"]
-    assert all(int(reward) == R.raw_reward(text) for _, reward, text in stories)
+    assert all(int(reward) == raw_reward(text) for _, reward, text in stories)
     assert all(text.startswith("Once upon a time") for _, _, text in stories)
     # the trial folder at the same generation is the same policy: the same seed gives the same stories
     code, from_trial, err = cli(sample, str(sweep / "beta10"), "--generations", "20", "--n", "3", "--seed", "1", capsys=capsys)
@@ -163,9 +165,9 @@ def test_a_point_that_fails_the_rule_is_refused_unless_forced(tmp_path, bundled_
     hand_made_trial(tmp_path / "sweep" / "beta5", bundled_model, {200: 3.0, 400: 1e-3}, beta=5.0, groups=groups,
                     fluency=lambda g: 1.2 if g < 400 else 3.0)
     analysis, out = tmp_path / "analysis", tmp_path / "out"
-    for at, message in [("5:400", "beta=5 at 400 generations is degenerate by its evaluation (diversity 100% of the "
+    for at, message in [("5:400", "beta=5 at 400 generations, by its evaluation, is degenerate (diversity 100% of the "
                                   "unmodified model's, fluency +1.80 nats); nothing was written - pass --force"),
-                        ("5:200", "the exported folder's own evaluation is ")]:
+                        ("5:200", "the exported folder, by its own evaluation, is ")]:
         code, _, err = cli(best_beta, str(tmp_path / "sweep"), "--out", str(analysis), "--export", str(out),
                            "--export-at", at, capsys=capsys)
         assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
@@ -174,15 +176,16 @@ def test_a_point_that_fails_the_rule_is_refused_unless_forced(tmp_path, bundled_
                        "--export-at", "5:200", "--force", capsys=capsys)
     assert code == 0, err
     card = (out / "README.md").read_text()
-    assert "exported with --force: its evaluation is" in card and "The point is **kept**" not in card
+    assert "exported with --force: the exported folder, by its own evaluation, is" in card
+    assert "The point is **kept**" not in card
     assert json.loads((out / "alliter.json").read_text())["evaluation"]["verdict"] in ("collapsed", "degenerate")
 
 
 def test_the_model_card_gives_the_evaluation_of_the_exported_folder(sweep, exported):
     """The card's numbers are what evaluating the folder as a user loads it gives, and the trial's own
     evaluation of that point: the same policy, the same random numbers."""
-    from alliter.collapse import CollapseRule
-    from alliter.evaluation import evaluate_folder
+    from alliter.rule import CollapseRule
+    from alliter.train.evaluate import evaluate_folder
 
     info = json.loads((exported / "alliter.json").read_text())
     again = evaluate_folder(exported, TrainConfig.from_dict(info["config"]), CollapseRule(**info["rule_settings"]))
@@ -258,8 +261,8 @@ def test_snapshot_size_estimate_and_the_disk_check(tmp_path, bundled_model):
 
 
 def test_of_several_seeds_the_named_trial_else_the_lowest_seed_is_exported(tmp_path, bundled_model, capsys):
-    from alliter.analysis import analyse
-    from alliter.export import resolve_point
+    from alliter.analyse.judge import analyse
+    from alliter.analyse.export import resolve_point
 
     model = AutoModelForCausalLM.from_pretrained(bundled_model)
     tokenizer = AutoTokenizer.from_pretrained(bundled_model)

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from alliter.best_beta_cli import main as best_beta_main
-from alliter.config import AlliterError
+from alliter.analyse.command import main as best_beta_main
+from alliter.cli import AlliterError
 from alliter.sample import main as sample_main
 from alliter.storage import DriverLock
 from alliter.testing import build_tiny_gpt_neo
-from alliter.train import main as train_main
+from alliter.train.__main__ import main as train_main
 from helpers import (
     SWEEP, K, digest, generation_indices, local_gpus, sweep, sweep_main, trial_states, varied_groups, write_trial,
 )

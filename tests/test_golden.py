@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alliter.config import TrainConfig
-from alliter.trainer import Trainer
+from alliter.train.trainer import Trainer
 from helpers import GOLDEN, digest, texts_digest
 
 CASES = json.loads((GOLDEN / "trials.json").read_text())["trials"]
@@ -32,8 +32,8 @@ def test_a_default_trial_writes_the_golden_generations(tmp_path: Path, case: dic
 
 def tiny_sweep(folder: Path, model: Path) -> str:
     """Two trials of the tiny GPT-Neo as the trainer writes them, and best_beta's table of them."""
-    from alliter.analysis import analyse
-    from alliter.report import table
+    from alliter.analyse.judge import analyse
+    from alliter.analyse.report import table
 
     for beta in (0.0, 1.0):
         trainer = Trainer(TrainConfig(beta=beta, model=str(model), threads=1, max_generations=60, snapshot_every=20,

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alliter import fastgen
+from alliter.train.fast import sampling, scoring
 from alliter.config import TrainConfig
-from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
-from alliter.rollout import sample_group, sequence_lengths
-from alliter.trainer import Trainer
+from alliter.train.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
+from alliter.train.rollout import sample_group, sequence_lengths
+from alliter.train.trainer import Trainer
 from helpers import ARCHS, arch_model as _model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -28,7 +28,7 @@ def _cuda_model(arch, tiny_gpt_neo, bundled_model, dtype=torch.float32):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_on_the_gpu_gives_the_tokens_of_generate(arch, tiny_gpt_neo, bundled_model):
     model, prompt = _cuda_model(arch, tiny_gpt_neo, bundled_model, torch.float64)  # float64: no near-ties
-    fast = fastgen.fast_generate_group(model, prompt, 3, 90, top_k=50, temperature=1.0, greedy=True)
+    fast = sampling.fast_generate_group(model, prompt, 3, 90, top_k=50, temperature=1.0, greedy=True)
     ids = prompt[None]
     lib = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_length=90,
                          eos_token_id=None, pad_token_id=0)
@@ -39,13 +39,13 @@ def test_greedy_on_the_gpu_gives_the_tokens_of_generate(arch, tiny_gpt_neo, bund
 def test_decode_step_and_scoring_logits_match_the_library_on_the_gpu(arch, tiny_gpt_neo, bundled_model):
     model, prompt = _cuda_model(arch, tiny_gpt_neo, bundled_model)
     torch.manual_seed(0)
-    tokens = fastgen.fast_generate_group(model, prompt, 4, 80, top_k=50, temperature=1.0)
+    tokens = sampling.fast_generate_group(model, prompt, 4, 80, top_k=50, temperature=1.0)
     p = len(prompt)
     with torch.no_grad():
         full = model(tokens).logits
-        torch.testing.assert_close(fastgen.teacher_forced_logits(model, tokens, p), full[:, p - 1 : -1],
+        torch.testing.assert_close(sampling.teacher_forced_logits(model, tokens, p), full[:, p - 1 : -1],
                                    rtol=1e-4, atol=1e-3)
-        torch.testing.assert_close(fastgen.sequence_logits(model, tokens), full, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(scoring.sequence_logits(model, tokens), full, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

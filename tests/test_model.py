@@ -13,10 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import alliter
 from alliter.config import BUNDLED_MODEL, STUDY_TOKENIZER, AlliterError, TrainConfig
-from alliter.model import load_models
-from alliter.rloo import sequence_ce
-from alliter.rollout import decode_texts, sample_group, sequence_lengths
-from alliter.trainer import Trainer
+from alliter.train.model import load_models
+from alliter.train.rloo import sequence_ce
+from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
+from alliter.train.trainer import Trainer
 
 
 def test_bundled_model_ships_inside_the_package_with_its_licence():

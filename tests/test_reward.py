@@ -1,6 +1,7 @@
 import pytest
 
-from alliter.reward import distinct_n, raw_reward, unique_fraction
+from alliter.measures import distinct_n, unique_fraction
+from alliter.train.reward import raw_reward
 
 
 @pytest.mark.parametrize(

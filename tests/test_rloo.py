@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
-from alliter.rollout import generate_group, sequence_lengths
+from alliter.train.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
+from alliter.train.rollout import generate_group, sequence_lengths
 
 
 def test_leave_one_out_advantage_is_reward_minus_mean_of_the_others():

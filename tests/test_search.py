@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from ray.tune.search import Searcher
 
-from alliter.analysis import analyse
-from alliter.collapse import CollapseRule
-from alliter.config import AlliterError
-from alliter.search import BetaSearch, SearchSettings, bracket, simple_beta
-from alliter.trainer import evaluation_points
+from alliter.analyse.judge import analyse
+from alliter.rule import CollapseRule
+from alliter.cli import AlliterError
+from alliter.sweep.search import BetaSearch, SearchSettings, bracket, simple_beta
+from alliter.train.evaluate import evaluation_points
 from helpers import COLLAPSED, K, varied_text, write_trial
 
 
 def outcome(collapsed: bool, **more) -> dict:
-    """A trial's last result as the trainable reports it (alliter.collapse.Judgement.report)."""
+    """A trial's last result as the trainable reports it (alliter.rule.Judgement.report)."""
     return {"kept": not collapsed, "verdict": "collapsed" if collapsed else "kept", **more}
 
 
@@ -99,7 +99,7 @@ def test_the_seeds_vote():
 
 
 def test_training_points_are_window_means_after_the_first_group():
-    from alliter.collapse import training_points
+    from alliter.rule import training_points
 
     groups = [{"generations": g, "raw_reward_mean": r, "distinct_2": 0.5, "ce_ref_mean": 1.0, "kl_penalty_mean": -0.1}
               for g, r in [(10, 1.0), (20, 2.0), (30, 3.0), (40, 4.0), (50, 5.0)]]
@@ -261,7 +261,8 @@ def test_simple_betas():
 
 
 def test_a_running_trial_the_bracket_no_longer_needs_is_dropped_and_says_why(tmp_path: Path):
-    from alliter.sweep import SearchStopper
+    from alliter.schema import DROPPED, read_stop
+    from alliter.sweep.search import SearchStopper
 
     search = BetaSearch(SearchSettings([10.0, 100.0], 1.25, 12, [0], 0.0, 3))
     assert [search.suggest(t)["beta"] for t in "abc"] == [100.0, 10.0, 30.0]  # 30: between two running betas
@@ -270,8 +271,8 @@ def test_a_running_trial_the_bracket_no_longer_needs_is_dropped_and_says_why(tmp
     search.on_trial_complete("b", outcome(False, generations=2000))  # 10 kept: 30 and 100 can't matter
     assert search.needless("c").startswith("not needed: beta 10 kept its diversity")
     assert stopper("c", {"generations": 60}) and stopper("a", {"generations": 70})
-    reason = (tmp_path / "exp" / "beta=30_c" / "stop_reason.txt").read_text()
-    assert reason.startswith("not needed: beta 10 kept") and "stopped at 60 generations" in reason
+    stop = read_stop(tmp_path / "exp" / "beta=30_c")
+    assert stop["stopped"] == DROPPED and stop["generations"] == 60 and stop["why"].startswith("not needed: beta 10 kept")
     search.on_trial_complete("c", outcome(False, generations=60))
     search.on_trial_complete("a", outcome(False, generations=70))
     assert search.verdicts() == {10.0: False}  # a dropped trial gives its beta no verdict

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from alliter import storage as store
-from alliter.config import AlliterError
+from alliter.cli import AlliterError
 from raycluster import free_port, kill_session
 from helpers import SWEEP, sweep, sweep_main
 
@@ -198,7 +198,7 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     print(f"{len(files)} objects in s3://{exp}: " + ", ".join(sorted({f.split('/')[-1] for f in files})))
 
     # 4. the analysis from the bucket's URI (in this process: its imports are loaded); the report is written here
-    from alliter.best_beta_cli import main as best_beta
+    from alliter.analyse.command import main as best_beta
 
     monkeypatch.chdir(tmp_path)
     out, err = io.StringIO(), io.StringIO()
@@ -224,7 +224,7 @@ def test_a_bucket_that_does_not_exist_is_one_line(s3_server, monkeypatch):
 
 @pytest.mark.slow
 def test_best_beta_exports_from_a_sweep_uri_with_the_chosen_trials_snapshots_only(tmp_path, bundled_model, monkeypatch):
-    from alliter.best_beta_cli import main as best_beta
+    from alliter.analyse.command import main as best_beta
     from test_export import run_trial
 
     bucket = tmp_path / "bucket" / "sweep"  # any pyarrow URI: file:// here, s3:// in the test above

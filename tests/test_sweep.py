@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from alliter.analysis import tune_trial_dirs
-from alliter.collapse import CollapseRule
-from alliter.sweep import FAULT_ENV
-from alliter.trainer import evaluation_points
+from alliter.analyse.frames import tune_trial_dirs
+from alliter.rule import CollapseRule
+from alliter.train.evaluate import evaluation_points
 from helpers import (
     METRIC_NAMES, REPO, SWEEP, best_beta as run_best_beta, digest, generation_indices, local_gpus, result_rows, sweep,
     sweep_main, trial_dir, trial_states, tune_betas,
@@ -57,7 +56,7 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
     # the trial's process dies (os._exit) after group 3, losing its working folder as a lost node would;
     # its last checkpoint is at group 2
     res = sweep("--betas", "1", "--max-generations", "50", "--checkpoint-every", "2", "--snapshot-every", "10",
-                "--storage", str(tmp_path), "--name", "fault", env={FAULT_ENV: "crash:3"})
+                "--storage", str(tmp_path), "--name", "fault", fault="crash:3")
     assert res.returncode == 0, res.stderr[-3000:]
     exp = tmp_path / "fault"
     state = trial_states(exp)[1.0]
@@ -84,8 +83,9 @@ def test_stop_on_collapse_ends_the_trial_where_the_rule_says(tmp_path):
     assert judged.generations[-1] == expected  # and evaluated nothing after it
     state = trial_states(tmp_path / "stop")[0.0]
     assert state["status"] == "TERMINATED" and state["generations"] == expected
-    reason = (trial / "stop_reason.txt").read_text()
-    assert reason.startswith(f"collapsed at {expected} generations: distinct_2 under 100%"), reason
+    stop = json.loads((trial / "stop.json").read_text())
+    assert stop["stopped"] == "failed" and stop["generations"] == expected
+    assert stop["why"].startswith(f"collapsed at {expected} generations: distinct_2 under 100%"), stop
 
 
 @pytest.mark.parametrize(

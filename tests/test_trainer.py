@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from alliter.config import AlliterError, TrainConfig
-from alliter.train import main
-from alliter.trainer import NonFiniteLossError, Trainer, evaluation_points, load_checkpoint_file
+from alliter.cli import AlliterError
+from alliter.config import TrainConfig
+from alliter.train.__main__ import main
+from alliter.train.evaluate import evaluation_points
+from alliter.train.trainer import NonFiniteLossError, Trainer, load_checkpoint_file
 from helpers import METRIC_NAMES, read_jsonl
 
-RECORD_FIELDS = {"generation", "group", "beta", "text", "raw_reward", "kl_penalty", "reward", "advantage", "new_tokens"}
+from alliter import schema
 
 
 def train_cli(*args: str) -> subprocess.CompletedProcess:
@@ -57,12 +59,13 @@ def test_single_trial_writes_metrics_generations_events_and_checkpoint(tmp_path,
 
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["generations"] for m in metrics] == [10, 20, 30, 40, 50]
-    assert METRIC_NAMES <= set(metrics[0])
+    assert set(metrics[0]) == METRIC_NAMES  # the schema's names, every one, nothing else
+    assert [m["group"] for m in metrics] == [0, 1, 2, 3, 4]  # from 0, as generations.jsonl's
     assert all(math.isfinite(v) for m in metrics for v in m.values())
 
     records = read_jsonl(out / "generations.jsonl")
     assert [r["generation"] for r in records] == list(range(50))
-    assert RECORD_FIELDS <= set(records[0])
+    assert set(records[0]) == set(schema.GENERATION_FIELDS)
     assert all(r["beta"] == 10.0 and isinstance(r["text"], str) for r in records)
     group0 = [r for r in records if r["group"] == 0]
     assert sum(r["raw_reward"] for r in group0) / 10 == pytest.approx(metrics[0]["raw_reward_mean"])
@@ -128,6 +131,7 @@ def test_evaluations_leave_training_untouched_and_sample_every_point_alike(tmp_p
     assert (on / "generations.jsonl").read_bytes() == (off / "generations.jsonl").read_bytes()  # byte for byte
     assert not (off / "evaluations.jsonl").exists()
     stories = read_jsonl(on / "evaluations.jsonl")
+    assert set(stories[0]) == set(schema.EVALUATION_FIELDS)
     assert [s["generations"] for s in stories] == [0] * 20 + [30] * 20 + [60] * 20
     assert [p["generations"] for p in trainer.points] == [0, 30, 60]
     assert trainer.points[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # generation 0: the policy is the reference

@@ -1,51 +1,13 @@
-"""Sweep beta: one RLOO trial per beta (and seed) on Ray Tune, on this machine or a Ray cluster.
+"""Sweep beta: one RLOO trial per beta (and seed) on Ray Tune. A thin entry point over alliter.sweep.command
+(--help for every flag); the same command is `alliter sweep` once the package is installed."""
 
-    python tune_jobs/sweep.py --grid coarse                      # the study's coarse grid
-    python tune_jobs/sweep.py --search                           # find the balanced beta by itself
-    python tune_jobs/sweep.py --grid fine --seeds 3              # every beta with seeds 0, 1, 2
-    python tune_jobs/sweep.py --betas 5,15,25 --max-generations 400
-    python tune_jobs/sweep.py --resume                           # continue the newest sweep
-    python tune_jobs/sweep.py --grid fine --model tinystories-33m --address auto --storage s3://bucket/alliter
-
-Every trainer setting (alliter.config.TrainConfig) is a flag and applies to every trial; the rule's flags
-(--diversity-measure, --diversity-share, --fluency-margin, --window, --max-collapse-rate) are best_beta's.
-Exit status: 0 when every trial finished, 1 when a trial errored, 2 for a bad flag (nothing started),
-130 when interrupted; the last two lines say how to go on.
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's alliter, installed or not
 
-from alliter.collapse import CollapseRule  # noqa: E402
-from alliter.config import AlliterError, TrainConfig, add_config_flags, given_config_values  # noqa: E402
-from alliter.sweep import SweepConfig, run_sweep  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flags(parser, SweepConfig)
-    add_config_flags(parser, CollapseRule)
-    add_config_flags(parser, TrainConfig, skip=["beta"])
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    given = {cls: given_config_values(args, cls) for cls in (SweepConfig, CollapseRule, TrainConfig)}
-    try:
-        outcome = run_sweep(SweepConfig(**given[SweepConfig]), TrainConfig(**given[TrainConfig]),
-                            {name for values in given.values() for name in values}, CollapseRule(**given[CollapseRule]))
-    except AlliterError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted before the trials started; nothing to resume", file=sys.stderr)
-        return 130
-    return outcome.exit_code
-
+from alliter.cli import run  # noqa: E402
+from alliter.sweep.command import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

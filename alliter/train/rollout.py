@@ -7,7 +7,8 @@ import logging
 import torch
 from transformers import PreTrainedModel
 
-from alliter import fastgen
+from alliter.train.fast.sampling import fast_generate_group
+from alliter.train.fast.support import unsupported_reason
 
 log = logging.getLogger("alliter")
 
@@ -70,15 +71,15 @@ def sample_group(
     """K sampled continuations of the prompt as [K, max_length] token ids (prompt included).
 
     Tokens after a sample's first end-of-text are arbitrary: callers cut at `sequence_lengths`.
-    With `fast`, alliter's own KV-cache decode loop (`alliter.fastgen`) samples where it supports the
+    With `fast`, alliter's own KV-cache decode loop (`alliter.train.fast`) samples where it supports the
     architecture (Llama, GPT-Neo); elsewhere the library's `generate` does, and the log says so once.
     With `logprobs`, (tokens, the fast path's log-probabilities of each token after the first, or None where
     the library's generate sampled).
     """
     if fast:
-        reason = fastgen.unsupported_reason(model, max_length)
+        reason = unsupported_reason(model, max_length)
         if reason is None:
-            return fastgen.fast_generate_group(model, prompt_ids, group_size, max_length, top_k, temperature,
+            return fast_generate_group(model, prompt_ids, group_size, max_length, top_k, temperature,
                                                logprobs=logprobs)
         if reason not in _fallbacks_logged:
             _fallbacks_logged.add(reason)

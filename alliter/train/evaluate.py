@@ -8,7 +8,7 @@ evaluations run or not, and every point of every trial (seeds included) is sampl
 numbers, so that two points differ by their policies, not by their luck.
 
 Each story keeps its raw reward, its new tokens and its mean token cross-entropy under the policy and under the
-unmodified model (the fluency of `alliter.collapse`); `alliter.reward.point_measures` turns them into the point's
+unmodified model (the fluency of `alliter.rule`); `alliter.measures.point_measures` turns them into the point's
 measures, the same function for the trial and for best_beta.
 """
 
@@ -19,11 +19,14 @@ from typing import Any
 
 import torch
 
-from alliter import reward as R
-from alliter.collapse import CollapseRule
-from alliter.config import AlliterError, TrainConfig, base_model_here
-from alliter.rloo import sequence_ce
-from alliter.rollout import decode_texts, sample_group, sequence_lengths
+from alliter import measures as M
+from alliter.cli import AlliterError, one_line
+from alliter.config import TrainConfig, base_model_here
+from alliter.rule import CollapseRule
+from alliter.schema import read_jsonl
+from alliter.train.rloo import sequence_ce
+from alliter.train.reward import raw_reward
+from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
 
 
 LOGITS_BYTES = 256 * 2**20
@@ -58,7 +61,7 @@ def evaluate(
         rows = max(group_size, LOGITS_BYTES // (4 * max_length * vocab))
 
         def scored(model: Any) -> torch.Tensor:
-            return torch.cat([sequence_ce(model, tokens[i : i + rows], lengths[i : i + rows])
+            return torch.cat([sequence_ce(model, tokens[i : i + rows], lengths[i : i + rows], fast)
                               for i in range(0, samples, rows)])
 
         ce_ref = scored(reference)
@@ -70,7 +73,7 @@ def evaluate(
     texts = decode_texts(tokenizer, tokens, lengths)
     new_tokens = (lengths - len(prompt_ids)).tolist()
     return [
-        {"sample": i, "text": text, "raw_reward": R.raw_reward(text), "new_tokens": int(new_tokens[i]),
+        {"sample": i, "text": text, "raw_reward": raw_reward(text), "new_tokens": int(new_tokens[i]),
          "ce_policy": float(ce_policy[i]), "ce_ref": float(ce_ref[i])}
         for i, text in enumerate(texts)
     ]
@@ -83,7 +86,7 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) ->
     verdict. With the trial's threads and device type, this is the trial's own evaluation at that point."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alliter.model import DTYPES, end_ids
+    from alliter.train.model import DTYPES, end_ids
 
     samples = cfg.eval_samples or TrainConfig.eval_samples  # a trial that ran without evaluations: the default
     base = base_model_here(cfg.model)
@@ -96,17 +99,16 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) ->
             tokenizer = AutoTokenizer.from_pretrained(folder)
             reference = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[cfg.dtype]).eval().requires_grad_(False)
         except (OSError, ValueError) as err:
-            raise AlliterError(f"cannot evaluate {folder} against its base model {base}: "
-                               f"{' '.join(str(err).split())[:200]}") from None
+            raise AlliterError(f"cannot evaluate {folder} against its base model {base}: {one_line(err)}") from None
         prompt_ids = tokenizer(cfg.prompt, return_tensors="pt").input_ids[0]
         eos = end_ids(tokenizer, policy)
         settings = dict(samples=samples, seed=cfg.eval_seed, group_size=cfg.group_size, max_length=cfg.max_length,
-                        top_k=cfg.top_k, temperature=cfg.temperature, fast=cfg.fast_decode)
-        bleu = R.bleu()
+                        top_k=cfg.top_k, temperature=cfg.temperature, fast=cfg.fast)
+        bleu = M.bleu()
         points = []
         for model in (policy, reference):
             stories = evaluate(model, reference, tokenizer, prompt_ids, eos, **settings)
-            points.append((R.point_measures(stories, cfg.group_size, bleu), stories))
+            points.append((M.point_measures(stories, cfg.group_size, bleu), stories))
     finally:
         torch.set_num_threads(threads)
     (point, stories), (unmodified, _) = points
@@ -116,3 +118,12 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) ->
         "unmodified": unmodified, "diversity_kept": judgement.diversity_kept[1], "fluency_gap": judgement.fluency_gap[1],
         "stories": [s["text"] for s in stories[:3]],
     }
+
+
+def evaluation_points(path: Path, group_size: int) -> list[dict[str, float]]:
+    """The measures of each evaluation in an evaluations.jsonl, in order of generations."""
+    by_point: dict[int, list[dict[str, Any]]] = {}
+    for story in read_jsonl(path):
+        by_point.setdefault(int(story["generations"]), []).append(story)
+    return [{"generations": g, **M.point_measures(sorted(s, key=lambda x: x["sample"]), group_size)}
+            for g, s in sorted(by_point.items())]

@@ -5,7 +5,7 @@ The sweep's driver runs `check_trial` in a subprocess (`run_preflight`), so that
 line, what every trial would otherwise find inside Ray, once per retry, while the driver itself never imports
 torch. The trainer runs the same `check_prompt` on what it loaded.
 
-    python -m alliter.preflight < config.json     # {"ok": {...}} or {"error": "one line"} on stdout
+    python -m alliter.train.preflight < config.json     # {"ok": {...}} or {"error": "one line"} on stdout
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import subprocess
 import sys
 from typing import Any
 
-from alliter.config import AlliterError, TrainConfig
+from alliter.cli import AlliterError, one_line
+from alliter.config import TrainConfig
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 
@@ -30,21 +31,17 @@ def positions(config: Any) -> int | None:
     return None
 
 
-def check_prompt(cfg: TrainConfig, prompt_tokens: int, model_positions: int | None) -> None:
-    """The prompt leaves tokens to generate, and every sample fits the model's positions."""
-    if not cfg.prompt.strip():
+def check_prompt(prompt: str, prompt_tokens: int, max_length: int, model: Any, name: str) -> None:
+    """The prompt leaves tokens to generate, and every sample fits the positions of the model (its config)."""
+    if not prompt.strip():
         raise AlliterError("the prompt is empty; pass --prompt TEXT (the study's: 'Once upon a time')")
-    if prompt_tokens >= cfg.max_length:
-        raise AlliterError(f"the prompt is {prompt_tokens} tokens, max_length {cfg.max_length} leaves none to generate; "
+    if prompt_tokens >= max_length:
+        raise AlliterError(f"the prompt is {prompt_tokens} tokens, max_length {max_length} leaves none to generate; "
                            "pass a larger --max-length")
-    if model_positions is not None and cfg.max_length > model_positions:
-        raise AlliterError(f"max_length {cfg.max_length} exceeds the {model_positions} positions of {cfg.model}; "
-                           f"pass --max-length {model_positions} or less")
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text[:200] + ("..." if len(text) > 200 else "")
+    most = positions(model)
+    if most is not None and max_length > most:
+        raise AlliterError(f"max_length {max_length} exceeds the {most} positions of {name}; "
+                           f"pass --max-length {most} or less")
 
 
 def check_trial(cfg: TrainConfig) -> dict[str, Any]:
@@ -56,17 +53,17 @@ def check_trial(cfg: TrainConfig) -> dict[str, Any]:
     try:
         config = AutoConfig.from_pretrained(cfg.model)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise AlliterError(f"cannot read the config of model {cfg.model!r}: {_one_line(err)}") from None
+        raise AlliterError(f"cannot read the config of model {cfg.model!r}: {one_line(err)}") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise AlliterError(f"model {cfg.model!r} is a {config.model_type!r}, not a causal language model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise AlliterError(f"cannot load tokenizer {cfg.tokenizer!r}: {_one_line(err)}") from None
+        raise AlliterError(f"cannot load tokenizer {cfg.tokenizer!r}: {one_line(err)}") from None
     if tokenizer.eos_token_id is None:
         raise AlliterError(f"tokenizer {cfg.tokenizer!r} has no end-of-text token")
     prompt_tokens = len(tokenizer(cfg.prompt).input_ids)
-    check_prompt(cfg, prompt_tokens, positions(config))
+    check_prompt(cfg.prompt, prompt_tokens, cfg.max_length, config, cfg.model)
     if cfg.device.startswith("cuda"):
         import torch
 
@@ -84,7 +81,7 @@ def run_preflight(cfg: TrainConfig, timeout: float = 300.0) -> dict[str, Any]:
     env = {**os.environ, "HF_HUB_ETAG_TIMEOUT": os.environ.get("HF_HUB_ETAG_TIMEOUT", "10"),
            "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
     try:
-        proc = subprocess.run([sys.executable, "-m", "alliter.preflight"], input=json.dumps(cfg.to_dict()),
+        proc = subprocess.run([sys.executable, "-m", "alliter.train.preflight"], input=json.dumps(cfg.to_dict()),
                               capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise AlliterError(f"checking model {cfg.model!r} and tokenizer {cfg.tokenizer!r} took over {timeout:.0f} s "

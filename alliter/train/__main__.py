@@ -4,7 +4,8 @@
     python -m alliter.train --out runs/beta10 --resume --max-generations 400   # continue it
 
 Every field of alliter.config.TrainConfig is a flag (see --help). With --resume the config saved in
-the checkpoint is the base, and only the flags given on the command line change it.
+the checkpoint is the base, and only the flags given on the command line change it. Exit status: 0 done, 2 a bad
+setting (one line, nothing created), 130 interrupted (the line says how to resume).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from alliter.config import CHECKPOINT_FILE as CHECKPOINT
-from alliter.config import GENERATIONS_FILE, AlliterError, TrainConfig, add_config_flags, given_config_values
-from alliter.trainer import Trainer, load_checkpoint_file
+from alliter.cli import AlliterError, add_config_flags, command, given_config_values, run
+from alliter.config import TrainConfig
+from alliter.schema import CHECKPOINT_FILE as CHECKPOINT
+from alliter.schema import GENERATIONS_FILE
+from alliter.train.trainer import Trainer, load_checkpoint_file
 
 
 def progress_line(m: dict[str, float], max_generations: int) -> str:
@@ -28,12 +32,14 @@ def progress_line(m: dict[str, float], max_generations: int) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@command
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m alliter.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="run directory (created; never emptied)")
     parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     parser.add_argument("--quiet", action="store_true", help="no per-group line")
-    add_config_flags(parser)
+    add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
@@ -41,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             state = load_checkpoint_file(out / CHECKPOINT)
-            cfg = TrainConfig.from_dict({**state["config"], **given_config_values(args)})
+            cfg = TrainConfig.from_dict({**state["config"], **given_config_values(args, TrainConfig)})
         else:
             if (out / GENERATIONS_FILE).exists() or (out / CHECKPOINT).exists():
                 raise AlliterError(f"{out} already holds a run; pass --resume to continue it, or another --out")
-            cfg = TrainConfig(**given_config_values(args))
+            cfg = TrainConfig(**given_config_values(args, TrainConfig))
         cfg = cfg.resolved()
         print(f"alliter: beta {cfg.beta}, model {cfg.model}, tokenizer {cfg.tokenizer}, lr {cfg.lr}, out {out}")
         trainer = Trainer(cfg, out)
@@ -57,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(progress_line(metrics, cfg.max_generations), flush=True)
             if trainer.checkpoint_due:
                 trainer.save_checkpoint(out / CHECKPOINT)
-    except AlliterError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"interrupted; resume with: python -m alliter.train --out {out} --resume", file=sys.stderr)
         return 130
@@ -70,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -12,8 +12,8 @@ and `pipeline("text-generation", model=DIR)` load it with no hub; `python -m all
 stories from it.
 
 An export measures what it ships: the folder is written aside, loaded back as its user would load it and
-evaluated (alliter.evaluation.evaluate_folder) against the unmodified model; that evaluation goes into the card
-and alliter.json. A point whose evaluation fails the rule (alliter.collapse) is refused, with nothing written,
+evaluated (alliter.train.evaluate.evaluate_folder) against the unmodified model; that evaluation goes into the card
+and alliter.json. A point whose evaluation fails the rule (alliter.rule) is refused, with nothing written,
 unless `--force`, which writes the failure into the card.
 """
 
@@ -30,10 +30,13 @@ from typing import Any
 
 import pandas as pd
 
-from alliter.analysis import Analysis, Trial
-from alliter.collapse import KEPT
-from alliter.config import CONFIG_FILE, EXPORT_INFO_FILE, AlliterError, TrainConfig, base_model_here
-from alliter.snapshots import load_snapshot, snapshot_at, snapshot_path, umask_now
+from alliter.analyse.frames import Trial
+from alliter.analyse.judge import Analysis
+from alliter.cli import AlliterError
+from alliter.config import TrainConfig, base_model_here
+from alliter.rule import KEPT
+from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE
+from alliter.train.snapshots import load_snapshot, snapshot_at, snapshot_path, umask_now
 
 # the measures a model card lists, in order: point measure -> label
 CARD_MEASURES = {
@@ -118,15 +121,21 @@ def resolve_point(result: Analysis, point: dict[str, Any], rule: str) -> ExportP
 
 def check_point(point: ExportPoint, force: bool) -> None:
     """Refuse, before anything is written, a point whose own evaluation in its trial failed the rule."""
-    r = point.recorded
-    if r is None or r["verdict"] == KEPT:
+    if point.recorded is not None:
+        what = f"beta={point.beta:g} at {point.generations} generations, by its {point.recorded['source']},"
+        refuse_unless_forced(point, point.recorded, what, force)
+
+
+def refuse_unless_forced(point: ExportPoint, judged: dict[str, Any], what: str, force: bool) -> None:
+    """A point that fails the rule is refused in one line, with nothing written; with `force` its card says so."""
+    if judged["verdict"] == KEPT:
         return
-    why = (f"{r['verdict']} by its {r['source']} (diversity {r['diversity_kept']:.0%} of the unmodified model's, "
-           f"fluency {r['fluency_gap']:+.2f} nats)")
+    why = (f"{judged['verdict']} (diversity {judged['diversity_kept']:.0%} of the unmodified model's, fluency "
+           f"{judged['fluency_gap']:+.2f} nats)")
     if not force:
-        raise AlliterError(f"beta={point.beta:g} at {point.generations} generations is {why}; nothing was written - "
-                           "pass --force to export it anyway, with the failure in its card")
-    point.notes.append(f"exported with --force: the point is {why}")
+        raise AlliterError(f"{what} is {why}; nothing was written - pass --force to export it anyway, with the "
+                           "failure in its card")
+    point.notes.append(f"exported with --force: {what} is {why}")
 
 
 def write_export(result: Analysis, point: ExportPoint, out: Path, force: bool = False) -> dict[str, Any]:
@@ -136,7 +145,7 @@ def write_export(result: Analysis, point: ExportPoint, out: Path, force: bool = 
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
 
-    from alliter.evaluation import evaluate_folder
+    from alliter.train.evaluate import evaluate_folder
 
     hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar, for one file
     check_out_dir(out)
@@ -157,13 +166,7 @@ def write_export(result: Analysis, point: ExportPoint, out: Path, force: bool = 
         })
         gen.save_pretrained(tmp)
         evaluation = evaluate_folder(tmp, cfg, result.cfg.rule())
-        if evaluation["verdict"] != KEPT:
-            why = (f"{evaluation['verdict']} (diversity {evaluation['diversity_kept']:.0%} of the unmodified model's, "
-                   f"fluency {evaluation['fluency_gap']:+.2f} nats)")
-            if not force:
-                raise AlliterError(f"the exported folder's own evaluation is {why}; nothing was written - pass --force "
-                                   "to export it anyway")
-            point.notes.append(f"exported with --force: its evaluation is {why}")
+        refuse_unless_forced(point, evaluation, "the exported folder, by its own evaluation,", force)
         recorded = point.recorded
         info = {
             "beta": point.beta, "generations": point.generations, "requested_generations": point.requested,

@@ -1,7 +1,7 @@
 """What a kept point is: one rule, used by the sweep's trials (to stop early), the search (to bracket the balanced
 beta) and best_beta (to judge, choose and export).
 
-A point of a trial is judged by its evaluation (`alliter.evaluation`: fresh stories of the policy at that point,
+A point of a trial is judged by its evaluation (`alliter.train.evaluate`: fresh stories of the policy at that point,
 sampled with the same random numbers at every point) against the trial's evaluation at generation 0, the
 unmodified model's:
 - *collapsed* (repetition): its diversity (`diversity_measure`, distinct-2 by default) is under `diversity_share`
@@ -31,7 +31,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
-from alliter.config import DEFAULT_WINDOW, AlliterError
+from alliter.cli import AlliterError
+from alliter.config import DEFAULT_WINDOW
 
 KEPT, COLLAPSED, DEGENERATE = "kept", "collapsed", "degenerate"
 # diversity measures a point has from its stories (best_beta also has self-BLEU, counted as 1 - self-BLEU)
@@ -54,12 +55,22 @@ TRAINING_MEASURES = {
 }
 
 
+# measures of sameness (higher = less diverse), counted as 1 - the measure wherever a diversity is meant
+SAMENESS = ("self_bleu", "repeated_4grams")
+
+
+def as_diversity(value: Any, measure: str) -> Any:
+    """A measure's value as a diversity, higher = more diverse (1 - it for a measure of sameness); a number, a
+    pandas column or frame alike."""
+    return 1 - value if measure in SAMENESS else value
+
+
 def diversity(point: dict[str, Any], measure: str) -> float:
-    """A point's diversity by `measure`, higher = more diverse: self-BLEU is counted as 1 - self-BLEU."""
+    """A point's diversity by `measure` (as_diversity), NaN where the point lacks it."""
     value = point.get(measure)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return math.nan
-    return 1 - value if measure == "self_bleu" else float(value)
+    return float(as_diversity(value, measure))
 
 
 @dataclass

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from alliter.config import AlliterError, TrainConfig
+from alliter.cli import AlliterError, one_line
+from alliter.config import TrainConfig
 
 log = logging.getLogger("alliter")
 
@@ -34,11 +35,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _one_line(err: Exception) -> str:
-    text = " ".join(str(err).split())
-    return text[:200] + ("..." if len(text) > 200 else "")
-
-
 def load_models(cfg: TrainConfig) -> Models:
     """Policy (trainable), reference (frozen copy) and tokenizer, for a resolved config."""
     hf_logging.disable_progress_bar()  # a bar per load, six trials at once, drowns the progress table
@@ -51,7 +47,7 @@ def load_models(cfg: TrainConfig) -> Models:
     except (OSError, ValueError, EnvironmentError) as err:
         raise AlliterError(
             f"cannot load model {cfg.model!r} / tokenizer {cfg.tokenizer!r} (offline or wrong path?): "
-            f"{_one_line(err)}; pass --model PATH to a local model folder"
+            f"{one_line(err)}; pass --model PATH to a local model folder"
         ) from None
     if tokenizer.eos_token_id is None:
         raise AlliterError(f"tokenizer {cfg.tokenizer!r} has no end-of-text token")

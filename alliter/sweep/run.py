@@ -1,12 +1,10 @@
-"""A beta sweep on Ray Tune: one RLOO trial per (beta, seed), on this machine or a Ray cluster.
+"""Running a sweep, in five steps: plan (every check, before anything starts) -> lock the sweep's folder ->
+connect (start or join Ray, size the trials) -> build the Tuner -> run it -> summarise.
 
-A grid runs every beta of a named grid or a list; a search (`alliter.search.BetaSearch`, a Tune
-Searcher) chooses the betas as outcomes come in. Tune does the scheduling (one trial per GPU, or a
-fraction of one), reuses trial workers between trials, restarts crashed trials from their last
-checkpoint and restores an interrupted sweep; the trial is the core trainer (`alliter.trainer.Trainer`)
-reporting every group, and judging its own collapse by the one rule of `alliter.collapse`.
-
-The driver never imports torch: the trainer is imported inside the trial.
+A grid runs every beta of a named grid or a list; a search (alliter.sweep.search.BetaSearch, a Tune Searcher)
+chooses the betas as outcomes come in. Tune does the scheduling (one trial per GPU, or a fraction of one),
+reuses trial workers between trials, restarts crashed trials from their last checkpoint and restores an
+interrupted sweep; the trial is alliter.sweep.trial.rloo_trial. The driver never imports torch.
 """
 
 from __future__ import annotations
@@ -17,10 +15,8 @@ import logging
 import math
 import os
 import shlex
-import shutil
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,22 +26,16 @@ import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from alliter import cluster, preflight, storage as store
-from alliter.collapse import TRAINER_MEASURES, CollapseRule, training_points
-from alliter.config import CHECKPOINT_FILE as CHECKPOINT
-from alliter.config import (
-    METRICS_FILE,
-    RESULTS_DIR,
-    SEARCH_FILE,
-    STOP_REASON_FILE,
-    SWEEP_STATS_FILE,
-    AlliterError,
-    TrainConfig,
-    grid_betas,
-    parse_seeds,
-)
-from alliter.search import BetaSearch, SearchSettings
-from alliter.snapshots import check_disk, snapshot_plan
+from alliter import storage as store
+from alliter.cli import AlliterError
+from alliter.config import TrainConfig, grid_betas, parse_seeds
+from alliter.rule import TRAINER_MEASURES, CollapseRule
+from alliter.schema import RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE
+from alliter.sweep import cluster, trial
+from alliter.sweep.search import BetaSearch, SearchSettings, SearchStopper
+from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions
+from alliter.train import preflight
+from alliter.train.snapshots import check_disk, snapshot_plan
 
 log = logging.getLogger("alliter")
 
@@ -61,12 +51,6 @@ PROGRESS_COLUMNS = {
     "fluency_gap": "fluency",
     "verdict": "verdict",
 }
-# tests only: a fault in a trial's first process (never in one restored from a checkpoint), set on the
-# driver and carried in the trial's config to whichever node runs it. "crash:N": the process loses its
-# working folder, as a lost node would, and dies after group N; "hang:N": it stops after group N (and
-# after that group's checkpoint, if one is due) until its node is killed.
-FAULT_ENV = "ALLITER_TEST_FAULT"
-FATAL = "alliter_error"  # a trial's last report when an error of alliter's own ended it (NoRetry)
 # the flags a resume takes: where and how the trials run (resources, not the threads: those stay the trials')
 RESUME_FLAGS = {"resume", "name", "storage", "address", "gpus_per_trial", "cpus_per_trial"}
 
@@ -111,7 +95,7 @@ class SweepConfig:
     their checkpoints (errored ones too); it takes --name, --storage, --address and the resources only."""
     report_seconds: float = 1.0
     """A trial reports its newest group to Tune at most this often (and always with a checkpoint, and at its
-    end): each report waits for the driver, a few ms that count when a group takes 0.1 s. metrics.jsonl and
+    end): each report waits for the driver, which counts when a group is short. metrics.jsonl and
     TensorBoard keep every group."""
 
     @property
@@ -142,117 +126,6 @@ class SweepConfig:
             except ValueError:
                 raise AlliterError(f"ALLITER_GPUS_PER_TRIAL must be a number, got {env!r}") from None
         return self.validate()
-
-
-@dataclass
-class TrialOptions:
-    """What the sweep tells each trial beside its TrainConfig: one typed object in the trial's config, under
-    OPTIONS_KEY, so that it travels with the trial to whichever node runs it (and with Tune's state to a resume)."""
-
-    cpus_per_trial: float
-    """The trial's CPUs, and so its torch threads when the config leaves them at 0."""
-    rule: dict[str, Any]
-    """The rule of alliter.collapse (CollapseRule's fields)."""
-    stop_on_collapse: bool
-    """End the trial at its first point that is not kept."""
-    seed_in_name: bool
-    """Trial folders say their seed (a sweep of several seeds)."""
-    report_seconds: float
-    """Report to Tune at most this often (and always with a checkpoint, and at the end)."""
-    fault: str | None = None
-    """Tests only (FAULT_ENV)."""
-
-
-OPTIONS_KEY = "_alliter"
-
-
-def rloo_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: the core trainer, reporting every group, checkpointing every N, and ending itself
-    once it has collapsed when the sweep asks for that. An error of alliter's own (a bad setting, a non-finite
-    loss, a corrupt checkpoint: what a retry would meet again) is reported as FATAL before it is raised, so that
-    the driver (NoRetry) does not retry the trial and prints its cause."""
-    try:
-        _run_trial(TrainConfig.from_dict(config), TrialOptions(**config[OPTIONS_KEY]))
-    except AlliterError as err:
-        tune.report({FATAL: str(err)})
-        raise
-
-
-def _run_trial(cfg: TrainConfig, opts: TrialOptions) -> None:
-    from alliter.trainer import Trainer  # torch and transformers: in the trial's process only
-
-    # Ray's line per checkpoint ("Checkpoint successfully created at ..."), which the driver's console would show
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-
-    if cfg.threads == 0:
-        cfg = dataclasses.replace(cfg, threads=max(1, int(opts.cpus_per_trial)))
-    run_dir = Path.cwd()  # Tune runs the trial in its working directory and syncs it to storage
-    trainer = Trainer(cfg, run_dir)
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            trainer.load_checkpoint(Path(d) / CHECKPOINT)
-    _write_node_info(run_dir)
-    rule = CollapseRule(**opts.rule)
-    history = [json.loads(line) for line in _read(run_dir / METRICS_FILE).splitlines() if line.strip()]
-
-    def judged() -> dict[str, Any]:  # the trial's verdict so far, by the rule of alliter.collapse, and its latest point
-        points = trainer.points if trainer.evaluating else training_points(history, rule.window, partial=trainer.done)
-        latest = {"point": points[-1]["generations"], "point_alliteration": points[-1]["alliteration"]} if points else {}
-        return {**rule.judge_trial(points, complete=trainer.done).report(), **latest}
-
-    if history and (trainer.done or (opts.stop_on_collapse and not judged()["kept"])):
-        # restored from the final checkpoint: report the last group again, once
-        tune.report({**history[-1], **judged()})
-        return
-    fault, _, fault_group = str(opts.fault or "").partition(":")
-    reported = -math.inf
-    # this process's totals, for the sweep's efficiency and what evaluations cost
-    session = {"session_groups": 0, "session_group_seconds": 0.0, "session_eval_seconds": 0.0}
-    for metrics in trainer.groups():
-        session["session_groups"] += 1
-        session["session_group_seconds"] += metrics["seconds_per_group"]
-        session["session_eval_seconds"] = trainer.eval_seconds
-        history.append(metrics)
-        metrics.update(judged(), **session)
-        stop = opts.stop_on_collapse and not metrics["kept"] and not trainer.done
-        if stop:
-            reason = f"{metrics['verdict']} at {metrics['failed_at']:.0f} generations: {rule.describe()}"
-            (run_dir / STOP_REASON_FILE).write_text(reason + "\n")
-        if trainer.checkpoint_due or stop:  # the last group is due too
-            with tempfile.TemporaryDirectory() as d:
-                trainer.save_checkpoint(Path(d) / CHECKPOINT)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-            reported = time.monotonic()
-        elif time.monotonic() - reported >= opts.report_seconds:
-            tune.report(metrics)
-            reported = time.monotonic()
-        if fault and restored is None and trainer.group == int(fault_group):
-            if fault == "crash":
-                shutil.rmtree(run_dir, ignore_errors=True)
-                os._exit(1)
-            time.sleep(3600)
-        if stop:
-            trainer.close()
-            return
-
-
-class NoRetry(tune.Callback):
-    """A trial that reported FATAL failed with an error a retry would meet again: Tune does not retry it (its
-    max_failures drops to 0 before the error that follows the report arrives)."""
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if result.get(FATAL):
-            trial.max_failures = 0
-
-
-def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8") if path.exists() else ""
-
-
-def _write_node_info(run_dir: Path) -> None:
-    info = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
-    (run_dir / "node.json").write_text(json.dumps(info) + "\n")
 
 
 def sweep_stats(results: tune.ResultGrid, started: float, wall: float, slots: int) -> dict[str, float]:
@@ -416,7 +289,7 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
         _check_address(address)
     preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
     options = TrialOptions(sweep.cpus_per_trial, dataclasses.asdict(rule.rule()), sweep.search or sweep.stop_on_collapse,
-                           sweep.seeds is not None, sweep.report_seconds, os.environ.get(FAULT_ENV))
+                           sweep.seeds is not None, sweep.report_seconds)
     return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots)
 
 
@@ -464,6 +337,9 @@ def connect(plan: Plan) -> tuple[float, int]:
     # Tune's JSON and CSV logs (result.json, progress.csv), not its TensorBoard logger: the trials write their
     # own events, and a second file per trial would show every curve twice (and cost the driver every result)
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    if not plan.address:  # a Ray of this driver's own, on this machine: its token is made for it, no warning needed
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: "Token authentication is enabled" not in record.getMessage())
     try:
         ray.init(address=plan.address, include_dashboard=False if not plan.address else None, log_to_driver=True)
     except (ConnectionError, RuntimeError) as err:
@@ -482,7 +358,8 @@ def connect(plan: Plan) -> tuple[float, int]:
 
 def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
     """The Tuner of a new sweep, or the restored one of a resumed sweep."""
-    trainable = tune.with_resources(rloo_trial, {"cpu": plan.sweep.cpus_per_trial, "gpu": gpus})
+    # the trainable is looked up now, so that a test's wrapper (tests/faulty_sweep.py) is what Tune runs
+    trainable = tune.with_resources(trial.rloo_trial, {"cpu": plan.sweep.cpus_per_trial, "gpu": gpus})
     if plan.sweep.resume:
         return tune.Tuner.restore(plan.exp_path, trainable, resume_errored=True)
     space: dict[str, Any] = {**plan.base.to_dict(), OPTIONS_KEY: dataclasses.asdict(plan.options)}
@@ -500,7 +377,7 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=num_samples,
             max_concurrent_trials=plan.settings.concurrency if plan.settings else None,
-            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            trial_name_creator=trial.trial_name, trial_dirname_creator=trial.trial_name,
             reuse_actors=True,  # a worker keeps torch and transformers imported from one trial to the next
         ),
         run_config=tune.RunConfig(
@@ -510,7 +387,7 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
             callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), NoRetry()],
             failure_config=tune.FailureConfig(max_failures=plan.sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            # on_checkpoint (Ray's default, said here because alliter.snapshots relies on it)
+            # on_checkpoint (Ray's default, said here because alliter.train.snapshots relies on it)
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
             progress_reporter=tune.CLIReporter(
                 parameter_columns=["beta", "seed"] if plan.options.seed_in_name else ["beta"],
@@ -613,37 +490,3 @@ def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Ou
     store.write_text(path, json.dumps({**stats, "mode": mode, "resumed": plan.sweep.resume, "status": status,
                                        "earlier": sessions}) + "\n")
     return Outcome(status, plan.exp_path, stats)
-
-
-def _trial_name(trial) -> str:
-    return trial_dirname(trial.config["beta"], trial.config["seed"], trial.config[OPTIONS_KEY]["seed_in_name"],
-                         trial.trial_id)
-
-
-def trial_dirname(beta: float, seed: int, seed_in_name: bool, trial_id: str) -> str:
-    return f"beta={beta:g}{f'_seed={seed}' if seed_in_name else ''}_{trial_id}"
-
-
-class SearchStopper(tune.Stopper):
-    """Stops a search's trial once its beta can no longer move the bracket (BetaSearch.needless), and writes
-    why into the trial's folder on the storage, so that best_beta leaves it out of the choice."""
-
-    def __init__(self, search: BetaSearch, exp_path: str, seed_in_name: bool):
-        self.search, self.exp_path, self.seed_in_name = search, exp_path, seed_in_name
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        if trial_id in self.search.dropped:
-            return True
-        why = self.search.needless(trial_id)
-        if why is None:
-            return False
-        self.search.dropped[trial_id] = why
-        beta, seed = self.search.trials[trial_id]
-        why += f" (stopped at {result.get('generations')} generations)"
-        folder = store.join(self.exp_path, trial_dirname(beta, seed, self.seed_in_name, trial_id))
-        store.write_text(store.join(folder, STOP_REASON_FILE), why + "\n")
-        log.info("alliter search: stopped beta %g (seed %d): %s", beta, seed, why)
-        return True
-
-    def stop_all(self) -> bool:
-        return False

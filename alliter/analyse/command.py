@@ -1,6 +1,6 @@
-"""analysis/best_beta.py's command: the analysis (alliter.analysis), its outputs (alliter.report) and the
-export of a point as a model folder (alliter.export). The modules import one way: this one imports them,
-report imports analysis, analysis imports neither."""
+"""best_beta's command (analysis/best_beta.py, `alliter best-beta`): the sweep's frames and the rule applied
+(alliter.analyse.judge), its outputs (report) and the export of a point as a model folder (export). The modules
+import one way: this one imports them, report and export import judge, judge imports frames."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from alliter import analysis, export, report, storage
-from alliter.analysis import AnalysisConfig, analyse, newest_sweep
-from alliter.config import RESULTS_DIR, SNAPSHOT_DIR, AlliterError, add_config_flags, given_config_values
+from alliter import storage
+from alliter.analyse import export, judge, report
+from alliter.analyse.frames import SWEEP_FILES, newest_sweep
+from alliter.analyse.judge import AnalysisConfig, analyse
+from alliter.cli import AlliterError, add_config_flags, command, given_config_values
+from alliter.schema import RESULTS_DIR, SNAPSHOT_DIR
 
 EPILOG = """export:
   --export DIR writes the best point (or --export-at BETA:GENERATIONS) as a model folder that
@@ -20,7 +23,7 @@ EPILOG = """export:
   `python -m alliter.sample DIR` prints stories from it."""
 
 
-def best_point_rule(result: analysis.Analysis) -> str:
+def best_point_rule(result: judge.Analysis) -> str:
     return ("the analysis's best point (best_beta.py): the stable point (kept, and so is its trial's next evaluation; "
             f"not kept: {result.cfg.rule().describe()}) with the highest alliteration by its evaluation")
 
@@ -31,7 +34,7 @@ def local_sweep(path: str) -> Path:
     if not storage.is_uri(path):
         return Path(path)
     dest = Path(RESULTS_DIR) / Path(path.partition("?")[0].rstrip("/")).name
-    count = storage.download(path, dest, analysis.SWEEP_FILES, skip=("checkpoint_*", SNAPSHOT_DIR))
+    count = storage.download(path, dest, SWEEP_FILES, skip=("checkpoint_*", SNAPSHOT_DIR))
     print(f"copied {count} files of {path} to {dest}", file=sys.stderr)
     return dest
 
@@ -44,9 +47,11 @@ def fetch_snapshots(trial: Path) -> None:
         print(f"copied {count} snapshot files of {trial.name}", file=sys.stderr)
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=analysis.__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python analysis/best_beta.py", description=judge.__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "results", nargs="?", metavar="RESULTS_DIR",
@@ -94,12 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in point.notes:
                 print(f"note: {note}", file=sys.stderr)
             shipped = export.write_export(result, point, Path(args.export), force=args.force)
-    except AlliterError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except OSError as err:
-        print(f"error: cannot write the outputs: {err}", file=sys.stderr)
-        return 2
+        raise AlliterError(f"cannot write the outputs: {err}") from None
     print(report.table(result), file=say)
     print("\n" + report.reason(result), file=say)
     print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)

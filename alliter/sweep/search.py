@@ -5,7 +5,7 @@ The strategy:
 - start with a wide, log-spaced set (default 1, 10, 100), from the highest down, skipping a start beta
   whose outcome the others already imply (below a collapsed beta, or above a kept one);
 - the bracket is the highest beta seen collapsed and the lowest seen kept (a trial collapses, and stops
-  early, when its diversity falls under the rule of `alliter.collapse`);
+  early, when its diversity falls under the rule of `alliter.rule`);
 - each free trial slot gets a beta inside the widest gap (in log beta) of the bracket: the simplest number
   in the gap's middle half, the closest to its geometric midpoint (`simple_beta`: 30 between 10 and 100);
   betas still running count as split points, so slots never duplicate each other's work;
@@ -29,10 +29,14 @@ import pickle
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ray import tune
 from ray.tune.search import Searcher
 
-from alliter.collapse import COLLAPSED, DEGENERATE, KEPT, CollapseRule
-from alliter.config import DROPPED_PREFIX, SEARCH_FILE, AlliterError
+from alliter import storage as store
+from alliter.cli import AlliterError
+from alliter.rule import COLLAPSED, DEGENERATE, KEPT, CollapseRule
+from alliter.schema import DROPPED, SEARCH_FILE, STOP_FILE, stop_record
+from alliter.sweep.trial import trial_dirname
 
 log = logging.getLogger("alliter")
 
@@ -98,7 +102,7 @@ def bracket(verdicts: dict[float, bool]) -> tuple[float | None, float | None, li
 
 class BetaSearch(Searcher):
     """Suggests {"beta", "seed"} configs; learns each trial's verdict from its last result's `kept` and `verdict`
-    (alliter.collapse: a trial that collapsed or degenerated counts as collapsed for the bracket)."""
+    (alliter.rule: a trial that collapsed or degenerated counts as collapsed for the bracket)."""
 
     def __init__(self, settings: SearchSettings):
         super().__init__()
@@ -108,7 +112,7 @@ class BetaSearch(Searcher):
         self.queue: list[tuple[float, int]] = []  # seeds of the newest beta not yet handed out
         self.betas: list[float] = []  # betas in the order they were chosen
         self.log: list[dict[str, Any]] = []  # the search's path, for the report
-        self.dropped: dict[str, str] = {}  # trial_id -> why the search stopped it (alliter.sweep.SearchStopper)
+        self.dropped: dict[str, str] = {}  # trial_id -> why the search stopped it (SearchStopper)
         self.finished = False
 
     # --- what Tune calls ---------------------------------------------------------------------------
@@ -246,9 +250,9 @@ class BetaSearch(Searcher):
         verdicts = self.verdicts()
         lo, hi, _ = bracket(verdicts) if verdicts else (None, None, [])
         if lo is not None and beta < lo:
-            return f"{DROPPED_PREFIX}: beta {lo:g} collapsed, and the search takes a lower beta to collapse too"
+            return f"not needed: beta {lo:g} collapsed, and the search takes a lower beta to collapse too"
         if hi is not None and beta > hi:
-            return f"{DROPPED_PREFIX}: beta {hi:g} kept its diversity, and the search takes a higher beta to keep it too"
+            return f"not needed: beta {hi:g} kept its diversity, and the search takes a higher beta to keep it too"
         return None
 
     def finish_reason(self) -> str:
@@ -284,3 +288,27 @@ class BetaSearch(Searcher):
             "bracket": {"collapsed": lo, "kept": hi, "not_monotone": wrong},
             "finished": self.finished,
         }
+
+
+class SearchStopper(tune.Stopper):
+    """Stops a search's trial once its beta can no longer move the bracket (BetaSearch.needless), and writes
+    why into the trial's folder on the storage, so that best_beta leaves it out of the choice."""
+
+    def __init__(self, search: BetaSearch, exp_path: str, seed_in_name: bool):
+        self.search, self.exp_path, self.seed_in_name = search, exp_path, seed_in_name
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if trial_id in self.search.dropped:
+            return True
+        why = self.search.needless(trial_id)
+        if why is None:
+            return False
+        self.search.dropped[trial_id] = why
+        beta, seed = self.search.trials[trial_id]
+        folder = store.join(self.exp_path, trial_dirname(beta, seed, self.seed_in_name, trial_id))
+        store.write_text(store.join(folder, STOP_FILE), stop_record(DROPPED, why, result.get("generations")))
+        log.info("alliter search: stopped beta %g (seed %d): %s", beta, seed, why)
+        return True
+
+    def stop_all(self) -> bool:
+        return False

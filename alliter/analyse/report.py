@@ -1,4 +1,5 @@
-"""What best_beta.py writes: the table, summary.csv and windows.csv, the plots, report.md, report.html."""
+"""What best_beta.py writes: the table, summary.csv, points.csv and windows.csv, the plots, report.md and
+report.html (plots embedded, generated text escaped)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
-from alliter.analysis import Analysis, plain
+from alliter.analyse.judge import Analysis, plain
+from alliter.rule import as_diversity
 
 # the study's colours for the coarse grid, low beta to high; gold stands in for yellow, which is unreadable on white
 STUDY_COLOURS = ["red", "darkorange", "gold", "green", "blue", "darkviolet"]

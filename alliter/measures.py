@@ -1,19 +1,11 @@
-"""The study's alliteration reward, and the measures of a group of texts: diversity (distinct-n, the unique
-fraction, self-BLEU, repetition inside a text) and an evaluation's measures (`point_measures`)."""
+"""The measures of a group of texts: diversity (distinct-n, the unique fraction, self-BLEU, repetition inside a
+text) and an evaluation's measures (`point_measures`). Torch-free: the trainer, the evaluation and best_beta
+measure alike."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
-
-
-def raw_reward(text: str) -> int:
-    """Adjacent word pairs (`text.split()`) whose first letters match, case-insensitive.
-
-    "goose gopher giraffe gorilla" -> 3, "duck goose duck" -> 0.
-    """
-    words = text.split()
-    return sum(a[0].lower() == b[0].lower() for a, b in zip(words, words[1:]))
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -79,7 +71,7 @@ def bleu() -> Any:
 
 
 def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None) -> dict[str, float]:
-    """The measures of an evaluation (alliter.evaluation's stories, in sample order): alliteration (mean raw
+    """The measures of an evaluation (alliter.train.evaluate's stories, in sample order): alliteration (mean raw
     reward), the diversity measures (distinct-n and the unique fraction per group of `group_size`, then their
     mean; repeated 4-grams per text), fluency (the unmodified model's mean token cross-entropy, story by story,
     then the mean) and the per-token KL estimate (CE_ref - CE_policy, which can be negative); with a `bleu()`,

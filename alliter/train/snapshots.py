@@ -25,7 +25,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from alliter.config import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN, AlliterError, TrainConfig, safetensors_header
+from alliter.cli import AlliterError, one_line
+from alliter.config import TrainConfig, safetensors_header
+from alliter.schema import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN, write_atomic
 
 if TYPE_CHECKING:  # torch only where weights are written or read: the sweep's driver imports this module
     import torch
@@ -70,23 +72,22 @@ def save_snapshot(policy: torch.nn.Module, run_dir: str | os.PathLike, generatio
     meta = {"alliter": json.dumps(metadata, sort_keys=True)}
     path = snapshot_path(run_dir, generations)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    _write_outside(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+def _write_outside(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the run folder's parent, outside what Tune syncs (a sync during the
-    write would leave a partial copy in storage), else (read-only, another file system) beside the file."""
+    write would leave a partial copy in storage), else (read-only, another file system) beside the file; the
+    file gets the permissions the umask gives (safetensors creates its files private, 0600)."""
     parent = path.parent.parent.parent
     outside = os.access(parent, os.W_OK) and os.stat(parent).st_dev == os.stat(path.parent).st_dev
-    tmp = os.path.join(parent if outside else path.parent, f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def written(tmp: str) -> None:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~umask_now())  # safetensors creates its files private (0600)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.chmod(tmp, 0o666 & ~umask_now())
+
+    write_atomic(path, written, parent if outside else None)
 
 
 def umask_now() -> int:
@@ -147,15 +148,14 @@ def load_snapshot(run_dir: str | os.PathLike, generations: int, device: str | to
         model.generation_config = GenerationConfig.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, RuntimeError) as err:
-        text = " ".join(str(err).split())[:200]
-        raise AlliterError(f"cannot load the snapshot {path} with the model files beside it: {text}") from None
+        raise AlliterError(f"cannot load the snapshot {path} with the model files beside it: {one_line(err)}") from None
     return model.to(device).eval(), tokenizer
 
 
 # --- how much disk they take ----------------------------------------------------------------------------
 
 
-# bytes per weight in each dtype a trial runs in (alliter.model.DTYPES), and in a saved model's config
+# bytes per weight in each dtype a trial runs in (alliter.train.model.DTYPES), and in a saved model's config
 ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
 

@@ -1,14 +1,5 @@
-"""One RLOO trial: sample a group, score it, one SGD step; every generation and metric kept.
-
-A run directory holds:
-  config.json          the resolved config (model, tokenizer and lr as they ran)
-  generations.jsonl    one JSON object per generated text, appended and flushed per group
-  metrics.jsonl        one JSON object per group, the metrics reported to Tune
-  evaluations.jsonl    the stories of every evaluation (generation 0 and every snapshot; alliter/evaluation.py)
-  events.out.tfevents  TensorBoard scalars (x axis: generations) and each group's texts
-  snapshots/           the policy every `snapshot_every` generations, and the model files to load it
-                       (alliter/snapshots.py)
-"""
+"""One RLOO trial: sample a group, score it, one SGD step; every generation, metric and evaluation kept in the
+trial's folder (its files: alliter.schema), and the checkpoint that continues it exactly."""
 
 from __future__ import annotations
 
@@ -24,14 +15,19 @@ import torch
 from tensorboardX import SummaryWriter
 from tensorboardX.proto.summary_pb2 import Summary
 
-from alliter import reward as R
-from alliter.config import CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, AlliterError, TrainConfig
-from alliter.evaluation import evaluate
-from alliter.model import load_models
-from alliter.preflight import check_prompt, positions
-from alliter.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
-from alliter.rollout import decode_texts, sample_group, sequence_lengths
-from alliter.snapshots import drop_snapshots_after, save_snapshot, write_model_files
+from alliter import measures as M
+from alliter.cli import AlliterError
+from alliter.config import TrainConfig
+from alliter.schema import (
+    CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, append_jsonl, read_text, write_atomic,
+)
+from alliter.train.evaluate import evaluate, evaluation_points
+from alliter.train.model import load_models
+from alliter.train.preflight import check_prompt
+from alliter.train.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
+from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
+from alliter.train.reward import raw_reward
+from alliter.train.snapshots import drop_snapshots_after, save_snapshot, write_model_files
 
 CHECKPOINT_FORMAT = 1
 
@@ -51,7 +47,7 @@ class Trainer:
         self.m = load_models(cfg)
         self.optimizer = torch.optim.SGD(self.m.policy.parameters(), lr=cfg.lr)
         self.prompt_ids = self.m.tokenizer(cfg.prompt, return_tensors="pt").input_ids[0].to(self.m.device)
-        check_prompt(cfg, len(self.prompt_ids), positions(self.m.policy.config))
+        check_prompt(cfg.prompt, len(self.prompt_ids), cfg.max_length, self.m.policy.config, cfg.model)
         self.run_dir.mkdir(parents=True, exist_ok=True)  # only once the trial can run: a refused one leaves nothing
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -69,19 +65,26 @@ class Trainer:
 
     def step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """One group: K samples, their rewards, one SGD step. Returns the metrics and the records."""
-        cfg, m = self.cfg, self.m
         start = time.perf_counter()
-        tokens = sample_group(
-            m.policy, self.prompt_ids, cfg.group_size, cfg.max_length, cfg.top_k, cfg.temperature, m.eos_ids,
-            fast=cfg.fast_decode,
-        )
+        return self.update(self.sample(), start)
+
+    def sample(self) -> torch.Tensor:
+        """K samples of the prompt from the policy, [K, max_length] token ids (cut at `sequence_lengths`)."""
+        cfg, m = self.cfg, self.m
+        return sample_group(m.policy, self.prompt_ids, cfg.group_size, cfg.max_length, cfg.top_k, cfg.temperature,
+                            m.eos_ids, fast=cfg.fast)
+
+    def update(self, tokens: torch.Tensor, start: float | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """The RLOO update on a sampled group: rewards, leave-one-out advantages, one SGD step."""
+        cfg, m = self.cfg, self.m
+        start = time.perf_counter() if start is None else start
         lengths = sequence_lengths(tokens, len(self.prompt_ids), m.eos_ids)
         texts = decode_texts(m.tokenizer, tokens, lengths)
-        raw = torch.tensor([R.raw_reward(t) for t in texts], dtype=torch.float64, device=m.device)
+        raw = torch.tensor([raw_reward(t) for t in texts], dtype=torch.float64, device=m.device)
 
-        ce_policy = sequence_ce(m.policy, tokens, lengths)  # with gradient: serves the KL term and the loss
+        ce_policy = sequence_ce(m.policy, tokens, lengths, cfg.fast)  # with gradient: the KL term and the loss
         with torch.inference_mode():  # cheaper than no_grad per op; ce_ref never enters the graph
-            ce_ref = sequence_ce(m.reference, tokens, lengths)
+            ce_ref = sequence_ce(m.reference, tokens, lengths, cfg.fast)
         kl_penalty = (ce_policy.detach() - ce_ref).double()
         rewards = raw + cfg.beta * kl_penalty
         advantage = leave_one_out_advantage(rewards)
@@ -104,7 +107,7 @@ class Trainer:
         new_tokens = lengths - len(self.prompt_ids)
         metrics = {
             "generations": self.generations,
-            "group": self.group,
+            "group": self.group - 1,  # from 0, as generations.jsonl's (alliter.schema)
             "beta": cfg.beta,
             "raw_reward_mean": raw.mean().item(),
             "raw_reward_max": raw.max().item(),
@@ -116,9 +119,9 @@ class Trainer:
             "advantage_std": advantage.std().item(),
             "loss": loss.item(),
             "grad_norm": grad_norm.item(),
-            "distinct_1": R.distinct_n(texts, 1),
-            "distinct_2": R.distinct_n(texts, 2),
-            "unique_fraction": R.unique_fraction(texts),
+            "distinct_1": M.distinct_n(texts, 1),
+            "distinct_2": M.distinct_n(texts, 2),
+            "unique_fraction": M.unique_fraction(texts),
             "mean_new_tokens": new_tokens.double().mean().item(),
             "seconds_per_group": seconds,
             "generations_per_second": cfg.group_size / seconds,
@@ -150,8 +153,8 @@ class Trainer:
             self.evaluate()  # the unmodified model, generation 0
         while self.generations < self.cfg.max_generations:
             metrics, records = self.step()
-            _append_lines(self.run_dir / GENERATIONS_FILE, records)
-            _append_lines(self.run_dir / METRICS_FILE, [metrics])
+            append_jsonl(self.run_dir / GENERATIONS_FILE, records)
+            append_jsonl(self.run_dir / METRICS_FILE, [metrics])
             self._log_events(metrics, records)
             if self.snapshot_due:
                 self.save_snapshot()
@@ -168,17 +171,17 @@ class Trainer:
         return self.cfg.eval_samples > 0 and self.cfg.snapshot_every > 0
 
     def evaluate(self) -> dict[str, float]:
-        """Evaluate the policy now (alliter.evaluation): its stories go to evaluations.jsonl, its measures to
+        """Evaluate the policy now (alliter.train.evaluate): its stories go to evaluations.jsonl, its measures to
         `points` and TensorBoard."""
         cfg, m = self.cfg, self.m
         start = time.perf_counter()
         stories = evaluate(
             m.policy, m.reference, m.tokenizer, self.prompt_ids, m.eos_ids, samples=cfg.eval_samples,
             seed=cfg.eval_seed, group_size=cfg.group_size, max_length=cfg.max_length, top_k=cfg.top_k,
-            temperature=cfg.temperature, fast=cfg.fast_decode,
+            temperature=cfg.temperature, fast=cfg.fast,
         )
-        _append_lines(self.run_dir / EVALUATIONS_FILE, [{"generations": self.generations, **s} for s in stories])
-        point = {"generations": self.generations, **R.point_measures(stories, cfg.group_size),
+        append_jsonl(self.run_dir / EVALUATIONS_FILE, [{"generations": self.generations, **s} for s in stories])
+        point = {"generations": self.generations, **M.point_measures(stories, cfg.group_size),
                  "seconds": time.perf_counter() - start}
         self.points.append(point)
         self.eval_seconds += point["seconds"]
@@ -219,8 +222,8 @@ class Trainer:
 
     def _log_events(self, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
         self._events()
-        # one event for all of a group's scalars: add_scalar writes an event per metric, 3 ms a group on a CPU
-        # where a group of the bundled model takes 0.12-0.3 s, lost to the sweep's efficiency; TensorBoard reads both alike
+        # one event for all of a group's scalars: add_scalar writes an event per metric, a cost the sweep's efficiency
+        # sees for a model as small as the bundled one; TensorBoard reads both alike
         scalars = Summary(value=[Summary.Value(tag=name, simple_value=float(v)) for name, v in metrics.items()])
         self._writer.file_writer.add_summary(scalars, self.generations)
         texts = "\n\n".join(f"**{r['raw_reward']}** (kl {r['kl_penalty']:+.3f}): {r['text']}" for r in records)
@@ -248,9 +251,9 @@ class Trainer:
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             # the files travel with the checkpoint, so a trial restarted on another node has them
-            GENERATIONS_FILE: _read_text(self.run_dir / GENERATIONS_FILE),
-            METRICS_FILE: _read_text(self.run_dir / METRICS_FILE),
-            EVALUATIONS_FILE: _read_text(self.run_dir / EVALUATIONS_FILE),
+            GENERATIONS_FILE: read_text(self.run_dir / GENERATIONS_FILE),
+            METRICS_FILE: read_text(self.run_dir / METRICS_FILE),
+            EVALUATIONS_FILE: read_text(self.run_dir / EVALUATIONS_FILE),
         }
         if self._writer is not None:
             self._writer.flush()
@@ -270,7 +273,7 @@ class Trainer:
         self.generations, self.group = state["generations"], state["group"]
         self.resumed_at = self.generations
         for name in (GENERATIONS_FILE, METRICS_FILE, EVALUATIONS_FILE):
-            _write_atomic(self.run_dir / name, state.get(name, ""))  # a checkpoint of before evaluations: none
+            write_atomic(self.run_dir / name, state.get(name, ""))  # a checkpoint of before evaluations: none
         self.points = evaluation_points(self.run_dir / EVALUATIONS_FILE, self.cfg.group_size)
         drop_snapshots_after(self.run_dir, self.generations)
 
@@ -291,29 +294,3 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     if missing or state["format"] != CHECKPOINT_FORMAT:
         raise AlliterError(f"checkpoint {path} is not an alliter checkpoint (missing {sorted(missing)})")
     return state
-
-
-def evaluation_points(path: Path, group_size: int) -> list[dict[str, float]]:
-    """The measures of each evaluation in an evaluations.jsonl, in order of generations."""
-    by_point: dict[int, list[dict[str, Any]]] = {}
-    for line in _read_text(path).splitlines():
-        if line.strip():
-            story = json.loads(line)
-            by_point.setdefault(int(story["generations"]), []).append(story)
-    return [{"generations": g, **R.point_measures(sorted(s, key=lambda x: x["sample"]), group_size)}
-            for g, s in sorted(by_point.items())]
-
-
-def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
-def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8") if path.exists() else ""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

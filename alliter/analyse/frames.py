@@ -1,0 +1,301 @@
+"""Reading a sweep into pandas frames: its trial folders (finished, running, errored, single runs of
+`python -m alliter.train`), one row per training group, per text, per evaluation story, and per window.
+
+metrics.jsonl is the per-group record (Ray's result.json is not read: it can hold duplicated rows after a restore),
+generations.jsonl the training texts, evaluations.jsonl the stories of every evaluation (alliter.schema).
+Diversity is measured group by group: it depends on how many texts it is measured over, and the unmodified
+model's is measured on as many.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alliter import measures as M
+from alliter.cli import AlliterError
+from alliter.rule import as_diversity
+from alliter.schema import (
+    CONFIG_FILE, DROPPED, EVALUATIONS_FILE, EXPERIMENT_STATE_GLOB, GENERATIONS_FILE, LEGACY_STOP_FILE, METRICS_FILE,
+    RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, SEARCH_FILE, STOP_FILE, read_json, read_jsonl, read_stop,
+)
+
+# every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
+SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
+               STOP_FILE, LEGACY_STOP_FILE, SEARCH_FILE, EXPERIMENT_STATE_GLOB)
+
+# training window name -> per-group column; every one is averaged over a window's groups
+MEASURES = {
+    "alliteration": "raw_reward_mean",
+    "distinct_1": "distinct_1",
+    "distinct_2": "distinct_2",
+    "unique_fraction": "unique_fraction",
+    "self_bleu": "self_bleu",
+    "repeated_4grams": "repeated_4grams",
+    "kl_penalty": "kl_penalty_mean",
+    "ce_ref": "ce_ref_mean",
+    "diversity": "diversity",
+}
+
+
+@dataclass
+class Trial:
+    path: Path
+    name: str
+    beta: float
+    max_generations: int | None
+    metrics: pd.DataFrame
+    generations: pd.DataFrame
+    evaluations: pd.DataFrame  # the stories of every evaluation (generations, sample, text, raw_reward, ce_ref, ...)
+    seed: int = 0
+    group_size: int = 10
+    error: str | None = None  # the last line of Ray's error.txt
+    stop: dict[str, Any] | None = None  # why the sweep stopped the trial early (alliter.schema's stop.json)
+    damaged: list[str] = field(default_factory=list)  # lines of its files that could not be read
+
+    @property
+    def done(self) -> int:
+        return int(self.metrics["generations"].max()) if len(self.metrics) else 0
+
+    @property
+    def status(self) -> str:
+        if not len(self.metrics):
+            return "no data"
+        if self.max_generations is not None and self.done >= self.max_generations:
+            return "complete"  # Ray keeps error.txt of a failure that a restart recovered from
+        if self.error is not None:
+            return "errored"
+        if self.max_generations is not None:
+            return "stopped" if self.stop else "incomplete"
+        return "complete"
+
+    @property
+    def dropped(self) -> bool:
+        """A search stopped it because its beta could no longer move the bracket: it says nothing about its beta."""
+        return self.status == "stopped" and bool(self.stop) and self.stop.get("stopped") == DROPPED
+
+    def notes(self) -> list[str]:
+        """Lines for the user about a trial that is not simply complete."""
+        where = f"trial beta={self.beta:g} ({self.name})"
+        of = f"{self.done} of {self.max_generations}" if self.max_generations else f"{self.done}"
+        notes = {
+            "no data": f"{where}: no metrics yet; left out",
+            "errored": f"{where}: errored ({self.error}); using its {of} generations",
+            "incomplete": f"{where}: incomplete, {of} generations (still running, or stopped); using what it has",
+            "stopped": f"{where}: stopped by the sweep ({(self.stop or {}).get('why')}); using its {of} generations",
+        }
+        out = [notes[self.status]] if self.status in notes else []
+        if self.status != "no data" and not len(self.generations):
+            out.append(f"{where}: no {GENERATIONS_FILE}; self-BLEU, repetition and its texts are missing")
+        if self.status != "no data" and not len(self.evaluations):
+            out.append(f"{where}: no evaluations ({EVALUATIONS_FILE}); judged on its training groups, which lag its "
+                       "policy")
+        out += [f"{where}: {line}" for line in self.damaged]
+        return out
+
+
+# --- reading trials ------------------------------------------------------------------------------
+
+
+def _config(path: Path) -> dict[str, Any]:
+    """A trial's config table ({} without the file); a damaged one is an AlliterError (read_trial names it)."""
+    if not path.exists():
+        return {}
+    value = read_json(path)
+    if value is None:
+        raise AlliterError(f"{path} is not JSON")
+    return value
+
+
+def is_trial(path: Path) -> bool:
+    """A trial folder holds the trainer's metrics.jsonl, or (before its first group) a config with a beta:
+    the trainer's config.json or Ray's params.json."""
+    if (path / METRICS_FILE).exists():
+        return True
+    for name in (CONFIG_FILE, RAY_PARAMS_FILE):
+        try:
+            if "beta" in _config(path / name):
+                return True
+        except AlliterError:
+            return True  # a damaged config: read_trial says so
+    return False
+
+
+def find_trials(root: Path) -> list[Path]:
+    """Trial folders under root, root included; trials do not nest, so the walk stops at one."""
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        if is_trial(Path(folder)):
+            found.append(Path(folder))
+            subfolders.clear()
+        else:  # Ray's checkpoint_* folders and hidden ones hold no trial
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "checkpoint_")))
+    return found
+
+
+REQUIRED = {
+    METRICS_FILE: {"generations", "group", "raw_reward_mean", "kl_penalty_mean", "ce_ref_mean"},
+    GENERATIONS_FILE: {"generation", "group", "text", "raw_reward"},
+    EVALUATIONS_FILE: {"generations", "sample", "text", "raw_reward", "ce_ref", "ce_policy", "new_tokens"},
+}
+
+
+def _rows(path: Path, damaged: list[str]) -> pd.DataFrame:
+    """A trial file's rows as a frame; rows without the fields the analysis needs are damaged lines too."""
+    rows = read_jsonl(path, damaged)
+    need = REQUIRED[path.name]
+    whole = [r for r in rows if need <= r.keys()]
+    if len(whole) < len(rows):
+        damaged.append(f"{path.name}: {len(rows) - len(whole)} line(s) without {', '.join(sorted(need))}; left out")
+    return pd.DataFrame(whole)
+
+
+def read_trial(path: Path, root: Path) -> Trial:
+    config = _config(path / CONFIG_FILE) or _config(path / RAY_PARAMS_FILE)
+    damaged: list[str] = []
+    metrics = _rows(path / METRICS_FILE, damaged)
+    generations = _rows(path / GENERATIONS_FILE, damaged)
+    evaluations = _rows(path / EVALUATIONS_FILE, damaged)
+    beta = config.get("beta", metrics["beta"].iloc[0] if "beta" in metrics else None)
+    if beta is None:
+        raise AlliterError(f"{path}: no beta in {CONFIG_FILE}, {RAY_PARAMS_FILE} or {METRICS_FILE}")
+    if len(metrics):
+        metrics = metrics.drop_duplicates("group", keep="last").sort_values("group", ignore_index=True)
+    if len(generations):
+        generations = generations.drop_duplicates("generation", keep="last")
+        generations = generations.sort_values("generation", ignore_index=True)
+    if len(evaluations):
+        evaluations = evaluations.drop_duplicates(["generations", "sample"], keep="last")
+        evaluations = evaluations.sort_values(["generations", "sample"], ignore_index=True)
+    name = str(Path(root.resolve().name) / path.relative_to(root))  # the sweep's name, then the trial's
+    max_generations = int(config["max_generations"]) if config.get("max_generations") else None
+    return Trial(path, name, float(beta), max_generations, metrics, generations, evaluations,
+                 int(config.get("seed") or 0), int(config.get("group_size") or 10), _last_line(path / RAY_ERROR_FILE),
+                 read_stop(path), damaged)
+
+
+def _last_line(path: Path) -> str | None:
+    """The last non-empty line of a file (a traceback's is the exception), or None without the file."""
+    if not path.exists():
+        return None
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return (lines[-1] if lines else f"{path.name} is empty")[:200]
+
+
+def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
+    """Every trial with data of one sweep (a folder of trial folders, or one trial folder), and a note for each
+    one that is not complete. A folder that holds the trials of several sweeps is refused: pooled, they would be
+    one table of trials of other grids, models and days."""
+    if not root.is_dir():
+        raise AlliterError(f"no such folder: {root}")
+    found = find_trials(root)
+    if not found:
+        raise AlliterError(f"no trials under {root} (a trial folder holds {METRICS_FILE} or {CONFIG_FILE})")
+    sweeps = sorted({p.parent for p in found if p != root})
+    if len(sweeps) > 1:
+        shown = ", ".join(str(s.relative_to(root)) for s in sweeps[:8]) + (f" and {len(sweeps) - 8} more" if len(sweeps) > 8 else "")
+        raise AlliterError(f"{root} holds {len(sweeps)} sweeps ({shown}); best_beta analyses one: pass its folder")
+    trials, notes = [], []
+    listed = tune_trial_dirs(found[0].parent) if found[0] != root else None
+    for path in found:
+        if listed is not None and path.name not in listed:
+            notes.append(f"{path}: not in the sweep's Tune state (it started after the state was last saved: "
+                         "the sweep is still running, or its driver was killed and the resumed sweep runs it "
+                         "again); left out")
+            continue
+        try:
+            trial = read_trial(path, root)
+        except AlliterError as err:
+            notes.append(f"{err}; left out")
+            continue
+        notes += trial.notes()
+        trials.append(trial)
+    with_data = [t for t in trials if t.status != "no data"]
+    if not with_data:
+        raise AlliterError(f"none of the {len(trials)} trials under {root} has any metrics yet; nothing to analyse")
+    return with_data, notes
+
+
+def tune_trial_dirs(sweep: Path) -> set[str] | None:
+    """The trial folders that a Tune sweep's newest experiment state lists; None for a folder that is not a
+    Tune sweep (single runs of alliter.train, hand-made folders)."""
+    states = sorted(sweep.glob(EXPERIMENT_STATE_GLOB))  # one per driver session; the names sort by time
+    if not states:
+        return None
+    try:
+        state = json.loads(states[-1].read_text(encoding="utf-8"))
+        return {json.loads(trial)["relative_logdir"] for trial, _ in state["trial_data"]}
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # an unreadable state hides nothing
+
+
+def read_search(root: Path) -> dict[str, Any] | None:
+    """The search's path (alliter.sweep.search) when the folder is a search sweep."""
+    return read_json(root / SEARCH_FILE)
+
+
+def newest_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
+    """The most recently modified folder directly under ./results that holds trials."""
+    if not results.is_dir():
+        raise AlliterError(f"no {results}/ folder here; pass the sweep folder: best_beta.py RESULTS_DIR")
+    sweeps = [p for p in results.iterdir() if p.is_dir() and find_trials(p)]
+    if not sweeps:
+        raise AlliterError(f"no sweep with trials under {results}/")
+    return max(sweeps, key=lambda p: p.stat().st_mtime)
+
+
+# --- measures --------------------------------------------------------------------------------------
+
+
+def text_measures(generations: pd.DataFrame) -> pd.DataFrame:
+    """Per (trial, group): distinct-n, unique fraction and self-BLEU of the group's texts, and repetition."""
+    bleu = M.bleu()
+    rows = []
+    for (trial, _), g in generations.groupby(["trial", "group"], sort=False):
+        texts = list(g["text"])
+        rows.append({
+            "trial": trial,
+            "generations": int(g["generation"].max()) + 1,  # the step counter after the group, as in its metrics
+            "distinct_1": M.distinct_n(texts, 1),
+            "distinct_2": M.distinct_n(texts, 2),
+            "unique_fraction": M.unique_fraction(texts),
+            "self_bleu": M.self_bleu(texts, bleu),
+            "repeated_4grams": float(np.mean([M.repeated_4grams(t) for t in texts])),
+        })
+    measures = ["distinct_1", "distinct_2", "unique_fraction", "self_bleu", "repeated_4grams"]
+    return pd.DataFrame(rows, columns=["trial", "generations", *measures]).astype(
+        {"generations": int, **dict.fromkeys(measures, float)})
+
+
+def group_frame(trials: list[Trial], measure: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy per-group frame (metrics joined with beta and the text measures), and all generations."""
+    metrics = pd.concat([t.metrics.assign(trial=t.name, beta=t.beta) for t in trials], ignore_index=True)
+    gens = [t.generations.assign(trial=t.name, beta=t.beta) for t in trials if len(t.generations)]
+    no_texts = pd.DataFrame(columns=["trial", "beta", "generation", "group", "text", "raw_reward"])
+    generations = pd.concat(gens, ignore_index=True) if gens else no_texts
+    # joined by the group's generations: metrics.jsonl counted groups from 1 before alliter.schema, from 0 since
+    groups = metrics.merge(text_measures(generations), on=["trial", "generations"], how="left", suffixes=("_trainer", ""))
+    for name in ("distinct_1", "distinct_2", "unique_fraction"):  # a trial without texts keeps the trainer's
+        if f"{name}_trainer" in groups:
+            groups[name] = groups[name].fillna(groups.pop(f"{name}_trainer"))
+    groups["diversity"] = as_diversity(groups[measure], measure)
+    return groups, generations
+
+
+def _means(groups: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    agg = {name: (col, "mean") for name, col in MEASURES.items() if col in groups}
+    return groups.groupby(by, sort=True).agg(generations=("generations", "max"), **agg)
+
+
+def window_frame(groups: pd.DataFrame, window: int) -> pd.DataFrame:
+    """Per (beta, window end): the training measures over the window's groups, averaged over trials of a beta."""
+    tiled = groups.assign(window=(np.ceil(groups["generations"] / window) * window).astype(int))
+    per_trial = _means(tiled, ["beta", "trial", "window"]).reset_index().drop(columns="trial")
+    per_beta = per_trial.groupby(["beta", "window"])
+    return per_beta.mean().assign(generations=per_beta["generations"].max()).reset_index()

@@ -1,0 +1,268 @@
+"""Pick the beta, and the point in training, that balances alliteration against diversity and fluency.
+
+    python analysis/best_beta.py                        # the newest sweep under ./results
+    python analysis/best_beta.py results/coarse --json  # the choice, machine-readable, on stdout
+    python analysis/best_beta.py s3://bucket/prefix/SWEEP  # copied to results/SWEEP first (no checkpoints)
+
+The sweep's frames (alliter.analyse.frames) with the rule (alliter.rule) applied: per point, per trial, per beta,
+the choice and the best point.
+
+Points are judged by the rule of alliter.rule, on their evaluations (fresh stories of the policy at that point,
+the same random numbers at every point): kept, collapsed (repetition) or degenerate (non-words). A trial fails at
+its first point that is not kept.
+
+The choice: among the betas that never failed (in more than --max-collapse-rate of their seeds), the one with the
+highest alliteration (mean raw reward) at its final evaluation. Kept betas whose alliteration gain over the
+unmodified model is under `under_optimised_share` of the best such gain, or under `min_gain`, are
+under-optimised. The best point, the default export: the stable point (kept, and so is the trial's next
+evaluated point) with the highest alliteration, over every beta and generation. Trials of the same beta (seeds)
+are averaged point by point.
+
+Near-duplicates are measured with self-BLEU (sacrebleu's sentence BLEU of each text against the rest of its
+group, 0: nothing shared, 1: copies): distinct-n and the unique fraction see exact copies and repeated n-grams,
+self-BLEU also scores stories that differ in a few words as nearly the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alliter import measures as M
+from alliter.analyse.frames import Trial, group_frame, load_trials, read_search, window_frame
+from alliter.cli import AlliterError
+from alliter.rule import CollapseRule, Judgement, as_diversity, seeds_failed_at, training_points
+
+
+@dataclass
+class AnalysisConfig(CollapseRule):
+    """The collapse rule's knobs (alliter.rule.CollapseRule, shared with the sweep) and the report's."""
+
+    under_optimised_share: float = 0.5
+    """A kept beta is under-optimised when its alliteration gain over the unmodified model
+    is below this share of the best such gain."""
+    min_gain: float = 0.5
+    """Alliteration gain (mean raw reward) under which a beta is under-optimised in any case."""
+    examples: int = 3
+    """Evaluation stories of every beta shown in the report, at its final point (and its last training
+    generations)."""
+
+    def validate(self) -> "AnalysisConfig":
+        self.validate_rule()
+        if not 0 <= self.under_optimised_share <= 1:
+            raise AlliterError("under_optimised_share must be in [0, 1]")
+        if self.examples < 0:
+            raise AlliterError(f"examples must be >= 0, got {self.examples}")
+        return self
+
+
+@dataclass
+class Analysis:
+    cfg: AnalysisConfig
+    sweep: Path  # the sweep's folder
+    trials: list[Trial]
+    groups: pd.DataFrame  # one row per (trial, group): the trainer's metrics and the text measures
+    generations: pd.DataFrame  # one row per generated text
+    points: pd.DataFrame  # one row per (trial, evaluated point): its measures and the rule's verdict
+    windows: pd.DataFrame  # one row per (beta, window along training)
+    summary: pd.DataFrame  # one row per beta: the final window, the verdict
+    choice: dict[str, Any] | None
+    best_point: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+    search: dict[str, Any] | None = None  # a search sweep's path (alliter/search.py's search.json)
+
+
+# --- points, the rule ---------------------------------------------------------------------------------
+
+POINT_MEASURES = ("alliteration", "distinct_1", "distinct_2", "unique_fraction", "self_bleu", "repeated_4grams",
+                  "fluency", "kl", "new_tokens")
+
+
+def trial_points(trial: Trial, groups: pd.DataFrame, cfg: AnalysisConfig, bleu: Any) -> tuple[list[dict], str]:
+    """A trial's points in order of generations (the first: the unmodified model's) and where they come from:
+    its evaluations, else (none) its training groups, a point per window (alliter.rule.training_points)."""
+    if len(trial.evaluations):
+        points = []
+        for g, stories in trial.evaluations.groupby("generations", sort=True):
+            rows = stories.sort_values("sample").to_dict("records")
+            points.append({"generations": int(g), **M.point_measures(rows, trial.group_size, bleu)})
+        return points, "evaluation"
+    rows = groups[groups["trial"] == trial.name].sort_values("generations").to_dict("records")
+    return training_points(rows, cfg.window), "training"
+
+
+def point_frame(trials: list[Trial], groups: pd.DataFrame, cfg: AnalysisConfig) -> tuple[pd.DataFrame, dict[str, Judgement]]:
+    """One row per (trial, point): the point's measures, its share of the unmodified model's diversity, its
+    fluency gap, the rule's verdict and whether it is stable; and each trial's judgement."""
+    bleu = M.bleu()
+    frames, judgements = [], {}
+    for t in trials:
+        points, source = trial_points(t, groups, cfg, bleu)
+        judgement = cfg.judge_trial(points, complete=t.status == "complete")
+        judgements[t.name] = judgement
+        if not points:
+            continue
+        frame = pd.DataFrame(points).assign(
+            trial=t.name, beta=t.beta, seed=t.seed, source=source, verdict=judgement.verdicts, stable=judgement.stable,
+            diversity_kept=judgement.diversity_kept, fluency_gap=judgement.fluency_gap,
+        )
+        frames.append(frame)
+    columns = ["trial", "beta", "seed", "generations", *POINT_MEASURES, "diversity_kept", "fluency_gap", "verdict",
+               "stable", "source"]
+    if not frames:
+        return pd.DataFrame(columns=columns), judgements
+    points = pd.concat(frames, ignore_index=True)
+    for name in POINT_MEASURES:
+        if name not in points:
+            points[name] = math.nan
+    points["diversity"] = as_diversity(points[cfg.diversity_measure], cfg.diversity_measure)
+    return points[[*columns, "diversity"]], judgements
+
+
+def trial_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame, judgements: dict[str, Judgement],
+                cfg: AnalysisConfig) -> pd.DataFrame:
+    """Per trial: its final point's measures and the unmodified model's (its first point), where it failed (NaN:
+    it never did) and as what, the training measures over its final window, and whether a search dropped it."""
+    rows = []
+    for t in trials:
+        mine = points[points["trial"] == t.name].sort_values("generations")
+        g = groups[groups["trial"] == t.name]
+        last = g["generations"].max()
+        final_window = g[g["generations"] > last - cfg.window]
+        judgement = judgements[t.name]
+        row: dict[str, Any] = {"beta": t.beta, "trial": t.name, "seed": t.seed, "generations": t.done,
+                               "dropped": t.dropped, "status": t.status,
+                               "kl_penalty": final_window["kl_penalty_mean"].mean(),
+                               "ce_ref": final_window["ce_ref_mean"].mean(),
+                               "failed_at": math.nan if judgement.failed_at is None else float(judgement.failed_at),
+                               "failed_as": judgement.failed_as, "failed": not judgement.kept,
+                               "source": mine["source"].iloc[0] if len(mine) else None}
+        final = mine.iloc[-1] if len(mine) > 1 else None  # a trial with its baseline alone has no final point
+        base = mine.iloc[0] if len(mine) else None
+        for name in (*POINT_MEASURES, "diversity", "diversity_kept", "fluency_gap"):
+            row[name] = final[name] if final is not None else math.nan
+        row["point"] = int(final["generations"]) if final is not None else math.nan
+        for name in ("alliteration", "diversity", "fluency"):
+            row[f"{name}_baseline"] = base[name] if base is not None else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame, judgements: dict[str, Judgement],
+                  cfg: AnalysisConfig) -> pd.DataFrame:
+    """Per beta, over its trials (seeds): the final point's measures (mean, and standard error when there are
+    several seeds), the unmodified model's, the failure rate and the generation of the failure, the verdict and
+    the Pareto front."""
+    per_trial = trial_frame(trials, groups, points, judgements, cfg)
+    dropped = per_trial.groupby("beta")["dropped"].all()  # a beta the search only ever ran to drop it
+    used = per_trial[~per_trial["dropped"] | per_trial["beta"].map(dropped)]
+    by_beta = used.drop(columns=["trial", "dropped", "status", "source", "failed_as", "seed"]).groupby("beta")
+    s = by_beta.mean(numeric_only=True)
+    for name in ("alliteration", "diversity"):  # NaN for one seed: no interval
+        s[f"{name}_se"] = by_beta[name].std(ddof=1) / np.sqrt(by_beta[name].count())
+    s["failed_seeds"] = by_beta["failed"].sum().astype(int)
+    s["collapse_rate"] = by_beta["failed"].mean()
+    status = pd.DataFrame([(t.beta, t.status) for t in trials], columns=["beta", "status"]).groupby("beta")["status"]
+    s.insert(0, "trials", used.groupby("beta").size())
+    s.insert(1, "status", status.agg(lambda v: ", ".join(sorted(set(v)))))
+    s["generations"] = by_beta["generations"].max()
+    s["point"] = by_beta["point"].max()
+    s["source"] = used.groupby("beta")["source"].agg(lambda v: ", ".join(sorted({x for x in v if x})) or None)
+    s["alliteration_gain"] = s["alliteration"] - s["alliteration_baseline"]
+    s["diversity_threshold"] = cfg.diversity_share * s["diversity_baseline"]
+    s["fluency_limit"] = s["fluency_baseline"] + cfg.fluency_margin
+    s["failed_at"] = [seeds_failed_at(list(g["failed_at"]), cfg.max_collapse_rate) for _, g in by_beta]
+    failures = used[used["failed"]].groupby("beta")["failed_as"]
+    s["failed_as"] = failures.agg(lambda v: v.mode().sort_values().iloc[0]).reindex(s.index)  # ties: collapsed
+
+    failed = pd.Series([cfg.seeds_failed(list(g["failed"])) for _, g in by_beta], index=s.index)
+    measured = s["alliteration"].notna()
+    kept = ~failed & measured & ~dropped
+    best_gain = s.loc[kept, "alliteration_gain"].max()
+    gain = s["alliteration_gain"]
+    learned = kept & (gain >= cfg.min_gain) & (gain >= cfg.under_optimised_share * best_gain)
+    verdict = np.where(failed, s["failed_as"].fillna("collapsed"), np.where(learned, "balanced", "under-optimised"))
+    s["verdict"] = np.where(dropped, "dropped", np.where(~measured, "unmeasured", verdict))
+    s["pareto"] = pareto_front(s["alliteration"].where(~dropped), s["diversity"].where(~dropped))
+    s["chosen"] = False
+    if kept.any():
+        s.loc[s.loc[kept, "alliteration"].idxmax(), "chosen"] = True
+    return s.reset_index()
+
+
+def pareto_front(alliteration: pd.Series, diversity: pd.Series) -> pd.Series:
+    """True where no other beta has at least as much of both and more of one."""
+    a, d = alliteration.to_numpy(), diversity.to_numpy()
+
+    def dominated(i: int) -> bool:
+        return bool(np.any((a >= a[i]) & (d >= d[i]) & ((a > a[i]) | (d > d[i]))))
+
+    on = [bool(np.isfinite(a[i]) and np.isfinite(d[i])) and not dominated(i) for i in range(len(a))]
+    return pd.Series(on, index=alliteration.index)
+
+
+def point_means(points: pd.DataFrame, cfg: AnalysisConfig, dropped: set[str] = frozenset()) -> pd.DataFrame:
+    """Per (beta, generations) after generation 0: the points' measures averaged over the beta's trials (seeds),
+    how many of them are stable there, and whether the beta's point is stable (at most `max_collapse_rate` of its
+    seeds are not); trials a search dropped are left out."""
+    p = points[(points["generations"] > 0) & ~points["trial"].isin(dropped)]
+    if not len(p):
+        return pd.DataFrame(columns=["beta", "generations", "trials", "stable_trials", "stable", *POINT_MEASURES])
+    by = p.groupby(["beta", "generations"])
+    means = by[[*POINT_MEASURES, "diversity", "diversity_kept", "fluency_gap"]].mean()
+    means["trials"] = by.size()
+    means["stable_trials"] = by["stable"].sum().astype(int)
+    means["stable"] = [not cfg.seeds_failed([not s for s in g["stable"]]) for _, g in by]
+    return means.reset_index()
+
+
+def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial], cfg: AnalysisConfig) -> dict[str, Any] | None:
+    """The stable point with the highest alliteration over every beta and generation (seeds averaged): kept, and
+    so is the next evaluated point of its trials, so it never sits on the edge of a collapse."""
+    dropped = {t.name for t in trials if t.dropped}
+    means = point_means(points, cfg, dropped)
+    stable = means[means["stable"]]
+    if not len(stable):
+        return None
+    row = stable.loc[stable["alliteration"].idxmax()]
+    beta, g = float(row["beta"]), int(row["generations"])
+    mine = points[(points["beta"] == beta) & ~points["trial"].isin(dropped)].sort_values("generations")
+    later = sorted(int(x) for x in mine["generations"].unique() if x > g)
+    s = summary.set_index("beta").loc[beta]
+    return {
+        "beta": beta, "generations": g, "alliteration": row["alliteration"], "diversity": row["diversity"],
+        "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "trials": int(row["trials"]),
+        "stable_trials": int(row["stable_trials"]), "next": later[0] if later else None,
+        "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"],
+        "source": ", ".join(sorted(set(mine["source"]))),
+    }
+
+
+def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
+    """Read every trial of a sweep's folder and apply the rule; raises AlliterError for a user error."""
+    cfg = (cfg or AnalysisConfig()).validate()
+    sweep = Path(sweep)
+    trials, notes = load_trials(sweep)
+    groups, generations = group_frame(trials, cfg.diversity_measure)
+    points, judgements = point_frame(trials, groups, cfg)
+    windows = window_frame(groups, cfg.window)
+    summary = summary_frame(trials, groups, points, judgements, cfg)
+    chosen = summary[summary["chosen"]]
+    choice = plain(chosen.iloc[0].to_dict()) if len(chosen) else None
+    point = plain(best_point(points, summary, trials, cfg))
+    return Analysis(cfg, sweep, trials, groups, generations, points, windows, summary, choice, point, notes,
+                    read_search(sweep))
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars and NaN -> JSON-ready Python values."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value

@@ -1,0 +1,140 @@
+"""The trial of a sweep: the Tune function trainable around the core trainer (alliter.train.trainer.Trainer), its
+options, and the callback that keeps Tune from retrying what a retry would meet again.
+
+The trial reports every group (at most every `report_seconds`, and always with a checkpoint and at its end),
+judges its points by the rule of alliter.rule, and ends itself once it has failed when the sweep asks for that.
+Torch and transformers are imported inside the trial's process only: the driver imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from alliter.cli import AlliterError
+from alliter.config import TrainConfig
+from alliter.rule import CollapseRule, training_points
+from alliter.schema import CHECKPOINT_FILE, FAILED, METRICS_FILE, NODE_FILE, STOP_FILE, read_jsonl, stop_record
+
+FATAL = "alliter_error"  # a trial's last report when an error of alliter's own ended it (NoRetry)
+
+
+@dataclass
+class TrialOptions:
+    """What the sweep tells each trial beside its TrainConfig: one typed object in the trial's config, under
+    OPTIONS_KEY, so that it travels with the trial to whichever node runs it (and with Tune's state to a resume)."""
+
+    cpus_per_trial: float
+    """The trial's CPUs, and so its torch threads when the config leaves them at 0."""
+    rule: dict[str, Any]
+    """The rule of alliter.rule (CollapseRule's fields)."""
+    stop_on_collapse: bool
+    """End the trial at its first point that is not kept."""
+    seed_in_name: bool
+    """Trial folders say their seed (a sweep of several seeds)."""
+    report_seconds: float
+    """Report to Tune at most this often (and always with a checkpoint, and at the end)."""
+
+
+OPTIONS_KEY = "_alliter"
+
+
+def rloo_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: the core trainer, reporting every group, checkpointing every N, and ending itself
+    once it has collapsed when the sweep asks for that. An error of alliter's own (a bad setting, a non-finite
+    loss, a corrupt checkpoint: what a retry would meet again) is reported as FATAL before it is raised, so that
+    the driver (NoRetry) does not retry the trial and prints its cause."""
+    try:
+        _run_trial(TrainConfig.from_dict(config), TrialOptions(**config[OPTIONS_KEY]))
+    except AlliterError as err:
+        tune.report({FATAL: str(err)})
+        raise
+
+
+def _run_trial(cfg: TrainConfig, opts: TrialOptions) -> None:
+    from alliter.train.trainer import Trainer  # torch and transformers: in the trial's process only
+
+    # Ray's line per checkpoint ("Checkpoint successfully created at ..."), which the driver's console would show
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+    if cfg.threads == 0:
+        cfg = dataclasses.replace(cfg, threads=max(1, int(opts.cpus_per_trial)))
+    run_dir = Path.cwd()  # Tune runs the trial in its working directory and syncs it to storage
+    trainer = Trainer(cfg, run_dir)
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            trainer.load_checkpoint(Path(d) / CHECKPOINT_FILE)
+    _write_node_info(run_dir)
+    rule = CollapseRule(**opts.rule)
+    history = read_jsonl(run_dir / METRICS_FILE)
+
+    def judged() -> dict[str, Any]:  # the trial's verdict so far, by the rule of alliter.rule, and its latest point
+        points = trainer.points if trainer.evaluating else training_points(history, rule.window, partial=trainer.done)
+        latest = {"point": points[-1]["generations"], "point_alliteration": points[-1]["alliteration"]} if points else {}
+        return {**rule.judge_trial(points, complete=trainer.done).report(), **latest}
+
+    if history and (trainer.done or (opts.stop_on_collapse and not judged()["kept"])):
+        # restored from the final checkpoint: report the last group again, once
+        tune.report({**history[-1], **judged()})
+        return
+    reported = -math.inf
+    # this process's totals, for the sweep's efficiency and what evaluations cost
+    session = {"session_groups": 0, "session_group_seconds": 0.0, "session_eval_seconds": 0.0}
+    for metrics in trainer.groups():
+        session["session_groups"] += 1
+        session["session_group_seconds"] += metrics["seconds_per_group"]
+        session["session_eval_seconds"] = trainer.eval_seconds
+        history.append(metrics)
+        metrics.update(judged(), **session)
+        stop = opts.stop_on_collapse and not metrics["kept"] and not trainer.done
+        if stop:
+            why = f"{metrics['verdict']} at {metrics['failed_at']:.0f} generations: {rule.describe()}"
+            (run_dir / STOP_FILE).write_text(stop_record(FAILED, why, trainer.generations))
+        if trainer.checkpoint_due or stop:  # the last group is due too
+            with tempfile.TemporaryDirectory() as d:
+                trainer.save_checkpoint(Path(d) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            reported = time.monotonic()
+        elif time.monotonic() - reported >= opts.report_seconds:
+            tune.report(metrics)
+            reported = time.monotonic()
+        if stop:
+            trainer.close()
+            return
+
+
+class NoRetry(tune.Callback):
+    """A trial that reported FATAL failed with an error a retry would meet again: Tune does not retry it (its
+    max_failures drops to 0 before the error that follows the report arrives)."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(FATAL):
+            trial.max_failures = 0
+
+
+def _write_node_info(run_dir: Path) -> None:
+    info = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid()}
+    (run_dir / NODE_FILE).write_text(json.dumps(info) + "\n")
+
+
+def trial_name(trial: Any) -> str:
+    """Tune's name and folder of a trial: beta=50_seed=1_<id>."""
+    return trial_dirname(trial.config["beta"], trial.config["seed"], trial.config[OPTIONS_KEY]["seed_in_name"],
+                         trial.trial_id)
+
+
+def trial_dirname(beta: float, seed: int, seed_in_name: bool, trial_id: str) -> str:
+    return f"beta={beta:g}{f'_seed={seed}' if seed_in_name else ''}_{trial_id}"

@@ -1,0 +1,62 @@
+"""tune_jobs/sweep.py with a fault in every trial's first process, for the tests of crashes and lost nodes.
+
+    ALLITER_TEST_FAULT=crash:3 python tests/faulty_sweep.py --betas 1 --report-seconds 0 ...
+
+The fault is installed here, by wrapping the sweep's trainable before the sweep runs: the production trainable
+knows nothing of it. The wrapper is pickled with this script (its __main__), so it reaches a trial on any node;
+it never fires in a process restored from a checkpoint. "crash:N": after the report of group N (counted from 1),
+the process loses its working folder, as a lost node would, and dies; "hang:N": it stops there (after that
+group's checkpoint, if one was due) until its node is killed. Pass --report-seconds 0, so that group N reports.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alliter.cli import run  # noqa: E402
+from alliter.sweep import trial  # noqa: E402
+from alliter.sweep.command import main  # noqa: E402
+
+FAULT_ENV = "ALLITER_TEST_FAULT"
+
+
+def with_fault(trainable, fault: str):
+    kind, _, group = fault.partition(":")
+
+    # the trainable's name (Tune's trials show it), not its module: cloudpickle pickles a function of an importable
+    # module by reference, and the workers would import the sweep's own trainable instead of this one
+    @functools.wraps(trainable, assigned=("__name__", "__doc__"))
+    def faulty(config):
+        from ray import tune
+
+        if tune.get_checkpoint() is not None:  # a restored process runs as it should
+            return trainable(config)
+        report = tune.report
+
+        def reporting(metrics, *args, **kwargs):
+            report(metrics, *args, **kwargs)
+            if metrics.get("group") == int(group) - 1:
+                if kind == "crash":
+                    shutil.rmtree(Path.cwd(), ignore_errors=True)
+                    os._exit(1)
+                time.sleep(3600)
+
+        tune.report = reporting
+        try:
+            return trainable(config)
+        finally:
+            tune.report = report
+
+    return faulty
+
+
+if __name__ == "__main__":
+    trial.rloo_trial = with_fault(trial.rloo_trial, os.environ[FAULT_ENV])
+    run(main)
