@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -142,14 +143,17 @@ def fake_autoscaling_config(cluster: dict[str, Any], gcs_address: str, idle_time
     }
 
 
+SETUP_SCRIPT = "~/alliter/cluster/setup.sh"  # both cluster configs' setup_commands run it with NAME=VALUE settings
+
+
 def cluster_exports(cluster: dict[str, Any]) -> dict[str, str]:
-    """The environment variables cluster.yaml's setup commands export on every node (`export K=V`)."""
+    """The environment variables a cluster config's setup commands export on every node: the NAME=VALUE
+    settings given to cluster/setup.sh, which writes each into ~/.bashrc."""
     found = {}
     for command in cluster.get("setup_commands", []):
-        for part in command.split("'"):
-            if part.startswith("export ") and "=" in part:
-                key, value = part[len("export "):].split("=", 1)
-                found[key.strip()] = value.strip()
+        words = shlex.split(command)
+        if words[:2] == ["bash", SETUP_SCRIPT]:
+            found.update(word.split("=", 1) for word in words[2:])
     return found
 
 
