@@ -85,8 +85,8 @@ def find_autoscaler(wait_s: float = 12.0) -> Autoscaler:
         time.sleep(1)
     named = sorted({t for node, t in mapping.items() if t != f"node_{node}"})
     if named:
-        return Autoscaler(f"from Ray's autoscaling status (node types {', '.join(named)})", None,
-                          "nodes of those types (their resources are not published there)")
+        return Autoscaler(f"the one that publishes Ray's autoscaling status (its nodes' types: {', '.join(named)})",
+                          None, "nodes of the types in its config (not published with the status)")
     if mapping:
         return Autoscaler("none (Ray's autoscaling status lists each node as its own type)", [])
     return Autoscaler(f"none found (no {BOOTSTRAP_CONFIG}, no cluster config in Ray's GCS, and Ray's autoscaling "

@@ -76,6 +76,14 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
 def _hidden_above(path: Path) -> list[Path]:
     """Folders on the way to `path` that other users may not enter, from the top."""
     return [p for p in reversed(path.parents) if p != Path("/") and not os.stat(p).st_mode & stat.S_IXOTH]

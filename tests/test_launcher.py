@@ -18,17 +18,17 @@ import copy
 import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from raycluster import RAY, ROOT, SETUP_SCRIPT, cluster_exports, free_port
-from sshserver import SSHServer, cmdline, missing
+from raycluster import RAY, ROOT, SETUP_SCRIPT, cluster_exports, free_port, process_name, session_pids
+from sshserver import SSHServer, cmdline, environ, missing
 from test_sweep import generation_indices, trial_dir, trial_states
 
 yaml = pytest.importorskip("yaml")
@@ -85,9 +85,13 @@ def test_every_file_mount_exists_and_every_command_parses(name):
         if (remote, local) == TOKEN_MOUNT:
             continue  # the user's own, made by `ray get-auth-token --generate` (the docs' first step)
         assert (ROOT / local).exists(), local
+    from ray.autoscaler._private.command_runner import _with_interactive
+
     for key in COMMAND_LISTS:
         for command in config[key]:
-            res = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
+            # as the launcher's SSH runner sends it: inside its login shell's `source ~/.bashrc; ... && (command)`
+            shell = shlex.split(_with_interactive(command)[-1])[0]
+            res = subprocess.run(["bash", "-n", "-c", shell], capture_output=True, text=True)
             assert res.returncode == 0, f"{key}: {command}: {res.stderr}"
     for script in ("cluster/setup.sh", "cluster/start.sh"):
         res = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
@@ -134,101 +138,183 @@ def test_a_local_clusters_bootstrap_config_says_what_it_may_add(tmp_path, monkey
 
 
 def ray_cli(*args: str, env: dict[str, str], log: Path, timeout: float) -> subprocess.CompletedProcess:
-    """A `ray` command of this machine's Ray, from the repository root (file_mounts copies ".")."""
+    """A `ray` command of this machine's Ray, from the repository root (file_mounts copies "."); its output
+    is added to `log` too."""
+    res = subprocess.run([*RAY, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, timeout=timeout)
     with log.open("a") as out:
-        out.write(f"\n$ ray {shlex.join(args)}\n")
-        out.flush()
-        res = subprocess.run([*RAY, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, timeout=timeout)
-        out.write(res.stdout)
+        out.write(f"\n$ ray {shlex.join(args)}\n{res.stdout}")
     return res
 
 
-def user_processes(server: SSHServer) -> dict[int, str]:
-    """pid -> command line of the test user's processes."""
-    return {pid: " ".join(cmdline(pid)) for pid in server.user_pids()}
+def user_processes(server: SSHServer) -> dict[int, list[str]]:
+    """pid -> command line of the test user's processes but sshd's own (its sessions, and the ControlMaster
+    connections of Ray's SSH runner, which outlive a command by 10 s)."""
+    return {pid: cmdline(pid) for pid in server.user_pids() if process_name(pid) != "sshd"}
 
 
 def client_pids(server: SSHServer) -> list[int]:
-    """This side's ssh processes for the server (Ray's ControlMaster connections outlive a command by 10 s)."""
+    """This side's ssh processes for the server (each names the test's client key)."""
     key = str(server.client_key)
     return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if key in cmdline(pid)]
 
 
-def http_status(url: str, headers: dict[str, str] | None = None) -> int:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as res:
-            return res.status
-    except urllib.error.HTTPError as err:
-        return err.code
+def gcs_nodes(address: str, token: Path | None) -> str:
+    """The GCS's answer to a client of this machine, with or without the token: its node count or its error."""
+    code = ("import sys\nfrom ray._raylet import GcsClient\ntry:\n"
+            "    print(len(GcsClient(address=sys.argv[1]).get_all_node_info(timeout=20)), 'nodes')\n"
+            "except Exception as err:\n    print(type(err).__name__, err)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)} if token else {"RAY_AUTH_MODE": "disabled"})
+    return subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env,
+                          timeout=120).stdout.strip()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(missing() is not None, reason=f"the launcher test's SSH server: {missing()}")
-def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(tmp_path):
-    t0 = time.time()
-    times = {}
-    ports = {name: free_port() for name in ("gcs", "object_manager", "dashboard", "client", "agent")}
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, f"nothing listens on {port}"
+            time.sleep(0.2)
+
+
+@pytest.fixture()
+def ssh_server():
+    """The test's SSH server and user, whose machine has this Python on PATH and Ray's temp folder in the
+    user's home (on a machine shared by users, /tmp/ray is everybody's)."""
     server = SSHServer()
-    local = server.root / "local"  # this side's HOME and temp: Ray's state file, config cache, the token
-    log = tmp_path / "launcher.log"
-    env = {**os.environ, "HOME": str(local), "TMPDIR": str(local / "tmp"), "RAY_TMPDIR": str(local / "tmp"),
-           "RAY_USAGE_STATS_ENABLED": "0"}
     try:
-        (local / "tmp").mkdir(parents=True)
-        # the machine as its user finds it: this Python on PATH, Ray's temp folder their own (on a machine
-        # shared by users, /tmp/ray is everybody's), no usage stats
         server.start(bashrc=f"export PATH={Path(sys.executable).parent}:$PATH\n"
                             f"export RAY_TMPDIR={server.home / 'tmp'}\nexport RAY_USAGE_STATS_ENABLED=0\n")
         (server.home / "tmp").mkdir()
         os.chown(server.home / "tmp", server.uid, server.uid)
-        res = ray_cli("get-auth-token", "--generate", env=env, log=log, timeout=120)
-        token = (local / ".ray" / "auth_token").read_text().strip()
-        assert res.returncode == 0 and token, res.stdout[-2000:]
-
-        # cluster-onprem.yaml with this machine's head, the test's user and key; the settings line as a
-        # site would write it, offline (--no-index: nothing is downloaded) and with free ports
-        config = load("cluster-onprem.yaml")  # everything else as it is: file_mounts, start lines, ...
-        onprem = copy.deepcopy(config)
-        config["cluster_name"] = f"alliter-test-{server.user.split('-')[1]}"
-        config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
-        config["auth"] = {"ssh_user": server.user, "ssh_private_key": str(server.client_key),
-                          "ssh_proxy_command": server.proxy_command()}
-        settings = {**cluster_exports(onprem), "ALLITER_STORAGE": "~/results",
-                    "ALLITER_PIP_FLAGS": "--no-index --no-deps --no-build-isolation",
-                    "ALLITER_RAY_PORT": str(ports["gcs"]), "ALLITER_OBJECT_MANAGER_PORT": str(ports["object_manager"]),
-                    "ALLITER_RAY_START_FLAGS": f"--dashboard-port={ports['dashboard']} "
-                                               f"--ray-client-server-port={ports['client']} "
-                                               f"--dashboard-agent-listen-port={ports['agent']} "
-                                               "--min-worker-port=0 --max-worker-port=0"}
-        config["setup_commands"] = [f"bash {SETUP_SCRIPT} " + shlex.join(f"{k}={v}" for k, v in settings.items())]
-        path = server.root / "cluster.yaml"
-        path.write_text(yaml.safe_dump(config))
-
-        res = ray_cli("up", "-y", "--no-config-cache", str(path), env=env, log=log, timeout=420)
-        times["ray up"] = time.time() - t0
-        assert res.returncode == 0, log.read_text()[-5000:]
-        head = user_processes(server)
-        for pid, cmd in head.items():
-            print(pid, cmd[:400])
-        if os.environ.get("LAUNCHER_DEBUG"):
-            Path("/tmp/launcher-debug.json").write_text(json.dumps({"config": str(path), "env": env, "ports": ports, "token": token}))
-            while Path("/tmp/launcher-debug.json").exists():
-                time.sleep(1)
-        res = ray_cli("exec", str(path), "cd ~/alliter && python tune_jobs/sweep.py --betas 0,1 --max-generations 20 "
-                      "--gpus-per-trial 0 --address auto --name launcher", env=env, log=log, timeout=420)
-        times["ray exec"] = time.time() - t0
-        print(res.stdout[-6000:])
-        assert res.returncode == 0
-        res = ray_cli("down", "-y", str(path), env=env, log=log, timeout=300)
-        times["ray down"] = time.time() - t0
-        print(res.stdout[-3000:])
-        print(user_processes(server))
+        yield server
     finally:
         for pid in client_pids(server):
             try:
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         server.stop()
-        print(times)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(missing() is not None, reason=f"the launcher test's SSH server: {missing()}")
+def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(ssh_server, tmp_path):
+    server, home = ssh_server, ssh_server.home
+    started, times = time.time(), {}
+    ports = {name: free_port() for name in ("gcs", "object_manager", "dashboard", "client", "agent", "tunnel")}
+    local = server.root / "local"  # this side's HOME and temp folder: the token, Ray's state file and config cache
+    (local / "tmp").mkdir(parents=True)
+    env = {**os.environ, "HOME": str(local), "TMPDIR": str(local / "tmp"), "RAY_TMPDIR": str(local / "tmp"),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path / "launcher.log"
+    res = ray_cli("get-auth-token", "--generate", env=env, log=log, timeout=120)  # the docs' first step
+    token = local / ".ray" / "auth_token"
+    assert res.returncode == 0 and token.read_text().strip(), res.stdout[-2000:]
+
+    # cluster-onprem.yaml as it is (file_mounts, start lines, ...) with this machine as its head and the test's
+    # user and key; its settings line as a site would write it, with free ports, and offline (--no-index:
+    # nothing is downloaded; --no-deps: the extras of ray[default] are not installed here)
+    config = load("cluster-onprem.yaml")
+    config["cluster_name"] = f"alliter-test-{server.user.rsplit('-', 1)[1]}"
+    config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
+    config["auth"] = {"ssh_user": server.user, "ssh_private_key": str(server.client_key),
+                      "ssh_proxy_command": server.proxy_command()}
+    settings = {**cluster_exports(config), "ALLITER_STORAGE": "~/results",
+                "ALLITER_PIP_FLAGS": "--no-index --no-deps --no-build-isolation",
+                "ALLITER_RAY_PORT": str(ports["gcs"]), "ALLITER_OBJECT_MANAGER_PORT": str(ports["object_manager"]),
+                "ALLITER_RAY_START_FLAGS": f"--dashboard-port={ports['dashboard']} --ray-client-server-port="
+                f"{ports['client']} --dashboard-agent-listen-port={ports['agent']} --min-worker-port=0 --max-worker-port=0"}
+    config["setup_commands"] = [f"bash {SETUP_SCRIPT} " + shlex.join(f"{k}={v}" for k, v in settings.items())]
+    path = server.root / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    res = ray_cli("up", "-y", "--no-config-cache", str(path), env=env, log=log, timeout=480)
+    times["ray up"] = time.time() - started
+    assert res.returncode == 0, log.read_text()[-5000:]
+    # the project was copied: every tracked file, byte for byte, and no git history
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    copy_of = home / "alliter"
+    differ = [f for f in tracked if (ROOT / f).is_file()
+              and not ((copy_of / f).is_file() and (copy_of / f).read_bytes() == (ROOT / f).read_bytes())]
+    assert not differ, differ
+    assert not (copy_of / ".git").exists()
+    assert (home / "ray_bootstrap_key.pem").read_bytes() == server.client_key.read_bytes()
+    bootstrap = yaml.safe_load((home / "ray_bootstrap_config.yaml").read_text())
+    assert {k: bootstrap["provider"][k] for k in ("type", "head_ip", "worker_ips")} == config["provider"]
+    assert bootstrap["cluster_name"] == config["cluster_name"]
+    # the project is installed in the venv, which sees the machine's packages: the head's python imports it there
+    venv = home / "alliter-venv"
+    found = server.ssh("source ~/.bashrc && cd / && python -c 'import alliter; print(alliter.__file__)'")
+    assert Path(found.stdout.strip()).is_relative_to(venv / "lib"), (found.stdout, found.stderr)
+    # the head was started by the launcher's start line: the GCS on its port, the autoscaler with the config
+    # `ray up` wrote, every Python process of Ray and its workers on the venv's interpreter
+    head = user_processes(server)
+    names = {process_name(pid) for pid in head}
+    assert {"gcs_server", "raylet"} <= names, head
+    (gcs,) = [pid for pid in head if process_name(pid) == "gcs_server"]
+    assert f"--gcs_server_port={ports['gcs']}" in head[gcs]
+    (monitor,) = [args for args in head.values() if any(a.endswith("autoscaler/v2/monitor.py") for a in args)]
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in monitor  # the head line's, as given
+    assert all(args[0] == str(venv / "bin" / "python3") for args in head.values() if "python" in Path(args[0]).name)
+    (raylet,) = [args for pid, args in head.items() if process_name(pid) == "raylet"]
+    assert any(a.startswith(f"--python_worker_command={venv / 'bin' / 'python3'} ") for a in raylet)
+    # the dashboard on the head's loopback (cluster/start.sh); here without its HTTP server (`--minimal`:
+    # ray[default]'s aiohttp is not installed on this machine)
+    (dashboard,) = [args for args in head.values() if any(a.endswith("dashboard/dashboard.py") for a in args)]
+    assert "--host=127.0.0.1" in dashboard and f"--port={ports['dashboard']}" in dashboard
+    # token authentication, on because file_mounts brought the token: every Ray process has it
+    assert all(environ(pid).get("RAY_AUTH_MODE") == "token" for pid in head)
+    times["checks"] = time.time() - started
+
+    # `ray dashboard` tunnels a port of the head to this side over SSH (here the GCS's: the dashboard's HTTP
+    # server is not there); through it, the GCS answers a client with the token and refuses one without
+    with (tmp_path / "tunnel.log").open("w") as out:
+        tunnel = subprocess.Popen([*RAY, "dashboard", str(path), "--port", str(ports["tunnel"]), "--remote-port",
+                                   str(ports["gcs"])], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        wait_for_port(ports["tunnel"], tunnel, timeout=60)
+        through = f"127.0.0.1:{ports['tunnel']}"
+        assert gcs_nodes(through, token) == "1 nodes"
+        refused = gcs_nodes(through, None)
+        assert refused.startswith("AuthenticationError") and "InvalidAuthToken" in refused, refused
+    finally:
+        for pid in session_pids(tunnel.pid):
+            os.kill(pid, signal.SIGKILL)
+        tunnel.wait()
+    times["tunnel"] = time.time() - started
+
+    # the sweep, as docs/cluster.md runs it, on the head through `ray exec`: it joins the head's Ray with
+    # --address auto (the address file of `ray start --head`), finds the launcher's autoscaler through the
+    # bootstrap config and says so; CPU trials (the config's ALLITER_GPUS_PER_TRIAL=1 is for GPU machines)
+    res = ray_cli("exec", str(path), "cd ~/alliter && python tune_jobs/sweep.py --betas 0,1 --max-generations 20 "
+                  "--gpus-per-trial 0 --address auto --name launcher", env=env, log=log, timeout=480)
+    times["ray exec"] = time.time() - started
+    assert res.returncode == 0, log.read_text()[-5000:]
+    said = [line.strip() for line in res.stdout.splitlines() if line.strip().startswith("autoscaler:")]
+    assert said == [f"autoscaler: the cluster launcher's, from {home / 'ray_bootstrap_config.yaml'} (provider local); "
+                    "it may add no node"], said
+    exp = home / "results" / "launcher"  # ALLITER_STORAGE=~/results: the sweep's default --storage
+    assert {b: s["status"] for b, s in trial_states(exp).items()} == {0.0: "TERMINATED", 1.0: "TERMINATED"}
+    for beta in ("0", "1"):
+        assert generation_indices(trial_dir(exp, beta)) == list(range(20))  # every generation exactly once
+
+    # `ray down` runs `ray stop` on the head: every process the launcher started there ends
+    before = user_processes(server)
+    assert {"gcs_server", "raylet"} <= {process_name(pid) for pid in before}
+    res = ray_cli("down", "-y", str(path), env=env, log=log, timeout=300)
+    times["ray down"] = time.time() - started
+    assert res.returncode == 0, log.read_text()[-5000:]
+    deadline = time.time() + 30
+    while (left := [pid for pid in before if pid in user_processes(server)]) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, {pid: before[pid] for pid in left}
+    assert not user_processes(server)  # nor anything else of the user's, but sshd's sessions
+    state = json.loads((local / "tmp" / "ray" / f"cluster-{config['cluster_name']}.state").read_text())
+    assert state["127.0.0.1"]["state"] == "terminated"
+    print("launcher: " + ", ".join(f"{k} done at {v:.0f} s" for k, v in times.items()))
