@@ -100,6 +100,14 @@ def test_every_file_mount_exists_and_every_command_parses(name):
     assert "ray get-auth-token --generate" in docs
 
 
+def test_start_script_keeps_the_dashboard_on_the_heads_loopback():
+    """A site's extra `ray start` flags cannot bind the dashboard elsewhere: refused before Ray is touched."""
+    env = {**os.environ, "ALLITER_RAY_START_FLAGS": "--num-gpus=1 --dashboard-host=10.1.2.3"}
+    res = subprocess.run(["bash", str(ROOT / "cluster" / "start.sh"), "ray", "start", "--head"], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "the dashboard stays on the head's loopback" in res.stderr, res.stderr
+
+
 def test_onprem_config_passes_rays_schema_and_lists_its_machines():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
