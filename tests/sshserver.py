@@ -44,6 +44,9 @@ def missing() -> str | None:
     for tool in (SSHD, "ssh", "ssh-keygen", "rsync", "unshare", "useradd", "userdel"):
         if not shutil.which(tool):
             return f"{tool} is not installed (Debian: apt-get install openssh-server rsync)"
+    res = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True)
+    if res.returncode != 0:  # e.g. a container without CAP_SYS_ADMIN
+        return f"cannot make PID and mount namespaces here: {res.stderr.strip()}"
     return None
 
 

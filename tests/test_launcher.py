@@ -14,10 +14,14 @@ are other machines (a worker of the same user on the head's machine would stop t
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import getpass
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -161,6 +165,17 @@ def user_processes(server: SSHServer) -> dict[int, list[str]]:
     return {pid: cmdline(pid) for pid in server.user_pids() if process_name(pid) != "sshd"}
 
 
+def cluster_name(server: SSHServer) -> str:
+    return f"alliter-test-{server.user.rsplit('-', 1)[1]}"
+
+
+def ssh_control_dir(cluster: str) -> Path:
+    """Where Ray's SSH runner keeps its shared connections' sockets for a cluster (as its command_runner.py
+    names it: /tmp/ray_ssh_<user hash>/<cluster hash>)."""
+    user, name = (hashlib.sha256(s.encode()).hexdigest()[:10] for s in (getpass.getuser(), cluster))
+    return Path(f"/tmp/ray_ssh_{user}") / name
+
+
 def client_pids(server: SSHServer) -> list[int]:
     """This side's ssh processes for the server (each names the test's client key)."""
     key = str(server.client_key)
@@ -207,6 +222,10 @@ def ssh_server():
             except ProcessLookupError:
                 pass
         server.stop()
+        control = ssh_control_dir(cluster_name(server))
+        shutil.rmtree(control, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            control.parent.rmdir()  # only if no other cluster's is left in it
 
 
 @pytest.mark.slow
@@ -225,7 +244,7 @@ def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(ssh_
     # user and key; its settings line as a site would write it, with free ports, and offline (--no-index:
     # nothing is downloaded; --no-deps: the extras of ray[default] are not installed here)
     config = load("cluster-onprem.yaml")
-    config["cluster_name"] = f"alliter-test-{server.user.rsplit('-', 1)[1]}"
+    config["cluster_name"] = cluster_name(server)
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
     config["auth"] = {"ssh_user": server.user, "ssh_private_key": str(server.client_key),
                       "ssh_proxy_command": server.proxy_command()}
@@ -247,6 +266,7 @@ def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(ssh_
     res = ray_cli("up", "-y", "--no-config-cache", str(path), env=env, log=log, timeout=480)
     times["ray up"] = time.time() - started
     assert res.returncode == 0, log.read_text()[-5000:]
+    assert ssh_control_dir(config["cluster_name"]).is_dir()  # what the teardown removes
     # the project was copied: every tracked file, byte for byte, and no git history
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     copy_of = home / "alliter"
@@ -279,7 +299,10 @@ def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(ssh_
     (dashboard,) = [args for args in head.values() if any(a.endswith("dashboard/dashboard.py") for a in args)]
     assert "--host=127.0.0.1" in dashboard and f"--port={ports['dashboard']}" in dashboard
     # token authentication, on because file_mounts brought the token: every Ray process has it
-    assert all(environ(pid).get("RAY_AUTH_MODE") == "token" for pid in head)
+    # (not those that retitle themselves, ray::..., which overwrites what /proc shows of their environment)
+    environs = {pid: environ(pid) for pid, args in head.items() if not args[0].startswith("ray::")}
+    without = {pid: head[pid] for pid, e in environs.items() if e and e.get("RAY_AUTH_MODE") != "token"}
+    assert {"gcs_server", "raylet"} <= {process_name(pid) for pid in environs} and not without, without
     times["checks"] = time.time() - started
 
     # `ray dashboard` tunnels a port of the head to this side over SSH (here the GCS's: the dashboard's HTTP
