@@ -3,7 +3,8 @@
 Tune leaves a trial PENDING for as long as no node has its resources, in silence, which is right
 while an autoscaler is adding a node and wrong everywhere else. The autoscaler is found the ways Ray
 records it: the cluster launcher's config on the head node (~/ray_bootstrap_config.yaml, which Ray
-Tune checks too), the cluster config that autoscaler v2 and KubeRay publish in the GCS, or the
+Tune checks too; the `local` provider's one node type names no resources, since Ray detects them on
+each listed machine), the cluster config that autoscaler v2 and KubeRay publish in the GCS, or the
 status the autoscaler (v1, `ray start --autoscaling-config`) publishes, whose node types are named
 after the config's rather than after the nodes (a Ray without an autoscaler mirrors each node as
 its own type, `node_<id>`).
