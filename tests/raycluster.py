@@ -237,7 +237,8 @@ class RayCluster:
             except Exception:  # not listening yet, or not serving yet
                 dead = [n for n in self.nodes if n.proc.poll() is not None]
                 if dead or time.time() > deadline:
-                    raise RuntimeError(f"the GCS did not start: {dead[0].log.read_text()[-3000:] if dead else 'timeout'}")
+                    why = dead[0].log.read_text()[-3000:] if dead else "timeout"
+                    raise RuntimeError(f"the GCS did not start: {why}")
                 time.sleep(0.05)
 
     def add_workers(self, count: int, *flags: str, timeout: float = 120) -> list[Node]:

@@ -44,7 +44,8 @@ def missing() -> str | None:
     for tool in (SSHD, "ssh", "ssh-keygen", "rsync", "unshare", "useradd", "userdel"):
         if not shutil.which(tool):
             return f"{tool} is not installed (Debian: apt-get install openssh-server rsync)"
-    res = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True)
+    res = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"],
+                         capture_output=True, text=True)
     if res.returncode != 0:  # e.g. a container without CAP_SYS_ADMIN
         return f"cannot make PID and mount namespaces here: {res.stderr.strip()}"
     return None
@@ -127,11 +128,11 @@ class SSHServer:
         return shlex.join([sys.executable, str(Path(__file__).resolve()), "127.0.0.1", str(self.port)])
 
     def ssh(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a command as the user over SSH, as the launcher's runner would (a login shell)."""
+        """Run a command as the user over SSH (sshd runs it with the user's shell, not a login one)."""
         return subprocess.run(
             ["ssh", "-i", str(self.client_key), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
-             "-o", f"UserKnownHostsFile={os.devnull}", "-o", "BatchMode=yes", "-o", f"ProxyCommand={self.proxy_command()}",
-             f"{self.user}@127.0.0.1", *command],
+             "-o", f"UserKnownHostsFile={os.devnull}", "-o", "BatchMode=yes",
+             "-o", f"ProxyCommand={self.proxy_command()}", f"{self.user}@127.0.0.1", *command],
             capture_output=True, text=True, timeout=timeout,
         )
 

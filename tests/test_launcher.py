@@ -77,7 +77,8 @@ def test_both_configs_copy_the_project_alike():
         assert a[key] == b[key], key
     # what differs is the settings: the bucket or a shared folder, and the virtual environment on-premises
     aws, onprem = cluster_exports(a), cluster_exports(b)
-    assert aws["ALLITER_STORAGE"].startswith("s3://") and aws["ALLITER_GPUS_PER_TRIAL"] == onprem["ALLITER_GPUS_PER_TRIAL"]
+    assert aws["ALLITER_STORAGE"].startswith("s3://")
+    assert aws["ALLITER_GPUS_PER_TRIAL"] == onprem["ALLITER_GPUS_PER_TRIAL"]
     assert onprem["ALLITER_VENV"] == "~/alliter-venv" and "ALLITER_VENV" not in aws  # the DLAMI has its venv
 
 
@@ -160,8 +161,8 @@ def ray_cli(*args: str, env: dict[str, str], log: Path, timeout: float) -> subpr
 
 
 def user_processes(server: SSHServer) -> dict[int, list[str]]:
-    """pid -> command line of the test user's processes but sshd's own (its sessions, and the ControlMaster
-    connections of Ray's SSH runner, which outlive a command by 10 s)."""
+    """pid -> command line of the test user's processes but sshd's own (the sessions of the SSH connections
+    that Ray's runner shares between commands, which outlive a command by 10 s)."""
     return {pid: cmdline(pid) for pid in server.user_pids() if process_name(pid) != "sshd"}
 
 
@@ -188,7 +189,9 @@ def gcs_nodes(address: str, token: Path | None) -> str:
             "    print(len(GcsClient(address=sys.argv[1]).get_all_node_info(timeout=20)), 'nodes')\n"
             "except Exception as err:\n    print(type(err).__name__, err)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)} if token else {"RAY_AUTH_MODE": "disabled"})
+    env["RAY_AUTH_MODE"] = "token" if token else "disabled"
+    if token:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token)
     return subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env,
                           timeout=120).stdout.strip()
 
@@ -252,7 +255,8 @@ def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(ssh_
                 "ALLITER_PIP_FLAGS": "--no-index --no-deps --no-build-isolation",
                 "ALLITER_RAY_PORT": str(ports["gcs"]), "ALLITER_OBJECT_MANAGER_PORT": str(ports["object_manager"]),
                 "ALLITER_RAY_START_FLAGS": f"--dashboard-port={ports['dashboard']} --ray-client-server-port="
-                f"{ports['client']} --dashboard-agent-listen-port={ports['agent']} --min-worker-port=0 --max-worker-port=0"}
+                f"{ports['client']} --dashboard-agent-listen-port={ports['agent']} "
+                "--min-worker-port=0 --max-worker-port=0"}
     config["setup_commands"] = [f"bash {SETUP_SCRIPT} " + shlex.join(f"{k}={v}" for k, v in settings.items())]
     path = server.root / "cluster.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -289,6 +293,9 @@ def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(ssh_
     assert {"gcs_server", "raylet"} <= names, head
     (gcs,) = [pid for pid in head if process_name(pid) == "gcs_server"]
     assert f"--gcs_server_port={ports['gcs']}" in head[gcs]
+    # what the launcher exports before the head start line (ray/autoscaler/_private/commands.py) is in its environment
+    assert {k: environ(gcs).get(k) for k in ("RAY_CLOUD_INSTANCE_ID", "RAY_NODE_TYPE_NAME")} == {
+        "RAY_CLOUD_INSTANCE_ID": "127.0.0.1", "RAY_NODE_TYPE_NAME": "local.cluster.node"}
     (monitor,) = [args for args in head.values() if any(a.endswith("autoscaler/v2/monitor.py") for a in args)]
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in monitor  # the head line's, as given
     assert all(args[0] == str(venv / "bin" / "python3") for args in head.values() if "python" in Path(args[0]).name)
