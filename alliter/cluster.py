@@ -22,6 +22,7 @@ import ray
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")  # written by `ray up` on the head node
 AUTOSCALING_STATUS_KEY = "__autoscaling_status"  # ray._private.ray_constants.DEBUG_AUTOSCALING_STATUS
+STATUS_WAIT_S = 12.0  # how long a fresh head's autoscaler status may take to name a node type
 
 
 def fits(required: dict[str, float], resources: dict[str, float]) -> bool:
@@ -49,7 +50,7 @@ class Autoscaler:
         return f"autoscaler: {self.source}" + (f"; it may add {self.adds}" if self.adds else "")
 
 
-def find_autoscaler(wait_s: float = 12.0) -> Autoscaler:
+def find_autoscaler(wait_s: float = STATUS_WAIT_S) -> Autoscaler:
     """The connected cluster's autoscaler. Its status (the last way) is read for up to wait_s while it
     names no node type yet: a fresh head publishes its first status before the autoscaler has seen a node."""
     bootstrap = BOOTSTRAP_CONFIG.expanduser()
@@ -94,7 +95,7 @@ def find_autoscaler(wait_s: float = 12.0) -> Autoscaler:
                       f"status named no node type {f'within {wait_s:g} s' if wait_s else 'yet'})", [])
 
 
-def autoscaler_node_types(wait_s: float = 12.0) -> list[dict[str, float]] | None:
+def autoscaler_node_types(wait_s: float = STATUS_WAIT_S) -> list[dict[str, float]] | None:
     """Resources of each node type the cluster's autoscaler may add; [] without an autoscaler; None
     when an autoscaler runs whose node types cannot be read from here (it may or may not add a fit)."""
     return find_autoscaler(wait_s).node_types

@@ -246,7 +246,7 @@ def _check_cluster_fits(required: dict[str, float], address: str | None) -> None
     """A trial must fit on a node of the cluster, or on a node its autoscaler may add (then say, once, that
     the trials wait for it); otherwise Tune would leave every trial PENDING forever, in silence."""
     fits_now = any(cluster.fits(required, node) for node in cluster.node_resources())
-    scaler = cluster.find_autoscaler(wait_s=0 if fits_now else 12) if address else None  # none in a Ray started here
+    scaler = cluster.find_autoscaler(0 if fits_now else cluster.STATUS_WAIT_S) if address else None  # none if started here
     if scaler:
         print(scaler.line())
     if fits_now:
