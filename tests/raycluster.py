@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -142,14 +143,17 @@ def fake_autoscaling_config(cluster: dict[str, Any], gcs_address: str, idle_time
     }
 
 
+SETUP_SCRIPT = "~/alliter/cluster/setup.sh"  # both cluster configs' setup_commands run it with NAME=VALUE settings
+
+
 def cluster_exports(cluster: dict[str, Any]) -> dict[str, str]:
-    """The environment variables cluster.yaml's setup commands export on every node (`export K=V`)."""
+    """The environment variables a cluster config's setup commands export on every node: the NAME=VALUE
+    settings given to cluster/setup.sh, which writes each into ~/.bashrc."""
     found = {}
     for command in cluster.get("setup_commands", []):
-        for part in command.split("'"):
-            if part.startswith("export ") and "=" in part:
-                key, value = part[len("export "):].split("=", 1)
-                found[key.strip()] = value.strip()
+        words = shlex.split(command)
+        if words[:2] == ["bash", SETUP_SCRIPT]:
+            found.update(word.split("=", 1) for word in words[2:])
     return found
 
 
@@ -209,13 +213,33 @@ class RayCluster:
         self.nodes.append(node)
         return node
 
-    def start_head(self, *flags: str, env: dict[str, str] | None = None, timeout: float = 120) -> Node:
+    def start_head(self, *flags: str, env: dict[str, str] | None = None, timeout: float = 120,
+                   wait: str = "node") -> Node:
+        """Start the head and wait until its node has joined ("node"), or only until its GCS answers ("gcs")."""
         head = self._start(
             ["--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}", f"--ray-client-server-port={free_port()}",
              "--include-dashboard=false", "--disable-usage-stats", *flags], env
         )
-        self.wait_for_nodes(1, timeout)
+        if wait == "gcs":
+            self.wait_for_gcs(timeout)
+        else:
+            self.wait_for_nodes(1, timeout)
         return head
+
+    def wait_for_gcs(self, timeout: float) -> None:
+        """Until the GCS answers a client (a GCS client waits 40 s for a port nobody listens on: the port first)."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                self.node_infos()
+                return
+            except Exception:  # not listening yet, or not serving yet
+                dead = [n for n in self.nodes if n.proc.poll() is not None]
+                if dead or time.time() > deadline:
+                    why = dead[0].log.read_text()[-3000:] if dead else "timeout"
+                    raise RuntimeError(f"the GCS did not start: {why}")
+                time.sleep(0.05)
 
     def add_workers(self, count: int, *flags: str, timeout: float = 120) -> list[Node]:
         """Start `count` worker nodes, one after the other (two raylets registering at once on a busy

@@ -210,7 +210,9 @@ def test_autoscaler_adds_gpu_workers_for_pending_trials_and_removes_them_when_id
     with RayCluster(env=ray_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="2")) as cluster:
         autoscaling = tmp_path / "autoscaling.yaml"
         autoscaling.write_text(yaml.safe_dump(fake_autoscaling_config(config, cluster.address, idle_minutes)))
-        cluster.start_head(*resource_flags(head_type["resources"]), f"--autoscaling-config={autoscaling}")
+        # the sweep starts the moment the GCS answers, as one run right after `ray up` would: the autoscaler's
+        # first status then names no node type yet, and the sweep must wait for one, not refuse its trials
+        cluster.start_head(*resource_flags(head_type["resources"]), f"--autoscaling-config={autoscaling}", wait="gcs")
         watcher = NodeWatcher(cluster)
         watcher.start()
         # the environment cluster.yaml gives every node, with a local folder for its bucket; `--address auto`
@@ -226,6 +228,9 @@ def test_autoscaler_adds_gpu_workers_for_pending_trials_and_removes_them_when_id
         watcher.join()
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count("the trials wait for the autoscaler") == 1  # said once
+    assert [line for line in res.stdout.splitlines() if line.startswith("autoscaler:")] == [
+        "autoscaler: the one that publishes Ray's autoscaling status (its nodes' types: ray.head.default); it may "
+        "add nodes of the types in its config (not published with the status)"]
     added = watcher.workers("gpu_worker")
     assert len(added) == 2, watcher.added  # one GPU worker per pending trial, from zero
     exp = tmp_path / "results" / "auto"

@@ -10,6 +10,7 @@ No AWS call, no network, no Ray start.
 from __future__ import annotations
 
 import copy
+import re
 import shlex
 from pathlib import Path
 
@@ -25,6 +26,13 @@ from ray.autoscaler._private.util import prepare_config, validate_config  # noqa
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 STORAGE_PLACEHOLDER = "s3://YOUR-BUCKET/alliter-results"
+# the install and start lines, which cluster.yaml's commands run (shared with cluster-onprem.yaml)
+SETUP_SH, START_SH = ROOT / "cluster" / "setup.sh", ROOT / "cluster" / "start.sh"
+
+
+def script_lines(path: Path) -> list[str]:
+    """A shell script's commands, comments and blank lines left out."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,7 @@ def config(text) -> dict:
 
 def _pip_installs(commands: list[str]) -> list[list[str]]:
     out = []
-    for cmd in commands:
+    for cmd in (c for c in commands if "pip install" in c):
         for part in cmd.replace("&&", ";").split(";"):
             words = shlex.split(part)
             if "pip" in words and "install" in words:
@@ -96,14 +104,15 @@ def test_start_commands_use_only_real_ray_start_flags(config):
     from ray.scripts.scripts import start
 
     known = {opt.split("=")[0] for p in start.params for opt in p.opts}
-    commands = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
-    for cmd in commands:
-        for part in cmd.split(";"):
-            words = shlex.split(part)
-            if words[:2] != ["ray", "start"]:
-                continue
-            flags = {w.split("=")[0] for w in words[2:] if w.startswith("--")}
-            assert flags <= known, f"unknown ray start flags: {sorted(flags - known)}"
+    flags = set()
+    for cmd in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        words = shlex.split(cmd)
+        assert words[:4] == ["bash", "~/alliter/cluster/start.sh", "ray", "start"], cmd
+        flags |= {w.split("=")[0] for w in words[4:]}
+    # and the flags cluster/start.sh adds (every --word in its commands is one)
+    flags |= set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", " ".join(script_lines(START_SH))))
+    assert "--object-manager-port" in flags and "--autoscaling-config" in flags
+    assert flags <= known, f"unknown ray start flags: {sorted(flags - known)}"
 
 
 # --- what users rely on -----------------------------------------------------------------------
@@ -111,10 +120,12 @@ def test_start_commands_use_only_real_ray_start_flags(config):
 
 def test_dashboard_is_bound_to_loopback_only(config, text):
     head_start = " ".join(config["head_start_ray_commands"])
-    assert "ray start --head" in head_start
-    assert "--dashboard-host=127.0.0.1" in head_start
+    assert "ray start --head" in head_start  # `ray up` warns unless its head start line says these two
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start
-    assert "0.0.0.0" not in text  # no public bind, no world-open ingress rule, not even in a comment
+    (head_role,) = [line for line in script_lines(START_SH) if line.startswith("--head)")]
+    assert "--dashboard-host=127.0.0.1" in head_role  # the head's, in cluster/start.sh
+    for source in (text, START_SH.read_text(), SETUP_SH.read_text()):
+        assert "0.0.0.0" not in source  # no public bind, no world-open ingress rule, not even in a comment
     # no extra security-group rules: Ray's own group admits only SSH from outside
     assert "security_group" not in config["provider"]
     for node_type in config["available_node_types"].values():
@@ -141,14 +152,17 @@ def test_node_types(config):
 
 
 def test_file_mounts_copy_the_project_without_history_or_results(config):
-    assert config["file_mounts"] == {"~/alliter": "."}
+    # the project, and the user's Ray token (cluster/setup.sh turns token authentication on with it)
+    assert config["file_mounts"] == {"~/alliter": ".", "~/.alliter/ray_auth_token": "~/.ray/auth_token"}
+    assert any("~/.alliter/ray_auth_token" in line and "token=" in line for line in script_lines(SETUP_SH))
     excluded = set(config["rsync_exclude"])
     assert {"**/.git", "results"} <= excluded
     assert ".gitignore" in config["rsync_filter"]
 
 
 def test_setup_installs_pinned_ray_and_the_project_without_editable(config):
-    installs = _pip_installs(config["setup_commands"])
+    assert [shlex.split(c)[:2] for c in config["setup_commands"]] == [["bash", "~/alliter/cluster/setup.sh"]]
+    installs = _pip_installs(script_lines(SETUP_SH))
     project = [w for w in installs if "~/alliter" in w]
     assert len(project) == 1, installs
     assert "-e" not in project[0] and "--editable" not in project[0]  # package data must be installed
@@ -158,10 +172,9 @@ def test_setup_installs_pinned_ray_and_the_project_without_editable(config):
 
 
 def test_storage_placeholder_is_exported_on_every_node(config):
-    exports = [c for c in config["setup_commands"] if "ALLITER_STORAGE" in c]
-    assert len(exports) == 1
-    assert f"export ALLITER_STORAGE={STORAGE_PLACEHOLDER}" in exports[0]
-    assert ">> ~/.bashrc" in exports[0]
+    (setup,) = config["setup_commands"]  # on every node; cluster/setup.sh exports each NAME=VALUE in ~/.bashrc
+    assert f"ALLITER_STORAGE={STORAGE_PLACEHOLDER}" in shlex.split(setup)
+    assert any(">> ~/.bashrc" in line and "export" in line for line in script_lines(SETUP_SH))
     assert not config["head_setup_commands"] and not config["worker_setup_commands"]
 
 
@@ -180,6 +193,8 @@ def test_docs_cover_the_workflow():
         "iam:PassRole",
         "aws s3 sync",
         "analysis/best_beta.py",
+        "ray get-auth-token --generate",
+        "ray up cluster-onprem.yaml",
     ]:
         assert needle in docs, needle
     assert "0.0.0.0" not in docs

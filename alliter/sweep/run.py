@@ -190,9 +190,13 @@ def _check_devices(address: str | None, gpus: float | None, device: str) -> None
 def _check_cluster_fits(required: dict[str, float], address: str | None) -> None:
     """A trial must fit on a node of the cluster, or on a node its autoscaler may add (then say, once, that
     the trials wait for it); otherwise Tune would leave every trial PENDING forever, in silence."""
-    if any(cluster.fits(required, node) for node in cluster.node_resources()):
+    fits_now = any(cluster.fits(required, node) for node in cluster.node_resources())
+    scaler = cluster.find_autoscaler(0 if fits_now else cluster.STATUS_WAIT_S) if address else None  # none if started here
+    if scaler:
+        print(scaler.line())
+    if fits_now:
         return
-    types = cluster.autoscaler_node_types() if address else []  # a Ray this driver started has no autoscaler
+    types = scaler.node_types if scaler else []
     if types is None or any(cluster.fits(required, t) for t in types):
         log.warning("alliter: no node of the Ray cluster has %s for a trial yet: the trials wait for the autoscaler "
                     "to add one (`ray status` shows its progress)%s", cluster.describe(required),
