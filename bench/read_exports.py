@@ -31,9 +31,10 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alliter import measures as M
+from alliter import measures as M  # noqa: E402
 from alliter.train.reward import raw_reward  # noqa: E402
-from alliter.config import EXPORT_INFO_FILE, MODEL_PRESETS  # noqa: E402
+from alliter.config import MODEL_PRESETS  # noqa: E402
+from alliter.schema import EXPORT_INFO_FILE  # noqa: E402
 
 WORD = re.compile(r"[a-z]+")
 

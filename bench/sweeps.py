@@ -8,7 +8,7 @@ and the choice of each, then the ratios search / (coarse + fine).
 Each sweep is `python tune_jobs/sweep.py ...` in its own process with its own local Ray, one after the
 other, so each has the whole machine; its wall time is the whole command's (Python's start, imports and
 Ray's start included). Generations are what the trials ran (a trial stopped on collapse counts up to
-where it stopped). The choice is best_beta's rule (alliter.analysis) on the sweep's folder: the beta,
+where it stopped). The choice is best_beta's rule (alliter.analyse.judge) on the sweep's folder: the beta,
 its mean raw reward over its last 200 generations, and its distinct-2 as a share of the unmodified
 model's.
 """
@@ -27,8 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alliter.analyse.judge import analyse, find_trials, read_jsonl  # noqa: E402
-from alliter.config import METRICS_FILE, SWEEP_STATS_FILE  # noqa: E402
+from alliter.analyse.frames import find_trials  # noqa: E402
+from alliter.analyse.judge import analyse  # noqa: E402
+from alliter.schema import METRICS_FILE, SWEEP_STATS_FILE, read_jsonl  # noqa: E402
 
 MODES = {"coarse": ["--grid", "coarse"], "fine": ["--grid", "fine"], "search": ["--search"]}
 

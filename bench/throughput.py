@@ -1,6 +1,6 @@
 """Seconds per RLOO group, side by side in one process on one model: the study's per-sample loop, the
-batched trainer with the library's `generate`, and alliter's path (the batched trainer with its own
-KV-cache decode loop).
+batched trainer on the library's path (`--fast false`: its `generate` and forward), and alliter's path (the batched
+trainer with its own KV-cache decode loop and scoring forward).
 
     python bench/throughput.py                                  # the bundled stories260k, 1 thread
     python bench/throughput.py --model tinystories-33m-shape    # TinyStories-33M's shape, random weights
@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alliter import measures as M
+from alliter import measures as M  # noqa: E402
 from alliter.train.reward import raw_reward  # noqa: E402
 from alliter.config import TrainConfig  # noqa: E402
 from alliter.train.rloo import leave_one_out_advantage  # noqa: E402
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         ref_med = statistics.median(ref.wall) if ref.wall else None
         print("  path                         wall s/group   (best)   cpu s/group  generations/s  vs reference")
-        paths = (("reference per-sample loop", ref), ("batched, library generate", plain), ("alliter (fast decode)", fast))
+        paths = (("reference per-sample loop", ref), ("batched, library path", plain), ("alliter (fast path)", fast))
         for name, t in paths:
             if not t.wall:
                 continue
@@ -273,10 +273,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{min(ref.wall) / min(fast.wall):.1f}x (best vs best), "
                 f"{statistics.median(ref.cpu) / statistics.median(fast.cpu):.1f}x (median cpu)"
             )
-        print(f"alliter vs batched generate: {statistics.median(plain.wall) / fast_med:.2f}x (median wall)")
+        print(f"alliter vs the batched library path: {statistics.median(plain.wall) / fast_med:.2f}x (median wall)")
         print(
             f"first group of a trial (its warm-up; nothing is compiled): alliter {fast.warmup:.4f} s, "
-            f"batched generate {plain.warmup:.4f} s"
+            f"batched library path {plain.warmup:.4f} s"
         )
         print(
             f"peak RSS: {rss_start:.0f} MiB before loading, {rss_fast:.0f} MiB after alliter's first groups "
