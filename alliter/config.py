@@ -30,6 +30,7 @@ MODEL_PRESETS: dict[str, tuple[str, str | None, float]] = {
 
 # generations of best_beta's window, the collapse rule's running window, and so the snapshots' spacing
 DEFAULT_WINDOW = 200
+DEFAULT_KL_HORIZON = 500  # the KL-target controller's horizon in generations (README, "KL-target mode")
 
 # name -> (betas, max_generations or None for the config's own)
 GRIDS: dict[str, tuple[list[float], int | None]] = {
@@ -42,7 +43,16 @@ GRIDS: dict[str, tuple[list[float], int | None]] = {
 @dataclass
 class TrainConfig:
     beta: float = 0.0
-    """KL-penalty coefficient: reward = raw_reward + beta * (CE_policy - CE_ref)."""
+    """KL-penalty coefficient: reward = raw_reward + beta * (CE_policy - CE_ref); with --kl-target, its start."""
+    kl_target: float | None = None
+    """Hold the per-token KL estimate (CE_ref - CE_policy, the study's KL term negated) at this value: beta becomes
+    the state of Ziegler et al.'s controller, started at --beta and updated after every group; default: a fixed
+    beta."""
+    kl_horizon: int = DEFAULT_KL_HORIZON
+    """The controller's horizon in generations: at its largest error (--kl-clip) beta moves by group_size /
+    kl_horizon of itself per group (README, "KL-target mode", says why this default)."""
+    kl_clip: float = 0.2
+    """The controller's error is clipped to [-kl_clip, kl_clip], as Ziegler et al.'s."""
     model: str = "stories260k"
     """Preset (stories260k, tinystories-33m), hub id or local folder of a causal LM."""
     tokenizer: str | None = None
@@ -88,6 +98,15 @@ class TrainConfig:
         """Raise AlliterError, in one line, for a value the trainer cannot run with."""
         if not math.isfinite(self.beta) or self.beta < 0:
             raise AlliterError(f"beta must be a finite number >= 0, got {self.beta}")
+        if self.kl_target is not None:
+            if not (math.isfinite(self.kl_target) and self.kl_target > 0):
+                raise AlliterError(f"kl_target must be a finite number > 0 (nats per token), got {self.kl_target}")
+            if self.beta <= 0:
+                raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--beta, e.g. 50)")
+        if self.kl_horizon < 1:
+            raise AlliterError(f"kl_horizon must be at least 1 generation, got {self.kl_horizon}")
+        if not (math.isfinite(self.kl_clip) and 0 < self.kl_clip < 1):
+            raise AlliterError(f"kl_clip must be in (0, 1), got {self.kl_clip}")
         if self.group_size < 2:
             raise AlliterError(f"group_size must be at least 2 (leave-one-out needs others), got {self.group_size}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):

@@ -34,6 +34,13 @@ def leave_one_out_advantage(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - (rewards.sum() - rewards) / (k - 1)
 
 
+def kl_controller(beta: float, kl: float, target: float, horizon: int, clip: float, group_size: int) -> float:
+    """The next group's beta from this group's per-token KL estimate, as Ziegler et al. (2019, section 2.2)'s
+    adaptive controller: e = clip(kl / target - 1, -clip, clip), beta <- beta * (1 + e * group_size / horizon)."""
+    error = min(max(kl / target - 1.0, -clip), clip)
+    return beta * (1.0 + error * group_size / horizon)
+
+
 def rloo_loss(ce_policy: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
     """sum_i advantage_i * CE_policy_i: descending it raises the likelihood of above-baseline samples."""
     return (advantage.detach() * ce_policy).sum()

@@ -24,7 +24,7 @@ from alliter.schema import (
 from alliter.train.evaluate import evaluate, evaluation_points
 from alliter.train.model import load_models
 from alliter.train.preflight import check_prompt
-from alliter.train.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
+from alliter.train.rloo import kl_controller, leave_one_out_advantage, rloo_loss, sequence_ce
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
 from alliter.train.reward import raw_reward
 from alliter.train.snapshots import drop_snapshots_after, save_snapshot, write_model_files
@@ -51,6 +51,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)  # only once the trial can run: a refused one leaves nothing
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        self.beta = cfg.beta  # the next group's KL coefficient: fixed, or the KL-target controller's state
         self.generations = 0  # the study's step counter: generations so far
         self.group = 0
         self.resumed_at: int | None = None
@@ -86,7 +87,8 @@ class Trainer:
         with torch.inference_mode():  # cheaper than no_grad per op; ce_ref never enters the graph
             ce_ref = sequence_ce(m.reference, tokens, lengths, cfg.fast)
         kl_penalty = (ce_policy.detach() - ce_ref).double()
-        rewards = raw + cfg.beta * kl_penalty
+        beta = self.beta
+        rewards = raw + beta * kl_penalty
         advantage = leave_one_out_advantage(rewards)
         loss = rloo_loss(ce_policy, advantage.to(ce_policy.dtype))
 
@@ -99,6 +101,9 @@ class Trainer:
                 "stopped before the update, the last checkpoint is intact"
             )
         self.optimizer.step()
+        if cfg.kl_target is not None:  # the study's KL term negated: the per-token KL estimate
+            self.beta = kl_controller(beta, -kl_penalty.mean().item(), cfg.kl_target, cfg.kl_horizon, cfg.kl_clip,
+                                      cfg.group_size)
 
         first = self.generations
         self.generations += cfg.group_size
@@ -108,11 +113,11 @@ class Trainer:
         metrics = {
             "generations": self.generations,
             "group": self.group - 1,  # from 0, as generations.jsonl's (alliter.schema)
-            "beta": cfg.beta,
+            "beta": beta,
             "raw_reward_mean": raw.mean().item(),
             "raw_reward_max": raw.max().item(),
             "kl_penalty_mean": kl_penalty.mean().item(),
-            "scaled_kl_penalty_mean": cfg.beta * kl_penalty.mean().item(),
+            "scaled_kl_penalty_mean": beta * kl_penalty.mean().item(),
             "reward_mean": rewards.mean().item(),
             "ce_policy_mean": ce_policy.mean().item(),
             "ce_ref_mean": ce_ref.mean().item(),
@@ -130,7 +135,7 @@ class Trainer:
             {
                 "generation": first + i,
                 "group": self.group - 1,
-                "beta": cfg.beta,
+                "beta": beta,
                 "text": texts[i],
                 "raw_reward": int(raw[i]),
                 "kl_penalty": kl_penalty[i].item(),
@@ -211,7 +216,7 @@ class Trainer:
 
     def save_snapshot(self) -> Path:
         """The policy's weights now, as snapshots/generations=NNNNNN.safetensors."""
-        meta = {"generations": self.generations, "group": self.group, "beta": self.cfg.beta, "model": self.cfg.model}
+        meta = {"generations": self.generations, "group": self.group, "beta": self.beta, "model": self.cfg.model}
         return save_snapshot(self.m.policy, self.run_dir, self.generations, meta)
 
     def _events(self) -> SummaryWriter:
@@ -245,6 +250,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "generations": self.generations,
             "group": self.group,
+            "beta": self.beta,
             "policy": self.m.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng_python": random.getstate(),
@@ -271,6 +277,7 @@ class Trainer:
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.generations, self.group = state["generations"], state["group"]
+        self.beta = float(state.get("beta", self.cfg.beta))  # a checkpoint of before the controller: the fixed beta
         self.resumed_at = self.generations
         for name in (GENERATIONS_FILE, METRICS_FILE, EVALUATIONS_FILE):
             write_atomic(self.run_dir / name, state.get(name, ""))  # a checkpoint of before evaluations: none
