@@ -277,5 +277,5 @@ def test_of_several_seeds_the_named_trial_else_the_lowest_seed_is_exported(tmp_p
     assert code == 0, err
     assert "2 trials have beta=10: exporting sweep/beta10_seed1, the one with the lowest seed (1)" in err
     assert "trial sweep/beta10_seed1" in out
-    named = resolve_point(analyse(tmp_path / "sweep"), {"beta": 10.0, "generations": 40, "trial": "sweep/beta10_seed3"}, "")
+    named = resolve_point(analyse(tmp_path / "sweep"), {"value": 10.0, "generations": 40, "trial": "sweep/beta10_seed3"}, "")
     assert named.trial.name == "sweep/beta10_seed3" and not named.notes

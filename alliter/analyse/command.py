@@ -61,8 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default: RESULTS_DIR/analysis)")
     parser.add_argument("--json", action="store_true", help="print the choice as JSON on stdout (the table goes to stderr)")
     parser.add_argument("--export", metavar="DIR", help="write the best point's policy as a model folder (new or empty)")
-    parser.add_argument("--export-at", metavar="BETA:GENERATIONS",
-                        help="with --export: export this point instead, e.g. 30:1600 (the nearest earlier snapshot "
+    parser.add_argument("--export-at", metavar="VALUE:GENERATIONS",
+                        help="with --export: export this point instead: a beta (of a target sweep: a KL target) and a "
+                             "generation, e.g. 30:1600 (the nearest earlier snapshot "
                              "when it has none)")
     parser.add_argument("--force", action="store_true",
                         help="with --export: export a point whose evaluation fails the rule, with the failure in its card")
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = analyse(sweep, AnalysisConfig(**given_config_values(args, AnalysisConfig)))
         if args.export:
             if at is not None:
-                wanted: dict[str, Any] = {"beta": at[0], "generations": at[1]}
+                wanted: dict[str, Any] = {"value": at[0], "generations": at[1]}
                 rule = f"by hand: --export-at {args.export_at}"
             elif result.best_point is not None:
                 wanted, rule = result.best_point, best_point_rule(result)
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise AlliterError("the analysis found no best point (no point is kept with its next evaluation kept "
                                    "too); pass --export-at BETA:GENERATIONS (and --force for a point that fails the rule)")
             # a sweep copied from a URI: the chosen trial's snapshots are copied now, and only those
-            fetch_snapshots(export.pick_trial(result, float(wanted["beta"]), wanted.get("trial"))[0].path)
+            fetch_snapshots(export.pick_trial(result, float(wanted["value"]), wanted.get("trial"))[0].path)
             point = export.resolve_point(result, wanted, rule)  # a bad beta or generation fails before any output
             export.check_point(point, args.force)
         for note in result.notes:
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)
     if point is not None:
         m = shipped["point"]
-        print(f"exported beta={point.beta:g} at {point.generations} generations (trial {point.trial.name}) to "
+        print(f"exported {point.trial.label} at {point.generations} generations (trial {point.trial.name}) to "
               f"{args.export}; its own evaluation ({shipped['samples']} stories from the folder): {shipped['verdict']}, "
               f"alliteration {m['alliteration']:.2f} (unmodified model {shipped['unmodified']['alliteration']:.2f}), "
               f"{result.cfg.diversity_measure} {shipped['diversity_kept']:.0%} of the unmodified model's, fluency "
@@ -114,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         choice = report.choice_json(result, out)
         if point is not None:
-            choice["export"] = {"dir": str(args.export), "beta": point.beta, "generations": point.generations,
+            choice["export"] = {"dir": str(args.export), result.knob: point.value, "generations": point.generations,
                                 "requested_generations": point.requested, "trial": point.trial.name}
         print(json.dumps(choice, indent=2))
     return 0

@@ -1,4 +1,5 @@
-"""From a (beta, generations) point of a sweep to a model folder every tool loads.
+"""From a (beta, generations) point of a sweep (or a (KL target, generations) point of a target sweep) to a model
+folder every tool loads.
 
     python analysis/best_beta.py SWEEP --export DIR                      # the analysis's best point
     python analysis/best_beta.py SWEEP --export DIR --export-at 30:1600  # another point
@@ -30,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from alliter.analyse.frames import Trial
+from alliter.analyse.frames import KNOB_SYMBOLS, Trial
 from alliter.analyse.judge import Analysis
 from alliter.cli import AlliterError
 from alliter.config import TrainConfig, base_model_here
@@ -55,7 +56,7 @@ CARD_MEASURES = {
 class ExportPoint:
     """What to export: the point asked for, the trial and the snapshot that serve it, and what to say."""
 
-    beta: float
+    value: float  # the sweep's knob: a beta, or a KL target
     requested: int  # generations asked for
     generations: int  # generations of the snapshot used
     trial: Trial
@@ -90,39 +91,42 @@ def _seed(trial: Trial) -> int:
         return 0
 
 
-def pick_trial(result: Analysis, beta: float, trial_name: str | None = None) -> tuple[Trial, list[str]]:
-    """The trial of a beta to export: the named one, else (seeds) the one with the lowest seed."""
-    trials = [t for t in result.trials if math.isclose(t.beta, beta, rel_tol=1e-9, abs_tol=1e-12)]
+def pick_trial(result: Analysis, value: float, trial_name: str | None = None) -> tuple[Trial, list[str]]:
+    """The trial of a knob's value (a beta, or a KL target) to export: the named one, else (seeds) the one with the
+    lowest seed."""
+    trials = [t for t in result.trials if math.isclose(t.value, value, rel_tol=1e-9, abs_tol=1e-12)]
+    what = KNOB_SYMBOLS[result.knob]
     if not trials:
-        betas = ", ".join(f"{b:g}" for b in sorted({t.beta for t in result.trials}))
-        raise AlliterError(f"beta {beta:g} is not in the sweep (its betas: {betas})")
+        values = ", ".join(f"{b:g}" for b in sorted({t.value for t in result.trials}))
+        raise AlliterError(f"{what} {value:g} is not in the sweep (its {what}s: {values})")
     if trial_name is not None:
         named = [t for t in trials if t.name == trial_name]
         if not named:
-            raise AlliterError(f"no trial named {trial_name!r} with beta {beta:g} in the sweep")
+            raise AlliterError(f"no trial named {trial_name!r} with {what} {value:g} in the sweep")
         return named[0], []
     if len(trials) == 1:
         return trials[0], []
     trial = min(trials, key=lambda t: (_seed(t), t.name))
-    return trial, [f"{len(trials)} trials have beta={beta:g}: exporting {trial.name}, the one with the lowest seed ({_seed(trial)})"]
+    return trial, [f"{len(trials)} trials have {what}={value:g}: exporting {trial.name}, the one with the lowest seed "
+                   f"({_seed(trial)})"]
 
 
 def resolve_point(result: Analysis, point: dict[str, Any], rule: str) -> ExportPoint:
-    """The trial and snapshot for a point {beta, generations[, trial]}; AlliterError in one line when there is none."""
-    beta, requested = float(point["beta"]), int(point["generations"])
-    trial, notes = pick_trial(result, beta, point.get("trial"))
+    """The trial and snapshot for a point {value, generations[, trial]}; AlliterError in one line when there is none."""
+    value, requested = float(point["value"]), int(point["generations"])
+    trial, notes = pick_trial(result, value, point.get("trial"))
     used, note = snapshot_at(trial.path, requested, trial.done, trial.name)
     notes += [note] if note else []
     p = result.points
     mine = p[(p["trial"] == trial.name) & (p["generations"] == used)]
     recorded = mine.iloc[0].to_dict() if len(mine) else None
-    return ExportPoint(beta, requested, used, trial, snapshot_path(trial.path, used), rule, notes, recorded)
+    return ExportPoint(value, requested, used, trial, snapshot_path(trial.path, used), rule, notes, recorded)
 
 
 def check_point(point: ExportPoint, force: bool) -> None:
     """Refuse, before anything is written, a point whose own evaluation in its trial failed the rule."""
     if point.recorded is not None:
-        what = f"beta={point.beta:g} at {point.generations} generations, by its {point.recorded['source']},"
+        what = f"{point.trial.label} at {point.generations} generations, by its {point.recorded['source']},"
         refuse_unless_forced(point, point.recorded, what, force)
 
 
@@ -169,7 +173,8 @@ def write_export(result: Analysis, point: ExportPoint, out: Path, force: bool = 
         refuse_unless_forced(point, evaluation, "the exported folder, by its own evaluation,", force)
         recorded = point.recorded
         info = {
-            "beta": point.beta, "generations": point.generations, "requested_generations": point.requested,
+            "beta": beta_at(point), "kl_target": point.trial.kl_target, "beta_trajectory": beta_trajectory(point),
+            "generations": point.generations, "requested_generations": point.requested,
             "trial": point.trial.name, "trial_folder": str(point.trial.path.resolve()),
             "sweep": str(result.sweep.resolve()), "snapshot": point.snapshot.name, "rule": point.rule,
             "rule_settings": dataclasses.asdict(result.cfg.rule()), "notes": point.notes, "prompt": cfg.prompt,
@@ -198,6 +203,23 @@ def _base_licence(model: str) -> Path | None:
     return folder / "LICENSE" if (folder / "LICENSE").is_file() else None
 
 
+def beta_at(point: ExportPoint) -> float:
+    """The beta of the group that led to the snapshot: fixed, or where the KL-target controller had it."""
+    m = point.trial.metrics
+    rows = m[m["generations"] <= point.generations] if "beta" in m else m.iloc[:0]
+    return float(rows["beta"].iloc[-1]) if len(rows) else point.trial.beta
+
+
+def beta_trajectory(point: ExportPoint) -> list[list[float]] | None:
+    """A KL-target trial's beta every 200 generations up to the point, as [generations, beta] pairs; None for a
+    fixed beta."""
+    if point.trial.kl_target is None:
+        return None
+    m = point.trial.metrics
+    rows = m[(m["generations"] <= point.generations) & (m["generations"] % 200 == 0)]
+    return [[int(g), round(float(b), 4)] for g, b in zip(rows["generations"], rows["beta"])]
+
+
 def _number(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
@@ -207,7 +229,7 @@ def _is_hub_id(model: str) -> bool:
 
 
 def model_card(info: dict[str, Any], cfg: TrainConfig, has_licence: bool) -> str:
-    beta, gens, ev = info["beta"], info["generations"], info["evaluation"]
+    beta, gens, ev, target = info["beta"], info["generations"], info["evaluation"], info.get("kl_target")
     base = Path(cfg.model).name if not _is_hub_id(cfg.model) else cfg.model
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [alliter, rloo, tinystories]"]
     if _is_hub_id(cfg.model):
@@ -220,6 +242,13 @@ def model_card(info: dict[str, Any], cfg: TrainConfig, has_licence: bool) -> str
     rows = "\n".join(f"| {label} | {num(ev['point'].get(name))} | {num(ev['unmodified'].get(name))} |"
                      for name, label in CARD_MEASURES.items() if name in ev["point"])
     notes = "".join(f"\n- note: {n}" for n in info["notes"])
+    if target is None:
+        knob_line, point_line = f"KL-penalty coefficient beta={beta:g}", f"beta (KL-penalty coefficient): {beta:g}"
+    else:
+        path = ", ".join(f"{b:.3g} at {g}" for g, b in info["beta_trajectory"] or [])
+        knob_line = f"KL target {target:g} nats per token, beta {beta:.3g} there"
+        point_line = (f"KL target (per-token CE_ref - CE_policy held by Ziegler et al.'s controller): {target:g}; beta "
+                      f"started at {info['config']['beta']:g} and was {beta:.3g} at this point (along training: {path})")
     rule = info["rule_settings"]
     verdict = (f"**{ev['verdict']}** by alliter's rule: {rule['diversity_measure']} "
                f"{ev['diversity_kept']:.0%} of the unmodified model's (at least {rule['diversity_share']:.0%} keeps it), "
@@ -238,12 +267,12 @@ def model_card(info: dict[str, Any], cfg: TrainConfig, has_licence: bool) -> str
 
 # {base}, alliteration fine-tune: beta={beta:g} at {gens} generations
 
-An RLOO fine-tune of `{base}` towards alliterative stories, exported by alliter from a beta sweep: the
-policy of trial `{info['trial']}` (KL-penalty coefficient beta={beta:g}) after {gens} generations.
+An RLOO fine-tune of `{base}` towards alliterative stories, exported by alliter from a {'beta' if target is None else 'KL-target'}
+sweep: the policy of trial `{info['trial']}` ({knob_line}) after {gens} generations.
 
 ## The point
 
-- beta (KL-penalty coefficient): {beta:g}
+- {point_line}
 - generations: {gens} (snapshot `{info['snapshot']}`; asked for: {info['requested_generations']})
 - trial: `{info['trial']}` (seed {cfg.seed})
 - sweep: `{info['sweep']}`

@@ -26,6 +26,8 @@ from alliter.schema import (
     RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, SEARCH_FILE, STOP_FILE, read_json, read_jsonl, read_stop,
 )
 
+# what a sweep varies -> how a table and a plot name it
+KNOB_SYMBOLS = {"beta": "beta", "kl_target": "target"}
 # every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
 SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
                STOP_FILE, LEGACY_STOP_FILE, SEARCH_FILE, EXPERIMENT_STATE_GLOB)
@@ -48,7 +50,7 @@ MEASURES = {
 class Trial:
     path: Path
     name: str
-    beta: float
+    beta: float  # its beta: fixed, or where its KL-target controller started
     max_generations: int | None
     metrics: pd.DataFrame
     generations: pd.DataFrame
@@ -58,6 +60,21 @@ class Trial:
     error: str | None = None  # the last line of Ray's error.txt
     stop: dict[str, Any] | None = None  # why the sweep stopped the trial early (alliter.schema's stop.json)
     damaged: list[str] = field(default_factory=list)  # lines of its files that could not be read
+    kl_target: float | None = None  # a KL-target trial's target (its beta moved along training)
+
+    @property
+    def knob(self) -> str:
+        """What a sweep of this trial varies: its fixed beta, or its KL target."""
+        return "beta" if self.kl_target is None else "kl_target"
+
+    @property
+    def value(self) -> float:
+        """The knob's value: the trial's beta, or its KL target."""
+        return self.beta if self.kl_target is None else self.kl_target
+
+    @property
+    def label(self) -> str:
+        return f"{KNOB_SYMBOLS[self.knob]}={self.value:g}"
 
     @property
     def done(self) -> int:
@@ -82,7 +99,7 @@ class Trial:
 
     def notes(self) -> list[str]:
         """Lines for the user about a trial that is not simply complete."""
-        where = f"trial beta={self.beta:g} ({self.name})"
+        where = f"trial {self.label} ({self.name})"
         of = f"{self.done} of {self.max_generations}" if self.max_generations else f"{self.done}"
         notes = {
             "no data": f"{where}: no metrics yet; left out",
@@ -175,9 +192,10 @@ def read_trial(path: Path, root: Path) -> Trial:
         evaluations = evaluations.sort_values(["generations", "sample"], ignore_index=True)
     name = str(Path(root.resolve().name) / path.relative_to(root))  # the sweep's name, then the trial's
     max_generations = int(config["max_generations"]) if config.get("max_generations") else None
+    target = config.get("kl_target")
     return Trial(path, name, float(beta), max_generations, metrics, generations, evaluations,
                  int(config.get("seed") or 0), int(config.get("group_size") or 10), _last_line(path / RAY_ERROR_FILE),
-                 read_stop(path), damaged)
+                 read_stop(path), damaged, None if target is None else float(target))
 
 
 def _last_line(path: Path) -> str | None:
@@ -219,7 +237,15 @@ def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
     with_data = [t for t in trials if t.status != "no data"]
     if not with_data:
         raise AlliterError(f"none of the {len(trials)} trials under {root} has any metrics yet; nothing to analyse")
+    if len({t.knob for t in with_data}) > 1:
+        raise AlliterError(f"{root} holds trials of fixed betas and trials of KL targets: one sweep varies one knob; "
+                           "analyse them as two sweeps")
     return with_data, notes
+
+
+def sweep_knob(trials: list[Trial]) -> str:
+    """The column a sweep's frames are keyed by: "beta", or "kl_target" for a sweep of KL targets."""
+    return trials[0].knob
 
 
 def tune_trial_dirs(sweep: Path) -> set[str] | None:
@@ -274,10 +300,12 @@ def text_measures(generations: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_frame(trials: list[Trial], measure: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The tidy per-group frame (metrics joined with beta and the text measures), and all generations."""
-    metrics = pd.concat([t.metrics.assign(trial=t.name, beta=t.beta) for t in trials], ignore_index=True)
-    gens = [t.generations.assign(trial=t.name, beta=t.beta) for t in trials if len(t.generations)]
-    no_texts = pd.DataFrame(columns=["trial", "beta", "generation", "group", "text", "raw_reward"])
+    """The tidy per-group frame (metrics joined with the sweep's knob and the text measures), and all generations.
+    A KL-target trial's `beta` column is its controller's beta group by group."""
+    knob = sweep_knob(trials)
+    metrics = pd.concat([t.metrics.assign(trial=t.name, **{knob: t.value}) for t in trials], ignore_index=True)
+    gens = [t.generations.assign(trial=t.name, **{knob: t.value}) for t in trials if len(t.generations)]
+    no_texts = pd.DataFrame(columns=["trial", knob, "generation", "group", "text", "raw_reward"])
     generations = pd.concat(gens, ignore_index=True) if gens else no_texts
     # joined by the group's generations: metrics.jsonl counted groups from 1 before alliter.schema, from 0 since
     groups = metrics.merge(text_measures(generations), on=["trial", "generations"], how="left", suffixes=("_trainer", ""))
@@ -293,9 +321,9 @@ def _means(groups: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return groups.groupby(by, sort=True).agg(generations=("generations", "max"), **agg)
 
 
-def window_frame(groups: pd.DataFrame, window: int) -> pd.DataFrame:
-    """Per (beta, window end): the training measures over the window's groups, averaged over trials of a beta."""
+def window_frame(groups: pd.DataFrame, window: int, knob: str) -> pd.DataFrame:
+    """Per (knob, window end): the training measures over the window's groups, averaged over trials of a value."""
     tiled = groups.assign(window=(np.ceil(groups["generations"] / window) * window).astype(int))
-    per_trial = _means(tiled, ["beta", "trial", "window"]).reset_index().drop(columns="trial")
-    per_beta = per_trial.groupby(["beta", "window"])
-    return per_beta.mean().assign(generations=per_beta["generations"].max()).reset_index()
+    per_trial = _means(tiled, [knob, "trial", "window"]).reset_index().drop(columns="trial")
+    per_value = per_trial.groupby([knob, "window"])
+    return per_value.mean().assign(generations=per_value["generations"].max()).reset_index()

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from alliter import measures as M
-from alliter.analyse.frames import Trial, group_frame, load_trials, read_search, window_frame
+from alliter.analyse.frames import Trial, group_frame, load_trials, read_search, sweep_knob, window_frame
 from alliter.cli import AlliterError
 from alliter.rule import CollapseRule, Judgement, as_diversity, seeds_failed_at, training_points
 
@@ -65,12 +65,13 @@ class AnalysisConfig(CollapseRule):
 class Analysis:
     cfg: AnalysisConfig
     sweep: Path  # the sweep's folder
+    knob: str  # what the sweep varies, and the column its frames are keyed by: "beta", or "kl_target"
     trials: list[Trial]
     groups: pd.DataFrame  # one row per (trial, group): the trainer's metrics and the text measures
     generations: pd.DataFrame  # one row per generated text
     points: pd.DataFrame  # one row per (trial, evaluated point): its measures and the rule's verdict
-    windows: pd.DataFrame  # one row per (beta, window along training)
-    summary: pd.DataFrame  # one row per beta: the final window, the verdict
+    windows: pd.DataFrame  # one row per (knob value, window along training)
+    summary: pd.DataFrame  # one row per knob value: its final points, the verdict
     choice: dict[str, Any] | None
     best_point: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
@@ -108,12 +109,12 @@ def point_frame(trials: list[Trial], groups: pd.DataFrame, cfg: AnalysisConfig) 
         if not points:
             continue
         frame = pd.DataFrame(points).assign(
-            trial=t.name, beta=t.beta, seed=t.seed, source=source, verdict=judgement.verdicts, stable=judgement.stable,
+            trial=t.name, **{t.knob: t.value}, seed=t.seed, source=source, verdict=judgement.verdicts, stable=judgement.stable,
             diversity_kept=judgement.diversity_kept, fluency_gap=judgement.fluency_gap,
         )
         frames.append(frame)
-    columns = ["trial", "beta", "seed", "generations", *POINT_MEASURES, "diversity_kept", "fluency_gap", "verdict",
-               "stable", "source"]
+    columns = ["trial", sweep_knob(trials), "seed", "generations", *POINT_MEASURES, "diversity_kept", "fluency_gap",
+               "verdict", "stable", "source"]
     if not frames:
         return pd.DataFrame(columns=columns), judgements
     points = pd.concat(frames, ignore_index=True)
@@ -135,7 +136,8 @@ def trial_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame,
         last = g["generations"].max()
         final_window = g[g["generations"] > last - cfg.window]
         judgement = judgements[t.name]
-        row: dict[str, Any] = {"beta": t.beta, "trial": t.name, "seed": t.seed, "generations": t.done,
+        betas = g["beta"] if "beta" in g else pd.Series([t.beta])  # a KL-target trial's beta, group by group
+        row: dict[str, Any] = {t.knob: t.value, "trial": t.name, "seed": t.seed, "generations": t.done,
                                "dropped": t.dropped, "status": t.status,
                                "kl_penalty": final_window["kl_penalty_mean"].mean(),
                                "ce_ref": final_window["ce_ref_mean"].mean(),
@@ -149,35 +151,41 @@ def trial_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame,
         row["point"] = int(final["generations"]) if final is not None else math.nan
         for name in ("alliteration", "diversity", "fluency"):
             row[f"{name}_baseline"] = base[name] if base is not None else math.nan
+        if t.kl_target is not None:
+            row.update(beta=float(betas.iloc[-1]), beta_min=float(betas.min()), beta_max=float(betas.max()))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def summary_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame, judgements: dict[str, Judgement],
                   cfg: AnalysisConfig) -> pd.DataFrame:
-    """Per beta, over its trials (seeds): the final point's measures (mean, and standard error when there are
-    several seeds), the unmodified model's, the failure rate and the generation of the failure, the verdict and
-    the Pareto front."""
+    """Per value of the sweep's knob (a beta, or a KL target), over its trials (seeds): the final point's measures
+    (mean, and standard error when there are several seeds), the unmodified model's, the failure rate and the
+    generation of the failure, the verdict and the Pareto front; a KL-target sweep adds its trials' final beta and
+    the range their beta moved in."""
+    knob = sweep_knob(trials)
     per_trial = trial_frame(trials, groups, points, judgements, cfg)
-    dropped = per_trial.groupby("beta")["dropped"].all()  # a beta the search only ever ran to drop it
-    used = per_trial[~per_trial["dropped"] | per_trial["beta"].map(dropped)]
-    by_beta = used.drop(columns=["trial", "dropped", "status", "source", "failed_as", "seed"]).groupby("beta")
+    dropped = per_trial.groupby(knob)["dropped"].all()  # a value the search only ever ran to drop it
+    used = per_trial[~per_trial["dropped"] | per_trial[knob].map(dropped)]
+    by_beta = used.drop(columns=["trial", "dropped", "status", "source", "failed_as", "seed"]).groupby(knob)
     s = by_beta.mean(numeric_only=True)
     for name in ("alliteration", "diversity"):  # NaN for one seed: no interval
         s[f"{name}_se"] = by_beta[name].std(ddof=1) / np.sqrt(by_beta[name].count())
     s["failed_seeds"] = by_beta["failed"].sum().astype(int)
     s["collapse_rate"] = by_beta["failed"].mean()
-    status = pd.DataFrame([(t.beta, t.status) for t in trials], columns=["beta", "status"]).groupby("beta")["status"]
-    s.insert(0, "trials", used.groupby("beta").size())
+    status = pd.DataFrame([(t.value, t.status) for t in trials], columns=[knob, "status"]).groupby(knob)["status"]
+    s.insert(0, "trials", used.groupby(knob).size())
     s.insert(1, "status", status.agg(lambda v: ", ".join(sorted(set(v)))))
     s["generations"] = by_beta["generations"].max()
     s["point"] = by_beta["point"].max()
-    s["source"] = used.groupby("beta")["source"].agg(lambda v: ", ".join(sorted({x for x in v if x})) or None)
+    if "beta_min" in used:  # the range over its seeds
+        s["beta_min"], s["beta_max"] = by_beta["beta_min"].min(), by_beta["beta_max"].max()
+    s["source"] = used.groupby(knob)["source"].agg(lambda v: ", ".join(sorted({x for x in v if x})) or None)
     s["alliteration_gain"] = s["alliteration"] - s["alliteration_baseline"]
     s["diversity_threshold"] = cfg.diversity_share * s["diversity_baseline"]
     s["fluency_limit"] = s["fluency_baseline"] + cfg.fluency_margin
     s["failed_at"] = [seeds_failed_at(list(g["failed_at"]), cfg.max_collapse_rate) for _, g in by_beta]
-    failures = used[used["failed"]].groupby("beta")["failed_as"]
+    failures = used[used["failed"]].groupby(knob)["failed_as"]
     s["failed_as"] = failures.agg(lambda v: v.mode().sort_values().iloc[0]).reindex(s.index)  # ties: collapsed
 
     failed = pd.Series([cfg.seeds_failed(list(g["failed"])) for _, g in by_beta], index=s.index)
@@ -196,7 +204,7 @@ def summary_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFram
 
 
 def pareto_front(alliteration: pd.Series, diversity: pd.Series) -> pd.Series:
-    """True where no other beta has at least as much of both and more of one."""
+    """True where no other value has at least as much of both and more of one."""
     a, d = alliteration.to_numpy(), diversity.to_numpy()
 
     def dominated(i: int) -> bool:
@@ -206,14 +214,14 @@ def pareto_front(alliteration: pd.Series, diversity: pd.Series) -> pd.Series:
     return pd.Series(on, index=alliteration.index)
 
 
-def point_means(points: pd.DataFrame, cfg: AnalysisConfig, dropped: set[str] = frozenset()) -> pd.DataFrame:
-    """Per (beta, generations) after generation 0: the points' measures averaged over the beta's trials (seeds),
-    how many of them are stable there, and whether the beta's point is stable (at most `max_collapse_rate` of its
-    seeds are not); trials a search dropped are left out."""
+def point_means(points: pd.DataFrame, cfg: AnalysisConfig, knob: str, dropped: set[str] = frozenset()) -> pd.DataFrame:
+    """Per (knob value, generations) after generation 0: the points' measures averaged over the value's trials
+    (seeds), how many of them are stable there, and whether the value's point is stable (at most
+    `max_collapse_rate` of its seeds are not); trials a search dropped are left out."""
     p = points[(points["generations"] > 0) & ~points["trial"].isin(dropped)]
     if not len(p):
-        return pd.DataFrame(columns=["beta", "generations", "trials", "stable_trials", "stable", *POINT_MEASURES])
-    by = p.groupby(["beta", "generations"])
+        return pd.DataFrame(columns=[knob, "generations", "trials", "stable_trials", "stable", *POINT_MEASURES])
+    by = p.groupby([knob, "generations"])
     means = by[[*POINT_MEASURES, "diversity", "diversity_kept", "fluency_gap"]].mean()
     means["trials"] = by.size()
     means["stable_trials"] = by["stable"].sum().astype(int)
@@ -221,21 +229,27 @@ def point_means(points: pd.DataFrame, cfg: AnalysisConfig, dropped: set[str] = f
     return means.reset_index()
 
 
-def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial], cfg: AnalysisConfig) -> dict[str, Any] | None:
-    """The stable point with the highest alliteration over every beta and generation (seeds averaged): kept, and
-    so is the next evaluated point of its trials, so it never sits on the edge of a collapse."""
+def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial], groups: pd.DataFrame,
+               cfg: AnalysisConfig) -> dict[str, Any] | None:
+    """The stable point with the highest alliteration over every value and generation (seeds averaged): kept, and
+    so is the next evaluated point of its trials, so it never sits on the edge of a collapse. `value` is the
+    knob's (a beta, or a KL target: then `beta` is the trials' mean beta at that point)."""
+    knob = sweep_knob(trials)
     dropped = {t.name for t in trials if t.dropped}
-    means = point_means(points, cfg, dropped)
+    means = point_means(points, cfg, knob, dropped)
     stable = means[means["stable"]]
     if not len(stable):
         return None
     row = stable.loc[stable["alliteration"].idxmax()]
-    beta, g = float(row["beta"]), int(row["generations"])
-    mine = points[(points["beta"] == beta) & ~points["trial"].isin(dropped)].sort_values("generations")
+    value, g = float(row[knob]), int(row["generations"])
+    mine = points[(points[knob] == value) & ~points["trial"].isin(dropped)].sort_values("generations")
     later = sorted(int(x) for x in mine["generations"].unique() if x > g)
-    s = summary.set_index("beta").loc[beta]
+    s = summary.set_index(knob).loc[value]
+    names = set(mine["trial"])
+    at = groups[groups["trial"].isin(names) & (groups["generations"] == g)]
+    beta = float(at["beta"].mean()) if knob != "beta" and len(at) else value
     return {
-        "beta": beta, "generations": g, "alliteration": row["alliteration"], "diversity": row["diversity"],
+        "knob": knob, "value": value, knob: value, "beta": beta, "generations": g, "alliteration": row["alliteration"], "diversity": row["diversity"],
         "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "trials": int(row["trials"]),
         "stable_trials": int(row["stable_trials"]), "next": later[0] if later else None,
         "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"],
@@ -250,12 +264,13 @@ def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
     trials, notes = load_trials(sweep)
     groups, generations = group_frame(trials, cfg.diversity_measure)
     points, judgements = point_frame(trials, groups, cfg)
-    windows = window_frame(groups, cfg.window)
+    knob = sweep_knob(trials)
+    windows = window_frame(groups, cfg.window, knob)
     summary = summary_frame(trials, groups, points, judgements, cfg)
     chosen = summary[summary["chosen"]]
-    choice = plain(chosen.iloc[0].to_dict()) if len(chosen) else None
-    point = plain(best_point(points, summary, trials, cfg))
-    return Analysis(cfg, sweep, trials, groups, generations, points, windows, summary, choice, point, notes,
+    choice = plain({**chosen.iloc[0].to_dict(), "knob": knob, "value": chosen.iloc[0][knob]}) if len(chosen) else None
+    point = plain(best_point(points, summary, trials, groups, cfg))
+    return Analysis(cfg, sweep, knob, trials, groups, generations, points, windows, summary, choice, point, notes,
                     read_search(sweep))
 
 

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
+from alliter.analyse.frames import KNOB_SYMBOLS
 from alliter.analyse.judge import Analysis, plain
 from alliter.rule import as_diversity
 
@@ -64,6 +65,23 @@ def beta_label(beta: float) -> str:
     return f"β = {beta:g}"
 
 
+def value_label(result: Analysis, value: float) -> str:
+    """A value of the sweep's knob in a plot: β = 50, or target = 0.1."""
+    return beta_label(value) if result.knob == "beta" else f"target = {value:g}"
+
+
+def value_name(result: Analysis, value: float) -> str:
+    """A value of the sweep's knob in a sentence: beta=50, or target=0.1."""
+    return f"{KNOB_SYMBOLS[result.knob]}={value:g}"
+
+
+def values_noun(result: Analysis) -> str:
+    return "betas" if result.knob == "beta" else "KL targets"
+
+
+LEGEND_TITLES = {"beta": "beta (KL coefficient)", "kl_target": "KL target (nats per token)"}
+
+
 def beta_colours(betas: list[float]) -> dict[float, tuple]:
     """Colours in log-beta order, red (low) to violet (high); beta 0 sits a decade under the smallest
     positive beta. The coarse grid 0, 0.01 .. 100 gets exactly red, orange, yellow, green, blue, violet."""
@@ -87,9 +105,11 @@ def display_frame(result: Analysis) -> pd.DataFrame:
     if measure in RULE_COLUMNS:
         at = list(columns).index("distinct_2") + 1
         columns = dict([*list(columns.items())[:at], (RULE_COLUMNS[measure], measure), *list(columns.items())[at:]])
+    knob = result.knob
+    columns = {knob if k == "beta" else k: knob if v == "beta" else v for k, v in columns.items()}
     t = summary[list(columns.values())].copy()
     t.columns = list(columns)
-    t["beta"] = t["beta"].map(lambda b: f"{b:g}")
+    t[knob] = t[knob].map(lambda b: f"{b:g}")
     t["gens"] = t["gens"].map(lambda g: f"{g:.0f}")
     t["div_kept"] = t["div_kept"].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}")
     for col in ("alliteration", "gain", "distinct_1", "distinct_2", "unique", "self_bleu", "rep_4grams"):
@@ -104,10 +124,12 @@ def display_frame(result: Analysis) -> pd.DataFrame:
     if (summary["trials"] > 1).any():  # seeds: mean ± standard error, and how many collapsed
         header = {v: k for k, v in columns.items()}[measure]
         t["alliteration"] = [_pm(m, se) for m, se in zip(summary["alliteration"], summary["alliteration_se"])]
-        value = 1 - summary["diversity"] if measure == "self_bleu" else summary["diversity"]
-        t[header] = [_pm(m, se) for m, se in zip(value, summary["diversity_se"])]
+        t[header] = [_pm(m, se) for m, se in zip(summary[measure], summary["diversity_se"])]
         t.insert(1, "seeds", summary["trials"])
         t.insert(len(t.columns) - 2, "failed", [f"{k}/{n}" for k, n in zip(summary["failed_seeds"], summary["trials"])])
+    if knob != "beta":  # a KL-target sweep: where each target's beta ended, and the range it moved in
+        t["beta"] = summary["beta"].map(lambda v: f"{v:.3g}")
+        t["beta_range"] = [f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(summary["beta_min"], summary["beta_max"])]
     return t
 
 
@@ -118,8 +140,10 @@ def table(result: Analysis) -> str:
 def _table_key(result: Analysis) -> str:
     evaluated = (result.summary["source"] == "evaluation").all()
     where = "its final evaluation" if evaluated else "its final point (an evaluation, else its last training window)"
-    return (f"\n(alliteration to fluency: each beta at {where}; fluency: nats over the unmodified model's own stories; "
-            f"kl_penalty: the training groups' over the last {result.cfg.window} generations)")
+    beta = ("; beta: where the controller left it, beta_range: its range along training"
+            if result.knob != "beta" else "")
+    return (f"\n(alliteration to fluency: each {KNOB_SYMBOLS[result.knob]} at {where}; fluency: nats over the unmodified "
+            f"model's own stories; kl_penalty: the training groups' over the last {result.cfg.window} generations{beta})")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -139,7 +163,7 @@ def _seeds_kept(row: Any) -> str:
 
 
 def _failure(row: Any, measure: str, seeds: bool) -> str:
-    """How a failed beta failed: where, as what, and by how much at its final point."""
+    """How a failed value failed: where, as what, and by how much at its final point."""
     what = "degenerated (non-words)" if row.failed_as == "degenerate" else "collapsed"
     when = (f"{what} in {row.failed_seeds} of {row.trials} seeds" if seeds
             else f"{what} at {row.failed_at:.0f} generations")
@@ -152,10 +176,12 @@ def reason(result: Analysis) -> str:
     """The choice and why, how sure it is (with seeds), the best point in training and the Pareto front,
     in plain sentences."""
     cfg, s, c, p = result.cfg, result.summary, result.choice, result.best_point
+    knob, noun = result.knob, values_noun(result)
+    name = lambda v: value_name(result, v)  # noqa: E731
     measure = MEASURE_LABELS[cfg.diversity_measure]
     seeds = bool((s["trials"] > 1).any())
     rule = (
-        f"among the betas whose every evaluation kept {measure} at or above {cfg.diversity_share:.0%} of the "
+        f"among the {noun} whose every evaluation kept {measure} at or above {cfg.diversity_share:.0%} of the "
         f"unmodified model's and fluency within {cfg.fluency_margin:g} nats of it"
         + (f", in all but {cfg.max_collapse_rate:.0%} of their seeds" if cfg.max_collapse_rate > 0 else
            ", in every seed" if seeds else "")
@@ -164,12 +190,13 @@ def reason(result: Analysis) -> str:
         lines = ["choice: none - no trial has a point to judge yet (no evaluation after generation 0, no training "
                  "window)."]
     elif c is None:
-        lines = [f"choice: none - every beta collapsed or degenerated ({cfg.rule().describe()}). Try larger betas, "
-                 "an earlier point (below), or a looser rule."]
+        lines = [f"choice: none - every one collapsed or degenerated ({cfg.rule().describe()}). Try "
+                 + ("larger betas" if knob == "beta" else "smaller KL targets") + ", an earlier point (below), or a "
+                 "looser rule."]
     else:
         row = s[s["chosen"]].iloc[0]
         lines = [
-            f"choice: beta={c['beta']:g}, the highest {'mean ' if seeds else ''}alliteration at its final point "
+            f"choice: {name(c['value'])}, the highest {'mean ' if seeds else ''}alliteration at its final point "
             f"({_pm(c['alliteration'], c['alliteration_se'])} mean raw reward at {c['point']:.0f} generations, "
             f"{c['alliteration_gain']:+.2f} over the unmodified model) {rule} (there its {measure} is "
             f"{c['diversity_kept']:.0%} of the unmodified model's, its fluency {c['fluency_gap']:+.2f} nats"
@@ -177,9 +204,9 @@ def reason(result: Analysis) -> str:
         ]
         if c["verdict"] == "under-optimised":
             lines.append("  It barely raised alliteration over the unmodified model: train longer"
-                         + (" or with a smaller beta." if c["beta"] > 0 else "."))
+                         + (" or with a smaller beta." if knob == "beta" and c["value"] > 0 else "."))
         for other in s[s["verdict"].isin(["collapsed", "degenerate"]) & (s["alliteration"] > c["alliteration"])].itertuples():
-            lines.append(f"  beta={other.beta:g} reached more alliteration "
+            lines.append(f"  {name(getattr(other, knob))} reached more alliteration "
                          f"({_pm(other.alliteration, other.alliteration_se)}) but {_failure(other, measure, seeds)}.")
         runners = s[~s["verdict"].isin(["collapsed", "degenerate", "dropped"]) & ~s["chosen"]]
         runners = runners.sort_values("alliteration", ascending=False)
@@ -188,7 +215,7 @@ def reason(result: Analysis) -> str:
             apart = c["alliteration"] - r["alliteration"] > sum(v for v in (c["alliteration_se"], r["alliteration_se"])
                                                                   if not pd.isna(v))  # None: one seed, no interval
             lines.append(
-                f"  beta={c['beta']:g} over beta={r['beta']:g} (the next kept beta): mean alliteration "
+                f"  {name(c['value'])} over {name(r[knob])} (the next kept {KNOB_SYMBOLS[knob]}): mean alliteration "
                 f"{_pm(c['alliteration'], c['alliteration_se'])} against {_pm(r['alliteration'], r['alliteration_se'])} "
                 + ("(further apart than their standard errors)" if apart else "(within their standard errors: as good)")
                 + f", {_seeds_kept(row)} against {r['trials'] - r['failed_seeds']} of {r['trials']}."
@@ -197,17 +224,18 @@ def reason(result: Analysis) -> str:
         edge = (f"its next evaluation, at {p['next']}, is kept too" if p["next"] is not None
                 else "it is the last point of a trial that never failed")
         seeds_line = f" in {p['stable_trials']} of {p['trials']} seeds" if p["trials"] > 1 else ""
-        fails = f"; beta={p['beta']:g} fails at {p['failed_at']:.0f} generations" if p["failed_at"] else ""
+        fails = f"; {name(p['value'])} fails at {p['failed_at']:.0f} generations" if p["failed_at"] else ""
+        at_beta = f" (its beta there: {p['beta']:.3g})" if knob != "beta" else ""
         lines.append(
-            f"best point (the default export): beta={p['beta']:g} at {p['generations']} generations, the stable point "
+            f"best point (the default export): {name(p['value'])} at {p['generations']} generations{at_beta}, the stable point "
             f"with the most alliteration ({p['alliteration']:.2f} by its evaluation, {measure} "
             f"{p['diversity_kept']:.0%} of the unmodified model's, fluency {p['fluency_gap']:+.2f} nats): "
             f"{edge}{seeds_line}{fails}."
         )
     else:
         lines.append("best point: none - no point is kept with its next evaluation kept too.")
-    front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], "beta"]) or "none"
-    lines.append(f"Pareto front of alliteration against {measure}: beta = {front}.")
+    front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], knob]) or "none"
+    lines.append(f"Pareto front of alliteration against {measure}: {KNOB_SYMBOLS[knob]} = {front}.")
     return "\n".join(lines)
 
 
@@ -238,18 +266,19 @@ def choice_json(result: Analysis, out: Path) -> dict[str, Any]:
         "choice": result.choice,
         "best_point": result.best_point,
         "rule": dataclasses.asdict(result.cfg),
-        "pareto_front": s.loc[s["pareto"], "beta"].tolist(),
-        "betas": [plain(r) for r in s.to_dict("records")],
+        "knob": result.knob,
+        "pareto_front": s.loc[s["pareto"], result.knob].tolist(),
+        "betas": [plain(r) for r in s.to_dict("records")],  # each value of the knob (the name of a beta sweep's)
         "notes": result.notes,
         "search": result.search,
         "out": str(out),
     }
 
 
-def point_stories(result: Analysis, beta: float, generations: int | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """`examples` stories of a beta's trial with the lowest seed: its evaluation at `generations` (default: its
+def point_stories(result: Analysis, value: float, generations: int | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """`examples` stories of a value's trial with the lowest seed: its evaluation at `generations` (default: its
     final point), or, for a trial without evaluations, its last training generations. Returns (what, stories)."""
-    trials = sorted((t for t in result.trials if t.beta == beta), key=lambda t: (t.seed, t.name))
+    trials = sorted((t for t in result.trials if t.value == value), key=lambda t: (t.seed, t.name))
     if not trials:
         return "", []
     t = trials[0]
@@ -279,13 +308,13 @@ def story_sections(result: Analysis) -> list[tuple[str, str, list[tuple[str, str
     sections = []
     p = result.best_point
     if p is not None:
-        what, stories = point_stories(result, p["beta"], p["generations"])
-        sections.append((f"The best point: {beta_label(p['beta'])} at {p['generations']} generations", what,
+        what, stories = point_stories(result, p["value"], p["generations"])
+        sections.append((f"The best point: {value_label(result, p['value'])} at {p['generations']} generations", what,
                          _story_lines(stories)))
-    for beta in sorted(result.summary["beta"]):
-        what, stories = point_stories(result, beta)
-        verdict = result.summary.set_index("beta").at[beta, "verdict"]
-        sections.append((f"{beta_label(beta)} ({verdict})", what, _story_lines(stories)))
+    for value in sorted(result.summary[result.knob]):
+        what, stories = point_stories(result, value)
+        verdict = result.summary.set_index(result.knob).at[value, "verdict"]
+        sections.append((f"{value_label(result, value)} ({verdict})", what, _story_lines(stories)))
     return sections
 
 
@@ -296,7 +325,7 @@ def smoothed(result: Analysis, columns: list[str]) -> dict[float, pd.DataFrame]:
     """Per beta: each trial's per-group values as a running mean over the last `window` generations, then
     their mean over the beta's trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
     curves = {}
-    for beta, g in result.groups.groupby("beta"):
+    for beta, g in result.groups.groupby(result.knob):
         per_trial = []
         for _, trial in g.groupby("trial"):
             per_group = trial.set_index("generations")[columns].sort_index()
@@ -322,11 +351,10 @@ def _figure(width: float = 8, height: float = 4.8, rows: int = 1, cols: int = 1)
     return fig, axes
 
 
-def _legend(ax: Any, source: Any = None) -> None:
+def _legend(ax: Any, source: Any = None, title: str = LEGEND_TITLES["beta"]) -> None:
     """The legend to the right of ax, with source's entries (default: ax's)."""
     handles, labels = (source or ax).get_legend_handles_labels()
-    ax.legend(handles, labels, title="beta (KL coefficient)", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9,
-              frameon=False)
+    ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
 
 
 def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
@@ -334,7 +362,7 @@ def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
     trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
     columns = ["alliteration", "diversity_kept", "fluency_gap"]
     curves = {}
-    for beta, p in result.points.groupby("beta"):
+    for beta, p in result.points.groupby(result.knob):
         by = p.groupby("generations")[columns]
         se = by.std(ddof=1) / np.sqrt(by.count())
         curves[beta] = by.mean().join(se.add_suffix("_se"))
@@ -345,7 +373,7 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
     """The points the rule judges, along training: alliteration, diversity as a share of the unmodified model's,
     and the fluency gap, with the rule's two limits and the best point."""
     cfg, s = result.cfg, result.summary
-    colours = beta_colours(list(s["beta"]))
+    colours = beta_colours(list(s[result.knob]))
     curves = point_curves(result)
     fig, axes = _figure(15, 4.6, 1, 3)
     measure = MEASURE_LABELS[cfg.diversity_measure]
@@ -354,7 +382,7 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
               ("fluency_gap", "nats over the unmodified model's own stories", "Fluency: cross-entropy under the unmodified model")]
     for ax, (column, ylabel, title) in zip(axes[0], panels):
         for beta, curve in curves.items():
-            _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, beta_label(beta))
+            _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, value_label(result, beta))
             ax.scatter(curve.index, curve[column], color=colours[beta], s=10)
         if column == "diversity_kept":
             ax.axhline(cfg.diversity_share, color="black", ls="--", lw=1, label=f"rule: {cfg.diversity_share:.0%}")
@@ -366,11 +394,11 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
                     [-0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4] if column == "fluency_gap" else [0, 2, 4, 6, 8, 10, 20, 50, 100])
         p = result.best_point
         if p is not None and p[column] is not None:
-            ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["beta"]], edgecolor="black",
-                       zorder=5, label=f"best point: {beta_label(p['beta'])}, {p['generations']} gens")
+            ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["value"]], edgecolor="black",
+                       zorder=5, label=f"best point: {value_label(result, p['value'])}, {p['generations']} gens")
         ax.set(xlabel="generations", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-    _legend(axes[0][2])
+    _legend(axes[0][2], title=LEGEND_TITLES[result.knob])
     source = "evaluations" if (s["source"] == "evaluation").all() else "evaluations (training windows where a trial has none)"
     fig.suptitle(f"The points the rule judges: {source}, mean over seeds with one standard error")
     fig.tight_layout()
@@ -386,22 +414,22 @@ def _symlog(ax: Any, linear_up_to: float, ticks: list[float]) -> None:
 
 
 def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Path) -> None:
-    colours = beta_colours(list(result.summary["beta"]))
+    colours = beta_colours(list(result.summary[result.knob]))
     fig, axes = _figure()
     ax = axes[0][0]
     for beta, curve in smoothed(result, [column]).items():
-        _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.8, beta_label(beta))
+        _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.8, value_label(result, beta))
     if column == "kl_penalty_mean":
         ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="generations", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    _legend(ax)
+    _legend(ax, title=LEGEND_TITLES[result.knob])
     fig.savefig(path, bbox_inches="tight")
 
 
 def plot_diversity(result: Analysis, path: Path) -> None:
     cfg, s = result.cfg, result.summary
-    colours = beta_colours(list(s["beta"]))
+    colours = beta_colours(list(s[result.knob]))
     columns = diversity_panels(cfg.diversity_measure)
     curves = smoothed(result, columns)
     fig, axes = _figure(12, 7.5, 2, 2)
@@ -409,11 +437,11 @@ def plot_diversity(result: Analysis, path: Path) -> None:
     for ax, column in zip(axes.flat, columns):
         for beta, curve in curves.items():
             y = 1 - curve[column] if column in ("self_bleu", "repeated_4grams") else curve[column]
-            _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, beta_label(beta))
+            _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, value_label(result, beta))
         ax.set_ylim(0, 1.02)  # all four are shares: a fixed scale shows a collapse for what it is
         ax.set(xlabel="generations", ylabel=PANEL_LABELS[column] + " (higher = more diverse)", title=PANEL_LABELS[column])
         ax.grid(alpha=0.3)
-    _legend(axes[0][1], axes[0][0])
+    _legend(axes[0][1], axes[0][0], title=LEGEND_TITLES[result.knob])
     fig.suptitle(f"Diversity within each training group, running mean over {cfg.window} generations "
                  "(the rule judges the evaluations: evaluations.png)")
     fig.tight_layout()
@@ -422,7 +450,7 @@ def plot_diversity(result: Analysis, path: Path) -> None:
 
 def plot_pareto(result: Analysis, path: Path) -> None:
     cfg, s = result.cfg, result.summary
-    colours = beta_colours(list(s["beta"]))
+    colours = beta_colours(list(s[result.knob]))
     measure = MEASURE_LABELS[cfg.diversity_measure]
     fig, axes = _figure(8, 5.5)
     ax = axes[0][0]
@@ -434,22 +462,24 @@ def plot_pareto(result: Analysis, path: Path) -> None:
     front = s[s["pareto"]].sort_values("alliteration")
     ax.plot(front["alliteration"], front["diversity"], color="grey", lw=1.2, ls=":", label="Pareto front")
     for i, row in enumerate(s.itertuples()):
-        ax.scatter(row.alliteration, row.diversity, s=90, color=colours[row.beta], edgecolor="black", lw=0.6,
-                   label=f"{beta_label(row.beta)} ({row.verdict})", zorder=4)
+        value = getattr(row, result.knob)
+        ax.scatter(row.alliteration, row.diversity, s=90, color=colours[value], edgecolor="black", lw=0.6,
+                   label=f"{value_label(result, value)} ({row.verdict})", zorder=4)
         if pd.notna(row.alliteration_se) or pd.notna(row.diversity_se):  # seeds: one standard error each way
             ax.errorbar(row.alliteration, row.diversity, xerr=np.nan_to_num(row.alliteration_se),
-                        yerr=np.nan_to_num(row.diversity_se), color=colours[row.beta], lw=1, capsize=3, zorder=3)
+                        yerr=np.nan_to_num(row.diversity_se), color=colours[value], lw=1, capsize=3, zorder=3)
         # labels alternate above and below, so neighbouring betas' labels do not print over each other
-        ax.annotate(f"{row.beta:g}", (row.alliteration, row.diversity), textcoords="offset points",
+        ax.annotate(f"{value:g}", (row.alliteration, row.diversity), textcoords="offset points",
                     xytext=(9, 7 if i % 2 == 0 else -15))
     if result.choice is not None:
         ax.scatter(result.choice["alliteration"], result.choice["diversity"], s=380, facecolor="none",
-                   edgecolor="black", lw=2, label=f"choice: {beta_label(result.choice['beta'])}", zorder=5)
+                   edgecolor="black", lw=2, label=f"choice: {value_label(result, result.choice['value'])}", zorder=5)
     ax.set(xlabel=f"alliteration (mean raw reward, last {cfg.window} generations)",
-           ylabel=f"{measure} (last {cfg.window} generations)", title="Alliteration against diversity, by beta")
+           ylabel=f"{measure} (last {cfg.window} generations)",
+           title=f"Alliteration against diversity, by {KNOB_SYMBOLS[result.knob]}")
     ax.set_ylim(0, 1.12)  # room for the labels of betas that keep all their diversity
     ax.grid(alpha=0.3)
-    _legend(ax)
+    _legend(ax, title=LEGEND_TITLES[result.knob])
     fig.savefig(path, bbox_inches="tight")
 
 
@@ -476,14 +506,14 @@ def write_outputs(result: Analysis, out: Path) -> list[Path]:
 def _intro(result: Analysis) -> str:
     cfg = result.cfg
     return (
-        f"{len(result.trials)} trials, {len(result.summary)} betas. A point is judged by its evaluation: "
+        f"{len(result.trials)} trials, {len(result.summary)} {values_noun(result)}. A point is judged by its evaluation: "
         f"{result.trials[0].evaluations['sample'].nunique() if len(result.trials[0].evaluations) else 'no'} fresh stories "
         f"of the policy at that point, sampled with the same random numbers at every point, against the trial's "
         f"evaluation at generation 0 (the unmodified model). Rule: a point keeps its "
         f"{MEASURE_LABELS[cfg.diversity_measure]} at or above {cfg.diversity_share:.0%} of the unmodified model's "
         f"(else collapsed) and its fluency, the unmodified model's cross-entropy of its stories, within "
         f"{cfg.fluency_margin:g} nats of the unmodified model's own (else degenerate); a trial fails at its first point "
-        f"that is not kept. The choice: the highest alliteration at the final point among the betas that never failed; "
+        f"that is not kept. The choice: the highest alliteration at the final point among the {values_noun(result)} that never failed; "
         f"an alliteration gain under {cfg.under_optimised_share:.0%} of the best such gain (or under {cfg.min_gain:g}) "
         f"is under-optimised. The best point: the stable point (kept, and so is the trial's next evaluation) with the "
         f"most alliteration. self_bleu: mean BLEU of each story against the rest of its group (high = near-duplicates); "

@@ -65,8 +65,15 @@ class SweepConfig:
     """Search for the balanced beta instead of running a grid: collapsed trials stop early, and each free
     trial slot gets a simple number near the geometric midpoint of the widest gap between the highest
     collapsed and the lowest kept beta (README, "Search mode")."""
-    search_start: str = "1,10,100"
-    """The search's first betas (log-spaced; tried from the highest down, skipping those already implied)."""
+    search_start: str | None = None
+    """The search's first values (log-spaced; tried from the safest on, skipping those already implied); default:
+    betas 1,10,100, or with --search-targets targets 0.03,0.1,0.3."""
+    kl_targets: str | None = None
+    """A grid of KL targets instead of betas, e.g. 0.05,0.1,0.2: KL-target trials (--kl-target), each starting at
+    every beta of --betas."""
+    search_targets: bool = False
+    """With --search: search the KL target instead of beta (high targets collapse: the other way round), every trial
+    starting at the one beta of --betas."""
     precision: float = 1.25
     """The search stops when the bracket (lowest kept beta / highest collapsed beta) is at most this ratio wide
     (1.25: as fine as the fine grid is around 40-50)."""
@@ -100,7 +107,9 @@ class SweepConfig:
 
     @property
     def mode(self) -> str:
-        return "search" if self.search else "betas" if self.betas else self.grid or "coarse"
+        if self.search:
+            return "target-search" if self.search_targets else "search"
+        return "targets" if self.kl_targets else "betas" if self.betas else self.grid or "coarse"
 
     def validate(self) -> "SweepConfig":
         """Raise AlliterError, in one line, for a value Ray would take and then fail on, minutes later."""
@@ -211,15 +220,35 @@ def _check_cluster_fits(required: dict[str, float], address: str | None) -> None
     )
 
 
+SEARCH_STARTS = {"beta": "1,10,100", "kl_target": "0.03,0.1,0.3"}
+
+
 def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule) -> SearchSettings:
+    knob = "kl_target" if sweep.search_targets else "beta"
+    text = sweep.search_start or SEARCH_STARTS[knob]
     try:
-        start = [float(b) for b in sweep.search_start.split(",") if b.strip()]
+        start = [float(b) for b in text.split(",") if b.strip()]
     except ValueError:
-        raise AlliterError(f"--search-start takes numbers separated by commas, got {sweep.search_start!r}") from None
+        raise AlliterError(f"--search-start takes numbers separated by commas, got {text!r}") from None
     if sweep.concurrency < 0:
         raise AlliterError(f"--concurrency must be >= 0 (0: the cluster's trial slots), got {sweep.concurrency}")
     return SearchSettings(start, sweep.precision, sweep.budget, seeds, rule.max_collapse_rate,
-                          max(sweep.concurrency, 1)).validate()
+                          max(sweep.concurrency, 1), knob).validate()
+
+
+def parse_targets(text: str) -> list[float]:
+    """`--kl-targets 0.05,0.1` -> [0.05, 0.1]: numbers > 0, none twice."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise AlliterError(f"--kl-targets takes numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise AlliterError(f"--kl-targets takes numbers separated by commas, got {text!r}: no target to sweep")
+    for t in values:
+        TrainConfig(beta=1.0, kl_target=t).validate()
+    if len(set(values)) != len(values):
+        raise AlliterError(f"--kl-targets lists a target twice ({text!r}); for several trials of one pass --seeds N")
+    return values
 
 
 def _trial_slots(sweep: SweepConfig, gpus: float) -> int:
@@ -252,6 +281,7 @@ class Plan:
     snapshots: str = ""  # the line about the snapshots' disk
     stored: list[dict[str, Any]] = field(default_factory=list)  # a resume: the trials of the sweep's Tune state
     finished: bool = False  # a resume: every trial of the sweep finished (and a search has ended): nothing to do
+    targets: list[float] = field(default_factory=list)  # a grid of KL targets (each trial starting at each beta)
 
     @property
     def resume_command(self) -> str:
@@ -271,12 +301,26 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     address = sweep.address or os.environ.get("RAY_ADDRESS") or None
     if sweep.resume:
         return _plan_resume(sweep, given, rule, storage, address)
-    if sweep.search and (sweep.grid or sweep.betas is not None):
+    targets = parse_targets(sweep.kl_targets) if sweep.kl_targets is not None else []
+    if sweep.search_targets and not sweep.search:
+        raise AlliterError("--search-targets is a way of --search: pass both")
+    if (targets or sweep.search_targets or base.kl_target is not None) and sweep.betas is None:
+        raise AlliterError("KL-target trials start at a beta: pass --betas START (e.g. --betas 50; several make a "
+                           "grid of starts)")
+    if targets and (sweep.search or base.kl_target is not None):
+        raise AlliterError("--kl-targets is a grid: leave out --search and --kl-target")
+    if sweep.search and (sweep.grid or (sweep.betas is not None and not sweep.search_targets)):
         raise AlliterError("--search chooses its own betas: leave out --grid and --betas")
     seeds = parse_seeds(sweep.seeds, base.seed)
     settings = _search_settings(sweep, seeds, rule) if sweep.search else None
-    betas, grid_generations = ([], None) if sweep.search else grid_betas(
+    betas, grid_generations = ([], None) if sweep.search and not sweep.search_targets else grid_betas(
         None if sweep.betas is not None else sweep.grid or "coarse", sweep.betas)
+    if sweep.search_targets and len(betas) != 1:
+        raise AlliterError(f"--search-targets starts every trial at one beta: pass one --betas, got {sweep.betas!r}")
+    if betas and (targets or sweep.search_targets or base.kl_target is not None) and min(betas) <= 0:
+        raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--betas, e.g. 50)")
+    if sweep.search_targets:
+        base = dataclasses.replace(base, beta=betas[0])
     if grid_generations and "max_generations" not in given:
         base = dataclasses.replace(base, max_generations=grid_generations)
     base = base.resolved()  # fail on a bad model folder or lr now, not inside six trials
@@ -286,7 +330,7 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     exp_path = store.join(storage, name)
     if store.exists(exp_path):
         raise AlliterError(f"{exp_path} exists already; pass --resume to continue it, or another --name")
-    trials = (settings.budget if settings else len(betas)) * len(seeds)
+    trials = (settings.budget if settings else len(betas) * max(1, len(targets))) * len(seeds)
     snapshots, snapshot_total = snapshot_plan(base, trials, at_most=sweep.search)
     check_disk(storage, snapshot_total)
     if address:
@@ -294,7 +338,8 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
     options = TrialOptions(sweep.cpus_per_trial, dataclasses.asdict(rule.rule()), sweep.search or sweep.stop_on_collapse,
                            sweep.seeds is not None, sweep.report_seconds)
-    return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots)
+    return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots,
+                targets=targets)
 
 
 def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule, storage: str, address: str | None) -> Plan:
@@ -326,12 +371,13 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
             _check_address(address)
         preflight.run_preflight(base)
     betas = sorted({float(c["beta"]) for c in configs}) if search is None else []
+    targets = sorted({float(c["kl_target"]) for c in configs if c.get("kl_target") is not None}) if search is None else []
     seeds = sorted({int(c["seed"]) for c in configs})
     settings = SearchSettings(**search["settings"]) if search else None
     rule = CollapseRule(**options.rule)
     sweep = dataclasses.replace(sweep, search=search is not None, seeds=",".join(map(str, seeds)) if options.seed_in_name else None)
     return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, stored=stored,
-                finished=finished)
+                finished=finished, targets=targets)
 
 
 def connect(plan: Plan) -> tuple[float, int]:
@@ -357,7 +403,7 @@ def connect(plan: Plan) -> tuple[float, int]:
     slots = _trial_slots(plan.sweep, gpus)
     if plan.settings is not None:
         plan.settings.concurrency = plan.sweep.concurrency or slots
-    return gpus, min(slots, plan.settings.concurrency if plan.settings else len(plan.betas) * len(plan.seeds))
+    return gpus, min(slots, plan.settings.concurrency if plan.settings else len(plan.betas) * max(1, len(plan.targets)) * len(plan.seeds))
 
 
 def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
@@ -367,13 +413,16 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
     if plan.sweep.resume:
         return tune.Tuner.restore(plan.exp_path, trainable, resume_errored=True)
     space: dict[str, Any] = {**plan.base.to_dict(), OPTIONS_KEY: dataclasses.asdict(plan.options)}
+    targeting = bool(plan.targets) or plan.base.kl_target is not None or bool(plan.settings and plan.settings.knob != "beta")
     stopper = None
     if plan.settings is not None:
         search_alg, num_samples = BetaSearch(plan.settings), -1
-        stopper = SearchStopper(search_alg, plan.exp_path, plan.options.seed_in_name)
+        stopper = SearchStopper(search_alg, plan.exp_path, plan.options.seed_in_name, plan.base.beta)
     else:
         space["beta"] = tune.grid_search(plan.betas)
         space["seed"] = tune.grid_search(plan.seeds) if plan.options.seed_in_name else plan.base.seed
+        if plan.targets:
+            space["kl_target"] = tune.grid_search(plan.targets)
         search_alg, num_samples = None, 1
     return tune.Tuner(
         trainable,
@@ -394,8 +443,10 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
             # on_checkpoint (Ray's default, said here because alliter.train.snapshots relies on it)
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
             progress_reporter=tune.CLIReporter(
-                parameter_columns=["beta", "seed"] if plan.options.seed_in_name else ["beta"],
-                metric_columns=PROGRESS_COLUMNS, max_report_frequency=15,
+                parameter_columns=(["kl_target"] if targeting else []) + ["beta"]
+                + (["seed"] if plan.options.seed_in_name else []),
+                # a KL-target trial's beta as its controller has it now (the parameter column: where it started)
+                metric_columns={**PROGRESS_COLUMNS, **({"beta": "beta_now"} if targeting else {})}, max_report_frequency=15,
             ),
             verbose=1,
         ),
@@ -425,7 +476,14 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
         return Outcome("nothing", plan.exp_path)
     with store.DriverLock(plan.exp_path):
         gpus, slots = connect(plan)
-        what = "a search" if plan.settings else f"betas {plan.betas}"
+        if plan.settings is not None:
+            what = ("a search of KL targets, every trial's beta starting at "
+                    f"{plan.base.beta:g}" if plan.settings.knob == "kl_target" else "a search")
+        elif plan.targets or plan.base.kl_target is not None:
+            what = (f"KL targets {plan.targets or [plan.base.kl_target]}, each trial's beta starting at "
+                    f"{', '.join(f'{b:g}' for b in plan.betas)}")
+        else:
+            what = f"betas {plan.betas}"
         print(f"alliter sweep {plan.name}: {'resuming ' if plan.sweep.resume else ''}{what}"
               f"{f', seeds {plan.seeds}' if plan.options.seed_in_name else ''}, model {plan.base.model}, tokenizer "
               f"{plan.base.tokenizer}, lr {plan.base.lr}, {plan.base.max_generations} generations each, "
@@ -458,7 +516,7 @@ def trial_cause(result: Any) -> str:
 def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Outcome:
     """Print the trials' table, the figures and what to run next; keep the figures in sweep.json."""
     df = results.get_dataframe()
-    cols = [c for c in ["config/beta", "config/seed", "generations", "raw_reward_mean", "kl_penalty_mean", "distinct_2",
+    cols = [c for c in ["config/kl_target", "config/beta", "config/seed", "generations", "raw_reward_mean", "kl_penalty_mean", "distinct_2",
                         "diversity_kept", "fluency_gap", "verdict"] if c in df.columns]
     if cols:
         print(df[cols].sort_values(cols[:2]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

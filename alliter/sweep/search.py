@@ -53,6 +53,7 @@ class SearchSettings:
     seeds: list[int]
     max_collapse_rate: float
     concurrency: int
+    knob: str = "beta"  # what the search varies: "beta", or "kl_target" (high targets collapse: the other way round)
 
     def validate(self) -> "SearchSettings":
         if not self.start or any(not (math.isfinite(b) and b > 0) for b in self.start):
@@ -101,8 +102,10 @@ def bracket(verdicts: dict[float, bool]) -> tuple[float | None, float | None, li
 
 
 class BetaSearch(Searcher):
-    """Suggests {"beta", "seed"} configs; learns each trial's verdict from its last result's `kept` and `verdict`
-    (alliter.rule: a trial that collapsed or degenerated counts as collapsed for the bracket)."""
+    """Suggests {"beta", "seed"} configs (or {"kl_target", "seed"}); learns each trial's verdict from its last
+    result's `kept` and `verdict` (alliter.rule: a trial that collapsed or degenerated counts as collapsed for the
+    bracket). Its values are betas, or KL targets: a beta collapses below the boundary, a target above it, so the
+    strategy runs on x = beta, or x = 1 / target, where collapse is always below (`_x`)."""
 
     def __init__(self, settings: SearchSettings):
         super().__init__()
@@ -144,10 +147,10 @@ class BetaSearch(Searcher):
             self.betas.append(beta)
             self.queue = [(beta, seed) for seed in self.settings.seeds]
             self.log.append({"event": "suggest", "round": round_, "beta": beta, "seeds": self.settings.seeds, "why": why})
-            log.info("alliter search: round %d, beta %g: %s", round_, beta, why)
+            log.info("alliter search: round %d, %s %g: %s", round_, self._what, beta, why)
         beta, seed = self.queue.pop(0)
         self.trials[trial_id] = (beta, seed)
-        return {"beta": beta, "seed": seed}
+        return {self.settings.knob: beta, "seed": seed}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.trials or trial_id in self.outcomes:
@@ -168,7 +171,7 @@ class BetaSearch(Searcher):
         verdict = self.verdicts().get(beta)
         if verdict is not None and all(t in self.outcomes for t, (b, _) in self.trials.items() if b == beta):
             self.log.append({"event": "verdict", "beta": beta, "verdict": "collapsed" if verdict else "kept"})
-            log.info("alliter search: beta %g %s", beta, "collapsed" if verdict else "kept its diversity")
+            log.info("alliter search: %s %g %s", self._what, beta, "collapsed" if verdict else "kept its diversity")
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -183,6 +186,22 @@ class BetaSearch(Searcher):
             self.__dict__.update(pickle.load(f))  # our own file, written by save() in the experiment folder
 
     # --- the strategy --------------------------------------------------------------------------------
+
+    def _x(self, value: float) -> float:
+        """The strategy's coordinate: collapse lies below the boundary in x."""
+        return value if self.settings.knob == "beta" else 1.0 / value
+
+    @property
+    def _what(self) -> str:
+        return "beta" if self.settings.knob == "beta" else "target"
+
+    def _bracket(self, verdicts: dict[float, bool]) -> tuple[float | None, float | None, list[float]]:
+        """bracket() of values: its collapsed end, its kept end and the values on the wrong side."""
+        if not verdicts:
+            return None, None, []
+        lo, hi, wrong = bracket({self._x(v): c for v, c in verdicts.items()})
+        back = {self._x(v): v for v in verdicts}
+        return (None if lo is None else back[lo]), (None if hi is None else back[hi]), [back[w] for w in wrong]
 
     def verdicts(self) -> dict[float, bool]:
         """{beta: collapsed} for every beta whose seeds have all finished (errored seeds left out)."""
@@ -203,41 +222,45 @@ class BetaSearch(Searcher):
         return {beta for t, (beta, _) in self.trials.items() if t not in self.outcomes} | {b for b, _ in self.queue}
 
     def next_beta(self) -> tuple[float, str, int] | None:
-        """(beta, why, round) for the next beta to run, or None when no beta is worth running now."""
+        """(value, why, round) for the next beta (or target) to run, or None when none is worth running now."""
         if len(self.betas) >= self.settings.budget:
             return None
+        x, what = self._x, self._what
         verdicts, running = self.verdicts(), self.running()
         taken = set(self.betas)
         rounds = {e["beta"]: e["round"] for e in self.log if e["event"] == "suggest"}
-        for beta in sorted(self.settings.start, reverse=True):
-            implied = any(v and b > beta for b, v in verdicts.items()) or any(not v and b < beta for b, v in verdicts.items())
+        for beta in sorted(self.settings.start, key=x, reverse=True):  # the safest first
+            implied = (any(v and x(b) > x(beta) for b, v in verdicts.items())
+                       or any(not v and x(b) < x(beta) for b, v in verdicts.items()))
             if beta not in taken and not implied:
                 return beta, "start: a wide, log-spaced set", 0
-        lo, hi, _ = bracket(verdicts) if verdicts else (None, None, [])
-        if hi is None:  # nothing kept yet: the highest beta still running closes the bracket for now
-            above = [b for b in running if lo is None or b > lo]
+        lo, hi, _ = self._bracket(verdicts)
+        safer = "higher" if what == "beta" else "lower"
+        if hi is None:  # nothing kept yet: the safest value still running closes the bracket for now
+            above = [b for b in running if lo is None or x(b) > x(lo)]
             if not above:
-                beta = lo * EXPAND
-                return beta, f"every beta so far collapsed: {EXPAND:g}x the highest ({lo:g})", rounds[lo] + 1
-            hi = max(above)
+                beta = lo * EXPAND if what == "beta" else lo / EXPAND
+                return beta, f"every {what} so far collapsed: {EXPAND:g}x {safer} than {lo:g}", rounds[lo] + 1
+            hi = max(above, key=x)
         if lo is None:
-            below = [b for b in running if b < hi]
+            below = [b for b in running if x(b) < x(hi)]
             if not below:
-                if hi / EXPAND < MIN_BETA:
+                if x(hi) / EXPAND < MIN_BETA:
                     return None
-                beta = hi / EXPAND
-                return beta, f"every beta so far kept: a tenth of the lowest ({hi:g})", rounds[hi] + 1
-            lo = min(below)
-        points = sorted({lo, hi} | {b for b in taken if lo < b < hi})
-        gaps = [(b / a, a, b) for a, b in zip(points, points[1:])]
+                beta = hi / EXPAND if what == "beta" else hi * EXPAND
+                return beta, f"every {what} so far kept: {EXPAND:g}x {'lower' if what == 'beta' else 'higher'} than " \
+                             f"{hi:g}", rounds[hi] + 1
+            lo = min(below, key=x)
+        points = sorted({lo, hi} | {b for b in taken if x(lo) < x(b) < x(hi)}, key=x)
+        gaps = [(x(b) / x(a), a, b) for a, b in zip(points, points[1:])]
         if not gaps:
             return None
-        # the widest gap; on a tie, the higher one (the choice is the lowest kept beta, so the kept side matters)
-        ratio, a, b = max(gaps, key=lambda g: (round(g[0], 9), g[1]))
+        # the widest gap; on a tie, the safer one (the choice is the least safe kept value: the kept side matters)
+        ratio, a, b = max(gaps, key=lambda g: (round(g[0], 9), x(g[1])))
         if ratio <= self.settings.precision:
             return None
-        state = lambda x: "collapsed" if verdicts.get(x) else "kept" if x in verdicts else "running"  # noqa: E731
-        beta = simple_beta(a, b, taken)
+        state = lambda v: "collapsed" if verdicts.get(v) else "kept" if v in verdicts else "running"  # noqa: E731
+        beta = simple_beta(min(a, b), max(a, b), taken)
         why = f"between {a:g} ({state(a)}) and {b:g} ({state(b)}), the widest gap of the bracket"
         return beta, why, max(rounds.get(a, 0), rounds.get(b, 0)) + 1
 
@@ -246,42 +269,43 @@ class BetaSearch(Searcher):
         above its kept end), or None while it still can."""
         if trial_id in self.outcomes or trial_id not in self.trials:
             return None
-        beta = self.trials[trial_id][0]
-        verdicts = self.verdicts()
-        lo, hi, _ = bracket(verdicts) if verdicts else (None, None, [])
-        if lo is not None and beta < lo:
-            return f"not needed: beta {lo:g} collapsed, and the search takes a lower beta to collapse too"
-        if hi is not None and beta > hi:
-            return f"not needed: beta {hi:g} kept its diversity, and the search takes a higher beta to keep it too"
+        beta, x, what = self.trials[trial_id][0], self._x, self._what
+        lo, hi, _ = self._bracket(self.verdicts())
+        riskier, safer = ("lower", "higher") if what == "beta" else ("higher", "lower")
+        if lo is not None and x(beta) < x(lo):
+            return f"not needed: {what} {lo:g} collapsed, and the search takes a {riskier} {what} to collapse too"
+        if hi is not None and x(beta) > x(hi):
+            return f"not needed: {what} {hi:g} kept its diversity, and the search takes a {safer} {what} to keep it too"
         return None
 
     def finish_reason(self) -> str:
-        verdicts = self.verdicts()
-        lo, hi, wrong = bracket(verdicts) if verdicts else (None, None, [])
+        lo, hi, wrong = self._bracket(self.verdicts())
+        what = self._what
         if len(self.betas) >= self.settings.budget and not self.converged(lo, hi):
-            reason = f"the budget of {self.settings.budget} betas is spent"
+            reason = f"the budget of {self.settings.budget} {what}s is spent"
         elif lo is None and hi is not None:
-            reason = f"every beta kept its diversity, down to {hi:g}"
+            reason = f"every {what} kept its diversity, {'down' if what == 'beta' else 'up'} to {hi:g}"
         elif hi is None:
-            reason = "no beta kept its diversity"
+            reason = f"no {what} kept its diversity"
         else:
             reason = f"the bracket is as narrow as the precision {self.settings.precision:g}"
         if lo is not None and hi is not None:
             reason += f"; bracket: {lo:g} (collapsed) to {hi:g} (kept)"
         if wrong:
-            reason += f"; not monotone in beta (noise near the boundary): {', '.join(f'{b:g}' for b in wrong)} on the wrong side"
+            reason += (f"; not monotone in {what} (noise near the boundary): {', '.join(f'{b:g}' for b in wrong)} on the "
+                       "wrong side")
         return reason
 
     def converged(self, lo: float | None, hi: float | None) -> bool:
         if lo is None or hi is None:
             return False
-        points = sorted({lo, hi} | {b for b in self.betas if lo < b < hi})
+        x = self._x
+        points = sorted({x(lo), x(hi)} | {x(b) for b in self.betas if x(lo) < x(b) < x(hi)})
         return all(b / a <= self.settings.precision for a, b in zip(points, points[1:]))
 
     def path(self) -> dict[str, Any]:
         """The search as plain data: settings, every step in order, and where it ended."""
-        verdicts = self.verdicts()
-        lo, hi, wrong = bracket(verdicts) if verdicts else (None, None, [])
+        lo, hi, wrong = self._bracket(self.verdicts())
         return {
             "settings": {k: v for k, v in vars(self.settings).items()},
             "steps": self.log,
@@ -294,8 +318,9 @@ class SearchStopper(tune.Stopper):
     """Stops a search's trial once its beta can no longer move the bracket (BetaSearch.needless), and writes
     why into the trial's folder on the storage, so that best_beta leaves it out of the choice."""
 
-    def __init__(self, search: BetaSearch, exp_path: str, seed_in_name: bool):
+    def __init__(self, search: BetaSearch, exp_path: str, seed_in_name: bool, start_beta: float = 0.0):
         self.search, self.exp_path, self.seed_in_name = search, exp_path, seed_in_name
+        self.start_beta = start_beta  # a search of KL targets: every trial's beta starts there
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         if trial_id in self.search.dropped:
@@ -305,9 +330,13 @@ class SearchStopper(tune.Stopper):
             return False
         self.search.dropped[trial_id] = why
         beta, seed = self.search.trials[trial_id]
-        folder = store.join(self.exp_path, trial_dirname(beta, seed, self.seed_in_name, trial_id))
+        if self.search.settings.knob == "beta":
+            name = trial_dirname(beta, seed, self.seed_in_name, trial_id)
+        else:
+            name = trial_dirname(self.start_beta, seed, self.seed_in_name, trial_id, kl_target=beta)
+        folder = store.join(self.exp_path, name)
         store.write_text(store.join(folder, STOP_FILE), stop_record(DROPPED, why, result.get("generations")))
-        log.info("alliter search: stopped beta %g (seed %d): %s", beta, seed, why)
+        log.info("alliter search: stopped %s %g (seed %d): %s", self.search._what, beta, seed, why)
         return True
 
     def stop_all(self) -> bool:

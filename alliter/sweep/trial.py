@@ -131,10 +131,11 @@ def _write_node_info(run_dir: Path) -> None:
 
 
 def trial_name(trial: Any) -> str:
-    """Tune's name and folder of a trial: beta=50_seed=1_<id>."""
-    return trial_dirname(trial.config["beta"], trial.config["seed"], trial.config[OPTIONS_KEY]["seed_in_name"],
-                         trial.trial_id)
+    """Tune's name and folder of a trial: beta=50_seed=1_<id>, or target=0.1_beta=50_<id> for a KL target."""
+    c = trial.config
+    return trial_dirname(c["beta"], c["seed"], c[OPTIONS_KEY]["seed_in_name"], trial.trial_id, c.get("kl_target"))
 
 
-def trial_dirname(beta: float, seed: int, seed_in_name: bool, trial_id: str) -> str:
-    return f"beta={beta:g}{f'_seed={seed}' if seed_in_name else ''}_{trial_id}"
+def trial_dirname(beta: float, seed: int, seed_in_name: bool, trial_id: str, kl_target: float | None = None) -> str:
+    target = "" if kl_target is None else f"target={kl_target:g}_"
+    return f"{target}beta={beta:g}{f'_seed={seed}' if seed_in_name else ''}_{trial_id}"
