@@ -30,7 +30,7 @@ MODEL_PRESETS: dict[str, tuple[str, str | None, float]] = {
 
 # generations of best_beta's window, the collapse rule's running window, and so the snapshots' spacing
 DEFAULT_WINDOW = 200
-DEFAULT_KL_HORIZON = 500  # the KL-target controller's horizon in generations (README, "KL-target mode")
+DEFAULT_KL_HORIZON = 300  # the KL-target controller's horizon in generations (README, "KL-target mode")
 
 # name -> (betas, max_generations or None for the config's own)
 GRIDS: dict[str, tuple[list[float], int | None]] = {

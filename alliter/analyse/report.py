@@ -40,7 +40,7 @@ TABLE = {
 }
 # the rule's measure, when it is not distinct-2: header -> summary column, shown after distinct_2
 RULE_COLUMNS = {"distinct_1": "distinct_1", "unique_fraction": "unique"}
-PLOTS = ("evaluations.png", "raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png")
+PLOTS = ("evaluations.png", "frontier.png", "raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png")
 MEASURE_LABELS = {
     "distinct_1": "distinct-1",
     "distinct_2": "distinct-2",
@@ -413,6 +413,82 @@ def _symlog(ax: Any, linear_up_to: float, ticks: list[float]) -> None:
     ax.minorticks_off()
 
 
+# --- the reward-KL frontier (Gao et al., 2022) -------------------------------------------------------------
+
+
+def frontier_points(result: Analysis) -> pd.DataFrame:
+    """Per trial and evaluated point: d = sqrt of the sequence-level KL (the per-token estimate CE_ref - CE_policy
+    times the generated tokens; an estimate below 0 counts as 0) and the raw reward gain over the trial's
+    generation 0, both by evaluation."""
+    p = result.points.sort_values(["trial", "generations"]).copy()
+    p["d"] = np.sqrt(np.clip(p["kl"] * p["new_tokens"], 0, None))
+    base = p.groupby("trial")["alliteration"].transform("first")
+    p["gain"] = p["alliteration"] - base
+    return p
+
+
+def gao_fit(d: np.ndarray, gain: np.ndarray) -> tuple[float, float, float] | None:
+    """Gao et al.'s RL form R(d) = d (alpha - b log d), fitted by least squares on the points with d > 0:
+    (alpha, b, R^2), or None with fewer than 4 such points."""
+    keep = d > 0
+    d, gain = d[keep], gain[keep]
+    if len(d) < 4:
+        return None
+    design = np.column_stack([d, -d * np.log(d)])
+    (alpha, b), *_ = np.linalg.lstsq(design, gain, rcond=None)
+    total = float(((gain - gain.mean()) ** 2).sum())
+    r2 = 1 - float(((gain - design @ [alpha, b]) ** 2).sum()) / total if total > 0 else math.nan
+    return float(alpha), float(b), r2
+
+
+def frontier_fits(result: Analysis) -> pd.DataFrame:
+    """Per trial: Gao et al.'s fit of its frontier (alpha, b, R^2), where it has the points for one."""
+    rows = []
+    for trial, g in frontier_points(result).groupby("trial", sort=False):
+        fit = gao_fit(g["d"].to_numpy(), g["gain"].to_numpy())
+        value = g[result.knob].iloc[0]
+        rows.append({result.knob: value, "seed": int(g["seed"].iloc[0]), "trial": trial, "points": len(g),
+                     "alpha": fit[0] if fit else math.nan, "b": fit[1] if fit else math.nan,
+                     "r2": fit[2] if fit else math.nan})
+    return pd.DataFrame(rows, columns=[result.knob, "seed", "trial", "points", "alpha", "b", "r2"])
+
+
+def plot_frontier(results: list[Analysis], path: Path) -> None:
+    """Raw reward gain against sqrt(KL), by evaluation, along training: per value of each sweep's knob, the mean
+    over its seeds at each evaluated generation with a band of one standard error, every trial's own curve
+    faint beneath, and Gao et al.'s form fitted to each trial where it fits (R^2 >= 0.5, dashed). Several
+    sweeps (a fixed beta and a KL target) share the axes."""
+    fig, axes = _figure(9, 5.5)
+    ax = axes[0][0]
+    for result, style in zip(results, ("-", "--", ":", "-.")):
+        colours = beta_colours(list(result.summary[result.knob]))
+        points = frontier_points(result)
+        fits = frontier_fits(result).set_index("trial")
+        for value, g in points.groupby(result.knob):
+            colour = colours[value]
+            for trial, t in g.groupby("trial"):
+                ax.plot(t["d"], t["gain"], color=colour, lw=0.6, alpha=0.35, ls=style)
+                fit = fits.loc[trial]
+                if fit["r2"] >= 0.5:
+                    d = np.linspace(max(t["d"].min(), 1e-3), t["d"].max(), 60)
+                    ax.plot(d, d * (fit["alpha"] - fit["b"] * np.log(d)), color=colour, lw=0.9, ls=(0, (2, 2)))
+            by = g.groupby("generations")[["d", "gain"]]
+            mean, count = by.mean(), by.count()["gain"]
+            se = (by.std(ddof=1)["gain"] / np.sqrt(count)).fillna(0)
+            ax.plot(mean["d"], mean["gain"], color=colour, lw=2, ls=style, marker="o", ms=3,
+                    label=value_label(result, value) + (f" ({len(g['trial'].unique())} seeds)"
+                                                         if g["trial"].nunique() > 1 else ""))
+            if (se > 0).any():
+                ax.fill_between(mean["d"], mean["gain"] - se, mean["gain"] + se, color=colour, alpha=0.15, lw=0)
+    ax.set(xlabel="sqrt(KL): sqrt of the per-token estimate (CE_ref - CE_policy) x the generated tokens",
+           ylabel="raw reward gain over generation 0 (by evaluation)",
+           title="The reward-KL frontier along training (dashed thin: Gao et al.'s d (alpha - b log d), where it fits)")
+    ax.set_yscale("symlog", linthresh=10.0, linscale=2.0)
+    ax.grid(alpha=0.3)
+    _legend(ax, title=" / ".join(LEGEND_TITLES[r.knob] for r in {r.knob: r for r in results}.values()))
+    fig.savefig(path, bbox_inches="tight")
+
+
 def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Path) -> None:
     colours = beta_colours(list(result.summary[result.knob]))
     fig, axes = _figure()
@@ -492,12 +568,13 @@ def write_outputs(result: Analysis, out: Path) -> list[Path]:
     result.points.to_csv(out / "points.csv", index=False)
     result.windows.to_csv(out / "windows.csv", index=False)
     plot_evaluations(result, out / PLOTS[0])
+    plot_frontier([result], out / PLOTS[1])
     plot_curve(result, "raw_reward_mean", "raw reward (alliterating word pairs)",
-               f"Alliteration of the training groups, running mean over {result.cfg.window} generations", out / PLOTS[1])
+               f"Alliteration of the training groups, running mean over {result.cfg.window} generations", out / PLOTS[2])
     plot_curve(result, "kl_penalty_mean", "KL penalty: CE policy - CE reference per token\n(more negative = further away)",
-               f"Distance from the original model, running mean over {result.cfg.window} generations", out / PLOTS[2])
-    plot_diversity(result, out / PLOTS[3])
-    plot_pareto(result, out / PLOTS[4])
+               f"Distance from the original model, running mean over {result.cfg.window} generations", out / PLOTS[3])
+    plot_diversity(result, out / PLOTS[4])
+    plot_pareto(result, out / PLOTS[5])
     (out / "report.md").write_text(report_markdown(result), encoding="utf-8")
     (out / "report.html").write_text(report_html(result, out), encoding="utf-8")
     return [out / n for n in ("summary.csv", "points.csv", "windows.csv", *PLOTS, "report.md", "report.html")]
@@ -536,11 +613,25 @@ def report_markdown(result: Analysis) -> str:
         parts += ["## The search", search_summary(result.search), markdown_table(search_frame(result.search))]
     if result.notes:
         parts += ["## Trials to know about", "\n".join(f"- {n}" for n in result.notes)]
+    parts += ["## The reward-KL frontier", FRONTIER_TEXT, markdown_table(_fits_table(result))]
     parts += ["## Plots", *(f"![{p}]({p})" for p in PLOTS), "## Stories"]
     for title, what, stories in story_sections(result):
         parts.append(f"### {title}\n\n{what}:")
         parts += [f"{head}:\n\n{_fence(text)}" for head, text in stories]
     return "\n\n".join(parts) + "\n"
+
+
+FRONTIER_TEXT = ("Raw reward gain over generation 0 against d = sqrt(KL), both by evaluation (frontier.png); KL is the "
+                 "per-token estimate CE_ref - CE_policy times the generated tokens, and the estimate can be negative "
+                 "(then d = 0). Gao et al. (2022)'s RL form R(d) = d (alpha - b log d), fitted per trial:")
+
+
+def _fits_table(result: Analysis) -> pd.DataFrame:
+    fits = frontier_fits(result)
+    for col in ("alpha", "b", "r2"):
+        fits[col] = fits[col].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}")
+    fits[result.knob] = fits[result.knob].map(lambda v: f"{v:g}")
+    return fits.drop(columns="trial")
 
 
 def report_html(result: Analysis, out: Path) -> str:
@@ -564,5 +655,6 @@ def report_html(result: Analysis, out: Path) -> str:
         + (f"<h2>The search</h2><p>{e(search_summary(result.search))}</p>"
            f"{search_frame(result.search).to_html(index=False, escape=True)}" if result.search else "")
         + (f"<h2>Trials to know about</h2><ul>{notes}</ul>" if notes else "")
+        + f"<h2>The reward-KL frontier</h2><p>{e(FRONTIER_TEXT)}</p>{_fits_table(result).to_html(index=False, escape=True)}"
         + f"<h2>Plots</h2>{images}<h2>Stories</h2>{examples}</body></html>\n"
     )
