@@ -76,7 +76,8 @@ def _parse_bool(text: str) -> bool:
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """One flag per dataclass field. Defaults are left out of the namespace (SUPPRESS), so that
-    `given_config_values` tells what the user actually typed."""
+    `given_config_values` tells what the user actually typed. A field's metadata may name the flag's own parser
+    (`flag_type`, e.g. one that reads a file) and its metavar."""
     docs = field_docs(cls)
     hints = {f.name: f.type for f in fields(cls)}
     for f in fields(cls):
@@ -84,13 +85,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
             continue
         hint = str(hints[f.name])
         kind = {"float": float, "int": int, "bool": _parse_bool}.get(hint.split(" ")[0].split("|")[0].strip(), str)
+        kind = f.metadata.get("flag_type", kind)
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=kind,
             default=argparse.SUPPRESS,
             **({"nargs": "?", "const": True} if kind is _parse_bool else {}),  # bare --flag means true
-            metavar=f.name.upper() if kind is not _parse_bool else "{true,false}",
+            metavar=f.metadata.get("metavar", f.name.upper() if kind is not _parse_bool else "{true,false}"),
             help=docs.get(f.name, "") + ("" if "default" in docs.get(f.name, "") else f" (default: {f.default})"),
         )
 

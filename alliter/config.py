@@ -11,11 +11,12 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from alliter.cli import AlliterError
+from alliter.train.reward import DEFAULT_REWARD, parse_reward  # torch-free
 
 
 BUNDLED_MODEL = Path(__file__).parent / "models" / "stories260k"
@@ -30,6 +31,7 @@ MODEL_PRESETS: dict[str, tuple[str, str | None, float]] = {
 
 # generations of best_beta's window, the collapse rule's running window, and so the snapshots' spacing
 DEFAULT_WINDOW = 200
+EVAL_PROMPTS = 5  # with --prompts, an evaluation samples the first this many, as many stories of each
 DEFAULT_KL_HORIZON = 300  # the KL-target controller's horizon in generations (README, "KL-target mode")
 
 # name -> (betas, max_generations or None for the config's own)
@@ -38,6 +40,22 @@ GRIDS: dict[str, tuple[list[float], int | None]] = {
     "fine": ([float(b) for b in range(20, 100, 10)], None),
     "extended": ([40.0], 7000),
 }
+
+
+def read_prompts(path: str) -> str:
+    """--prompts FILE: the file's prompts, one a line (a trailing newline aside); AlliterError in one line for a file
+    that cannot be read, holds none or has an empty line (argparse's own errors print its whole usage)."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise AlliterError(f"--prompts: cannot read {path} ({type(err).__name__})") from None
+    lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+    if not text.strip():
+        raise AlliterError(f"--prompts: {path} holds no prompt (give one prompt a line)")
+    empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if empty:
+        raise AlliterError(f"--prompts: line {empty[0]} of {path} is empty (give one prompt a line)")
+    return "\n".join(line.rstrip("\r") for line in lines)
 
 
 @dataclass
@@ -61,6 +79,14 @@ class TrainConfig:
     """SGD learning rate; default: the preset's (1e-3 for stories260k, 1e-4 for the study's model and any other)."""
     prompt: str = "Once upon a time"
     """The prompt every sample continues."""
+    prompts: str | None = field(default=None, metadata={"flag_type": read_prompts, "metavar": "FILE"})
+    """Prompts instead of --prompt: the flag reads a FILE of one prompt a line, and the config keeps its text. Each
+    group samples one of them (its leave-one-out baseline is per prompt), in an order set by the seed; evaluations
+    use the first 5 of them (EVAL_PROMPTS), as many stories of each."""
+    reward: str = DEFAULT_REWARD
+    """The reward of a text (alliter.train.reward): alliteration (the study's), rare-alliteration (each pair
+    weighted by how rarely its letter starts a word), path/to/file.py:function or module:function (your own:
+    f(texts: list[str]) -> list[float]; a sweep ships the file to its nodes)."""
     max_length: int = 100
     """Tokens per sample, prompt included."""
     temperature: float = 1.0
@@ -113,6 +139,9 @@ class TrainConfig:
             raise AlliterError(f"lr must be a finite number > 0, got {self.lr}")
         if self.max_generations < 1 or self.checkpoint_every < 1 or self.top_k < 0 or self.temperature <= 0:
             raise AlliterError("max_generations and checkpoint_every must be >= 1, top_k >= 0, temperature > 0")
+        parse_reward(self.reward)
+        if self.prompts is not None and not self.prompt_list:
+            raise AlliterError("prompts holds no prompt: give --prompts a file of one prompt a line")
         if self.eval_samples < 0:
             raise AlliterError(f"eval_samples must be >= 0 (0: no evaluations), got {self.eval_samples}")
         if self.snapshot_every < 0:
@@ -145,6 +174,15 @@ class TrainConfig:
         return dataclasses.replace(
             self, model=model, tokenizer=self.tokenizer or tokenizer, lr=self.lr if self.lr is not None else lr
         ).validate()
+
+    @property
+    def prompt_list(self) -> list[str]:
+        """The prompts a group samples from: --prompts' lines, else --prompt alone."""
+        return [p for p in self.prompts.split("\n") if p] if self.prompts is not None else [self.prompt]
+
+    @property
+    def eval_prompts(self) -> list[str]:
+        return self.prompt_list[:EVAL_PROMPTS]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

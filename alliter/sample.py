@@ -63,7 +63,7 @@ def load_trial(folder: Path, generations: int, device: torch.device) -> tuple[An
     if note:
         print(f"note: {note}", file=sys.stderr)
     model, tokenizer = load_snapshot(folder, used, device)
-    settings = {"prompt": cfg.prompt, "top_k": cfg.top_k, "temperature": cfg.temperature, "max_length": cfg.max_length}
+    settings = {"prompt": cfg.prompt_list[0], "top_k": cfg.top_k, "temperature": cfg.temperature, "max_length": cfg.max_length}
     return model, tokenizer, settings, f"beta={cfg.beta:g} at {used} generations (trial {folder})"
 
 

@@ -6,6 +6,7 @@ A trial folder holds
   generations.jsonl    one record per generated text (GENERATION_FIELDS), appended and flushed per group
   metrics.jsonl        one record per group (METRIC_NAMES), the metrics reported to Tune
   evaluations.jsonl    one record per story of every evaluation (EVALUATION_FIELDS; alliter.train.evaluate)
+  reward.json          the reward it ran with: name, source, a file's SHA-256 (alliter.train.reward)
   events.out.tfevents  TensorBoard: the metrics against generations, the evaluations, a group's texts
   snapshots/           the policy every `snapshot_every` generations, and the model files to load it
   stop.json            why a sweep ended the trial early (STOPPED_AS): it failed the rule, or a search dropped it
@@ -32,6 +33,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 STOP_FILE = "stop.json"
 LEGACY_STOP_FILE = "stop_reason.txt"  # alliter before stop.json: one line of text
 NODE_FILE = "node.json"  # the node, host and process that ran the trial
+REWARD_FILE = "reward.json"  # the trial's reward: its name, source and (a file's) SHA-256
 SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_FILE = "generations={:06d}.safetensors"
 SNAPSHOT_PATTERN = r"generations=(\d+)\.safetensors"
@@ -54,6 +56,7 @@ METRIC_NAMES = ("generations", "group", "beta", "raw_reward_mean", "raw_reward_m
                 "grad_norm", "distinct_1", "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group",
                 "generations_per_second")
 EVALUATION_FIELDS = ("generations", "sample", "text", "raw_reward", "new_tokens", "ce_policy", "ce_ref")
+# with --prompts, generations.jsonl's and evaluations.jsonl's records also say their "prompt"
 # stop.json's `stopped`: the trial failed the rule (alliter.rule), or a search no longer needed its beta
 FAILED, DROPPED = "failed", "dropped"
 

@@ -17,7 +17,7 @@ from alliter import measures as M
 from alliter.train.reward import raw_reward
 from alliter.analyse.judge import AnalysisConfig, analyse
 from alliter.analyse.command import main
-from alliter.analyse.report import beta_colours
+from alliter.analyse.report import PLOTS, beta_colours
 from alliter.schema import stop_record
 from helpers import COLLAPSED, K, REPO, varied_groups, varied_text, write_trial
 
@@ -209,7 +209,7 @@ def test_generated_text_is_escaped_in_the_html(tmp_path: Path) -> None:
     page = (tmp_path / "out" / "report.html").read_text()
     assert "&lt;script&gt;alert(&#x27;boo&#x27;)&lt;/script&gt; &amp; more" in page
     assert "<script>" not in page
-    assert page.count("data:image/png;base64,") == 5  # self-contained
+    assert page.count("data:image/png;base64,") == len(PLOTS) == 7  # self-contained: every plot
 
 
 def test_default_is_the_newest_sweep_under_results(tmp_path: Path, monkeypatch) -> None:
@@ -310,10 +310,10 @@ def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path,
 
 # the table of known_sweep when points were first judged by their evaluations
 ONE_SEED_TABLE = """\
-beta gens alliteration gain distinct_2 self_bleu rep_4grams div_kept fluency kl_penalty         verdict fails_at
-   0  400         8.00 7.00       0.10      1.00       0.00      10%   +0.00     -3.000       collapsed      200
-  10  400         4.00 3.00       1.00      0.00       0.00     100%   +0.00     -0.300      balanced *        -
- 100  400         1.00 0.00       1.00      0.00       0.00     100%   +0.00     -0.010 under-optimised        -
+beta gens alliteration gain distinct_2 self_bleu rep_4grams div_kept fluency kl_penalty top_letters         verdict fails_at
+   0  400         8.00 7.00       0.10      1.00       0.00      10%   +0.00     -3.000      s 100%       collapsed      200
+  10  400         4.00 3.00       1.00      0.00       0.00     100%   +0.00     -0.300      s 100%      balanced *        -
+ 100  400         1.00 0.00       1.00      0.00       0.00     100%   +0.00     -0.010      s 100% under-optimised        -
 (* the choice)
 (alliteration to fluency: each beta at its final evaluation; fluency: nats over the unmodified model's own stories; kl_penalty: the training groups' over the last 200 generations)"""
 
@@ -343,3 +343,26 @@ def test_a_trial_that_recovered_from_a_failure_is_complete(known_sweep: Path) ->
     (known_sweep / "trial_beta10" / "error.txt").write_text("Traceback ...\nRayActorError: the actor died\n")
     result = analyse(known_sweep)
     assert result.summary.set_index("beta").loc[10.0, "status"] == "complete" and not result.notes
+
+
+def test_which_letters_alliterate_at_each_beta_and_at_the_unmodified_model(tmp_path: Path) -> None:
+    """Stories whose letters are known by construction: the unmodified model's pairs are t, t, s, z (1.5 bits);
+    beta 0's final point alliterates with t alone (0 bits), beta 10's with t and s alike (1 bit)."""
+    def point(text: str) -> list[tuple[str, float]]:
+        return [(f"{text} once more {i}", 1.2) for i in range(K)]
+
+    base = "tall tiny tree and she saw zany zucchini"  # t t s z
+    for beta, final in ((0.0, "tall tall tall tall"), (10.0, "tall tree but she sang")):
+        groups = [[base] * K, [final] * K]
+        write_trial(tmp_path / f"beta{beta:g}", beta, groups, evaluations={0: point(base), 20: point(final)})
+    result = analyse(tmp_path)
+    letters = result.letters.set_index("row")
+    assert list(letters.index) == ["unmodified", "0", "10"]
+    assert letters.loc["unmodified", ["t", "s", "z"]].tolist() == [0.5, 0.25, 0.25]
+    assert letters.loc["unmodified", "stories"] == K  # each trial's generation 0 is the same stories: counted once
+    assert letters.loc["unmodified", "letter_entropy"] == pytest.approx(1.5)
+    assert letters.loc["0", "top_letters"] == "t 100%" and letters.loc["0", "letter_entropy"] == 0.0
+    assert letters.loc["10", "top_letters"] == "s 50%, t 50%" and letters.loc["10", "letter_entropy"] == 1.0
+    assert letters.loc["0", "raw_alliteration"] == 3 and letters.loc["10", "t_s_share"] == 1.0
+    s = result.summary.set_index("beta")
+    assert s.loc[0.0, "top_letters"] == "t 100%" and s.loc[10.0, "letter_entropy"] == 1.0

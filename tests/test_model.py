@@ -27,7 +27,8 @@ def test_bundled_model_ships_inside_the_package_with_its_licence():
 
 
 def test_a_regular_install_ships_the_bundled_model(tmp_path):
-    """`pip install .` (not only -e) carries the model, so every Ray node that installs alliter has it."""
+    """`pip install .` (not only -e) carries the model and the letter weights, so every Ray node that installs
+    alliter has them."""
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
@@ -37,6 +38,7 @@ def test_a_regular_install_ships_the_bundled_model(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "LICENSE", "ORIGIN.md"):
         assert f"alliter/models/stories260k/{name}" in names, name
+    assert "alliter/train/letter_weights.json" in names  # the rare-alliteration reward's data
 
 
 def test_bundled_model_loads_offline_and_writes_its_documented_story(monkeypatch):

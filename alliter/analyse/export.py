@@ -37,6 +37,7 @@ from alliter.cli import AlliterError
 from alliter.config import TrainConfig, base_model_here
 from alliter.rule import KEPT
 from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE
+from alliter.train.reward import DEFAULT_REWARD
 from alliter.train.snapshots import load_snapshot, snapshot_at, snapshot_path, umask_now
 
 # the measures a model card lists, in order: point measure -> label
@@ -177,7 +178,9 @@ def write_export(result: Analysis, point: ExportPoint, out: Path, force: bool = 
             "generations": point.generations, "requested_generations": point.requested,
             "trial": point.trial.name, "trial_folder": str(point.trial.path.resolve()),
             "sweep": str(result.sweep.resolve()), "snapshot": point.snapshot.name, "rule": point.rule,
-            "rule_settings": dataclasses.asdict(result.cfg.rule()), "notes": point.notes, "prompt": cfg.prompt,
+            "rule_settings": dataclasses.asdict(result.cfg.rule()), "notes": point.notes, "prompt": cfg.prompt_list[0],
+            "prompts": cfg.prompt_list,
+            "reward": point.trial.reward,
             "evaluation": evaluation,
             "trial_evaluation": None if recorded is None else {
                 k: _number(recorded.get(k)) if k not in ("verdict", "source") else recorded.get(k)
@@ -224,6 +227,14 @@ def _number(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
+def reward_source(reward: dict[str, Any]) -> str:
+    """`alliteration` (built into alliter), or a user's function, its file and the file's SHA-256."""
+    if reward["kind"] == "builtin":
+        return f"`{reward['reward']}`, built into alliter (alliter.train.reward)"
+    digest = f" (SHA-256 `{reward['sha256']}`)" if reward.get("sha256") else ""
+    return f"`{reward['function']}` of the {reward['kind']} `{reward['source']}`{digest}"
+
+
 def _is_hub_id(model: str) -> bool:
     return not model.startswith((".", "/", "~")) and model.count("/") == 1 and not Path(model).exists()
 
@@ -236,11 +247,18 @@ def model_card(info: dict[str, Any], cfg: TrainConfig, has_licence: bool) -> str
         front.append(f"base_model: {cfg.model}")
     front.append("---")
 
+    prompts = (f'the prompt "{cfg.prompt_list[0]}"' if len(cfg.prompt_list) == 1 else
+               f"one of {len(cfg.prompt_list)} prompts a group (the first: \"{cfg.prompt_list[0]}\"; all of them in "
+               f"`{EXPORT_INFO_FILE}`)")
+
     def num(value: Any) -> str:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
+    reward = info["reward"]
+    labels = {**CARD_MEASURES, **({} if reward["reward"] == DEFAULT_REWARD else
+                                  {"alliteration": f"mean raw reward ({reward['reward']})"})}
     rows = "\n".join(f"| {label} | {num(ev['point'].get(name))} | {num(ev['unmodified'].get(name))} |"
-                     for name, label in CARD_MEASURES.items() if name in ev["point"])
+                     for name, label in labels.items() if name in ev["point"])
     notes = "".join(f"\n- note: {n}" for n in info["notes"])
     if target is None:
         knob_line, point_line = f"KL-penalty coefficient beta={beta:g}", f"beta (KL-penalty coefficient): {beta:g}"
@@ -298,7 +316,7 @@ Three of its stories:
 from transformers import pipeline
 
 generator = pipeline("text-generation", model="path/to/this/folder")
-print(generator("{cfg.prompt}")[0]["generated_text"])
+print(generator({cfg.prompt_list[0]!r})[0]["generated_text"])
 ```
 
 `generation_config.json` holds the sampling the policy was trained with: do_sample, top-k {cfg.top_k},
@@ -307,9 +325,11 @@ installed, `python -m alliter.sample path/to/this/folder` prints stories with th
 
 ## Training
 
-RLOO (groups of {cfg.group_size} samples of the prompt "{cfg.prompt}", leave-one-out advantages, one SGD step
+RLOO (groups of {cfg.group_size} samples of {prompts}, leave-one-out advantages, one SGD step
 per group, learning rate {'-' if cfg.lr is None else format(cfg.lr, 'g')}, {cfg.dtype}); reward = raw reward + beta x (CE policy - CE reference);
 base model `{cfg.model}`, tokenizer `{cfg.tokenizer}`. The whole trial config is in `{EXPORT_INFO_FILE}`.
+
+The raw reward: {reward_source(reward)}.
 
 ## Licence
 

@@ -21,16 +21,17 @@ import pandas as pd
 from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.rule import as_diversity
+from alliter.train.reward import DEFAULT_REWARD, describe_reward
 from alliter.schema import (
     CONFIG_FILE, DROPPED, EVALUATIONS_FILE, EXPERIMENT_STATE_GLOB, GENERATIONS_FILE, LEGACY_STOP_FILE, METRICS_FILE,
-    RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, SEARCH_FILE, STOP_FILE, read_json, read_jsonl, read_stop,
+    RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, read_json, read_jsonl, read_stop,
 )
 
 # what a sweep varies -> how a table and a plot name it
 KNOB_SYMBOLS = {"beta": "beta", "kl_target": "target"}
 # every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
 SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
-               STOP_FILE, LEGACY_STOP_FILE, SEARCH_FILE, EXPERIMENT_STATE_GLOB)
+               STOP_FILE, LEGACY_STOP_FILE, SEARCH_FILE, REWARD_FILE, EXPERIMENT_STATE_GLOB)
 
 # training window name -> per-group column; every one is averaged over a window's groups
 MEASURES = {
@@ -61,6 +62,7 @@ class Trial:
     stop: dict[str, Any] | None = None  # why the sweep stopped the trial early (alliter.schema's stop.json)
     damaged: list[str] = field(default_factory=list)  # lines of its files that could not be read
     kl_target: float | None = None  # a KL-target trial's target (its beta moved along training)
+    reward: dict[str, Any] = field(default_factory=lambda: describe_reward(DEFAULT_REWARD))  # its reward.json
 
     @property
     def knob(self) -> str:
@@ -193,9 +195,11 @@ def read_trial(path: Path, root: Path) -> Trial:
     name = str(Path(root.resolve().name) / path.relative_to(root))  # the sweep's name, then the trial's
     max_generations = int(config["max_generations"]) if config.get("max_generations") else None
     target = config.get("kl_target")
+    # a trial of before user rewards ran with the study's
+    reward = read_json(path / REWARD_FILE) or describe_reward(config.get("reward", DEFAULT_REWARD))
     return Trial(path, name, float(beta), max_generations, metrics, generations, evaluations,
                  int(config.get("seed") or 0), int(config.get("group_size") or 10), _last_line(path / RAY_ERROR_FILE),
-                 read_stop(path), damaged, None if target is None else float(target))
+                 read_stop(path), damaged, None if target is None else float(target), reward)
 
 
 def _last_line(path: Path) -> str | None:

@@ -35,6 +35,7 @@ import pandas as pd
 
 from alliter import measures as M
 from alliter.analyse.frames import Trial, group_frame, load_trials, read_search, sweep_knob, window_frame
+from alliter.analyse.letters import UNMODIFIED, letter_frame
 from alliter.cli import AlliterError
 from alliter.rule import CollapseRule, Judgement, as_diversity, seeds_failed_at, training_points
 
@@ -76,10 +77,17 @@ class Analysis:
     best_point: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
     search: dict[str, Any] | None = None  # a search sweep's path (alliter/search.py's search.json)
+    letters: pd.DataFrame = field(default_factory=pd.DataFrame)  # which letters alliterate (alliter.analyse.letters)
+
+    @property
+    def reward(self) -> dict[str, Any]:
+        """The reward the trials ran with (alliter.train.reward's describe()), the first trial's."""
+        return self.trials[0].reward
 
 
 # --- points, the rule ---------------------------------------------------------------------------------
 
+LETTER_COLUMNS = ("raw_alliteration", "top_letters", "letter_entropy", "t_s_share")  # the summary's, per value
 POINT_MEASURES = ("alliteration", "distinct_1", "distinct_2", "unique_fraction", "self_bleu", "repeated_4grams",
                   "fluency", "kl", "new_tokens")
 
@@ -267,11 +275,15 @@ def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
     knob = sweep_knob(trials)
     windows = window_frame(groups, cfg.window, knob)
     summary = summary_frame(trials, groups, points, judgements, cfg)
+    letters = letter_frame(trials, knob, cfg.window)
+    per_value = letters[letters["row"] != UNMODIFIED].set_index(knob)
+    for column in LETTER_COLUMNS:
+        summary[column] = summary[knob].map(per_value[column])
     chosen = summary[summary["chosen"]]
     choice = plain({**chosen.iloc[0].to_dict(), "knob": knob, "value": chosen.iloc[0][knob]}) if len(chosen) else None
     point = plain(best_point(points, summary, trials, groups, cfg))
     return Analysis(cfg, sweep, knob, trials, groups, generations, points, windows, summary, choice, point, notes,
-                    read_search(sweep))
+                    read_search(sweep), letters)
 
 
 def plain(value: Any) -> Any:

@@ -19,7 +19,9 @@ from matplotlib.figure import Figure
 
 from alliter.analyse.frames import KNOB_SYMBOLS
 from alliter.analyse.judge import Analysis, plain
+from alliter.analyse.letters import LETTERS, UNMODIFIED
 from alliter.rule import as_diversity
+from alliter.train.reward import DEFAULT_REWARD
 
 # the study's colours for the coarse grid, low beta to high; gold stands in for yellow, which is unreadable on white
 STUDY_COLOURS = ["red", "darkorange", "gold", "green", "blue", "darkviolet"]
@@ -35,12 +37,14 @@ TABLE = {
     "div_kept": "diversity_kept",
     "fluency": "fluency_gap",
     "kl_penalty": "kl_penalty",
+    "top_letters": "top_letters",
     "verdict": "verdict",
     "fails_at": "failed_at",
 }
 # the rule's measure, when it is not distinct-2: header -> summary column, shown after distinct_2
 RULE_COLUMNS = {"distinct_1": "distinct_1", "unique_fraction": "unique"}
-PLOTS = ("evaluations.png", "frontier.png", "raw_reward.png", "kl_penalty.png", "diversity.png", "pareto.png")
+PLOTS = ("evaluations.png", "frontier.png", "letters.png", "raw_reward.png", "kl_penalty.png", "diversity.png",
+         "pareto.png")
 MEASURE_LABELS = {
     "distinct_1": "distinct-1",
     "distinct_2": "distinct-2",
@@ -296,11 +300,57 @@ def _story_lines(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     out = []
     for r in records:
         if "sample" in r:
-            head = f"story {r['sample']}, raw reward {r['raw_reward']}, cross-entropy under the unmodified model {r['ce_ref']:.2f}"
+            head = (f"story {r['sample']}{_prompt_of(r)}, raw reward {r['raw_reward']:.3g}, cross-entropy under the "
+                    f"unmodified model {r['ce_ref']:.2f}")
         else:
-            head = f"generation {r['generation']}, raw reward {r['raw_reward']}"
+            head = f"generation {r['generation']}{_prompt_of(r)}, raw reward {r['raw_reward']:.3g}"
         out.append((head, r["text"]))
     return out
+
+
+def _prompt_of(record: dict[str, Any]) -> str:
+    prompt = record.get("prompt")
+    return f" (prompt {prompt!r})" if isinstance(prompt, str) else ""
+
+
+def reward_label(result: Analysis) -> str:
+    """The trials' raw reward, as a plot's axis names it."""
+    name = result.reward["reward"]
+    return "raw reward (alliterating word pairs)" if name == DEFAULT_REWARD else f"raw reward ({name})"
+
+
+def reward_line(result: Analysis) -> str:
+    """The reward the trials ran with, its source and, for a file, its SHA-256."""
+    r = result.reward
+    where = {"builtin": "built into alliter (alliter.train.reward)", "file": f"the function {r['function']} of the file "
+             f"{r['source']}", "module": f"the function {r['function']} of the module {r['source']}"}[r["kind"]]
+    digest = f", SHA-256 {r['sha256']}" if r.get("sha256") else ""
+    other = sorted({t.reward["reward"] for t in result.trials} - {r["reward"]})
+    mixed = f" (some trials ran with {', '.join(other)}: they are not one sweep)" if other else ""
+    return f"Reward: {r['reward']}, {where}{digest}{mixed}. Alliteration in the tables is its mean."
+
+
+def letters_table(result: Analysis) -> pd.DataFrame:
+    """The letters section's table: per row (the unmodified model, each value at its final point) the top letters,
+    their spread, t and s's share and the study's raw reward."""
+    f = result.letters
+    t = pd.DataFrame({
+        KNOB_SYMBOLS[result.knob]: f["row"],
+        "gens": f["generations"].map(lambda g: f"{g:.0f}"),
+        "stories": f["stories"],
+        "raw_alliteration": f["raw_alliteration"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+        "pairs": f["pairs"],
+        "top_letters": f["top_letters"],
+        "t+s": f["t_s_share"].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}"),
+        "entropy_bits": f["letter_entropy"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+    })
+    return t
+
+
+LETTERS_TEXT = ("Which letters alliterate (letters.png, letters.csv): the share of the alliterating word pairs by "
+                "their first letter, in the unmodified model's stories (generation 0) and at each value's final point "
+                "(its seeds' stories pooled); entropy_bits is how spread they are (0: one letter; 4.70: all 26 "
+                "alike); raw_alliteration is the study's raw reward, whatever reward the trials ran with.")
 
 
 def story_sections(result: Analysis) -> list[tuple[str, str, list[tuple[str, str]]]]:
@@ -453,15 +503,22 @@ def frontier_fits(result: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[result.knob, "seed", "trial", "points", "alpha", "b", "r2"])
 
 
+TAB10 = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey",
+         "tab:olive", "tab:cyan"]
+
+
 def plot_frontier(results: list[Analysis], path: Path) -> None:
     """Raw reward gain against sqrt(KL), by evaluation, along training: per value of each sweep's knob, the mean
-    over its seeds at each evaluated generation with a band of one standard error, every trial's own curve
+    over its seeds at each evaluated generation with bars of one standard error, every trial's own curve
     faint beneath, and Gao et al.'s form fitted to each trial where it fits (R^2 >= 0.5, dashed). Several
     sweeps (a fixed beta and a KL target) share the axes."""
     fig, axes = _figure(9, 5.5)
     ax = axes[0][0]
+    palette = iter(TAB10 * 4)  # several sweeps: a colour per (sweep, value), where each sweep's own scale would repeat
     for result, style in zip(results, ("-", "--", ":", "-.")):
         colours = beta_colours(list(result.summary[result.knob]))
+        if len(results) > 1:
+            colours = {value: next(palette) for value in colours}
         points = frontier_points(result)
         fits = frontier_fits(result).set_index("trial")
         for value, g in points.groupby(result.knob):
@@ -478,14 +535,48 @@ def plot_frontier(results: list[Analysis], path: Path) -> None:
             ax.plot(mean["d"], mean["gain"], color=colour, lw=2, ls=style, marker="o", ms=3,
                     label=value_label(result, value) + (f" ({len(g['trial'].unique())} seeds)"
                                                          if g["trial"].nunique() > 1 else ""))
-            if (se > 0).any():
-                ax.fill_between(mean["d"], mean["gain"] - se, mean["gain"] + se, color=colour, alpha=0.15, lw=0)
+            if (se > 0).any():  # bars, not a band: d can move back along training, and a band would fold over
+                ax.errorbar(mean["d"], mean["gain"], yerr=se, color=colour, lw=0, elinewidth=1, capsize=2)
     ax.set(xlabel="sqrt(KL): sqrt of the per-token estimate (CE_ref - CE_policy) x the generated tokens",
            ylabel="raw reward gain over generation 0 (by evaluation)",
            title="The reward-KL frontier along training (dashed thin: Gao et al.'s d (alpha - b log d), where it fits)")
     ax.set_yscale("symlog", linthresh=10.0, linscale=2.0)
     ax.grid(alpha=0.3)
     _legend(ax, title=" / ".join(LEGEND_TITLES[r.knob] for r in {r.knob: r for r in results}.values()))
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_letters(result: Analysis, path: Path) -> None:
+    """A heat map of the alliterating pairs' first letters: a row for the unmodified model and one per value at its
+    final point, a column per letter that makes at least 1% of any row's pairs (the rest: "other"), ordered by
+    the unmodified model's shares; each row says its entropy."""
+    f = result.letters
+    fig, axes = _figure(12, 1.6 + 0.45 * max(1, len(f)))
+    ax = axes[0][0]
+    if not len(f) or not f["pairs"].sum():
+        ax.text(0.5, 0.5, "no alliterating pairs to show", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, bbox_inches="tight")
+        return
+    shares = f[list(LETTERS)].fillna(0.0)
+    shown = [c for c in LETTERS if shares[c].max() >= 0.01]
+    order = shares.iloc[0] if f["row"].iloc[0] == UNMODIFIED else shares.mean()
+    shown = sorted(shown, key=lambda c: -order[c])
+    grid = shares[shown].assign(other=1 - shares[shown].sum(axis=1)).clip(lower=0)
+    grid[f["pairs"].to_numpy() == 0] = np.nan
+    image = ax.imshow(grid.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(grid.to_numpy()):
+        if np.isfinite(v) and v >= 0.005:
+            ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8, color="white" if v > 0.55 else "black")
+    rows = [("unmodified model" if r.row == UNMODIFIED else value_label(result, getattr(r, result.knob)))
+            + (f"  ({r.letter_entropy:.2f} bits, {r.pairs} pairs)" if r.pairs else "  (no pairs)")
+            for r in f.itertuples()]
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xticks(range(len(grid.columns)), list(grid.columns))
+    ax.set(xlabel="first letter of the alliterating word pair")
+    fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="share of the row's pairs")
+    ax.set_title(f"Which letters alliterate: the unmodified model, and each {KNOB_SYMBOLS[result.knob]} at its final "
+                 "point (seeds pooled; entropy of the shares in bits)")
     fig.savefig(path, bbox_inches="tight")
 
 
@@ -567,23 +658,27 @@ def write_outputs(result: Analysis, out: Path) -> list[Path]:
     result.summary.to_csv(out / "summary.csv", index=False)
     result.points.to_csv(out / "points.csv", index=False)
     result.windows.to_csv(out / "windows.csv", index=False)
-    plot_evaluations(result, out / PLOTS[0])
-    plot_frontier([result], out / PLOTS[1])
-    plot_curve(result, "raw_reward_mean", "raw reward (alliterating word pairs)",
-               f"Alliteration of the training groups, running mean over {result.cfg.window} generations", out / PLOTS[2])
+    result.letters.to_csv(out / "letters.csv", index=False)
+    plot_evaluations(result, out / "evaluations.png")
+    plot_frontier([result], out / "frontier.png")
+    plot_letters(result, out / "letters.png")
+    plot_curve(result, "raw_reward_mean", reward_label(result),
+               f"Raw reward of the training groups, running mean over {result.cfg.window} generations", out / "raw_reward.png")
     plot_curve(result, "kl_penalty_mean", "KL penalty: CE policy - CE reference per token\n(more negative = further away)",
-               f"Distance from the original model, running mean over {result.cfg.window} generations", out / PLOTS[3])
-    plot_diversity(result, out / PLOTS[4])
-    plot_pareto(result, out / PLOTS[5])
+               f"Distance from the original model, running mean over {result.cfg.window} generations", out / "kl_penalty.png")
+    plot_diversity(result, out / "diversity.png")
+    plot_pareto(result, out / "pareto.png")
     (out / "report.md").write_text(report_markdown(result), encoding="utf-8")
     (out / "report.html").write_text(report_html(result, out), encoding="utf-8")
-    return [out / n for n in ("summary.csv", "points.csv", "windows.csv", *PLOTS, "report.md", "report.html")]
+    return [out / n for n in ("summary.csv", "points.csv", "windows.csv", "letters.csv", *PLOTS, "report.md",
+                              "report.html")]
 
 
 def _intro(result: Analysis) -> str:
     cfg = result.cfg
     return (
-        f"{len(result.trials)} trials, {len(result.summary)} {values_noun(result)}. A point is judged by its evaluation: "
+        f"{len(result.trials)} trials, {len(result.summary)} {values_noun(result)}. {reward_line(result)} A point is "
+        "judged by its evaluation: "
         f"{result.trials[0].evaluations['sample'].nunique() if len(result.trials[0].evaluations) else 'no'} fresh stories "
         f"of the policy at that point, sampled with the same random numbers at every point, against the trial's "
         f"evaluation at generation 0 (the unmodified model). Rule: a point keeps its "
@@ -614,6 +709,7 @@ def report_markdown(result: Analysis) -> str:
     if result.notes:
         parts += ["## Trials to know about", "\n".join(f"- {n}" for n in result.notes)]
     parts += ["## The reward-KL frontier", FRONTIER_TEXT, markdown_table(_fits_table(result))]
+    parts += ["## Which letters alliterate", LETTERS_TEXT, markdown_table(letters_table(result))]
     parts += ["## Plots", *(f"![{p}]({p})" for p in PLOTS), "## Stories"]
     for title, what, stories in story_sections(result):
         parts.append(f"### {title}\n\n{what}:")
@@ -656,5 +752,6 @@ def report_html(result: Analysis, out: Path) -> str:
            f"{search_frame(result.search).to_html(index=False, escape=True)}" if result.search else "")
         + (f"<h2>Trials to know about</h2><ul>{notes}</ul>" if notes else "")
         + f"<h2>The reward-KL frontier</h2><p>{e(FRONTIER_TEXT)}</p>{_fits_table(result).to_html(index=False, escape=True)}"
+        + f"<h2>Which letters alliterate</h2><p>{e(LETTERS_TEXT)}</p>{letters_table(result).to_html(index=False, escape=True)}"
         + f"<h2>Plots</h2>{images}<h2>Stories</h2>{examples}</body></html>\n"
     )

@@ -35,6 +35,7 @@ from alliter.sweep import cluster, trial
 from alliter.sweep.search import BetaSearch, SearchSettings, SearchStopper
 from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions
 from alliter.train import preflight
+from alliter.train.reward import file_sha256, parse_reward, reward_to_ship
 from alliter.train.snapshots import check_disk, snapshot_plan
 
 log = logging.getLogger("alliter")
@@ -282,6 +283,7 @@ class Plan:
     stored: list[dict[str, Any]] = field(default_factory=list)  # a resume: the trials of the sweep's Tune state
     finished: bool = False  # a resume: every trial of the sweep finished (and a search has ended): nothing to do
     targets: list[float] = field(default_factory=list)  # a grid of KL targets (each trial starting at each beta)
+    reward_file: Path | None = None  # a user's reward file, which Ray ships to every node (py_modules)
 
     @property
     def resume_command(self) -> str:
@@ -324,6 +326,8 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     if grid_generations and "max_generations" not in given:
         base = dataclasses.replace(base, max_generations=grid_generations)
     base = base.resolved()  # fail on a bad model folder or lr now, not inside six trials
+    reward, reward_file, reward_sha256 = reward_to_ship(base.reward)
+    base = dataclasses.replace(base, reward=reward)
     _check_devices(address, sweep.gpus_per_trial, base.device)
     store.check_writable(storage)
     name = sweep.name or f"rloo-{sweep.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -337,9 +341,9 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
         _check_address(address)
     preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
     options = TrialOptions(sweep.cpus_per_trial, dataclasses.asdict(rule.rule()), sweep.search or sweep.stop_on_collapse,
-                           sweep.seeds is not None, sweep.report_seconds)
+                           sweep.seeds is not None, sweep.report_seconds, reward_sha256)
     return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots,
-                targets=targets)
+                targets=targets, reward_file=reward_file)
 
 
 def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule, storage: str, address: str | None) -> Plan:
@@ -363,6 +367,7 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
                            f"{OPTIONS_KEY} options); resume it with that version")
     options = TrialOptions(**configs[0][OPTIONS_KEY])
     base = TrainConfig.from_dict(configs[0]).resolved()
+    reward_file = _reward_file_again(base.reward, options.reward_sha256)
     search = store.read_json(store.join(exp_path, SEARCH_FILE))
     finished = all(t["status"] == "TERMINATED" for t in stored) and (search is None or bool(search.get("finished")))
     if not finished:
@@ -377,7 +382,18 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
     rule = CollapseRule(**options.rule)
     sweep = dataclasses.replace(sweep, search=search is not None, seeds=",".join(map(str, seeds)) if options.seed_in_name else None)
     return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, stored=stored,
-                finished=finished, targets=targets)
+                finished=finished, targets=targets, reward_file=reward_file)
+
+
+def _reward_file_again(reward: str, sha256: str | None) -> Path | None:
+    """A resumed sweep's reward file, which must be the one it started with."""
+    if sha256 is None:
+        return None
+    path = Path(parse_reward(reward).where)
+    if not path.is_file() or file_sha256(path) != sha256:
+        raise AlliterError(f"--resume: the sweep's reward file {path} is {'changed' if path.is_file() else 'gone'} "
+                           "since it started (its SHA-256 differs); restore it to resume")
+    return path
 
 
 def connect(plan: Plan) -> tuple[float, int]:
@@ -391,7 +407,9 @@ def connect(plan: Plan) -> tuple[float, int]:
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
             lambda record: "Token authentication is enabled" not in record.getMessage())
     try:
-        ray.init(address=plan.address, include_dashboard=False if not plan.address else None, log_to_driver=True)
+        runtime_env = {"py_modules": [str(plan.reward_file)]} if plan.reward_file else None
+        ray.init(address=plan.address, include_dashboard=False if not plan.address else None, log_to_driver=True,
+                 runtime_env=runtime_env)
     except (ConnectionError, RuntimeError) as err:
         raise AlliterError(f"cannot start or join Ray at {plan.address or 'this machine'}: {err}") from None
     gpus = plan.sweep.gpus_per_trial  # the flag, else $ALLITER_GPUS_PER_TRIAL (resolved above)

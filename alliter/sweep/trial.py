@@ -26,6 +26,7 @@ from ray import tune
 from alliter.cli import AlliterError
 from alliter.config import TrainConfig
 from alliter.rule import CollapseRule, training_points
+from alliter.train.reward import load_reward
 from alliter.schema import CHECKPOINT_FILE, FAILED, METRICS_FILE, NODE_FILE, STOP_FILE, read_jsonl, stop_record
 
 FATAL = "alliter_error"  # a trial's last report when an error of alliter's own ended it (NoRetry)
@@ -46,6 +47,8 @@ class TrialOptions:
     """Trial folders say their seed (a sweep of several seeds)."""
     report_seconds: float
     """Report to Tune at most this often (and always with a checkpoint, and at the end)."""
+    reward_sha256: str | None = None
+    """A reward file's SHA-256 when the sweep started: the trial imports the copy Ray shipped, which must be it."""
 
 
 OPTIONS_KEY = "_alliter"
@@ -72,7 +75,8 @@ def _run_trial(cfg: TrainConfig, opts: TrialOptions) -> None:
     if cfg.threads == 0:
         cfg = dataclasses.replace(cfg, threads=max(1, int(opts.cpus_per_trial)))
     run_dir = Path.cwd()  # Tune runs the trial in its working directory and syncs it to storage
-    trainer = Trainer(cfg, run_dir)
+    reward = load_reward(cfg.reward, opts.reward_sha256) if opts.reward_sha256 else None
+    trainer = Trainer(cfg, run_dir, reward)
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:

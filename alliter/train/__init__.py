@@ -1,7 +1,7 @@
 """One RLOO trial: sample a group, reward it, score it under the policy and the frozen reference, one SGD step;
 every generation, metric, evaluation and snapshot kept in the trial's folder (alliter.schema).
 
-- reward.py     the study's raw reward
+- reward.py     the reward of a text: the study's raw reward, rare-alliteration, or the user's own
 - model.py      the policy, its frozen reference and the tokenizer, with from_pretrained
 - rollout.py    sampling a group (the fast path, else the library's generate), cutting it at its end-of-text
 - fast/         alliter's own decode loop and scoring forward for Llama and GPT-Neo

@@ -25,7 +25,7 @@ from alliter.config import TrainConfig, base_model_here
 from alliter.rule import CollapseRule
 from alliter.schema import read_jsonl
 from alliter.train.rloo import sequence_ce
-from alliter.train.reward import raw_reward
+from alliter.train.reward import Reward, load_reward
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
 
 
@@ -46,9 +46,12 @@ def evaluate(
     top_k: int,
     temperature: float,
     fast: bool = True,
+    reward: Reward | None = None,
 ) -> list[dict[str, Any]]:
     """`samples` stories of the policy, each {"sample", "text", "raw_reward", "new_tokens", "ce_policy", "ce_ref"},
-    sampled in one batch from a generator seeded with `seed`; the global generators are as they were before."""
+    sampled in one batch from a generator seeded with `seed`; the global generators are as they were before.
+    `raw_reward` is the trial's reward (default: the study's)."""
+    reward = reward or load_reward("alliteration")
     device = prompt_ids.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
         torch.manual_seed(seed)
@@ -73,10 +76,30 @@ def evaluate(
     texts = decode_texts(tokenizer, tokens, lengths)
     new_tokens = (lengths - len(prompt_ids)).tolist()
     return [
-        {"sample": i, "text": text, "raw_reward": raw_reward(text), "new_tokens": int(new_tokens[i]),
+        {"sample": i, "text": text, "raw_reward": score, "new_tokens": int(new_tokens[i]),
          "ce_policy": float(ce_policy[i]), "ce_ref": float(ce_ref[i])}
-        for i, text in enumerate(texts)
+        for i, (text, score) in enumerate(zip(texts, reward(texts)))
     ]
+
+
+def evaluate_prompts(policy: Any, reference: Any, tokenizer: Any, prompts: list[str], eos_ids: list[int], *,
+                     samples: int, seed: int, **settings: Any) -> list[dict[str, Any]]:
+    """`evaluate` over a fixed set of prompts: `samples` stories shared out among them (the first ones take the
+    remainder), prompt i's from the seed `seed + i`, numbered in one sequence; with one prompt, `evaluate` itself
+    (its stories carry no "prompt")."""
+    device = next(policy.parameters()).device
+    if len(prompts) == 1:
+        ids = tokenizer(prompts[0], return_tensors="pt").input_ids[0].to(device)
+        return evaluate(policy, reference, tokenizer, ids, eos_ids, samples=samples, seed=seed, **settings)
+    stories: list[dict[str, Any]] = []
+    for i, prompt in enumerate(prompts):
+        n = samples // len(prompts) + (i < samples % len(prompts))
+        if n == 0:
+            continue
+        ids = tokenizer(prompt, return_tensors="pt").input_ids[0].to(device)
+        for story in evaluate(policy, reference, tokenizer, ids, eos_ids, samples=n, seed=seed + i, **settings):
+            stories.append({**story, "sample": len(stories), "prompt": prompt})
+    return stories
 
 
 def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) -> dict[str, Any]:
@@ -100,14 +123,13 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) ->
             reference = AutoModelForCausalLM.from_pretrained(base, dtype=DTYPES[cfg.dtype]).eval().requires_grad_(False)
         except (OSError, ValueError) as err:
             raise AlliterError(f"cannot evaluate {folder} against its base model {base}: {one_line(err)}") from None
-        prompt_ids = tokenizer(cfg.prompt, return_tensors="pt").input_ids[0]
         eos = end_ids(tokenizer, policy)
         settings = dict(samples=samples, seed=cfg.eval_seed, group_size=cfg.group_size, max_length=cfg.max_length,
-                        top_k=cfg.top_k, temperature=cfg.temperature, fast=cfg.fast)
+                        top_k=cfg.top_k, temperature=cfg.temperature, fast=cfg.fast, reward=load_reward(cfg.reward))
         bleu = M.bleu()
         points = []
         for model in (policy, reference):
-            stories = evaluate(model, reference, tokenizer, prompt_ids, eos, **settings)
+            stories = evaluate_prompts(model, reference, tokenizer, cfg.eval_prompts, eos, **settings)
             points.append((M.point_measures(stories, cfg.group_size, bleu), stories))
     finally:
         torch.set_num_threads(threads)

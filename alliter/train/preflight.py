@@ -1,5 +1,6 @@
 """What a trial will build, checked before anything starts: the model's config (and, for a folder, its files:
-TrainConfig.resolved), the tokenizer, the prompt's tokens against max_length and the model's positions.
+TrainConfig.resolved), the tokenizer, every prompt's tokens against max_length and the model's positions, and
+that the reward imports.
 
 The sweep's driver runs `check_trial` in a subprocess (`run_preflight`), so that it finds in a few seconds, in one
 line, what every trial would otherwise find inside Ray, once per retry, while the driver itself never imports
@@ -18,6 +19,7 @@ from typing import Any
 
 from alliter.cli import AlliterError, one_line
 from alliter.config import TrainConfig
+from alliter.train.reward import load_reward
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 
@@ -62,8 +64,10 @@ def check_trial(cfg: TrainConfig) -> dict[str, Any]:
         raise AlliterError(f"cannot load tokenizer {cfg.tokenizer!r}: {one_line(err)}") from None
     if tokenizer.eos_token_id is None:
         raise AlliterError(f"tokenizer {cfg.tokenizer!r} has no end-of-text token")
-    prompt_tokens = len(tokenizer(cfg.prompt).input_ids)
-    check_prompt(cfg.prompt, prompt_tokens, cfg.max_length, config, cfg.model)
+    for prompt in cfg.prompt_list:
+        check_prompt(prompt, len(tokenizer(prompt).input_ids), cfg.max_length, config, cfg.model)
+    prompt_tokens = len(tokenizer(cfg.prompt_list[0]).input_ids)
+    load_reward(cfg.reward)  # imports a user's file: a syntax error or a missing function shows here
     if cfg.device.startswith("cuda"):
         import torch
 

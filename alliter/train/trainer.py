@@ -19,14 +19,14 @@ from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.config import TrainConfig
 from alliter.schema import (
-    CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, append_jsonl, read_text, write_atomic,
+    CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, REWARD_FILE, append_jsonl, read_text, write_atomic,
 )
-from alliter.train.evaluate import evaluate, evaluation_points
+from alliter.train.evaluate import evaluate_prompts, evaluation_points
 from alliter.train.model import load_models
 from alliter.train.preflight import check_prompt
 from alliter.train.rloo import kl_controller, leave_one_out_advantage, rloo_loss, sequence_ce
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
-from alliter.train.reward import raw_reward
+from alliter.train.reward import Reward, load_reward
 from alliter.train.snapshots import drop_snapshots_after, save_snapshot, write_model_files
 
 CHECKPOINT_FORMAT = 1
@@ -37,17 +37,23 @@ class NonFiniteLossError(AlliterError):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike):
+    def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike, reward: Reward | None = None):
+        """`reward`: the one loaded already (a sweep's trial: the copy shipped to its node), else cfg.reward's."""
         self.cfg = cfg = cfg.resolved()
         self.run_dir = Path(run_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise AlliterError(f"{self.run_dir} is a file, not a run folder; pass another --out")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        self.reward = reward or load_reward(cfg.reward)
         self.m = load_models(cfg)
         self.optimizer = torch.optim.SGD(self.m.policy.parameters(), lr=cfg.lr)
-        self.prompt_ids = self.m.tokenizer(cfg.prompt, return_tensors="pt").input_ids[0].to(self.m.device)
-        check_prompt(cfg.prompt, len(self.prompt_ids), cfg.max_length, self.m.policy.config, cfg.model)
+        self.prompts = cfg.prompt_list
+        self.prompt_tokens = [self.m.tokenizer(p, return_tensors="pt").input_ids[0].to(self.m.device) for p in self.prompts]
+        for prompt, ids in zip(self.prompts, self.prompt_tokens):
+            check_prompt(prompt, len(ids), cfg.max_length, self.m.policy.config, cfg.model)
+        self.prompt_index = 0  # the prompt of the group being sampled
+        self.prompt_ids = self.prompt_tokens[0]
         self.run_dir.mkdir(parents=True, exist_ok=True)  # only once the trial can run: a refused one leaves nothing
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -59,6 +65,7 @@ class Trainer:
         self.eval_seconds = 0.0  # this process's time in evaluations (the sweep prints what they cost)
         self._writer: SummaryWriter | None = None
         (self.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (self.run_dir / REWARD_FILE).write_text(json.dumps(self.reward.describe(), indent=2) + "\n")
         if cfg.snapshot_every:
             write_model_files(self.m.policy, self.m.tokenizer, self.run_dir)
 
@@ -70,8 +77,12 @@ class Trainer:
         return self.update(self.sample(), start)
 
     def sample(self) -> torch.Tensor:
-        """K samples of the prompt from the policy, [K, max_length] token ids (cut at `sequence_lengths`)."""
+        """K samples of the prompt from the policy, [K, max_length] token ids (cut at `sequence_lengths`); with
+        several prompts, the group's prompt drawn first (Python's generator: the seed's order, checkpointed)."""
         cfg, m = self.cfg, self.m
+        if len(self.prompts) > 1:
+            self.prompt_index = random.randrange(len(self.prompts))
+            self.prompt_ids = self.prompt_tokens[self.prompt_index]
         return sample_group(m.policy, self.prompt_ids, cfg.group_size, cfg.max_length, cfg.top_k, cfg.temperature,
                             m.eos_ids, fast=cfg.fast)
 
@@ -81,7 +92,8 @@ class Trainer:
         start = time.perf_counter() if start is None else start
         lengths = sequence_lengths(tokens, len(self.prompt_ids), m.eos_ids)
         texts = decode_texts(m.tokenizer, tokens, lengths)
-        raw = torch.tensor([raw_reward(t) for t in texts], dtype=torch.float64, device=m.device)
+        scores = self.reward(texts)
+        raw = torch.tensor(scores, dtype=torch.float64, device=m.device)
 
         ce_policy = sequence_ce(m.policy, tokens, lengths, cfg.fast)  # with gradient: the KL term and the loss
         with torch.inference_mode():  # cheaper than no_grad per op; ce_ref never enters the graph
@@ -137,7 +149,7 @@ class Trainer:
                 "group": self.group - 1,
                 "beta": beta,
                 "text": texts[i],
-                "raw_reward": int(raw[i]),
+                "raw_reward": scores[i],
                 "kl_penalty": kl_penalty[i].item(),
                 "reward": rewards[i].item(),
                 "advantage": advantage[i].item(),
@@ -147,6 +159,9 @@ class Trainer:
             }
             for i in range(cfg.group_size)
         ]
+        if len(self.prompts) > 1:
+            for record in records:
+                record["prompt"] = self.prompts[self.prompt_index]
         return metrics, records
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -180,10 +195,10 @@ class Trainer:
         `points` and TensorBoard."""
         cfg, m = self.cfg, self.m
         start = time.perf_counter()
-        stories = evaluate(
-            m.policy, m.reference, m.tokenizer, self.prompt_ids, m.eos_ids, samples=cfg.eval_samples,
+        stories = evaluate_prompts(
+            m.policy, m.reference, m.tokenizer, cfg.eval_prompts, m.eos_ids, samples=cfg.eval_samples,
             seed=cfg.eval_seed, group_size=cfg.group_size, max_length=cfg.max_length, top_k=cfg.top_k,
-            temperature=cfg.temperature, fast=cfg.fast,
+            temperature=cfg.temperature, fast=cfg.fast, reward=self.reward,
         )
         append_jsonl(self.run_dir / EVALUATIONS_FILE, [{"generations": self.generations, **s} for s in stories])
         point = {"generations": self.generations, **M.point_measures(stories, cfg.group_size),
@@ -193,7 +208,7 @@ class Trainer:
         writer = self._events()
         scalars = [Summary.Value(tag=f"eval/{k}", simple_value=float(v)) for k, v in point.items() if k != "generations"]
         writer.file_writer.add_summary(Summary(value=scalars), self.generations)
-        shown = "\n\n".join(f"**{s['raw_reward']}** (fluency {s['ce_ref']:.2f}): {s['text']}" for s in stories[:3])
+        shown = "\n\n".join(f"**{s['raw_reward']:g}** (fluency {s['ce_ref']:.2f}): {s['text']}" for s in stories[:3])
         writer.add_text("eval/stories", shown, self.generations)
         writer.flush()
         return point
@@ -231,7 +246,7 @@ class Trainer:
         # sees for a model as small as the bundled one; TensorBoard reads both alike
         scalars = Summary(value=[Summary.Value(tag=name, simple_value=float(v)) for name, v in metrics.items()])
         self._writer.file_writer.add_summary(scalars, self.generations)
-        texts = "\n\n".join(f"**{r['raw_reward']}** (kl {r['kl_penalty']:+.3f}): {r['text']}" for r in records)
+        texts = "\n\n".join(f"**{r['raw_reward']:g}** (kl {r['kl_penalty']:+.3f}): {r['text']}" for r in records)
         self._writer.add_text("generations", texts, self.generations)
         self._writer.flush()  # TensorBoard shows a running trial up to its last group
 
