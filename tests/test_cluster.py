@@ -4,7 +4,8 @@
 - a worker node dies while its trial runs: the trial continues from its checkpoint on the other one;
 - Ray's `fake_multinode` autoscaler with cluster.yaml's node types: GPU workers are added for the
   pending trials, from zero, and removed when idle;
-- a trial that fits on no node, without an autoscaler: one line, exit 2.
+- a trial that fits on no node, without an autoscaler: one line, exit 2;
+- a user's reward file reaches the worker node that runs the trial (Ray's runtime environment).
 The fake nodes' GPUs are logical (torch sees none, the trainer runs on the CPU): what is proven is
 Ray's scheduling, autoscaling and fault handling of the sweep, not CUDA.
 """
@@ -120,6 +121,28 @@ def test_a_trial_that_fits_on_no_node_without_an_autoscaler_is_one_line(gpu_work
     assert res.stderr.count("error:") == 1 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "has 2 GPU and 1 CPU for a trial" in res.stderr and "no autoscaler can add one" in res.stderr
     assert not list(tmp_path.iterdir())  # no sweep folder: nothing was started
+
+
+@pytest.mark.slow
+def test_a_reward_file_travels_to_the_worker_node_that_runs_the_trial(gpu_workers_cluster, tmp_path):
+    """The user's reward file, given by its path on the driver's machine, is shipped by Ray (the job's runtime
+    environment) to the GPU worker that runs the trial, which imports that copy and checks its SHA-256."""
+    import hashlib
+
+    cluster = gpu_workers_cluster
+    path = tmp_path / "user" / "vowel_reward.py"
+    path.parent.mkdir()
+    path.write_text("def vowels(texts):\n    return [float(sum(c in 'aeiou' for c in t)) for t in texts]\n")
+    res = sweep("--betas", "1", "--max-generations", "20", "--gpus-per-trial", "1", "--reward", f"{path}:vowels",
+                "--address", cluster.address, "--storage", str(tmp_path), "--name", "reward", env=cluster.env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trial = trial_dir(tmp_path / "reward", "1")
+    assert json.loads((trial / "node.json").read_text())["node_id"] in {n.node_id() for n in cluster.nodes[1:]}
+    info = json.loads((trial / "reward.json").read_text())
+    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and info["source"] == str(path)
+    assert "runtime_resources" in info["loaded_from"] and info["loaded_from"] != str(path)  # the worker's copy
+    records = [json.loads(line) for line in (trial / "generations.jsonl").read_text().splitlines()]
+    assert [r["raw_reward"] for r in records] == [float(sum(c in "aeiou" for c in r["text"])) for r in records]
 
 
 @pytest.mark.slow
