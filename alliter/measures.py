@@ -96,21 +96,3 @@ def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None) -
         "samples": float(n),
         **({"self_bleu": mean(self_bleu(g, bleu) for g in groups if len(g) > 1)} if bleu is not None else {}),
     }
-
-
-def letter_counts(texts: Sequence[str]) -> dict[str, int]:
-    """How many alliterating word pairs each first letter makes, over all texts (alliter.train.reward's pairs)."""
-    from collections import Counter
-
-    from alliter.train.reward import alliterating_letters
-
-    return dict(Counter(c for t in texts for c in alliterating_letters(t)))
-
-
-def letter_entropy(counts: dict[str, int]) -> float:
-    """How spread the alliterating pairs are over first letters: the entropy of their shares, in bits (0: one
-    letter only; log2(26) = 4.70: all letters alike); NaN without a pair."""
-    total = sum(counts.values())
-    if not total:
-        return float("nan")
-    return -sum(n / total * math.log2(n / total) for n in counts.values() if n)

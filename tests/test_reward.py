@@ -41,7 +41,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 
 from alliter.cli import AlliterError  # noqa: E402
-from alliter.measures import letter_counts, letter_entropy  # noqa: E402
+from alliter.analyse.letters import letter_counts, letter_entropy  # noqa: E402
 from alliter.train.reward import (  # noqa: E402
     LETTER_WEIGHTS, alliterating_letters, letter_weights, load_reward, parse_reward, rare_alliteration, reward_to_ship,
 )

@@ -34,10 +34,9 @@ import pandas as pd
 from alliter.analyse.frames import KNOB_SYMBOLS, Trial
 from alliter.analyse.judge import Analysis
 from alliter.cli import AlliterError
-from alliter.config import TrainConfig, base_model_here
+from alliter.config import DEFAULT_REWARD, TrainConfig, base_model_here
 from alliter.rule import KEPT
 from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE
-from alliter.train.reward import DEFAULT_REWARD
 from alliter.train.snapshots import load_snapshot, snapshot_at, snapshot_path, umask_now
 
 # the measures a model card lists, in order: point measure -> label

@@ -20,8 +20,9 @@ import pandas as pd
 
 from alliter import measures as M
 from alliter.cli import AlliterError
+from alliter.config import DEFAULT_REWARD
 from alliter.rule import as_diversity
-from alliter.train.reward import DEFAULT_REWARD, describe_reward
+from alliter.train.reward import describe_reward
 from alliter.schema import (
     CONFIG_FILE, DROPPED, EVALUATIONS_FILE, EXPERIMENT_STATE_GLOB, GENERATIONS_FILE, LEGACY_STOP_FILE, METRICS_FILE,
     RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, read_json, read_jsonl, read_stop,

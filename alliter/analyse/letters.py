@@ -1,5 +1,5 @@
 """Which letters alliterate: at each value's final point, and at the unmodified model, the share of alliterating
-word pairs by their first letter, and how spread they are (alliter.measures.letter_entropy, in bits).
+word pairs by their first letter, and how spread they are (the entropy of those shares, in bits).
 
 The study's policies alliterate with t and s ("tall tree", "she saw"): the unmodified model starts a word with t
 more often than with any other letter, so RLOO reinforces what it already samples. The rows are pooled over a
@@ -11,17 +11,31 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Any
+from collections import Counter
+from typing import Any, Sequence
 
 import pandas as pd
 
-from alliter import measures as M
 from alliter.analyse.frames import Trial
-from alliter.train.reward import raw_reward
+from alliter.train.reward import alliterating_letters, raw_reward
 
 UNMODIFIED = "unmodified"
 COMMON = ("t", "s")  # the study's two letters
 LETTERS = tuple(string.ascii_lowercase)
+
+
+def letter_counts(texts: Sequence[str]) -> dict[str, int]:
+    """How many alliterating word pairs each first letter makes, over all texts (alliter.train.reward's pairs)."""
+    return dict(Counter(c for t in texts for c in alliterating_letters(t)))
+
+
+def letter_entropy(counts: dict[str, int]) -> float:
+    """How spread the alliterating pairs are over first letters: the entropy of their shares, in bits (0: one
+    letter only; log2(26) = 4.70: all letters alike); NaN without a pair."""
+    total = sum(counts.values())
+    if not total:
+        return math.nan
+    return -sum(n / total * math.log2(n / total) for n in counts.values() if n)
 
 
 def top_letters(counts: dict[str, int], n: int = 3) -> str:
@@ -51,13 +65,13 @@ def trial_texts(trial: Trial, window: int, generations: int | None = None) -> tu
 def letter_row(texts: list[str]) -> dict[str, Any]:
     """The letters of some texts: pairs, their shares by letter, spread, the top letters, t and s's share, and
     the study's raw reward (the mean alliterating pairs a text, whatever reward the trial ran with)."""
-    counts = M.letter_counts(texts)
+    counts = letter_counts(texts)
     total = sum(counts.values())
     return {
         "stories": len(texts),
         "raw_alliteration": sum(raw_reward(t) for t in texts) / len(texts) if texts else math.nan,
         "pairs": total,
-        "letter_entropy": M.letter_entropy(counts),
+        "letter_entropy": letter_entropy(counts),
         "t_s_share": sum(counts.get(c, 0) for c in COMMON) / total if total else math.nan,
         "top_letters": top_letters(counts),
         **{c: counts.get(c, 0) / total if total else math.nan for c in LETTERS},

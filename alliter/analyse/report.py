@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 from alliter.analyse.frames import KNOB_SYMBOLS
 from alliter.analyse.judge import Analysis, plain
 from alliter.analyse.letters import LETTERS, UNMODIFIED
+from alliter.config import DEFAULT_REWARD
 from alliter.rule import as_diversity
-from alliter.train.reward import DEFAULT_REWARD
 
 # the study's colours for the coarse grid, low beta to high; gold stands in for yellow, which is unreadable on white
 STUDY_COLOURS = ["red", "darkorange", "gold", "green", "blue", "darkviolet"]

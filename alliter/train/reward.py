@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from alliter.cli import AlliterError, one_line
+from alliter.config import DEFAULT_REWARD
 
 LETTER_WEIGHTS = Path(__file__).parent / "letter_weights.json"  # made by bench/letter_weights.py (its provenance)
-DEFAULT_REWARD = "alliteration"
 
 
 def raw_reward(text: str) -> int:
