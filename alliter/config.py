@@ -238,27 +238,33 @@ def check_model_files(folder: Path) -> None:
         safetensors_header(path)
 
 
+def knob_values(text: str, flag: str, knob: str = "beta") -> list[float]:
+    """`--betas 5,15,25` or `--kl-targets 0.05,0.1` -> the numbers, each a valid value of TrainConfig's `knob`
+    (beta or kl_target), none twice."""
+    noun = "target" if knob == "kl_target" else knob
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}: no {noun} to sweep")
+    for v in values:
+        TrainConfig(**{"beta": 1.0, knob: v}).validate()
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise AlliterError(f"{flag} lists {', '.join(f'{v:g}' for v in twice)} twice: two trials of one {noun} and "
+                           f"seed are the same trial; for several trials of a {noun} pass --seeds N")
+    return values
+
+
 def grid_betas(grid: str | None, betas: str | None) -> tuple[list[float], int | None]:
     """Betas (and a grid's own trial length) from `--grid NAME` or `--betas 5,15,25`."""
     if betas is not None:
-        try:
-            values = [float(b) for b in betas.split(",") if b.strip()]
-        except ValueError:
-            raise AlliterError(f"--betas takes numbers separated by commas, got {betas!r}") from None
-        if not values:
-            raise AlliterError(f"--betas takes numbers separated by commas, got {betas!r}: no beta to sweep")
-        length = None
-    elif grid in GRIDS:
+        return knob_values(betas, "--betas"), None
+    if grid in GRIDS:
         values, length = GRIDS[grid]
-    else:
-        raise AlliterError(f"unknown grid {grid!r}; known grids: {', '.join(GRIDS)}")
-    for b in values:
-        TrainConfig(beta=b).validate()
-    twice = sorted({b for b in values if values.count(b) > 1})
-    if twice:
-        raise AlliterError(f"--betas lists {', '.join(f'{b:g}' for b in twice)} twice: two trials of one beta and "
-                           "seed are the same trial; for several trials of a beta pass --seeds N")
-    return list(values), length
+        return list(values), length
+    raise AlliterError(f"unknown grid {grid!r}; known grids: {', '.join(GRIDS)}")
 
 
 def parse_seeds(seeds: str | None, default: int) -> list[int]:

@@ -70,7 +70,7 @@ def test_a_resumed_controller_trial_equals_an_uninterrupted_one(tmp_path, bundle
 @pytest.mark.parametrize("args, message", [
     (["--kl-targets", "0.1"], "KL-target trials start at a beta: pass --betas START"),
     (["--kl-target", "0.1"], "KL-target trials start at a beta: pass --betas START"),
-    (["--kl-targets", "0.1,0.1", "--betas", "50"], "--kl-targets lists a target twice"),
+    (["--kl-targets", "0.1,0.1", "--betas", "50"], "--kl-targets lists 0.1 twice"),
     (["--kl-targets", "0,0.1", "--betas", "50"], "kl_target must be a finite number > 0"),
     (["--kl-targets", "0.1", "--betas", "0,50"], "the KL-target controller multiplies beta: start it above 0"),
     (["--search", "--search-targets", "--betas", "20,50"], "--search-targets starts every trial at one beta"),

@@ -28,7 +28,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from alliter import storage as store
 from alliter.cli import AlliterError
-from alliter.config import TrainConfig, grid_betas, parse_seeds
+from alliter.config import TrainConfig, grid_betas, knob_values, parse_seeds
 from alliter.rule import TRAINER_MEASURES, CollapseRule
 from alliter.schema import RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE
 from alliter.sweep import cluster, trial
@@ -239,17 +239,7 @@ def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule) -
 
 def parse_targets(text: str) -> list[float]:
     """`--kl-targets 0.05,0.1` -> [0.05, 0.1]: numbers > 0, none twice."""
-    try:
-        values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise AlliterError(f"--kl-targets takes numbers separated by commas, got {text!r}") from None
-    if not values:
-        raise AlliterError(f"--kl-targets takes numbers separated by commas, got {text!r}: no target to sweep")
-    for t in values:
-        TrainConfig(beta=1.0, kl_target=t).validate()
-    if len(set(values)) != len(values):
-        raise AlliterError(f"--kl-targets lists a target twice ({text!r}); for several trials of one pass --seeds N")
-    return values
+    return knob_values(text, "--kl-targets", "kl_target")
 
 
 def _trial_slots(sweep: SweepConfig, gpus: float) -> int:
