@@ -15,32 +15,6 @@ log = logging.getLogger("alliter")
 _fallbacks_logged: set[str] = set()  # why the fast path did not apply, each said once per process
 
 
-@torch.no_grad()
-def generate_group(
-    model: PreTrainedModel,
-    prompt_ids: torch.Tensor,
-    group_size: int,
-    max_length: int,
-    top_k: int,
-    temperature: float,
-    eos_ids: list[int],
-) -> torch.Tensor:
-    """K samples of the prompt with the library's `generate`, right-padded to [K, max_length]."""
-    input_ids = prompt_ids.to(model.device).expand(group_size, -1)
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        do_sample=True,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=1.0,
-        max_length=max_length,
-        eos_token_id=eos_ids,
-        pad_token_id=eos_ids[0],
-    )
-    return torch.nn.functional.pad(out, (0, max_length - out.shape[1]), value=eos_ids[0])
-
-
 def sequence_lengths(tokens: torch.Tensor, prompt_len: int, eos_ids: list[int]) -> torch.Tensor:
     """Length of each sample up to and including its first generated end-of-text (else all of it).
 
@@ -84,5 +58,17 @@ def sample_group(
         if reason not in _fallbacks_logged:
             _fallbacks_logged.add(reason)
             log.warning("fast decode does not apply (%s); sampling with the library's generate instead", reason)
-    tokens = generate_group(model, prompt_ids, group_size, max_length, top_k, temperature, eos_ids)
+    input_ids = prompt_ids.to(model.device).expand(group_size, -1)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=1.0,
+        max_length=max_length,
+        eos_token_id=eos_ids,
+        pad_token_id=eos_ids[0],
+    )
+    tokens = torch.nn.functional.pad(out, (0, max_length - out.shape[1]), value=eos_ids[0])  # right-padded
     return (tokens, None) if logprobs else tokens
