@@ -1,8 +1,11 @@
-"""Tiny real models for the tests and the benchmark: built and saved here, so that nothing needs the hub."""
+"""What the tests and the benchmarks share: tiny real models, built and saved here so that nothing needs the hub,
+and the digest by which the golden files pin a trial's generations."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Sequence
 
 CORPUS = [
     "Once upon a time there was a little girl named Lily.",
@@ -36,3 +39,8 @@ def build_tiny_gpt_neo(path: Path, seed: int = 0) -> Path:
     GPTNeoForCausalLM(cfg).save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """SHA-256 of a trial's texts in order (tests/golden/*.json)."""
+    return hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()

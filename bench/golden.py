@@ -13,10 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from alliter.testing import texts_digest
 
-from helpers import GOLDEN, texts_digest  # noqa: E402
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"  # the golden files: data beside the tests
 
 
 def main() -> int:

@@ -29,10 +29,6 @@ BEST_BETA = [sys.executable, str(REPO / "analysis" / "best_beta.py")]
 METRIC_NAMES = set(schema.METRIC_NAMES)  # the per-group metrics the sweep and the analysis depend on
 
 
-def texts_digest(texts: Sequence[str]) -> str:
-    return hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()
-
-
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -197,3 +193,16 @@ def local_gpus() -> int:
     from ray._private.accelerators import get_accelerator_manager_for_resource
 
     return get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+
+
+def run_trial(folder: Path, model: Path, beta: float = 10.0, generations: int = 40, snapshot_every: int = 20,
+              dtype: str = "float32"):
+    """A real trial (its Trainer), with a checkpoint kept at every group: checkpoint-<generations>.pt."""
+    from alliter.config import TrainConfig
+    from alliter.train.trainer import Trainer  # torch: only for the tests that train
+
+    trainer = Trainer(TrainConfig(beta=beta, model=str(model), max_generations=generations, snapshot_every=snapshot_every,
+                                  checkpoint_every=1, dtype=dtype, threads=1), folder)
+    for _ in trainer.groups():
+        trainer.save_checkpoint(folder / f"checkpoint-{trainer.generations}.pt")
+    return trainer

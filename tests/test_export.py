@@ -25,17 +25,7 @@ from alliter.train.snapshots import (
     check_disk, list_snapshots, save_snapshot, snapshot_bytes, snapshot_path, write_model_files,
 )
 from alliter.train.trainer import Trainer, load_checkpoint_file
-from helpers import COLLAPSED, K, REPO, varied_text, write_trial
-
-
-def run_trial(folder: Path, model: Path, beta: float = 10.0, generations: int = 40, snapshot_every: int = 20,
-              dtype: str = "float32") -> Trainer:
-    """A real trial, with a checkpoint kept at every group: checkpoint-<generations>.pt."""
-    trainer = Trainer(TrainConfig(beta=beta, model=str(model), max_generations=generations, snapshot_every=snapshot_every,
-                                  checkpoint_every=1, dtype=dtype, threads=1), folder)
-    for _ in trainer.groups():
-        trainer.save_checkpoint(folder / f"checkpoint-{trainer.generations}.pt")
-    return trainer
+from helpers import COLLAPSED, K, REPO, run_trial, varied_text, write_trial
 
 
 def cli(command, *args: str, capsys) -> tuple[int, str, str]:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from alliter.config import TrainConfig
+from alliter.testing import texts_digest
 from alliter.train.trainer import Trainer
-from helpers import GOLDEN, digest, texts_digest
+from helpers import GOLDEN, digest
 
 CASES = json.loads((GOLDEN / "trials.json").read_text())["trials"]
 

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import generation_indices, trial_dir, trial_states
 from raycluster import RAY, ROOT, SETUP_SCRIPT, cluster_exports, free_port, process_name, session_pids
 from sshserver import SSHServer, cmdline, environ, missing
-from test_sweep import generation_indices, trial_dir, trial_states
 
 yaml = pytest.importorskip("yaml")
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from alliter.train.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
-from alliter.train.rollout import generate_group, sequence_lengths
+from alliter.train.rollout import sample_group, sequence_lengths
 
 
 def test_leave_one_out_advantage_is_reward_minus_mean_of_the_others():
@@ -20,7 +20,7 @@ def _group_with_early_ends(model, prompt_len, eos, max_length=40, k=6):
     torch.manual_seed(1)
     prompt = torch.randint(2, model.config.vocab_size, (prompt_len,))
     prompt[0] = eos if prompt_len == 5 else prompt[0]  # the Llama prompt starts with its end-of-text
-    tokens = generate_group(model, prompt, k, max_length, top_k=50, temperature=1.0, eos_ids=[eos])
+    tokens = sample_group(model, prompt, k, max_length, top_k=50, temperature=1.0, eos_ids=[eos], fast=False)
     tokens[1, prompt_len + 3] = eos  # sample 1 ends after 4 new tokens
     tokens[3, prompt_len] = eos  # sample 3 ends at once
     return tokens, sequence_lengths(tokens, prompt_len, [eos])

@@ -26,7 +26,7 @@ import pytest
 from alliter import storage as store
 from alliter.cli import AlliterError
 from raycluster import free_port, kill_session
-from helpers import SWEEP, sweep, sweep_main
+from helpers import SWEEP, run_trial, sweep, sweep_main
 
 BUCKET = "alliter-test"
 S3_ENV = {
@@ -225,7 +225,6 @@ def test_a_bucket_that_does_not_exist_is_one_line(s3_server, monkeypatch):
 @pytest.mark.slow
 def test_best_beta_exports_from_a_sweep_uri_with_the_chosen_trials_snapshots_only(tmp_path, bundled_model, monkeypatch):
     from alliter.analyse.command import main as best_beta
-    from test_export import run_trial
 
     bucket = tmp_path / "bucket" / "sweep"  # any pyarrow URI: file:// here, s3:// in the test above
     for beta in (1, 10):
