@@ -115,9 +115,8 @@ def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zer
     hint = next(line for line in res.stderr.splitlines() if "trial(s) errored" in line)
     assert hint.startswith("2 trial(s) errored (above)") and "next:" not in res.stdout
     command = hint.split("run them again with: ")[1]
+    # the command that the Ctrl-C test below runs as printed
     assert command == f"python tune_jobs/sweep.py --resume --name nan --storage {tmp_path}"
-    again = sweep(*shlex.split(command)[2:])  # as printed: it runs them again (and they meet their NaN again)
-    assert again.returncode == 1 and "non-finite loss nan" in again.stderr, again.stderr[-3000:]
 
 
 @pytest.mark.slow
