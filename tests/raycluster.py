@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -80,16 +80,21 @@ def process_args(pid: int) -> list[str]:
         return []
 
 
-def kill_session(sid: int, timeout: float = 20) -> None:
-    """SIGKILL every process of a session, until none is left."""
+def kill_all(pids_now: Callable[[], list[int]], timeout: float = 20) -> None:
+    """SIGKILL the processes that `pids_now` lists, by process id, until it lists none (or the timeout)."""
     deadline = time.time() + timeout
-    while (pids := session_pids(sid)) and time.time() < deadline:
+    while (pids := pids_now()) and time.time() < deadline:
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         time.sleep(0.2)
+
+
+def kill_session(sid: int, timeout: float = 20) -> None:
+    """SIGKILL every process of a session, until none is left."""
+    kill_all(lambda: session_pids(sid), timeout)
     assert not session_pids(sid), f"processes of session {sid} survived SIGKILL"
 
 

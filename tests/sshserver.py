@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raycluster import kill_all
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -209,14 +211,7 @@ class SSHServer:
     def stop(self) -> None:
         """SIGKILL the user's processes and sshd (and so its namespace), by process id; remove the user."""
         try:
-            deadline = time.time() + 20
-            while (pids := self.user_pids()) and time.time() < deadline:
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.2)
+            kill_all(self.user_pids)
             if self.proc is not None:
                 if (sshd := self.sshd_pid()) is not None:
                     os.kill(sshd, signal.SIGKILL)
