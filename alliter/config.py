@@ -238,14 +238,19 @@ def check_model_files(folder: Path) -> None:
         safetensors_header(path)
 
 
+def parse_numbers(text: str, flag: str) -> list[float]:
+    """`5, 15,25` -> [5.0, 15.0, 25.0] (empty items skipped); AlliterError in one line naming `flag` otherwise."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+
+
 def knob_values(text: str, flag: str, knob: str = "beta") -> list[float]:
     """`--betas 5,15,25` or `--kl-targets 0.05,0.1` -> the numbers, each a valid value of TrainConfig's `knob`
     (beta or kl_target), none twice."""
     noun = "target" if knob == "kl_target" else knob
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+    values = parse_numbers(text, flag)
     if not values:
         raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}: no {noun} to sweep")
     for v in values:

@@ -28,7 +28,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from alliter import storage as store
 from alliter.cli import AlliterError
-from alliter.config import TrainConfig, grid_betas, knob_values, parse_seeds
+from alliter.config import TrainConfig, grid_betas, knob_values, parse_numbers, parse_seeds
 from alliter.rule import TRAINER_MEASURES, CollapseRule
 from alliter.schema import RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE
 from alliter.sweep import cluster, trial
@@ -227,10 +227,7 @@ SEARCH_STARTS = {"beta": "1,10,100", "kl_target": "0.03,0.1,0.3"}
 def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule) -> SearchSettings:
     knob = "kl_target" if sweep.search_targets else "beta"
     text = sweep.search_start or SEARCH_STARTS[knob]
-    try:
-        start = [float(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise AlliterError(f"--search-start takes numbers separated by commas, got {text!r}") from None
+    start = parse_numbers(text, "--search-start")
     if sweep.concurrency < 0:
         raise AlliterError(f"--concurrency must be >= 0 (0: the cluster's trial slots), got {sweep.concurrency}")
     return SearchSettings(start, sweep.precision, sweep.budget, seeds, rule.max_collapse_rate,
@@ -274,6 +271,11 @@ class Plan:
     finished: bool = False  # a resume: every trial of the sweep finished (and a search has ended): nothing to do
     targets: list[float] = field(default_factory=list)  # a grid of KL targets (each trial starting at each beta)
     reward_file: Path | None = None  # a user's reward file, which Ray ships to every node (py_modules)
+
+    @property
+    def targeting(self) -> bool:
+        """Its trials hold KL targets (a grid of them, one for all, or a search over them), beta their start."""
+        return bool(self.targets) or self.base.kl_target is not None or bool(self.settings and self.settings.knob != "beta")
 
     @property
     def resume_command(self) -> str:
@@ -421,7 +423,6 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
     if plan.sweep.resume:
         return tune.Tuner.restore(plan.exp_path, trainable, resume_errored=True)
     space: dict[str, Any] = {**plan.base.to_dict(), OPTIONS_KEY: dataclasses.asdict(plan.options)}
-    targeting = bool(plan.targets) or plan.base.kl_target is not None or bool(plan.settings and plan.settings.knob != "beta")
     stopper = None
     if plan.settings is not None:
         search_alg, num_samples = BetaSearch(plan.settings), -1
@@ -451,10 +452,10 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
             # on_checkpoint (Ray's default, said here because alliter.train.snapshots relies on it)
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
             progress_reporter=tune.CLIReporter(
-                parameter_columns=(["kl_target"] if targeting else []) + ["beta"]
+                parameter_columns=(["kl_target"] if plan.targeting else []) + ["beta"]
                 + (["seed"] if plan.options.seed_in_name else []),
                 # a KL-target trial's beta as its controller has it now (the parameter column: where it started)
-                metric_columns={**PROGRESS_COLUMNS, **({"beta": "beta_now"} if targeting else {})}, max_report_frequency=15,
+                metric_columns={**PROGRESS_COLUMNS, **({"beta": "beta_now"} if plan.targeting else {})}, max_report_frequency=15,
             ),
             verbose=1,
         ),
@@ -487,7 +488,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
         if plan.settings is not None:
             what = ("a search of KL targets, every trial's beta starting at "
                     f"{plan.base.beta:g}" if plan.settings.knob == "kl_target" else "a search")
-        elif plan.targets or plan.base.kl_target is not None:
+        elif plan.targeting:
             what = (f"KL targets {plan.targets or [plan.base.kl_target]}, each trial's beta starting at "
                     f"{', '.join(f'{b:g}' for b in plan.betas)}")
         else:
