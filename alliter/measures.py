@@ -1,11 +1,11 @@
 """The measures of a group of texts: diversity (distinct-n, the unique fraction, self-BLEU, repetition inside a
-text) and an evaluation's measures (`point_measures`). Torch-free: the trainer, the evaluation and best_beta
-measure alike."""
+text) and an evaluation's measures (`point_measures`; `evaluation_measures` for each point of a trial).
+Torch-free: the trainer, the evaluation and best_beta measure alike."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -96,3 +96,13 @@ def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None) -
         "samples": float(n),
         **({"self_bleu": mean(self_bleu(g, bleu) for g in groups if len(g) > 1)} if bleu is not None else {}),
     }
+
+
+def evaluation_measures(stories: Iterable[dict], group_size: int, bleu: Any = None) -> list[dict[str, float]]:
+    """The measures of each evaluation among `stories` (rows of an evaluations.jsonl: "generations", "sample", ...),
+    one point per generations, in order: the trainer's points and best_beta's alike."""
+    by_point: dict[int, list[dict]] = {}
+    for story in stories:
+        by_point.setdefault(int(story["generations"]), []).append(story)
+    return [{"generations": g, **point_measures(sorted(s, key=lambda x: x["sample"]), group_size, bleu)}
+            for g, s in sorted(by_point.items())]

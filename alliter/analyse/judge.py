@@ -96,11 +96,7 @@ def trial_points(trial: Trial, groups: pd.DataFrame, cfg: AnalysisConfig, bleu: 
     """A trial's points in order of generations (the first: the unmodified model's) and where they come from:
     its evaluations, else (none) its training groups, a point per window (alliter.rule.training_points)."""
     if len(trial.evaluations):
-        points = []
-        for g, stories in trial.evaluations.groupby("generations", sort=True):
-            rows = stories.sort_values("sample").to_dict("records")
-            points.append({"generations": int(g), **M.point_measures(rows, trial.group_size, bleu)})
-        return points, "evaluation"
+        return M.evaluation_measures(trial.evaluations.to_dict("records"), trial.group_size, bleu), "evaluation"
     rows = groups[groups["trial"] == trial.name].sort_values("generations").to_dict("records")
     return training_points(rows, cfg.window), "training"
 

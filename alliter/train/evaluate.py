@@ -24,7 +24,7 @@ from alliter.cli import AlliterError, one_line
 from alliter.config import TrainConfig, base_model_here
 from alliter.rule import CollapseRule
 from alliter.schema import read_jsonl
-from alliter.train.rloo import sequence_ce
+from alliter.train.rloo import sequence_ce, target_mask
 from alliter.train.reward import Reward, load_reward
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
 
@@ -71,7 +71,7 @@ def evaluate(
         if logprobs is None:
             ce_policy = scored(policy)
         else:  # the policy's own cross-entropy, from the logits that sampled the stories: sequence_ce's mask
-            mask = torch.arange(1, max_length, device=tokens.device)[None, :] < lengths[:, None]
+            mask = target_mask(lengths, max_length)
             ce_policy = -(logprobs * mask).sum(1) / mask.sum(1)
     texts = decode_texts(tokenizer, tokens, lengths)
     new_tokens = (lengths - len(prompt_ids)).tolist()
@@ -144,8 +144,4 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) ->
 
 def evaluation_points(path: Path, group_size: int) -> list[dict[str, float]]:
     """The measures of each evaluation in an evaluations.jsonl, in order of generations."""
-    by_point: dict[int, list[dict[str, Any]]] = {}
-    for story in read_jsonl(path):
-        by_point.setdefault(int(story["generations"]), []).append(story)
-    return [{"generations": g, **M.point_measures(sorted(s, key=lambda x: x["sample"]), group_size)}
-            for g, s in sorted(by_point.items())]
+    return M.evaluation_measures(read_jsonl(path), group_size)

@@ -23,9 +23,13 @@ def sequence_ce(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Ten
     k, n, vocab = logits.shape
     # over the vocabulary as the last, contiguous dim: several times faster than over transposed logits
     nll = F.cross_entropy(logits.reshape(k * n, vocab), tokens[:, 1:width].reshape(k * n), reduction="none")
-    nll = nll.view(k, n)
-    mask = torch.arange(1, width, device=tokens.device)[None, :] < lengths[:, None]
-    return (nll * mask).sum(1) / mask.sum(1)
+    mask = target_mask(lengths, width)
+    return (nll.view(k, n) * mask).sum(1) / mask.sum(1)
+
+
+def target_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[K, width - 1]: True where a sample's next token (positions 1 .. width - 1) is within its length."""
+    return torch.arange(1, width, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def leave_one_out_advantage(rewards: torch.Tensor) -> torch.Tensor:

@@ -206,8 +206,7 @@ class Trainer:
         self.points.append(point)
         self.eval_seconds += point["seconds"]
         writer = self._events()
-        scalars = [Summary.Value(tag=f"eval/{k}", simple_value=float(v)) for k, v in point.items() if k != "generations"]
-        writer.file_writer.add_summary(Summary(value=scalars), self.generations)
+        self._add_scalars({f"eval/{k}": v for k, v in point.items() if k != "generations"})
         shown = "\n\n".join(f"**{s['raw_reward']:g}** (fluency {s['ce_ref']:.2f}): {s['text']}" for s in stories[:3])
         writer.add_text("eval/stories", shown, self.generations)
         writer.flush()
@@ -240,12 +239,14 @@ class Trainer:
             self._writer = SummaryWriter(str(self.run_dir), purge_step=self.resumed_at)
         return self._writer
 
+    def _add_scalars(self, values: dict[str, float]) -> None:
+        """Scalars at the current generations, as one event: add_scalar writes an event per value, a cost the
+        sweep's efficiency sees for a model as small as the bundled one; TensorBoard reads both alike."""
+        scalars = Summary(value=[Summary.Value(tag=name, simple_value=float(v)) for name, v in values.items()])
+        self._events().file_writer.add_summary(scalars, self.generations)
+
     def _log_events(self, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
-        self._events()
-        # one event for all of a group's scalars: add_scalar writes an event per metric, a cost the sweep's efficiency
-        # sees for a model as small as the bundled one; TensorBoard reads both alike
-        scalars = Summary(value=[Summary.Value(tag=name, simple_value=float(v)) for name, v in metrics.items()])
-        self._writer.file_writer.add_summary(scalars, self.generations)
+        self._add_scalars(metrics)
         texts = "\n\n".join(f"**{r['raw_reward']:g}** (kl {r['kl_penalty']:+.3f}): {r['text']}" for r in records)
         self._writer.add_text("generations", texts, self.generations)
         self._writer.flush()  # TensorBoard shows a running trial up to its last group
