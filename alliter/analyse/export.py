@@ -84,13 +84,6 @@ def check_out_dir(out: Path) -> None:
         raise AlliterError(f"{out} exists and is not empty; nothing was written - pass a new or empty folder to --export")
 
 
-def _seed(trial: Trial) -> int:
-    try:
-        return int(json.loads((trial.path / CONFIG_FILE).read_text()).get("seed", 0))
-    except (OSError, ValueError, TypeError):
-        return 0
-
-
 def pick_trial(result: Analysis, value: float, trial_name: str | None = None) -> tuple[Trial, list[str]]:
     """The trial of a knob's value (a beta, or a KL target) to export: the named one, else (seeds) the one with the
     lowest seed."""
@@ -106,9 +99,9 @@ def pick_trial(result: Analysis, value: float, trial_name: str | None = None) ->
         return named[0], []
     if len(trials) == 1:
         return trials[0], []
-    trial = min(trials, key=lambda t: (_seed(t), t.name))
+    trial = min(trials, key=lambda t: (t.seed, t.name))
     return trial, [f"{len(trials)} trials have {what}={value:g}: exporting {trial.name}, the one with the lowest seed "
-                   f"({_seed(trial)})"]
+                   f"({trial.seed})"]
 
 
 def resolve_point(result: Analysis, point: dict[str, Any], rule: str) -> ExportPoint:

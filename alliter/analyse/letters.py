@@ -48,12 +48,12 @@ def top_letters(counts: dict[str, int], n: int = 3) -> str:
     return ", ".join(f"{c} {k / total:.0%}" for c, k in ranked)
 
 
-def trial_texts(trial: Trial, window: int, generations: int | None = None) -> tuple[int, list[str]]:
-    """A trial's texts at its final point (or at `generations`, an evaluated point): its evaluation's stories, else
-    its last `window` training texts. Returns (generations, texts)."""
+def trial_texts(trial: Trial, window: int) -> tuple[int, list[str]]:
+    """A trial's texts at its final point: its final evaluation's stories, else its last `window` training texts.
+    Returns (generations, texts)."""
     e = trial.evaluations
     if len(e):
-        at = int(e["generations"].max()) if generations is None else generations
+        at = int(e["generations"].max())
         return at, e.loc[e["generations"] == at, "text"].tolist()
     g = trial.generations
     if not len(g):

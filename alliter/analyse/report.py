@@ -115,13 +115,13 @@ def display_frame(result: Analysis) -> pd.DataFrame:
     t.columns = list(columns)
     t[knob] = t[knob].map(lambda b: f"{b:g}")
     t["gens"] = t["gens"].map(lambda g: f"{g:.0f}")
-    t["div_kept"] = t["div_kept"].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}")
+    t["div_kept"] = t["div_kept"].map(_fmt(".0%"))
     for col in ("alliteration", "gain", "distinct_1", "distinct_2", "unique", "self_bleu", "rep_4grams"):
         if col in t:
-            t[col] = t[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
-    t["fluency"] = t["fluency"].map(lambda v: "-" if pd.isna(v) else f"{v:+.2f}")
-    t["kl_penalty"] = t["kl_penalty"].map(lambda v: "-" if pd.isna(v) else f"{v:+.3f}")
-    t["fails_at"] = t["fails_at"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
+            t[col] = t[col].map(_fmt(".2f"))
+    t["fluency"] = t["fluency"].map(_fmt("+.2f"))
+    t["kl_penalty"] = t["kl_penalty"].map(_fmt("+.3f"))
+    t["fails_at"] = t["fails_at"].map(_fmt(".0f"))
     t["verdict"] = [v + (" *" if c else "") for v, c in zip(summary["verdict"], summary["chosen"])]
     if (summary["status"] != "complete").any():
         t.insert(1, "status", summary["status"])
@@ -148,6 +148,11 @@ def _table_key(result: Analysis) -> str:
             if result.knob != "beta" else "")
     return (f"\n(alliteration to fluency: each {KNOB_SYMBOLS[result.knob]} at {where}; fluency: nats over the unmodified "
             f"model's own stories; kl_penalty: the training groups' over the last {result.cfg.window} generations{beta})")
+
+
+def _fmt(spec: str) -> Any:
+    """A formatter for a column's values: format(v, spec), or "-" for a missing one."""
+    return lambda v: "-" if pd.isna(v) else format(v, spec)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -338,11 +343,11 @@ def letters_table(result: Analysis) -> pd.DataFrame:
         KNOB_SYMBOLS[result.knob]: f["row"],
         "gens": f["generations"].map(lambda g: f"{g:.0f}"),
         "stories": f["stories"],
-        "raw_alliteration": f["raw_alliteration"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+        "raw_alliteration": f["raw_alliteration"].map(_fmt(".2f")),
         "pairs": f["pairs"],
         "top_letters": f["top_letters"],
-        "t+s": f["t_s_share"].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}"),
-        "entropy_bits": f["letter_entropy"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}"),
+        "t+s": f["t_s_share"].map(_fmt(".0%")),
+        "entropy_bits": f["letter_entropy"].map(_fmt(".2f")),
     })
     return t
 
@@ -381,10 +386,14 @@ def smoothed(result: Analysis, columns: list[str]) -> dict[float, pd.DataFrame]:
             per_group = trial.set_index("generations")[columns].sort_index()
             step = float(np.median(np.diff(per_group.index))) if len(per_group) > 1 else float(per_group.index[0])
             per_trial.append(per_group.rolling(max(1, round(result.cfg.window / step)), min_periods=1).mean())
-        by_generation = pd.concat(per_trial).groupby(level=0)
-        se = by_generation.std(ddof=1) / np.sqrt(by_generation.count())
-        curves[beta] = by_generation.mean().join(se.add_suffix("_se"))
+        curves[beta] = _mean_and_se(pd.concat(per_trial).groupby(level=0))
     return curves
+
+
+def _mean_and_se(grouped: Any) -> pd.DataFrame:
+    """Each group's mean and its standard error (`<column>_se`: the sample standard deviation over the square root of
+    the count; NaN for one row)."""
+    return grouped.mean().join((grouped.std(ddof=1) / np.sqrt(grouped.count())).add_suffix("_se"))
 
 
 def _plot_mean(ax: Any, x: Any, y: pd.Series, se: pd.Series, colour: Any, lw: float, label: str) -> None:
@@ -413,9 +422,7 @@ def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
     columns = ["alliteration", "diversity_kept", "fluency_gap"]
     curves = {}
     for beta, p in result.points.groupby(result.knob):
-        by = p.groupby("generations")[columns]
-        se = by.std(ddof=1) / np.sqrt(by.count())
-        curves[beta] = by.mean().join(se.add_suffix("_se"))
+        curves[beta] = _mean_and_se(p.groupby("generations")[columns])
     return curves
 
 
@@ -603,7 +610,7 @@ def plot_diversity(result: Analysis, path: Path) -> None:
     rule_ax = axes[0][0]
     for ax, column in zip(axes.flat, columns):
         for beta, curve in curves.items():
-            y = 1 - curve[column] if column in ("self_bleu", "repeated_4grams") else curve[column]
+            y = as_diversity(curve[column], column)
             _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, value_label(result, beta))
         ax.set_ylim(0, 1.02)  # all four are shares: a fixed scale shows a collapse for what it is
         ax.set(xlabel="generations", ylabel=PANEL_LABELS[column] + " (higher = more diverse)", title=PANEL_LABELS[column])
@@ -725,7 +732,7 @@ FRONTIER_TEXT = ("Raw reward gain over generation 0 against d = sqrt(KL), both b
 def _fits_table(result: Analysis) -> pd.DataFrame:
     fits = frontier_fits(result)
     for col in ("alpha", "b", "r2"):
-        fits[col] = fits[col].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}")
+        fits[col] = fits[col].map(_fmt(".3g"))
     fits[result.knob] = fits[result.knob].map(lambda v: f"{v:g}")
     return fits.drop(columns="trial")
 
