@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from alliter.cli import AlliterError
-from alliter.schema import EXPERIMENT_STATE_GLOB
+from alliter.schema import EXPERIMENT_STATE_GLOB, write_atomic
 
 SOURCE_FILE = ".alliter-source"  # in a local copy of a sweep: the URI it was copied from
 
@@ -216,9 +216,7 @@ def write_text(path: str, text: str) -> None:
     try:
         fs.create_dir(where.rpartition("/")[0], recursive=True)
         if not is_uri(path):
-            tmp = f"{where}.tmp-{os.getpid()}"
-            Path(tmp).write_text(text, encoding="utf-8")
-            os.replace(tmp, where)
+            write_atomic(Path(where), text)
             return
         with fs.open_output_stream(where) as f:
             f.write(text.encode("utf-8"))

@@ -279,9 +279,7 @@ class Trainer:
         }
         if self._writer is not None:
             self._writer.flush()
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Continue exactly where the checkpoint stopped; the run's files are put back as they were then."""
