@@ -1,10 +1,11 @@
-"""Stories from an exported model folder, or from a trial's snapshot, each with its raw reward.
+"""Stories from an exported model folder, or from a trial's snapshot, each with the study's raw reward.
 
     python -m alliter.sample DIR [--n 5] [--seed 0]                  # a folder best_beta.py --export wrote
     python -m alliter.sample TRIAL_DIR --generations 800 [--n 5]     # a trial folder, at a snapshot
 
 Sampling is the trainer's own (alliter.train.rollout: the same decode loop, top-k and temperature, stories cut at
-their end-of-text) with the settings the policy was trained with, and the raw reward is the trainer's.
+their end-of-text) with the settings the policy was trained with; the raw reward is the study's alliteration count
+(alliter.train.reward.raw_reward), whichever reward the policy was trained with.
 """
 
 from __future__ import annotations

@@ -64,16 +64,16 @@ def check_trial(cfg: TrainConfig) -> dict[str, Any]:
         raise AlliterError(f"cannot load tokenizer {cfg.tokenizer!r}: {one_line(err)}") from None
     if tokenizer.eos_token_id is None:
         raise AlliterError(f"tokenizer {cfg.tokenizer!r} has no end-of-text token")
-    for prompt in cfg.prompt_list:
-        check_prompt(prompt, len(tokenizer(prompt).input_ids), cfg.max_length, config, cfg.model)
-    prompt_tokens = len(tokenizer(cfg.prompt_list[0]).input_ids)
+    prompt_tokens = [len(tokenizer(prompt).input_ids) for prompt in cfg.prompt_list]
+    for prompt, n in zip(cfg.prompt_list, prompt_tokens):
+        check_prompt(prompt, n, cfg.max_length, config, cfg.model)
     load_reward(cfg.reward)  # imports a user's file: a syntax error or a missing function shows here
     if cfg.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise AlliterError(f"--device {cfg.device}, but torch sees no CUDA device here")
-    return {"architecture": (config.architectures or [config.model_type])[0], "prompt_tokens": prompt_tokens,
+    return {"architecture": (config.architectures or [config.model_type])[0], "prompt_tokens": prompt_tokens[0],
             "positions": positions(config), "vocabulary": len(tokenizer)}
 
 
