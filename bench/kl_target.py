@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,15 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from alliter.analyse.judge import analyse  # noqa: E402
 from alliter.analyse.report import plot_frontier  # noqa: E402
-
-
-def sweep(storage: Path, name: str, args: list[str]) -> float:
-    cmd = [sys.executable, str(ROOT / "tune_jobs" / "sweep.py"), *args, "--storage", str(storage), "--name", name]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
+from sweeps import add_sweep_flags, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
 
 
 def rows_of(arm: str, exp: Path, wall: float, at: list[int]) -> list[str]:
@@ -65,24 +53,20 @@ def main() -> None:
     parser.add_argument("--targets", default="0.01,0.02,0.05", help="the KL targets of step 1")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--generations", type=int, default=7000)
-    parser.add_argument("--keep", help="keep the sweeps in this folder (default: a temporary one)")
-    parser.add_argument("--extra", default="", help="flags for every sweep, separated by commas")
+    add_sweep_flags(parser)
     args = parser.parse_args()
-    extra = [f for f in args.extra.split(",") if f]
-    storage = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="alliter-kl-"))
-    print(f"{platform.processor() or platform.machine()}, python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d')}; sweeps in {storage}", flush=True)
+    storage, extra = sweeps_folder(args, "alliter-kl-")
     seeds = ["--seeds", str(args.seeds)]
-    wall = sweep(storage, "targets", ["--betas", f"{args.beta:g}", "--kl-targets", args.targets, *seeds, *extra])
+    wall = timed_sweep(storage, "targets", ["--betas", f"{args.beta:g}", "--kl-targets", args.targets, *seeds, *extra])
     targets = analyse(storage / "targets")
     if targets.choice is None:
         raise SystemExit(f"no KL target of {args.targets} kept its diversity and fluency in every seed: nothing to run on")
     target = float(targets.choice["value"])
     print(f"  targets {args.targets}, {args.seeds} seeds, 2000 generations: {wall:.0f} s; the choice: target {target:g}")
     long = ["--max-generations", str(args.generations), *seeds, *extra]
-    walls = {"fixed": sweep(storage, "fixed", ["--betas", f"{args.beta:g}", *long])}
+    walls = {"fixed": timed_sweep(storage, "fixed", ["--betas", f"{args.beta:g}", *long])}
     print(f"  fixed beta {args.beta:g}: {walls['fixed']:.0f} s", flush=True)
-    walls["target"] = sweep(storage, "target", ["--betas", f"{args.beta:g}", "--kl-targets", f"{target:g}", *long])
+    walls["target"] = timed_sweep(storage, "target", ["--betas", f"{args.beta:g}", "--kl-targets", f"{target:g}", *long])
     print(f"  target {target:g}: {walls['target']:.0f} s", flush=True)
 
     at = [2000, args.generations]

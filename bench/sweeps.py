@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -34,14 +35,32 @@ from alliter.schema import METRICS_FILE, SWEEP_STATS_FILE, read_jsonl  # noqa: E
 MODES = {"coarse": ["--grid", "coarse"], "fine": ["--grid", "fine"], "search": ["--search"]}
 
 
-def run_mode(mode: str, storage: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, str(ROOT / "tune_jobs" / "sweep.py"), *MODES[mode], "--storage", str(storage),
-           "--name", mode, *extra]
+def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every benchmark that runs sweeps (this one, bench/kl_target.py)."""
+    parser.add_argument("--keep", help="keep the sweeps in this folder (default: a temporary one)")
+    parser.add_argument("--extra", default="", help="flags for every sweep, separated by commas: --extra=--seed=1")
+
+
+def sweeps_folder(args: argparse.Namespace, prefix: str) -> tuple[Path, list[str]]:
+    """(where the sweeps go, the extra flags of every sweep), after a line that says on what machine they run."""
+    storage = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=prefix))
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+          f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}; sweeps in {storage}", flush=True)
+    return storage, [f for f in args.extra.split(",") if f]
+
+
+def timed_sweep(storage: Path, name: str, args: list[str]) -> float:
+    """Run `tune_jobs/sweep.py ARGS` as a user runs it, in its own process; its wall time in seconds."""
+    cmd = [sys.executable, str(ROOT / "tune_jobs" / "sweep.py"), *args, "--storage", str(storage), "--name", name]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{mode} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def run_mode(mode: str, storage: Path, extra: list[str]) -> dict:
+    wall = timed_sweep(storage, mode, [*MODES[mode], *extra])
     exp = storage / mode
     trials = find_trials(exp)
     generations = sum(int(rows[-1]["generations"]) for t in trials if (rows := read_jsonl(t / METRICS_FILE)))
@@ -68,13 +87,9 @@ def fmt(row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default="coarse,fine,search", help="which sweeps, in order (coarse, fine, search)")
-    parser.add_argument("--keep", help="keep the sweeps in this folder (default: a temporary one)")
-    parser.add_argument("--extra", default="", help="flags for every sweep, separated by commas: --extra=--seed=1")
+    add_sweep_flags(parser)
     args = parser.parse_args()
-    extra = [f for f in args.extra.split(",") if f]
-    storage = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="alliter-bench-"))
-    print(f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, python "
-          f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}; sweeps in {storage}", flush=True)
+    storage, extra = sweeps_folder(args, "alliter-bench-")
     rows = []
     for mode in args.modes.split(","):
         rows.append(run_mode(mode, storage, extra))
