@@ -1,5 +1,8 @@
 """What the tests and the benchmarks share: tiny real models, built and saved here so that nothing needs the hub,
-and the digest by which the golden files pin a trial's generations."""
+the digest by which the golden files pin a trial's generations, and the tiny sweep of tests/golden/tiny_sweep.json.
+
+Everything here is the same on every CPU: the tiny model's weights are drawn by NumPy (torch's own normal sampler
+rounds differently with AVX2, AVX-512 or neither), and the tiny sweep trains in float64."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ CORPUS = [
 
 def build_tiny_gpt_neo(path: Path, seed: int = 0) -> Path:
     """A randomly initialised GPT-Neo (the study's architecture) with a ~300-token byte-level BPE, saved to path."""
+    import numpy as np
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
@@ -35,8 +39,13 @@ def build_tiny_gpt_neo(path: Path, seed: int = 0) -> Path:
         attention_types=[[["global", "local"], 1]], window_size=64, intermediate_size=64,
         bos_token_id=eos, eos_token_id=eos, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
     )
-    torch.manual_seed(seed)
-    GPTNeoForCausalLM(cfg).save_pretrained(path)
+    model = GPTNeoForCausalLM(cfg)
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():  # GPT-Neo's own init (normal, std initializer_range) for every matrix, drawn by NumPy
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.from_numpy(rng.normal(0.0, cfg.initializer_range, tuple(param.shape))))
+    model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
 
@@ -44,3 +53,57 @@ def build_tiny_gpt_neo(path: Path, seed: int = 0) -> Path:
 def texts_digest(texts: Sequence[str]) -> str:
     """SHA-256 of a trial's texts in order (tests/golden/*.json)."""
     return hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()
+
+
+TINY_SWEEP_BETAS = (0.0, 1.0)
+
+
+def tiny_sweep(folder: Path, model: Path) -> str:
+    """Two float64 trials of the tiny GPT-Neo as the trainer writes them (folder/beta0, folder/beta1), and
+    best_beta's table of them: what tests/golden/tiny_sweep.json holds (`python bench/golden.py --write-tiny`)."""
+    from alliter.analyse.judge import analyse
+    from alliter.analyse.report import table
+    from alliter.config import TrainConfig
+    from alliter.train.trainer import Trainer
+
+    for beta in TINY_SWEEP_BETAS:
+        trainer = Trainer(TrainConfig(beta=beta, model=str(model), dtype="float64", threads=1, max_generations=60,
+                                      snapshot_every=20, eval_samples=10, lr=3e-3), folder / f"beta{beta:g}")
+        for _ in trainer.groups():
+            pass
+    return table(analyse(folder))
+
+
+TIMINGS = ("seconds_per_group", "generations_per_second", "seconds")  # differ from run to run
+
+
+def trial_records(trial: Path) -> dict[str, list[dict]]:
+    """A trial folder's generations, evaluations and metrics (but their timings), as tiny_sweep.json holds them."""
+    import json
+
+    def rows(name: str) -> list[dict]:
+        lines = (trial / name).read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS} for line in lines]
+
+    return {name: rows(name) for name in ("generations.jsonl", "evaluations.jsonl", "metrics.jsonl")}
+
+
+def record_differences(got: list[dict], want: list[dict], rel: float = 1e-9) -> list[str]:
+    """Where two lists of records differ: text and integers exactly, floats by more than `rel` (float64 sums
+    differ in their last bits between CPUs; a changed computation differs by far more)."""
+    import math
+
+    if len(got) != len(want):
+        return [f"{len(got)} records, want {len(want)}"]
+    found = []
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g.keys() != w.keys():
+            found.append(f"record {i}: fields {sorted(g)}, want {sorted(w)}")
+            continue
+        for key, value in w.items():
+            other = g[key]
+            close = (isinstance(value, float) and isinstance(other, (int, float))
+                     and math.isclose(other, value, rel_tol=rel, abs_tol=rel))
+            if other != value and not close:
+                found.append(f"record {i}: {key} {other!r}, want {value!r}")
+    return found

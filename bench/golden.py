@@ -1,41 +1,102 @@
-"""Check that a coarse-grid sweep wrote the golden generations: those of the code before evaluations existed
-(tests/golden/coarse_grid.json, 17a40f8), text for text, trial by trial.
+"""The goldens that are exact on one kind of CPU only, checked on this one, and the tiny sweep's golden written.
 
+    python bench/golden.py --trials          # the float32 default trials of tests/golden/trials.json, run here
     python tune_jobs/sweep.py --grid coarse --name coarse && python bench/golden.py results/coarse
+    python bench/golden.py --write-tiny      # tests/golden/tiny_sweep.json, from the code checked out
 
-The samples depend on the CPU's kernels and the thread count (README, "A sweep"): the file names the CPU
-capability it was made on, and a trial on another one may differ late in training without any code change.
+float32 samples depend on the CPU's kernels (torch's dispatch: AVX-512, AVX2 or neither; ATEN_CPU_CAPABILITY picks
+one) and the thread count: the golden files name the capability they were made on, and a float32 trial on another
+may differ late in training without any code change. The tests check the same goldens in float64, on any CPU
+(tests/test_golden.py). Exit status 1 where a trial differs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-from alliter.testing import texts_digest
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's alliter, installed or not
+
+from alliter.testing import texts_digest  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"  # the golden files: data beside the tests
 
 
-def main() -> int:
-    sweep = Path(sys.argv[1])
-    golden = json.loads((GOLDEN / "coarse_grid.json").read_text())
-    try:
-        import torch
+def capability() -> str:
+    import torch
 
-        here = torch.backends.cpu.get_cpu_capability()
-    except ImportError:
-        here = "?"
-    print(f"golden: {golden['made_with']}; CPU capability {golden['cpu_capability']} (here: {here})")
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def texts(generations: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in generations.read_text().splitlines()]
+
+
+def check_sweep(sweep: Path) -> int:
+    golden = json.loads((GOLDEN / "coarse_grid.json").read_text())
+    print(f"golden: {golden['made_with']}; CPU capability {golden['cpu_capability']} (here: {capability()})")
     bad = 0
     for beta, want in golden["trials"].items():
         (trial,) = sweep.glob(f"beta={beta}_*")
-        texts = [json.loads(line)["text"] for line in (trial / "generations.jsonl").read_text().splitlines()]
-        same = len(texts) == want["generations"] and texts_digest(texts) == want["sha256"]
+        got = texts(trial / "generations.jsonl")
+        same = len(got) == want["generations"] and texts_digest(got) == want["sha256"]
         bad += not same
-        print(f"  beta={beta}: {len(texts)} generations, {'the same' if same else 'DIFFERENT'}")
+        print(f"  beta={beta}: {len(got)} generations, {'the same' if same else 'DIFFERENT'}")
     return 1 if bad else 0
+
+
+def check_trials() -> int:
+    """Every case of trials.json (float32, the default, and float64) run here, one thread, as the golden was made."""
+    from alliter.config import TrainConfig
+    from alliter.train.trainer import Trainer
+
+    golden = json.loads((GOLDEN / "trials.json").read_text())
+    print(f"golden: CPU capability {golden['cpu_capability']}, torch {golden['torch']} (here: {capability()})")
+    bad = 0
+    for case in golden["trials"]:
+        with tempfile.TemporaryDirectory() as run:
+            trainer = Trainer(TrainConfig(beta=case["beta"], dtype=case["dtype"], threads=1,
+                                          max_generations=case["max_generations"]), run)
+            for _ in trainer.groups():
+                pass
+            same = texts_digest(texts(Path(run) / "generations.jsonl")) == case["sha256"]
+        bad += not same
+        print(f"  {case['dtype']} beta={case['beta']:g}: {'the same' if same else 'DIFFERENT'}")
+    return 1 if bad else 0
+
+
+def write_tiny() -> int:
+    from alliter.testing import TINY_SWEEP_BETAS, build_tiny_gpt_neo, tiny_sweep, trial_records
+
+    with tempfile.TemporaryDirectory() as d:
+        table = tiny_sweep(Path(d) / "sweep", build_tiny_gpt_neo(Path(d) / "model"))
+        trials = {f"{b:g}": trial_records(Path(d) / "sweep" / f"beta{b:g}") for b in TINY_SWEEP_BETAS}
+    head = __import__("subprocess").run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        cwd=GOLDEN).stdout.strip()
+    made = {"made_with": f"{head}, python bench/golden.py --write-tiny, CPU capability {capability()}",
+            "table": table, "trials": trials}
+    (GOLDEN / "tiny_sweep.json").write_text(json.dumps(made, indent=1) + "\n")
+    print(f"wrote {GOLDEN / 'tiny_sweep.json'}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python bench/golden.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", nargs="?", type=Path, help="a coarse-grid sweep's folder to check")
+    parser.add_argument("--trials", action="store_true", help="run and check the default trials of trials.json")
+    parser.add_argument("--write-tiny", action="store_true", help="write tests/golden/tiny_sweep.json")
+    args = parser.parse_args()
+    if args.write_tiny:
+        return write_tiny()
+    if args.trials:
+        return check_trials()
+    if args.sweep is None:
+        parser.error("pass a sweep's folder, --trials or --write-tiny")
+    return check_sweep(args.sweep)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """Defaults stay exact: a default trial's generations are the ones alliter wrote before evaluations existed
-(tests/golden/trials.json, made by the code of 17a40f8), text for text. The whole coarse grid is checked the same
-way by `python bench/golden.py SWEEP` (tests/golden/coarse_grid.json)."""
+(tests/golden/trials.json, made by the code of 17a40f8), text for text.
+
+Every check here holds on any CPU: float32 sums differ between CPUs (AVX-512, AVX2 or neither), so the tests train
+in float64, whose generations were the same as the float32 default's where the goldens were made, and compare text
+and integers exactly and floats to 1e-9. The float32 default itself is exact on one machine only:
+`python bench/golden.py --trials` checks it there (and the whole coarse grid: `python bench/golden.py SWEEP`)."""
 
 from __future__ import annotations
 
@@ -10,17 +14,17 @@ from pathlib import Path
 import pytest
 
 from alliter.config import TrainConfig
-from alliter.testing import texts_digest
+from alliter.testing import record_differences, texts_digest, tiny_sweep, trial_records
 from alliter.train.trainer import Trainer
-from helpers import GOLDEN, digest
+from helpers import GOLDEN
 
 CASES = json.loads((GOLDEN / "trials.json").read_text())["trials"]
 
 
-# float32 is the default; float64 rounds alike on any CPU, so its case holds wherever CI runs
-@pytest.mark.parametrize("case", [c for c in CASES if (c["dtype"], c["beta"]) in (("float32", 0.0), ("float64", 10.0))],
-                         ids=lambda c: f"{c['dtype']}-beta{c['beta']:g}")
+@pytest.mark.parametrize("case", [c for c in CASES if c["dtype"] == "float64"], ids=lambda c: f"beta{c['beta']:g}")
 def test_a_default_trial_writes_the_golden_generations(tmp_path: Path, case: dict) -> None:
+    float32 = next(c for c in CASES if c["dtype"] == "float32" and c["beta"] == case["beta"])
+    assert float32["sha256"] == case["sha256"]  # the default's own generations, where the golden was made
     trainer = Trainer(TrainConfig(beta=case["beta"], dtype=case["dtype"], threads=1,
                                   max_generations=case["max_generations"]), tmp_path)
     for _ in trainer.groups():
@@ -31,37 +35,13 @@ def test_a_default_trial_writes_the_golden_generations(tmp_path: Path, case: dic
     assert [p["generations"] for p in trainer.points] == [0, 200, 300]  # with evaluations on, at every snapshot
 
 
-def tiny_sweep(folder: Path, model: Path) -> str:
-    """Two trials of the tiny GPT-Neo as the trainer writes them, and best_beta's table of them."""
-    from alliter.analyse.judge import analyse
-    from alliter.analyse.report import table
-
-    for beta in (0.0, 1.0):
-        trainer = Trainer(TrainConfig(beta=beta, model=str(model), threads=1, max_generations=60, snapshot_every=20,
-                                      eval_samples=10, lr=3e-3), folder / f"beta{beta:g}")
-        for _ in trainer.groups():
-            pass
-    return table(analyse(folder))
-
-
-TIMINGS = {"seconds_per_group", "generations_per_second", "seconds"}
-
-
-def without_timings(path: Path) -> list[dict]:
-    """A trial's metrics but their timings; the group's number is left out too (metrics.jsonl counted groups from
-    1 when this golden was made, generations.jsonl from 0)."""
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS | {"group"}}
-            for line in path.read_text().splitlines()]
-
-
 def test_a_tiny_sweep_writes_the_golden_files_and_table(tmp_path: Path, tiny_gpt_neo: Path) -> None:
     """The guard of a refactor: the tiny model's trials (generations, evaluations, metrics but their timings) and
     the analysis table are what they were when this golden was made (tests/golden/tiny_sweep.json)."""
     got_table = tiny_sweep(tmp_path, tiny_gpt_neo)
     golden = json.loads((GOLDEN / "tiny_sweep.json").read_text())
     assert got_table == golden["table"]
-    for beta in ("0", "1"):
-        trial = tmp_path / f"beta{beta}"
-        assert digest(trial / "generations.jsonl") == golden[beta]["generations.jsonl"]
-        assert digest(trial / "evaluations.jsonl") == golden[beta]["evaluations.jsonl"]
-        assert without_timings(trial / "metrics.jsonl") == golden[beta]["metrics"]
+    for beta, want in golden["trials"].items():
+        got = trial_records(tmp_path / f"beta{beta}")
+        for name, rows in want.items():
+            assert not record_differences(got[name], rows), (beta, name, record_differences(got[name], rows)[:5])

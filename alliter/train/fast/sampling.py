@@ -38,7 +38,7 @@ def sample_from_logits(logits: Tensor, top_k: int, temperature: float, u: Tensor
     generator): the distribution of `torch.multinomial(probs, 1)`, without its host-side checks and its
     one exponential per vocabulary entry. No host synchronisation.
     """
-    scores = logits if logits.dtype == torch.float32 else logits.float()
+    scores = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # bf16 -> f32, f64 stays
     if temperature != 1.0:
         scores = scores / temperature
     if 0 < top_k < scores.shape[-1]:
@@ -66,7 +66,7 @@ def fast_generate_group(
     Every position after the prompt is sampled (no early exit, no host synchronisation); a sample's
     tokens after its first end-of-text are arbitrary. `greedy` takes the argmax instead of sampling.
     The uniforms of the whole group are drawn first, in one call on the global generator.
-    With `logprobs`, also [K, max_length - 1] float32: entry t is the model's log-probability (temperature 1,
+    With `logprobs`, also [K, max_length - 1] float32 (float64 for a float64 model): entry t is the model's log-probability (temperature 1,
     no top-k) of token t + 1 given the tokens before it, from the logits sampling computed anyway.
     """
     with torch.inference_mode():  # less per-op overhead than no_grad
@@ -89,7 +89,7 @@ def _generate(model, prompt_ids, group_size, max_length, top_k, temperature, gre
     logits = first[-1:].expand(group_size, -1)
     lp = None
     if logprobs:
-        lp = torch.empty(group_size, max_length - 1, dtype=torch.float32, device=device)
+        lp = torch.empty(group_size, max_length - 1, dtype=torch.promote_types(first.dtype, torch.float32), device=device)
         lp[:, : p - 1] = _token_logprobs(first[:-1], prompt[0, 1:])  # the prompt's, the same in every row
     for pos in range(p, max_length):
         tok = logits.argmax(-1) if greedy else sample_from_logits(logits, top_k, temperature, u[pos - p])
@@ -102,8 +102,8 @@ def _generate(model, prompt_ids, group_size, max_length, top_k, temperature, gre
 
 
 def _token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """log softmax(logits)[token] per row, in float32 (as sequence_ce's cross-entropy)."""
-    return torch.log_softmax(logits.float(), -1).gather(-1, tokens.view(-1, 1)).view(-1)
+    """log softmax(logits)[token] per row, in float32 or float64 (as sequence_ce's cross-entropy)."""
+    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1).gather(-1, tokens.view(-1, 1)).view(-1)
 
 
 def teacher_forced_logits(model: torch.nn.Module, tokens: Tensor, prompt_len: int) -> Tensor:
