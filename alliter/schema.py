@@ -37,8 +37,13 @@ REWARD_FILE = "reward.json"  # the trial's reward: its name, source and (a file'
 SNAPSHOT_DIR = "snapshots"
 SNAPSHOT_FILE = "generations={:06d}.safetensors"
 SNAPSHOT_PATTERN = r"generations=(\d+)\.safetensors"
+EVENTS_PATTERN = "events.out.tfevents.*"  # TensorBoard's files (tensorboardX names them so)
 RAY_ERROR_FILE = "error.txt"
 RAY_PARAMS_FILE = "params.json"
+
+# what an attempt of a trial writes as it trains: a retry from scratch starts them afresh
+ATTEMPT_FILES = (GENERATIONS_FILE, METRICS_FILE, EVALUATIONS_FILE, STOP_FILE, EVENTS_PATTERN,
+                 f"{SNAPSHOT_DIR}/generations=*.safetensors")
 
 # a sweep's files, beside Tune's experiment state
 SWEEP_STATS_FILE = "sweep.json"  # its wall time, group time, efficiency, evaluation time, per driver session

@@ -4,9 +4,11 @@
 
 The fault is installed here, by wrapping the sweep's trainable before the sweep runs: the production trainable
 knows nothing of it. The wrapper is pickled with this script (its __main__), so it reaches a trial on any node;
-it never fires in a process restored from a checkpoint. "crash:N": after the report of group N (counted from 1),
-the process loses its working folder, as a lost node would, and dies; "hang:N": it stops there (after that
-group's checkpoint, if one was due) until its node is killed. Pass --report-seconds 0, so that group N reports.
+it fires once per trial (a marker beside the trial's folder), never in a process restored from a checkpoint. "crash:N": after the report of group N (counted from 1),
+the process loses its working folder, as a lost node would, and dies; "die:N": it dies instead of making that
+report (its files stay; a checkpoint due with it never reaches Tune: a worker killed during a checkpoint);
+"hang:N": it stops after the report (and that group's checkpoint, if one was due) until its node is killed. Pass
+--report-seconds 0, so that group N reports.
 """
 
 from __future__ import annotations
@@ -36,13 +38,19 @@ def with_fault(trainable, fault: str):
     def faulty(config):
         from ray import tune
 
-        if tune.get_checkpoint() is not None:  # a restored process runs as it should
+        fired = Path.cwd().parent / f".fault-fired-{tune.get_context().get_trial_id()}"
+        if tune.get_checkpoint() is not None or fired.exists():  # a restarted process runs as it should
             return trainable(config)
         report = tune.report
 
         def reporting(metrics, *args, **kwargs):
+            due = metrics.get("group") == int(group) - 1
+            if due:
+                fired.touch()
+            if kind == "die" and due:
+                os._exit(1)
             report(metrics, *args, **kwargs)
-            if metrics.get("group") == int(group) - 1:
+            if due:
                 if kind == "crash":
                     shutil.rmtree(Path.cwd(), ignore_errors=True)
                     os._exit(1)

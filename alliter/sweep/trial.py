@@ -9,6 +9,7 @@ Torch and transformers are imported inside the trial's process only: the driver 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import logging
 import math
@@ -27,7 +28,9 @@ from alliter.cli import AlliterError
 from alliter.config import TrainConfig
 from alliter.rule import CollapseRule, training_points
 from alliter.train.reward import load_reward
-from alliter.schema import CHECKPOINT_FILE, FAILED, METRICS_FILE, NODE_FILE, STOP_FILE, read_jsonl, stop_record
+from alliter.schema import (
+    ATTEMPT_FILES, CHECKPOINT_FILE, FAILED, METRICS_FILE, NODE_FILE, STOP_FILE, read_jsonl, stop_record,
+)
 
 FATAL = "alliter_error"  # a trial's last report when an error of alliter's own ended it (NoRetry)
 
@@ -81,6 +84,8 @@ def _run_trial(cfg: TrainConfig, opts: TrialOptions) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             trainer.load_checkpoint(Path(d) / CHECKPOINT_FILE)
+    else:
+        _discard_stored_attempt()
     _write_node_info(run_dir)
     rule = CollapseRule(**opts.rule)
     history = read_jsonl(run_dir / METRICS_FILE)
@@ -127,6 +132,20 @@ class NoRetry(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get(FATAL):
             trial.max_failures = 0
+
+
+def _discard_stored_attempt() -> None:
+    """A trial that starts from scratch removes, from the sweep's storage, the files an earlier attempt of it
+    uploaded before dying (before its first checkpoint): Tune uploads a trial's folder and never deletes there, so
+    the dead attempt's TensorBoard file would stay beside the new one. The trainer empties the local folder."""
+    import pyarrow.fs
+
+    storage = tune.get_context().get_storage()  # Ray's DeveloperAPI: the trial's folder on the sweep's storage
+    fs, root = storage.storage_filesystem, storage.trial_fs_path
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)):
+        relative = info.path[len(root):].lstrip("/")
+        if info.type == pyarrow.fs.FileType.File and any(fnmatch.fnmatchcase(relative, p) for p in ATTEMPT_FILES):
+            fs.delete_file(info.path)
 
 
 def _write_node_info(run_dir: Path) -> None:

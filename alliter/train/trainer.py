@@ -19,7 +19,7 @@ from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.config import TrainConfig
 from alliter.schema import (
-    CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, REWARD_FILE, append_jsonl, read_text, write_atomic,
+    ATTEMPT_FILES, CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, REWARD_FILE, append_jsonl, read_text, write_atomic,
 )
 from alliter.train.evaluate import evaluate_prompts, evaluation_points
 from alliter.train.model import load_models
@@ -169,6 +169,8 @@ class Trainer:
     def groups(self) -> Iterator[dict[str, float]]:
         """Run groups until max_generations, writing each one's records, metrics and events; the policy is
         evaluated before the first group and with every snapshot (the group's metrics then carry `eval_*`)."""
+        if self.generations == 0 and self.resumed_at is None and not self.points:
+            self._discard_earlier_attempt()
         if self.evaluating and not self.points:
             self.evaluate()  # the unmodified model, generation 0
         while self.generations < self.cfg.max_generations:
@@ -182,6 +184,14 @@ class Trainer:
                     metrics.update({f"eval_{k}": v for k, v in self.evaluate().items() if k != "generations"})
             yield metrics
         self.close()
+
+    def _discard_earlier_attempt(self) -> None:
+        """A trial that starts from generation 0 starts its files afresh: a retried trial whose first attempt died
+        before its first checkpoint left records, events and snapshots that this attempt writes again (a trial
+        restored from a checkpoint gets its files back from it instead: load_checkpoint)."""
+        for pattern in ATTEMPT_FILES:
+            for path in self.run_dir.glob(pattern):
+                path.unlink()
 
     # --- evaluation -------------------------------------------------------------------------------------
 
@@ -235,8 +245,8 @@ class Trainer:
 
     def _events(self) -> SummaryWriter:
         if self._writer is None:
-            # purge_step: TensorBoard drops events a crashed run logged past the checkpoint we resume from
-            self._writer = SummaryWriter(str(self.run_dir), purge_step=self.resumed_at)
+            # purge_step: TensorBoard drops the events a crashed run logged past the checkpoint we resume from
+            self._writer = SummaryWriter(str(self.run_dir), purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         return self._writer
 
     def _add_scalars(self, values: dict[str, float]) -> None:
