@@ -13,7 +13,7 @@ import os
 import struct
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from alliter.cli import AlliterError
 
@@ -34,6 +34,61 @@ DEFAULT_REWARD = "alliteration"  # the study's (alliter.train.reward; checked wh
 EVAL_PROMPTS = 5  # with --prompts, an evaluation samples the first this many, as many stories of each
 DEFAULT_KL_HORIZON = 300  # the KL-target controller's horizon in generations (README, "KL-target mode")
 
+# Bounds past which no value can be sane, each with the reason its refusal gives (alliter.config.within)
+MAX_BETA = 1e4
+MAX_KL_TARGET = 10.0
+MAX_LR = 1.0
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0
+MAX_GROUP_SIZE = 1024
+MAX_GENERATIONS = 1_000_000
+MAX_SEED = 2**32 - 1
+MAX_EVAL_SAMPLES = 1000
+MAX_THREADS = 1024
+MAX_PROMPTS = 10_000
+MAX_SEEDS = 100  # --seeds
+MAX_TRIALS = 1000  # of a sweep: values x seeds, or a search's budget x seeds
+BOUNDS = {  # why no value past the upper bound can be sane
+    "beta": "100x the coarse grid's largest: past it the KL term outweighs any reward a text can earn by orders of "
+            "magnitude, and float32 gradients overflow",
+    "kl_target": "nats per token: at 10 the policy has nothing left of the model it started from",
+    "lr": "a step of lr times a gradient whose norm is 10 to 1000 here throws the model away at once past 1",
+    "temperature": "above 10 sampling is uniform over the top-k",
+    "group_size": "a group is one batch of K samples, held at once in memory",
+    "max_generations": "140x the study's longest run of 7000: days on a GPU",
+    "seed": "the seeds torch, NumPy and CUDA all take",
+    "eval_seed": "the seeds torch, NumPy and CUDA all take",
+    "eval_samples": "an evaluation is sampled in one batch; 50 stories measure fluency within about 0.03 nats, "
+                    "1000 within 0.007",
+    "threads": "torch threads of one trial",
+    "prompts": "a trial samples one prompt a group (200 groups in 2000 generations): more are never used, and the "
+               "file travels to every trial",
+}
+LOW_BOUNDS = {  # why no value under the lower bound can be
+    "temperature": "below 0.01 sampling is greedy, and float32 logits overflow",
+    "group_size": "leave-one-out needs others",
+}
+
+
+def _shown(value: float) -> str:
+    if isinstance(value, int) or (math.isfinite(value) and value.is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    return f"{value:g}"
+
+
+def within(name: str, value: float, low: float, high: float | None, low_open: bool = False) -> None:
+    """AlliterError in one line unless low <= value <= high (low < value with `low_open`; no upper bound for None),
+    naming the bound and why (BOUNDS, LOW_BOUNDS)."""
+    finite = isinstance(value, int) or math.isfinite(value)
+    above = finite and (value > low if low_open else value >= low)
+    if above and (high is None or value <= high):
+        return
+    low_side = f"> {_shown(low)}" if low_open else f">= {_shown(low)}"
+    span = low_side + (f" and <= {_shown(high)}" if high is not None else "")
+    why = None if not finite else BOUNDS.get(name) if above else LOW_BOUNDS.get(name)
+    kind = "an integer" if isinstance(value, int) else "a finite number"
+    raise AlliterError(f"{name} must be {kind} {span}, got {_shown(value)}" + (f" ({why})" if why else ""))
+
+
 # name -> (betas, max_generations or None for the config's own)
 GRIDS: dict[str, tuple[list[float], int | None]] = {
     "coarse": ([0.0, 0.01, 0.1, 1.0, 10.0, 100.0], None),
@@ -42,11 +97,20 @@ GRIDS: dict[str, tuple[list[float], int | None]] = {
 }
 
 
+MAX_PROMPTS_BYTES = 16 * 2**20  # a --prompts file: MAX_PROMPTS prompts of a whole max_length each fit many times
+
+
 def read_prompts(path: str) -> str:
-    """--prompts FILE: the file's prompts, one a line (a trailing newline aside); AlliterError in one line for a file
-    that cannot be read, holds none or has an empty line (argparse's own errors print its whole usage)."""
+    """--prompts FILE: the file's prompts, one a line (a trailing newline and a byte-order mark aside); AlliterError
+    in one line for a file that cannot be read, is too large, holds none or has an empty line (argparse's own errors
+    print its whole usage)."""
+    file = Path(path).expanduser()
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        size = file.stat().st_size
+        if size > MAX_PROMPTS_BYTES:
+            raise AlliterError(f"--prompts: {path} is {size / 2**20:.0f} MB; a prompts file holds at most "
+                               f"{MAX_PROMPTS_BYTES // 2**20} MB ({BOUNDS['prompts']})")
+        text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise AlliterError(f"--prompts: cannot read {path} ({type(err).__name__})") from None
     lines = text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
@@ -55,6 +119,8 @@ def read_prompts(path: str) -> str:
     empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
     if empty:
         raise AlliterError(f"--prompts: line {empty[0]} of {path} is empty (give one prompt a line)")
+    if len(lines) > MAX_PROMPTS:
+        raise AlliterError(f"--prompts: {path} holds {len(lines)} prompts; at most {MAX_PROMPTS} ({BOUNDS['prompts']})")
     return "\n".join(line.rstrip("\r") for line in lines)
 
 
@@ -121,30 +187,38 @@ class TrainConfig:
     trial is sampled with the same random numbers."""
 
     def validate(self) -> "TrainConfig":
-        """Raise AlliterError, in one line, for a value the trainer cannot run with."""
-        if not math.isfinite(self.beta) or self.beta < 0:
-            raise AlliterError(f"beta must be a finite number >= 0, got {self.beta}")
+        """Raise AlliterError, in one line, for a value the trainer cannot run with, or one past the bound (BOUNDS)
+        where no value can be sane."""
+        within("beta", self.beta, 0, MAX_BETA)
         if self.kl_target is not None:
-            if not (math.isfinite(self.kl_target) and self.kl_target > 0):
-                raise AlliterError(f"kl_target must be a finite number > 0 (nats per token), got {self.kl_target}")
+            within("kl_target", self.kl_target, 0, MAX_KL_TARGET, low_open=True)
             if self.beta <= 0:
                 raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--beta, e.g. 50)")
-        if self.kl_horizon < 1:
-            raise AlliterError(f"kl_horizon must be at least 1 generation, got {self.kl_horizon}")
+        within("kl_horizon", self.kl_horizon, 1, None)
         if not (math.isfinite(self.kl_clip) and 0 < self.kl_clip < 1):
             raise AlliterError(f"kl_clip must be in (0, 1), got {self.kl_clip}")
-        if self.group_size < 2:
-            raise AlliterError(f"group_size must be at least 2 (leave-one-out needs others), got {self.group_size}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise AlliterError(f"lr must be a finite number > 0, got {self.lr}")
-        if self.max_generations < 1 or self.checkpoint_every < 1 or self.top_k < 0 or self.temperature <= 0:
-            raise AlliterError("max_generations and checkpoint_every must be >= 1, top_k >= 0, temperature > 0")
-        if self.prompts is not None and not self.prompt_list:
-            raise AlliterError("prompts holds no prompt: give --prompts a file of one prompt a line")
-        if self.eval_samples < 0:
-            raise AlliterError(f"eval_samples must be >= 0 (0: no evaluations), got {self.eval_samples}")
-        if self.snapshot_every < 0:
-            raise AlliterError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
+        if self.lr is not None:
+            within("lr", self.lr, 0, MAX_LR, low_open=True)
+        within("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
+        within("top_k", self.top_k, 0, None)
+        within("max_length", self.max_length, 2, None)
+        within("group_size", self.group_size, 2, MAX_GROUP_SIZE)
+        within("max_generations", self.max_generations, 1, MAX_GENERATIONS)
+        if self.max_generations % self.group_size:
+            lower = self.max_generations // self.group_size * self.group_size
+            raise AlliterError(f"max_generations {self.max_generations} is not a whole number of groups of "
+                               f"{self.group_size} (a group advances the counter by group_size): pass "
+                               f"{' or '.join(str(g) for g in (lower, lower + self.group_size) if g > 0)}")
+        within("seed", self.seed, 0, MAX_SEED)
+        within("eval_seed", self.eval_seed, 0, MAX_SEED)
+        within("checkpoint_every", self.checkpoint_every, 1, None)
+        within("snapshot_every", self.snapshot_every, 0, None)
+        within("eval_samples", self.eval_samples, 0, MAX_EVAL_SAMPLES)
+        within("threads", self.threads, 0, MAX_THREADS)
+        if self.prompts is not None:
+            if not self.prompt_list:
+                raise AlliterError("prompts holds no prompt: give --prompts a file of one prompt a line")
+            within("prompts", len(self.prompt_list), 1, MAX_PROMPTS)
         if self.dtype not in ("float32", "bfloat16", "float64"):
             raise AlliterError(f"dtype must be float32, bfloat16 or float64, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -190,6 +264,12 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_given(given: Collection[str]) -> None:
+    """Flags that cannot go together are refused, rather than one of them ignored."""
+    if "prompt" in given and "prompts" in given:
+        raise AlliterError("--prompt and --prompts both given: --prompts FILE replaces --prompt; pass one of them")
 
 
 def base_model_here(model: str) -> str:
@@ -284,9 +364,27 @@ def parse_seeds(seeds: str | None, default: int) -> list[int]:
     if len(values) == 1 and "," not in str(seeds):
         if values[0] < 1:
             raise AlliterError(f"--seeds N runs N seeds and needs N >= 1, got {seeds!r}")
-        return list(range(values[0]))
-    if not values or any(v < 0 for v in values):
-        raise AlliterError(f"seeds must be integers >= 0, got {seeds!r}")
-    if len(set(values)) != len(values):
-        raise AlliterError(f"--seeds lists a seed twice: {seeds!r}")
-    return values
+        count = values[0]
+    else:
+        if not values or any(v < 0 for v in values):
+            raise AlliterError(f"seeds must be integers >= 0, got {seeds!r}")
+        if len(set(values)) != len(values):
+            raise AlliterError(f"--seeds lists a seed twice: {seeds!r}")
+        for v in values:
+            within("seed", v, 0, MAX_SEED)
+        count = len(values)
+    if count > MAX_SEEDS:
+        raise AlliterError(f"--seeds runs at most {MAX_SEEDS} seeds of each value, got {count} (a verdict over seeds "
+                           "needs a few; each seed is a trial of every value)")
+    return values if len(values) > 1 or "," in str(seeds) else list(range(count))
+
+
+def compact(numbers: list[int]) -> str:
+    """[0, 1, 2, 3, 7] -> "0-3, 7": a list of seeds in a line that stays short."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)

@@ -8,8 +8,8 @@
 # launcher sources before every later command on the node (ray start, ray exec), and before the lines below:
 #   ALLITER_STORAGE          the sweep's default --storage (an S3 URI, or a folder every node shares)
 #   ALLITER_GPUS_PER_TRIAL   the sweep's default --gpus-per-trial
-#   ALLITER_VENV             a virtual environment to install into, made with the machine's own packages
-#                            (its torch) if missing; not used where the AWS Deep Learning AMI's is
+#   ALLITER_VENV             a virtual environment to install into, made with the packages of the python3 on
+#                            PATH (its torch) if missing; not used where the AWS Deep Learning AMI's is
 #   ALLITER_PIP_FLAGS        extra flags of both pip installs (an index of your own; offline: --no-index ...)
 #   ALLITER_RAY_PORT, ALLITER_OBJECT_MANAGER_PORT, ALLITER_RAY_START_FLAGS: read by cluster/start.sh
 # Safe to run again: `ray up` runs it on every update, and the autoscaler on every new worker.
@@ -45,6 +45,13 @@ elif [ -n "${ALLITER_VENV:-}" ]; then
         # ones that would shadow them
         python3 -m pip --version > /dev/null 2>&1 && own_pip=--without-pip || own_pip=
         python3 -m venv --system-site-packages $own_pip "$ALLITER_VENV"
+        # a python3 that is itself a virtual environment (a venv, conda): --system-site-packages gives the new
+        # venv its base interpreter's packages, not this environment's; a .pth file adds them, after its own
+        outer=$(python3 -c 'import site, sys; print("\n".join(site.getsitepackages()) if sys.prefix != sys.base_prefix else "")')
+        if [ -n "$outer" ]; then
+            inner=$("$ALLITER_VENV/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+            printf '%s\n' "$outer" > "$inner/alliter-outer-environment.pth"
+        fi
     fi
     activate=$ALLITER_VENV/bin/activate
 fi

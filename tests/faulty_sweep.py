@@ -35,12 +35,12 @@ def with_fault(trainable, fault: str):
     # the trainable's name (Tune's trials show it), not its module: cloudpickle pickles a function of an importable
     # module by reference, and the workers would import the sweep's own trainable instead of this one
     @functools.wraps(trainable, assigned=("__name__", "__doc__"))
-    def faulty(config):
+    def faulty(config, **parameters):
         from ray import tune
 
         fired = Path.cwd().parent / f".fault-fired-{tune.get_context().get_trial_id()}"
         if tune.get_checkpoint() is not None or fired.exists():  # a restarted process runs as it should
-            return trainable(config)
+            return trainable(config, **parameters)
         report = tune.report
 
         def reporting(metrics, *args, **kwargs):
@@ -58,7 +58,7 @@ def with_fault(trainable, fault: str):
 
         tune.report = reporting
         try:
-            return trainable(config)
+            return trainable(config, **parameters)
         finally:
             tune.report = report
 

@@ -28,7 +28,7 @@ def test_the_controller_against_hand_computed_values():
     ({"kl_target": 0.0}, "kl_target must be a finite number > 0"),
     ({"kl_target": -0.1}, "kl_target must be a finite number > 0"),
     ({"kl_target": float("nan")}, "kl_target must be a finite number > 0"),
-    ({"kl_target": 0.1, "kl_horizon": 0}, "kl_horizon must be at least 1"),
+    ({"kl_target": 0.1, "kl_horizon": 0}, "kl_horizon must be an integer >= 1"),
     ({"kl_target": 0.1, "kl_clip": 0.0}, "kl_clip must be in"),
     ({"kl_target": 0.1, "beta": 0.0}, "the KL-target controller multiplies beta: start it above 0"),
 ])
@@ -74,7 +74,7 @@ def test_a_resumed_controller_trial_equals_an_uninterrupted_one(tmp_path, bundle
     (["--kl-targets", "0,0.1", "--betas", "50"], "kl_target must be a finite number > 0"),
     (["--kl-targets", "0.1", "--betas", "0,50"], "the KL-target controller multiplies beta: start it above 0"),
     (["--search", "--search-targets", "--betas", "20,50"], "--search-targets starts every trial at one beta"),
-    (["--search-targets", "--betas", "50"], "--search-targets is a way of --search"),
+    (["--search-targets", "--betas", "50"], "--search-targets is a setting of the search: pass --search too"),
 ])
 def test_target_sweeps_that_cannot_work_are_one_line(tmp_path, args, message):
     res = sweep_main(*args, "--storage", str(tmp_path))

@@ -157,7 +157,7 @@ def test_resume_can_extend_a_finished_run(tmp_path):
         (["--beta", "-1"], "beta must be a finite number >= 0"),
         (["--beta", "nan"], "beta must be a finite number >= 0"),
         (["--beta", "inf"], "beta must be a finite number >= 0"),
-        (["--group-size", "1"], "group_size must be at least 2"),
+        (["--group-size", "1"], "group_size must be an integer >= 2 and <= 1024, got 1 (leave-one-out needs others)"),
         (["--model", "/no/such/model/folder"], "--model PATH"),
     ],
 )

@@ -156,7 +156,13 @@ def test_a_sweep_ships_the_reward_file_and_best_beta_says_which_letters_allitera
     res = sweep("--betas", "0,1", "--max-generations", "40", "--snapshot-every", "20", "--eval-samples", "12",
                 "--reward", f"{path}:words", "--prompts", str(prompts), "--storage", str(tmp_path), "--name", "mine")
     assert res.returncode == 0, res.stderr[-3000:]
+    # the prompts are data: once in the sweep's prompts.txt, once in each trial's config.json (a trial folder stands
+    # alone), never in Tune's config, which its params and every result row repeat
+    assert (tmp_path / "mine" / "prompts.txt").read_text() == "\n".join(PROMPTS[:3])
+    assert not [p for p in (tmp_path / "mine").rglob("*.json*") if PROMPTS[1] in p.read_text(errors="replace")
+                and p.name not in ("config.json", "generations.jsonl", "evaluations.jsonl")]
     for trial in sorted((tmp_path / "mine").glob("beta=*")):
+        assert json.loads((trial / "config.json").read_text())["prompts"] == "\n".join(PROMPTS[:3])
         records = read_jsonl(trial / "generations.jsonl")
         assert len(records) == 40 and [r["raw_reward"] for r in records] == [words(r["text"]) for r in records]
         assert {r["prompt"] for r in records} <= set(PROMPTS[:3])

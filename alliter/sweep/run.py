@@ -28,12 +28,12 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from alliter import storage as store
 from alliter.cli import AlliterError
-from alliter.config import TrainConfig, grid_betas, knob_values, parse_numbers, parse_seeds
+from alliter.config import MAX_TRIALS, TrainConfig, check_given, compact, grid_betas, knob_values, parse_seeds
 from alliter.rule import TRAINER_MEASURES, CollapseRule
-from alliter.schema import RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE
+from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE
 from alliter.sweep import cluster, trial
 from alliter.sweep.search import BetaSearch, SearchSettings, SearchStopper
-from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions
+from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions, text_sha256
 from alliter.train import preflight
 from alliter.train.reward import file_sha256, parse_reward, reward_to_ship
 from alliter.train.snapshots import check_disk, snapshot_plan
@@ -226,8 +226,7 @@ SEARCH_STARTS = {"beta": "1,10,100", "kl_target": "0.03,0.1,0.3"}
 
 def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule) -> SearchSettings:
     knob = "kl_target" if sweep.search_targets else "beta"
-    text = sweep.search_start or SEARCH_STARTS[knob]
-    start = parse_numbers(text, "--search-start")
+    start = knob_values(SEARCH_STARTS[knob] if sweep.search_start is None else sweep.search_start, "--search-start", knob)
     if sweep.concurrency < 0:
         raise AlliterError(f"--concurrency must be >= 0 (0: the cluster's trial slots), got {sweep.concurrency}")
     return SearchSettings(start, sweep.precision, sweep.budget, seeds, rule.max_collapse_rate,
@@ -271,6 +270,7 @@ class Plan:
     finished: bool = False  # a resume: every trial of the sweep finished (and a search has ended): nothing to do
     targets: list[float] = field(default_factory=list)  # a grid of KL targets (each trial starting at each beta)
     reward_file: Path | None = None  # a user's reward file, which Ray ships to every node (py_modules)
+    prompts: str | None = None  # --prompts' text: in the sweep's prompts.txt, and to the trials by with_parameters
 
     @property
     def targeting(self) -> bool:
@@ -293,11 +293,15 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     rule.validate_rule(TRAINER_MEASURES)  # self-BLEU is best_beta's alone: the trainer does not measure it
     storage = store.storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR)
     address = sweep.address or os.environ.get("RAY_ADDRESS") or None
+    check_name(sweep.name)
     if sweep.resume:
         return _plan_resume(sweep, given, rule, storage, address)
+    check_given(given)
+    unused = [f for f in SEARCH_FLAGS if f in given or (f == "search_targets" and sweep.search_targets)]
+    if unused and not sweep.search:
+        raise AlliterError(f"{flag(unused[0])} is a setting of the search: pass --search too, or leave it out (a grid "
+                           "runs the values it is given)")
     targets = parse_targets(sweep.kl_targets) if sweep.kl_targets is not None else []
-    if sweep.search_targets and not sweep.search:
-        raise AlliterError("--search-targets is a way of --search: pass both")
     if (targets or sweep.search_targets or base.kl_target is not None) and sweep.betas is None:
         raise AlliterError("KL-target trials start at a beta: pass --betas START (e.g. --betas 50; several make a "
                            "grid of starts)")
@@ -327,23 +331,47 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     if store.exists(exp_path):
         raise AlliterError(f"{exp_path} exists already; pass --resume to continue it, or another --name")
     trials = (settings.budget if settings else len(betas) * max(1, len(targets))) * len(seeds)
+    if trials > MAX_TRIALS:
+        raise AlliterError(f"the sweep would run {trials} trials ({'the budget' if settings else 'values'} x seeds); "
+                           f"alliter runs at most {MAX_TRIALS} in a sweep: fewer values or seeds, or several sweeps")
     snapshots, snapshot_total = snapshot_plan(base, trials, at_most=sweep.search)
     check_disk(storage, snapshot_total)
     if address:
         _check_address(address)
     preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
     options = TrialOptions(sweep.cpus_per_trial, dataclasses.asdict(rule.rule()), sweep.search or sweep.stop_on_collapse,
-                           sweep.seeds is not None, sweep.report_seconds, reward_sha256)
+                           sweep.seeds is not None, sweep.report_seconds, reward_sha256,
+                           None if base.prompts is None else text_sha256(base.prompts))
     return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots,
-                targets=targets, reward_file=reward_file)
+                targets=targets, reward_file=reward_file, prompts=base.prompts)
+
+
+SEARCH_FLAGS = ("search_start", "search_targets", "precision", "budget", "concurrency")  # what only --search reads
+MAX_NAME_BYTES = 200  # a sweep's folder name; its trials' names go inside it, and a file name has 255 bytes at most
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_name(name: str | None) -> None:
+    """--name is one folder under --storage: not a path, not empty, not "." or ".."."""
+    if name is None:
+        return
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0\n") or name != name.strip():
+        raise AlliterError(f"--name {name!r} is not a folder name: a sweep is one folder under --storage (no '/', not "
+                           "'.' or '..'; pass --storage for another place)")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise AlliterError(f"--name is {len(name.encode())} bytes; at most {MAX_NAME_BYTES} (a file name has 255, and "
+                           "the trials' folders go inside it)")
 
 
 def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule, storage: str, address: str | None) -> Plan:
     """A resume continues the sweep as it was started: only where and how its trials run may change."""
     fixed = sorted(set(given) - RESUME_FLAGS)
     if fixed:
-        flags = ", ".join("--" + f.replace("_", "-") for f in fixed)
-        allowed = ", ".join("--" + f.replace("_", "-") for f in sorted(RESUME_FLAGS - {"resume"}))
+        flags = ", ".join(map(flag, fixed))
+        allowed = ", ".join(map(flag, sorted(RESUME_FLAGS - {"resume"})))
         raise AlliterError(f"--resume continues a sweep with the settings it was started with: {flags} cannot change "
                            f"(a resume takes {allowed}); start a new sweep (--name) for other settings")
     name = sweep.name or store.newest_sweep(storage)
@@ -358,7 +386,8 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
         raise AlliterError(f"--resume: the sweep {exp_path} was started by an older alliter (its trials have no "
                            f"{OPTIONS_KEY} options); resume it with that version")
     options = TrialOptions(**configs[0][OPTIONS_KEY])
-    base = TrainConfig.from_dict(configs[0]).resolved()
+    prompts = _prompts_again(exp_path, options.prompts_sha256)
+    base = TrainConfig.from_dict({**configs[0], "prompts": prompts}).resolved()
     reward_file = _reward_file_again(base.reward, options.reward_sha256)
     search = store.read_json(store.join(exp_path, SEARCH_FILE))
     finished = all(t["status"] == "TERMINATED" for t in stored) and (search is None or bool(search.get("finished")))
@@ -374,7 +403,18 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
     rule = CollapseRule(**options.rule)
     sweep = dataclasses.replace(sweep, search=search is not None, seeds=",".join(map(str, seeds)) if options.seed_in_name else None)
     return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, stored=stored,
-                finished=finished, targets=targets, reward_file=reward_file)
+                finished=finished, targets=targets, reward_file=reward_file, prompts=prompts)
+
+
+def _prompts_again(exp_path: str, sha256: str | None) -> str | None:
+    """A resumed sweep's prompts, from its prompts.txt, which must be those it started with."""
+    if sha256 is None:
+        return None
+    text = store.read_text(store.join(exp_path, PROMPTS_FILE))
+    if text is None or text_sha256(text) != sha256:
+        raise AlliterError(f"--resume: the sweep's {store.join(exp_path, PROMPTS_FILE)} is "
+                           f"{'gone' if text is None else 'changed'} since it started; restore it to resume")
+    return text
 
 
 def _reward_file_again(reward: str, sha256: str | None) -> Path | None:
@@ -419,10 +459,12 @@ def connect(plan: Plan) -> tuple[float, int]:
 def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
     """The Tuner of a new sweep, or the restored one of a resumed sweep."""
     # the trainable is looked up now, so that a test's wrapper (tests/faulty_sweep.py) is what Tune runs
-    trainable = tune.with_resources(trial.rloo_trial, {"cpu": plan.sweep.cpus_per_trial, "gpu": gpus})
+    trainable = trial.rloo_trial if plan.prompts is None else tune.with_parameters(trial.rloo_trial, prompts=plan.prompts)
+    trainable = tune.with_resources(trainable, {"cpu": plan.sweep.cpus_per_trial, "gpu": gpus})
     if plan.sweep.resume:
         return tune.Tuner.restore(plan.exp_path, trainable, resume_errored=True)
-    space: dict[str, Any] = {**plan.base.to_dict(), OPTIONS_KEY: dataclasses.asdict(plan.options)}
+    # the prompts' text is not in Tune's config, which every result row repeats: TrialOptions.prompts_sha256
+    space: dict[str, Any] = {**plan.base.to_dict(), "prompts": None, OPTIONS_KEY: dataclasses.asdict(plan.options)}
     stopper = None
     if plan.settings is not None:
         search_alg, num_samples = BetaSearch(plan.settings), -1
@@ -484,6 +526,8 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
         print(f"alliter sweep {plan.name}: nothing to resume, every trial finished (results: {plan.exp_path})")
         return Outcome("nothing", plan.exp_path)
     with store.DriverLock(plan.exp_path):
+        if plan.prompts is not None and not plan.sweep.resume:
+            store.write_text(store.join(plan.exp_path, PROMPTS_FILE), plan.prompts)
         gpus, slots = connect(plan)
         if plan.settings is not None:
             what = ("a search of KL targets, every trial's beta starting at "
@@ -494,7 +538,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
         else:
             what = f"betas {plan.betas}"
         print(f"alliter sweep {plan.name}: {'resuming ' if plan.sweep.resume else ''}{what}"
-              f"{f', seeds {plan.seeds}' if plan.options.seed_in_name else ''}, model {plan.base.model}, tokenizer "
+              f"{f', seeds {compact(plan.seeds)}' if plan.options.seed_in_name else ''}, model {plan.base.model}, tokenizer "
               f"{plan.base.tokenizer}, lr {plan.base.lr}, {plan.base.max_generations} generations each, "
               f"{gpus:g} GPU and {plan.sweep.cpus_per_trial:g} CPU per trial")
         print(f"results: {plan.exp_path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import logging
 import math
@@ -52,18 +53,28 @@ class TrialOptions:
     """Report to Tune at most this often (and always with a checkpoint, and at the end)."""
     reward_sha256: str | None = None
     """A reward file's SHA-256 when the sweep started: the trial imports the copy Ray shipped, which must be it."""
+    prompts_sha256: str | None = None
+    """With --prompts: their text's SHA-256. The text is kept once, in the sweep's prompts.txt, and reaches each trial
+    through Tune's object store (tune.with_parameters), not in Tune's config, which every result row repeats."""
 
 
 OPTIONS_KEY = "_alliter"
 
 
-def rloo_trial(config: dict[str, Any]) -> None:
+def rloo_trial(config: dict[str, Any], prompts: str | None = None) -> None:
     """Tune function trainable: the core trainer, reporting every group, checkpointing every N, and ending itself
     once it has collapsed when the sweep asks for that. An error of alliter's own (a bad setting, a non-finite
     loss, a corrupt checkpoint: what a retry would meet again) is reported as FATAL before it is raised, so that
-    the driver (NoRetry) does not retry the trial and prints its cause."""
+    the driver (NoRetry) does not retry the trial and prints its cause. `prompts`: the text of --prompts, given by
+    tune.with_parameters."""
     try:
-        _run_trial(TrainConfig.from_dict(config), TrialOptions(**config[OPTIONS_KEY]))
+        opts = TrialOptions(**config[OPTIONS_KEY])
+        cfg = TrainConfig.from_dict(config)
+        if opts.prompts_sha256 is not None:
+            if prompts is None or text_sha256(prompts) != opts.prompts_sha256:
+                raise AlliterError("the trial's prompts are not the sweep's (their SHA-256 differs)")
+            cfg = dataclasses.replace(cfg, prompts=prompts)
+        _run_trial(cfg, opts)
     except AlliterError as err:
         tune.report({FATAL: str(err)})
         raise
@@ -132,6 +143,10 @@ class NoRetry(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get(FATAL):
             trial.max_failures = 0
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _discard_stored_attempt() -> None:
