@@ -13,6 +13,8 @@ import fnmatch
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -104,14 +106,31 @@ def newest_sweep(storage: str) -> str | None:
     return max(newest, key=newest.get) if newest else None
 
 
+STORAGE_TIMEOUT_S = 15.0  # a URI's first answer (pyarrow's look-up of a gs:// bucket with no network: minutes)
+SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")  # pyarrow's filesystems that keep files
+# the URI's filesystem and its bucket, in a process of its own: a look-up that hangs is killed, and one that aborts
+# the process (Azure's, without credentials) takes only this one with it
+PROBE = """
+import json, sys
+import pyarrow.fs
+try:
+    fs, path = pyarrow.fs.FileSystem.from_uri(sys.argv[1])
+    bucket = path.split("/", 1)[0]
+    local = isinstance(fs, pyarrow.fs.LocalFileSystem) or not bucket
+    found = local or fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
+    print(json.dumps({"found": found, "bucket": bucket}))
+except Exception as err:
+    print(json.dumps({"error": (str(err).strip().splitlines() or [type(err).__name__])[0][:300]}))
+"""
+
+
 def check_writable(storage: str) -> None:
     """Fail now, in one line, where the sweep could not write its results (before Ray starts).
 
     A folder: the nearest existing one on its path must be a folder we can create folders in (tried
-    with an empty folder of our own, removed at once). A URI: pyarrow must accept it and its bucket
-    must exist (the credentials are tried by that look-up)."""
-    import pyarrow.fs
-
+    with an empty folder of our own, removed at once). A URI: a filesystem that keeps files, which pyarrow
+    accepts and whose bucket exists (the credentials are tried by that look-up), answering within
+    STORAGE_TIMEOUT_S."""
     if not is_uri(storage):
         path = Path(storage).expanduser().absolute()
         existing = next(p for p in (path, *path.parents) if p.exists())
@@ -122,16 +141,32 @@ def check_writable(storage: str) -> None:
         except OSError as err:
             raise AlliterError(f"--storage {storage}: cannot write in {existing} ({err.strerror or err})") from None
         return
-    fs, path = filesystem(storage)
-    bucket = path.split("/", 1)[0]
-    if isinstance(fs, pyarrow.fs.LocalFileSystem) or not bucket:
-        return
+    check_reachable(storage, "--storage")
+
+
+def check_reachable(storage: str, flag: str) -> None:
+    """A URI names a filesystem that keeps files, which pyarrow accepts and whose bucket exists, answering within
+    STORAGE_TIMEOUT_S; AlliterError in one line otherwise."""
+    scheme = storage.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise AlliterError(f"{flag} {storage}: {scheme}:// is not a filesystem that keeps the results (alliter "
+                           f"takes {', '.join(s + '://' for s in SCHEMES)} or a folder)")
     try:
-        found = fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
-    except OSError as err:
-        raise AlliterError(f"--storage {storage}: {_first_line(err)}") from None
-    if not found:
-        raise AlliterError(f"--storage {storage}: the bucket {bucket!r} does not exist (create it first)")
+        probe = subprocess.run([sys.executable, "-c", PROBE, storage], capture_output=True, text=True,
+                               timeout=STORAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise AlliterError(f"{flag} {storage}: no answer within {STORAGE_TIMEOUT_S:g} s (no network, or a wrong "
+                           "endpoint, region or credentials?)") from None
+    try:
+        answer = json.loads(probe.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        lines = probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"]
+        why = next((line.split("what():", 1)[1] for line in lines if "what():" in line), lines[-1]).strip()[:300]
+        raise AlliterError(f"{flag} {storage}: its filesystem failed to start ({why})") from None
+    if "error" in answer:
+        raise AlliterError(f"cannot use storage {storage!r}: {answer['error']}")
+    if not answer["found"]:
+        raise AlliterError(f"{flag} {storage}: the bucket {answer['bucket']!r} does not exist (create it first)")
 
 
 def copy_source(dest: Path) -> str | None:

@@ -33,6 +33,7 @@ def local_sweep(path: str) -> Path:
     analysis reads only (no checkpoints, no snapshots), as `aws s3 sync` would; a second run refreshes it."""
     if not storage.is_uri(path):
         return Path(path)
+    storage.check_reachable(path, "best_beta")
     dest = Path(RESULTS_DIR) / Path(path.partition("?")[0].rstrip("/")).name
     count = storage.download(path, dest, SWEEP_FILES, skip=("checkpoint_*", SNAPSHOT_DIR))
     print(f"copied {count} files of {path} to {dest}", file=sys.stderr)

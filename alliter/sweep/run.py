@@ -294,6 +294,7 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     storage = store.storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR)
     address = sweep.address or os.environ.get("RAY_ADDRESS") or None
     check_name(sweep.name)
+    store.check_writable(storage)  # a URI answers within seconds, or the sweep stops here
     if sweep.resume:
         return _plan_resume(sweep, given, rule, storage, address)
     check_given(given)
@@ -325,7 +326,6 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     reward, reward_file, reward_sha256 = reward_to_ship(base.reward)
     base = dataclasses.replace(base, reward=reward)
     _check_devices(address, sweep.gpus_per_trial, base.device)
-    store.check_writable(storage)
     name = sweep.name or f"rloo-{sweep.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     exp_path = store.join(storage, name)
     if store.exists(exp_path):
