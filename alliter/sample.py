@@ -20,7 +20,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from alliter.cli import AlliterError, command, one_line, run
-from alliter.config import TrainConfig
+from alliter.config import TrainConfig, check_model_files
 from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, read_jsonl
 from alliter.train.reward import raw_reward
 from alliter.train.model import end_ids, pick_device
@@ -32,12 +32,14 @@ from alliter.train.snapshots import list_snapshots, load_snapshot, snapshot_at
 def load_exported(folder: Path, device: torch.device) -> tuple[Any, Any, dict[str, Any], str]:
     """(model, tokenizer, sampling settings, what it is) of a folder best_beta.py --export wrote (or any
     saved causal LM folder)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_files(folder)  # a config and readable weights, said in one line
     try:
         model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise AlliterError(f"cannot load a model from {folder}: {one_line(err)}") from None
     info_path = folder / EXPORT_INFO_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}

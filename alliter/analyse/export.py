@@ -80,7 +80,9 @@ def parse_point(text: str) -> tuple[float, int]:
 
 def check_out_dir(out: Path) -> None:
     """An export never writes into a folder that holds anything (it could be another export, or results)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise AlliterError(f"{out} is a file, not a folder; nothing was written - pass a new or empty folder to --export")
+    if out.exists() and any(out.iterdir()):
         raise AlliterError(f"{out} exists and is not empty; nothing was written - pass a new or empty folder to --export")
 
 

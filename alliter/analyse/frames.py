@@ -226,6 +226,10 @@ def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
         raise AlliterError(f"{root} holds {len(sweeps)} sweeps ({shown}); best_beta analyses one: pass its folder")
     trials, notes = [], []
     listed = tune_trial_dirs(found[0].parent) if found[0] != root else None
+    for gone in sorted(set(listed or {}) - {p.name for p in found}):
+        if listed[gone] != "PENDING":  # a pending trial has no folder yet
+            notes.append(f"{found[0].parent / gone}: in the sweep's Tune state ({listed[gone]}), but its folder is gone "
+                         f"(deleted or moved); the analysis is of the {len(found)} trial(s) left")
     for path in found:
         if listed is not None and path.name not in listed:
             notes.append(f"{path}: not in the sweep's Tune state (it started after the state was last saved: "
@@ -253,15 +257,16 @@ def sweep_knob(trials: list[Trial]) -> str:
     return trials[0].knob
 
 
-def tune_trial_dirs(sweep: Path) -> set[str] | None:
-    """The trial folders that a Tune sweep's newest experiment state lists; None for a folder that is not a
-    Tune sweep (single runs of alliter.train, hand-made folders)."""
+def tune_trial_dirs(sweep: Path) -> dict[str, str] | None:
+    """The trial folders that a Tune sweep's newest experiment state lists, with their status (PENDING, RUNNING,
+    TERMINATED, ERROR); None for a folder that is not a Tune sweep (single runs of alliter.train, hand-made folders)."""
     states = sorted(sweep.glob(EXPERIMENT_STATE_GLOB))  # one per driver session; the names sort by time
     if not states:
         return None
     try:
         state = json.loads(states[-1].read_text(encoding="utf-8"))
-        return {json.loads(trial)["relative_logdir"] for trial, _ in state["trial_data"]}
+        trials = [json.loads(trial) for trial, _ in state["trial_data"]]
+        return {t["relative_logdir"]: t["status"] for t in trials}
     except (json.JSONDecodeError, KeyError, TypeError):
         return None  # an unreadable state hides nothing
 

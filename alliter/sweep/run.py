@@ -459,6 +459,7 @@ def connect(plan: Plan) -> tuple[float, int]:
 def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
     """The Tuner of a new sweep, or the restored one of a resumed sweep."""
     # the trainable is looked up now, so that a test's wrapper (tests/faulty_sweep.py) is what Tune runs
+    logging.getLogger(trial.TUNE_CONTROLLER_LOG).addFilter(NoRetry.quiet)
     trainable = trial.rloo_trial if plan.prompts is None else tune.with_parameters(trial.rloo_trial, prompts=plan.prompts)
     trainable = tune.with_resources(trainable, {"cpu": plan.sweep.cpus_per_trial, "gpu": gpus})
     if plan.sweep.resume:

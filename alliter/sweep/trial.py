@@ -138,11 +138,25 @@ def _run_trial(cfg: TrainConfig, opts: TrialOptions) -> None:
 
 class NoRetry(tune.Callback):
     """A trial that reported FATAL failed with an error a retry would meet again: Tune does not retry it (its
-    max_failures drops to 0 before the error that follows the report arrives)."""
+    max_failures drops to 0 before the error that follows the report arrives), and its cause is one line of the
+    sweep's summary, without Ray's traceback above it (`quiet`)."""
+
+    fatal: set[str] = set()  # the driver's trials that reported FATAL (a class's: a restored Tuner unpickles its own)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get(FATAL):
             trial.max_failures = 0
+            NoRetry.fatal.add(str(trial))
+
+    @staticmethod
+    def quiet(record: logging.LogRecord) -> bool:
+        """A logging filter for Tune's controller: its traceback of a FATAL trial's error goes (error.txt keeps it)."""
+        message = record.getMessage()
+        return not (message.startswith(TRIAL_FAILED) and message[len(TRIAL_FAILED):] in NoRetry.fatal)
+
+
+TRIAL_FAILED = "Trial task failed for trial "  # how Tune's controller logs a trial's error, with its traceback
+TUNE_CONTROLLER_LOG = "ray.tune.execution.tune_controller"
 
 
 def text_sha256(text: str) -> str:

@@ -18,11 +18,14 @@ import importlib
 import importlib.util
 import json
 import math
+import numbers
 import string
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from alliter.cli import AlliterError, one_line
 from alliter.config import DEFAULT_REWARD
@@ -135,8 +138,12 @@ class Reward:
         if len(values) != len(texts):
             raise AlliterError(f"the reward {self.spec.text} returned {len(values)} values for {len(texts)} texts; it "
                                "must return one number per text")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        for i, v in enumerate(values):  # NumPy's scalars are numbers too (numbers.Real); records keep Python's
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+                raise AlliterError(f"the reward {self.spec.text} returned {v!r} ({type(v).__name__}); it must return "
+                                   "a number per text")
+            values[i] = int(v) if isinstance(v, numbers.Integral) else float(v)
+            if not math.isfinite(values[i]):
                 raise AlliterError(f"the reward {self.spec.text} returned {v!r}; it must return finite numbers")
         return values
 

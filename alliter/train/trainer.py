@@ -54,7 +54,10 @@ class Trainer:
             check_prompt(prompt, len(ids), cfg.max_length, self.m.policy.config, cfg.model)
         self.prompt_index = 0  # the prompt of the group being sampled
         self.prompt_ids = self.prompt_tokens[0]
-        self.run_dir.mkdir(parents=True, exist_ok=True)  # only once the trial can run: a refused one leaves nothing
+        try:  # only once the trial can run: a refused one leaves nothing
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise AlliterError(f"cannot create the run folder {self.run_dir}: {err.strerror or err}") from None
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.beta = cfg.beta  # the next group's KL coefficient: fixed, or the KL-target controller's state
