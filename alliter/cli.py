@@ -20,6 +20,14 @@ class AlliterError(Exception):
     """A user-facing error: the command lines print its one line and exit with 2."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors (an unknown flag, a value of the wrong type) are one line and exit status 2,
+    as every other error of a command line, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise AlliterError(f"{message} (see {self.prog} --help)")
+
+
 def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
     """The one error handler of every command's main(argv): an AlliterError is its line on stderr and exit status 2,
     with no traceback."""

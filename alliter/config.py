@@ -59,6 +59,7 @@ BOUNDS = {  # why no value past the upper bound can be sane
     "eval_seed": "the seeds torch, NumPy and CUDA all take",
     "eval_samples": "an evaluation is sampled in one batch; 50 stories measure fluency within about 0.03 nats, "
                     "1000 within 0.007",
+    "n": "stories sampled in one batch",
     "threads": "torch threads of one trial",
     "prompts": "a trial samples one prompt a group (200 groups in 2000 generations): more are never used, and the "
                "file travels to every trial",
@@ -319,9 +320,13 @@ def check_model_files(folder: Path) -> None:
 
 
 def parse_numbers(text: str, flag: str) -> list[float]:
-    """`5, 15,25` -> [5.0, 15.0, 25.0] (empty items skipped); AlliterError in one line naming `flag` otherwise."""
+    """`5, 15,25` -> [5.0, 15.0, 25.0] (a trailing comma aside); AlliterError in one line naming `flag` otherwise
+    (an empty item between two commas too: a typo, not a value to skip)."""
+    items = [v.strip() for v in text.strip().removesuffix(",").split(",")] if text.strip() else []
+    if "" in items:
+        raise AlliterError(f"{flag} has an empty value between two commas, got {text!r}")
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [float(v) for v in items]
     except ValueError:
         raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}") from None
 

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 from transformers.utils import logging as hf_logging
 
-from alliter.cli import AlliterError, command, one_line, run
-from alliter.config import TrainConfig, check_model_files
+from alliter.cli import AlliterError, ArgumentParser, command, one_line, run
+from alliter.config import MAX_EVAL_SAMPLES, MAX_SEED, TrainConfig, check_model_files, within
 from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, read_jsonl
 from alliter.train.reward import raw_reward
 from alliter.train.model import end_ids, pick_device
@@ -85,7 +85,7 @@ def stories(model: Any, tokenizer: Any, settings: dict[str, Any], n: int, seed: 
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alliter.sample", description=__doc__,
+    parser = ArgumentParser(prog="python -m alliter.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", metavar="DIR", help="an exported model folder, or a trial folder with --generations")
     parser.add_argument("--generations", type=int, help="a trial folder's snapshot at this many generations")
@@ -96,10 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(args.dir)
     hf_logging.disable_progress_bar()
-    if args.n < 1:
-        raise AlliterError(f"--n must be at least 1, got {args.n}")
+    within("n", args.n, 1, MAX_EVAL_SAMPLES)
+    within("seed", args.seed, 0, MAX_SEED)
     if not folder.is_dir():
-        raise AlliterError(f"no such folder: {folder}")
+        raise AlliterError(f"{folder} is a file, not a folder" if folder.exists() else f"no such folder: {folder}")
     device = pick_device(args.device)
     if args.generations is not None:
         model, tokenizer, settings, what = load_trial(folder, args.generations, device)

@@ -10,14 +10,17 @@ import random
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from alliter import storage
 from alliter.analyse.command import main as best_beta_main
 from alliter.cli import AlliterError
 from alliter.sample import main as sample_main
@@ -31,7 +34,8 @@ from helpers import (
 
 @pytest.fixture(scope="module")
 def broken_models(tmp_path_factory, bundled_model) -> dict[str, Path]:
-    """Model folders a careless user passes: garbage config, an empty folder, empty weights, no tokenizer."""
+    """Model folders and files a careless user passes: garbage config, an empty folder, empty weights, random bytes
+    as weights, no tokenizer; a prompts file of 244,000 lines, a reward that returns text."""
     root = tmp_path_factory.mktemp("broken")
     garbage = root / "garbage"
     shutil.copytree(bundled_model, garbage)
@@ -40,13 +44,23 @@ def broken_models(tmp_path_factory, bundled_model) -> dict[str, Path]:
     weightless = root / "weightless"
     shutil.copytree(bundled_model, weightless)
     (weightless / "model.safetensors").write_bytes(b"")
+    noise = root / "noise"
+    shutil.copytree(bundled_model, noise)
+    (noise / "model.safetensors").write_bytes(random.Random(0).randbytes(100_000))
     untokenized = root / "untokenized"
     untokenized.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(bundled_model / name, untokenized / name)
-    return {"garbage": garbage, "empty": root / "empty", "weightless": weightless, "untokenized": untokenized}
+    (root / "big.txt").write_text("\n".join(f"Once upon a time {i}" for i in range(244_445)) + "\n")  # 5.6 MB
+    (root / "prompts.txt").write_text("\ufeffOnce upon a time\nThe dog\n")  # with a byte-order mark
+    (root / "text_reward.py").write_text("def score(texts):\n    return ['1'] * len(texts)\n")
+    return {"garbage": garbage, "empty": root / "empty", "weightless": weightless, "noise": noise,
+            "untokenized": untokenized, "big": root / "big.txt", "prompts": root / "prompts.txt",
+            "text_reward": root / "text_reward.py"}
 
 
+TOO_LARGE = "99999999999999999999"
+# case -> (flags, the one line's words); a case without --betas, --search or --grid runs --betas 1
 CASES = {
     "garbage config": (["--model", "{garbage}"], "cannot read the config of model"),
     "no tokenizer folder": (["--tokenizer", "/nonexistent"], "tokenizer folder '/nonexistent' does not exist"),
@@ -57,10 +71,50 @@ CASES = {
     "cuda without a GPU": (["--device", "cuda"], "--device cuda, but the trials get no GPU"),
     "empty folder": (["--model", "{empty}"], "has no config.json: not a saved model"),
     "empty weights": (["--model", "{weightless}"], "model.safetensors is not a readable safetensors file"),
+    "random bytes as weights": (["--model", "{noise}"], "model.safetensors is not a readable safetensors file"),
     "folder without a tokenizer": (["--model", "{untokenized}"], "has no tokenizer (tokenizer.json or"),
     "empty --betas": (["--betas", ""], "--betas takes numbers separated by commas, got '': no beta to sweep"),
     "a beta twice": (["--betas", "1,1"], "--betas lists 1 twice"),
     "a beta twice, written two ways": (["--betas", "1,2,1.0"], "for several trials of a beta pass --seeds N"),
+    "an empty value in --betas": (["--betas", "1,,2"], "--betas has an empty value between two commas"),
+    # numbers that are not finite or not sane
+    "temperature nan": (["--temperature", "nan"], "temperature must be a finite number >= 0.01 and <= 10, got nan"),
+    "temperature inf": (["--temperature", "inf"], "temperature must be a finite number >= 0.01 and <= 10, got inf"),
+    "temperature 0": (["--temperature", "0"], "(below 0.01 sampling is greedy"),
+    "a seed past 2**32": (["--seed", TOO_LARGE], "seed must be an integer >= 0 and <= 4294967295"),
+    "a negative seed": (["--seed", "-1"], "seed must be an integer >= 0"),
+    "a count of seeds past any bound": (["--seeds", TOO_LARGE], "--seeds runs at most 100 seeds of each value"),
+    "3000 seeds": (["--seeds", "3000"], "--seeds runs at most 100 seeds of each value, got 3000"),
+    "a seed of --seeds past 2**32": (["--seeds", f"0,{TOO_LARGE}"], "seed must be an integer >= 0 and <= 4294967295"),
+    "a search start of 1e30": (["--search", "--search-start", "1e30"], "beta must be a finite number >= 0 and <= 10000"),
+    "a beta of 1e30": (["--betas", "1e30"], "beta must be a finite number >= 0 and <= 10000, got 1e+30 (100x the"),
+    "a KL target of 1e9": (["--kl-target", "1e9", "--betas", "50"], "kl_target must be a finite number > 0 and <= 10"),
+    "an lr of 1e30": (["--lr", "1e30"], "lr must be a finite number > 0 and <= 1"),
+    "100M evaluation stories": (["--eval-samples", "100000000"], "eval_samples must be an integer >= 0 and <= 1000"),
+    "threads -1": (["--threads", "-1"], "threads must be an integer >= 0"),
+    "a group of a million": (["--group-size", "1000000"], "group_size must be an integer >= 2 and <= 1024"),
+    "a top-k past the vocabulary": (["--top-k", "1000000"], "top_k 1000000 is more than the 512 tokens"),
+    "a CPU count past this machine's": (["--cpus-per-trial", "1e9"], "but this machine has"),
+    # a name that leaves its storage
+    "a name that leaves its storage": (["--name", "../escaped"], "--name '../escaped' is not a folder name"),
+    "the parent as a name": (["--name", ".."], "--name '..' is not a folder name"),
+    "an empty name": (["--name", ""], "--name '' is not a folder name"),
+    # an input that would bloat every result
+    "244,000 prompts": (["--prompts", "{big}"], "holds 244445 prompts; at most 10000"),
+    # flags silently ignored or changed
+    "--budget without --search": (["--budget", "3"], "--budget is a setting of the search: pass --search too"),
+    "--precision without --search": (["--precision", "2"], "--precision is a setting of the search: pass --search"),
+    "--concurrency without --search": (["--concurrency", "2"], "--concurrency is a setting of the search"),
+    "--search-start without --search": (["--search-start", "1,10"], "--search-start is a setting of the search"),
+    "an empty --search-start": (["--search", "--search-start", ""], "--search-start takes numbers separated by commas"),
+    "--prompt beside --prompts": (["--prompt", "Hi", "--prompts", "{prompts}"], "--prompt and --prompts both given"),
+    "25 generations in groups of 10": (["--max-generations", "25"], "max_generations 25 is not a whole number of "
+                                       "groups of 10 (a group advances the counter by group_size): pass 20 or 30"),
+    "an unknown flag": (["--betass", "1"], "unrecognized arguments: --betass 1 (see python tune_jobs/sweep.py --help)"),
+    "a flag of the wrong type": (["--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+    # tracebacks where the cause is known
+    "a reward that returns text": (["--reward", "{text_reward}:score"], "returned '1' (str); it must return a number"),
+    "a storage filesystem that loses everything": (["--storage", "mock://x"], "mock:// is not a filesystem that keeps"),
 }
 
 
@@ -72,10 +126,27 @@ def test_what_a_trial_would_find_is_one_line_before_ray_starts(case, tmp_path, b
     paths = {**{k: str(v) for k, v in broken_models.items()}, "tiny": str(tiny_gpt_neo)}
     args = [a.format(**paths) for a in args]
     (tmp_path / "keep.txt").write_text("results of another day")
-    res = sweep_main(*args, "--storage", str(tmp_path), *([] if "--betas" in args else ["--betas", "1"]))
+    chosen = {"--betas", "--search", "--grid", "--betass"} & set(args)
+    storage = [] if "--storage" in args else ["--storage", str(tmp_path / "sweeps")]
+    res = sweep_main(*args, *storage, *([] if chosen else ["--betas", "1"]))
     assert res.returncode == 2
     assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]  # nothing started, nothing written
+
+
+def test_a_storage_that_does_not_answer_is_one_line_within_seconds(tmp_path, monkeypatch):
+    """An S3 endpoint that takes connections and never answers (as gs:// did with no network: minutes)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    monkeypatch.setattr(storage, "STORAGE_TIMEOUT_S", 3.0)
+    try:
+        uri = f"s3://bucket/sweeps?endpoint_override=127.0.0.1:{server.getsockname()[1]}&scheme=http"
+        start = time.perf_counter()
+        res = sweep_main("--betas", "1", "--storage", uri)
+        assert time.perf_counter() - start < 10
+    finally:
+        server.close()
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert res.stderr.startswith(f"error: --storage {uri}: no answer within 3 s"), res.stderr
 
 
 def test_the_command_line_driver_checks_in_a_few_seconds_without_torch(tmp_path, broken_models):
@@ -102,16 +173,30 @@ def nan_model(tmp_path_factory) -> Path:
     return path
 
 
+THIRD_CALL_NAN = """calls = 0
+def score(texts):
+    global calls
+    calls += 1
+    return [float("nan") if calls == 3 else 1.0] * len(texts)
+"""
+
+
 @pytest.mark.slow
-def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zero(tmp_path, nan_model):
-    res = sweep("--betas", "1,2", "--max-generations", "20", "--model", str(nan_model), "--storage", str(tmp_path),
-                "--name", "nan")
+@pytest.mark.parametrize("cause", ["a NaN in the model", "a reward that returns NaN on its 3rd call"])
+def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zero(cause, tmp_path, nan_model):
+    if cause == "a NaN in the model":
+        args, line = ["--model", str(nan_model)], "non-finite loss nan"
+    else:
+        (tmp_path / "third_call.py").write_text(THIRD_CALL_NAN)
+        args, line = ["--reward", f"{tmp_path / 'third_call.py'}:score", "--eval-samples", "0"], "returned nan; it must"
+    res = sweep("--betas", "1,2", "--max-generations", "40", *args, "--storage", str(tmp_path), "--name", "nan")
     assert res.returncode == 1, res.stderr[-3000:]
     states = trial_states(tmp_path / "nan")
     assert {s["status"] for s in states.values()} == {"ERROR"}
     assert {s["num_failures"] for s in states.values()} == {1}  # not retried (--max-failures 3 by default)
     causes = [line for line in res.stderr.splitlines() if line.startswith("  ERROR in beta=")]
-    assert len(causes) == 2 and all("non-finite loss nan" in line for line in causes), res.stderr[-3000:]
+    assert len(causes) == 2 and all(line in cause for cause in causes), res.stderr[-3000:]
+    assert "Traceback" not in res.stderr  # the cause's line, without Ray's traceback above it (error.txt has it)
     hint = next(line for line in res.stderr.splitlines() if "trial(s) errored" in line)
     assert hint.startswith("2 trial(s) errored (above)") and "next:" not in res.stdout
     command = hint.split("run them again with: ")[1]
@@ -212,20 +297,67 @@ def test_a_damaged_line_loses_that_line_not_the_trial(tmp_path, capsys):
     assert "beta=10 (sweep/beta10): metrics.jsonl: line 5 damaged (not JSON); left out" in out.err
 
 
-@pytest.mark.parametrize("case", ["out is a file", "empty prompt", "max_length past the positions"])
-def test_train_is_one_line_and_creates_nothing(case, tmp_path, tiny_gpt_neo, capsys):
-    (tmp_path / "a-file").write_text("keep")
-    out = tmp_path / ("a-file" if case == "out is a file" else "run")
-    args, message = {
-        "out is a file": ([], "is a file, not a run folder"),
-        "empty prompt": (["--prompt", ""], "the prompt is empty"),
-        "max_length past the positions": (["--model", str(tiny_gpt_neo), "--max-length", "500"],
-                                          "max_length 500 exceeds the 128 positions"),
-    }[case]
-    assert train_main(["--quiet", "--threads", "1", *args, "--out", str(out)]) == 2
+# the other commands: (command, its arguments, the one line's words); {out} is a new folder, {file} an existing
+# 0-byte file, {noise} a model folder whose weights are random bytes, {prompts} a prompts file
+OTHER_CASES = {
+    "train: out is a file": ("train", ["--out", "{file}"], "is a file, not a run folder"),
+    "train: out where nothing can be made": ("train", ["--out", "/proc/alliter-run"],
+                                             "cannot create the run folder /proc/alliter-run"),
+    "train: empty prompt": ("train", ["--prompt", "", "--out", "{out}"], "the prompt is empty"),
+    "train: max_length past the positions": ("train", ["--model", "{tiny}", "--max-length", "500", "--out", "{out}"],
+                                             "max_length 500 exceeds the 128 positions"),
+    "train: temperature nan": ("train", ["--temperature", "nan", "--out", "{out}"], "temperature must be a finite"),
+    "train: --prompt beside --prompts": ("train", ["--prompt", "Hi", "--prompts", "{prompts}", "--out", "{out}"],
+                                         "--prompt and --prompts both given"),
+    "train: an unknown flag": ("train", ["--bta", "1", "--out", "{out}"], "unrecognized arguments: --bta 1"),
+    "sample: random bytes as weights": ("sample", ["{noise}"], "model.safetensors is not a readable safetensors file"),
+    "sample: a file": ("sample", ["{file}"], "is a file, not a folder"),
+    "sample: a billion stories": ("sample", ["{bundled}", "--n", "1000000000"], "n must be an integer >= 1 and <= 1000"),
+    "sample: a seed past 2**32": ("sample", ["{bundled}", "--seed", TOO_LARGE], "seed must be an integer >= 0 and <="),
+    "sample: an unknown device": ("sample", ["{bundled}", "--device", "tpu"], "device must be auto, cpu or cuda"),
+    "best_beta: a file": ("best_beta", ["{file}"], "is a file, not a sweep folder"),
+    "best_beta: export to a 0-byte file": ("best_beta", ["{out}", "--export", "{file}"],
+                                          "is a file, not a folder; nothing was written"),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_CASES))
+def test_train_sample_and_best_beta_are_one_line_and_create_nothing(case, tmp_path, tiny_gpt_neo, bundled_model,
+                                                                    broken_models, capsys):
+    command, args, message = OTHER_CASES[case]
+    (tmp_path / "a-file").write_bytes(b"")
+    paths = {"out": str(tmp_path / "run"), "file": str(tmp_path / "a-file"), "tiny": str(tiny_gpt_neo),
+             "bundled": str(bundled_model), **{k: str(v) for k, v in broken_models.items()}}
+    args = [a.format(**paths) for a in args]
+    main = {"train": lambda a: train_main(["--quiet", "--threads", "1", *a]), "sample": sample_main,
+            "best_beta": best_beta_main}[command]
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "keep"
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"] and not (tmp_path / "a-file").read_bytes()
+
+
+def test_what_a_careless_user_gives_that_can_be_taken_is_taken_as_meant(tmp_path, broken_models):
+    """A byte-order mark is not part of the first prompt; NumPy's numbers are numbers."""
+    from alliter.config import read_prompts
+    from alliter.train.reward import Reward, parse_reward
+
+    assert read_prompts(str(broken_models["prompts"])) == "Once upon a time\nThe dog"
+    reward = Reward(parse_reward("numpy.py:score"), lambda texts: [np.float32(11.0), np.int64(2)])
+    assert reward(["a", "b"]) == [11.0, 2] and [type(v) for v in reward(["a", "b"])] == [float, int]
+
+
+def test_best_beta_names_a_trial_of_tune_s_state_whose_folder_is_gone(tmp_path, capsys):
+    rng = random.Random(2)
+    for beta in (0.0, 10.0):
+        write_trial(tmp_path / "sweep" / f"beta={beta:g}_0000{int(beta)}", beta, varied_groups(rng, 20, 2))
+    state = {"trial_data": [[json.dumps({"relative_logdir": f"beta={b:g}_0000{int(b)}", "status": "TERMINATED"}), ""]
+                            for b in (0.0, 10.0, 20.0)]}
+    (tmp_path / "sweep" / "experiment_state-2026-12-06_00-00-00.json").write_text(json.dumps(state))
+    assert best_beta_main([str(tmp_path / "sweep"), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {tmp_path / 'sweep' / 'beta=20_000020'}: in the sweep's Tune state (TERMINATED), but its folder is "
+            "gone (deleted or moved); the analysis is of the 2 trial(s) left") in err, err
 
 
 def test_sample_refuses_a_generation_past_the_trials_end(tmp_path, bundled_model, capsys):

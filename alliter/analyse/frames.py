@@ -216,7 +216,7 @@ def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
     one that is not complete. A folder that holds the trials of several sweeps is refused: pooled, they would be
     one table of trials of other grids, models and days."""
     if not root.is_dir():
-        raise AlliterError(f"no such folder: {root}")
+        raise AlliterError(f"{root} is a file, not a sweep folder" if root.exists() else f"no such folder: {root}")
     found = find_trials(root)
     if not found:
         raise AlliterError(f"no trials under {root} (a trial folder holds {METRICS_FILE} or {CONFIG_FILE})")

@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import Sequence
 
-from alliter.cli import add_config_flags, command, given_config_values
+from alliter.cli import ArgumentParser, add_config_flags, command, given_config_values
 from alliter.config import TrainConfig
 from alliter.rule import CollapseRule
 from alliter.sweep.run import SweepConfig, run_sweep
@@ -28,7 +28,7 @@ from alliter.sweep.run import SweepConfig, run_sweep
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tune_jobs/sweep.py", description=__doc__,
+    parser = ArgumentParser(prog="python tune_jobs/sweep.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(parser, SweepConfig)
     add_config_flags(parser, CollapseRule)

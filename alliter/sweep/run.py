@@ -167,9 +167,12 @@ def _check_address(address: str) -> None:
     if address in ("auto", "local") or "://" in address:
         return
     host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise AlliterError(f"--address {address!r} is not host:port, auto or ray://host:port; check --address or "
+                           "RAY_ADDRESS")
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except (OSError, ValueError) as err:
+    except OSError as err:
         raise AlliterError(f"cannot reach a Ray cluster at {address!r} ({err}); check --address or RAY_ADDRESS") from None
 
 
@@ -183,9 +186,13 @@ def _local_gpus() -> int | None:
         return None
 
 
-def _check_devices(address: str | None, gpus: float | None, device: str) -> None:
-    """The GPUs a trial asks for must be here, before a Ray is started on this machine; a trial that asks torch
-    for CUDA must be given a GPU."""
+def _check_devices(address: str | None, gpus: float | None, cpus: float, device: str) -> None:
+    """The GPUs and CPUs a trial asks for must be here, before a Ray is started on this machine; a trial that asks
+    torch for CUDA must be given a GPU."""
+    cpus_here = None if address else os.cpu_count()
+    if cpus_here and cpus > cpus_here:
+        raise AlliterError(f"--cpus-per-trial {cpus:g}, but this machine has {cpus_here} CPUs and no Ray cluster was "
+                           "given (--address); pass --cpus-per-trial 1")
     here = None if address else _local_gpus()
     if here is not None and (gpus or 0) > here:
         raise AlliterError(
@@ -325,7 +332,7 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     base = base.resolved()  # fail on a bad model folder or lr now, not inside six trials
     reward, reward_file, reward_sha256 = reward_to_ship(base.reward)
     base = dataclasses.replace(base, reward=reward)
-    _check_devices(address, sweep.gpus_per_trial, base.device)
+    _check_devices(address, sweep.gpus_per_trial, sweep.cpus_per_trial, base.device)
     name = sweep.name or f"rloo-{sweep.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     exp_path = store.join(storage, name)
     if store.exists(exp_path):
@@ -392,7 +399,7 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
     search = store.read_json(store.join(exp_path, SEARCH_FILE))
     finished = all(t["status"] == "TERMINATED" for t in stored) and (search is None or bool(search.get("finished")))
     if not finished:
-        _check_devices(address, sweep.gpus_per_trial, base.device)
+        _check_devices(address, sweep.gpus_per_trial, sweep.cpus_per_trial, base.device)
         if address:
             _check_address(address)
         preflight.run_preflight(base)

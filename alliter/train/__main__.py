@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from alliter.cli import AlliterError, add_config_flags, command, given_config_values, run
-from alliter.config import TrainConfig
+from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values, run
+from alliter.config import TrainConfig, check_given
 from alliter.schema import CHECKPOINT_FILE as CHECKPOINT
 from alliter.schema import GENERATIONS_FILE
 from alliter.train.trainer import Trainer, load_checkpoint_file
@@ -34,7 +34,7 @@ def progress_line(m: dict[str, float], max_generations: int) -> str:
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alliter.train", description=__doc__,
+    parser = ArgumentParser(prog="python -m alliter.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="run directory (created; never emptied)")
     parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state = load_checkpoint_file(out / CHECKPOINT)
             cfg = TrainConfig.from_dict({**state["config"], **given_config_values(args, TrainConfig)})
         else:
+            check_given(given_config_values(args, TrainConfig))
             if (out / GENERATIONS_FILE).exists() or (out / CHECKPOINT).exists():
                 raise AlliterError(f"{out} already holds a run; pass --resume to continue it, or another --out")
             cfg = TrainConfig(**given_config_values(args, TrainConfig))

@@ -28,6 +28,8 @@ class Models:
 
 
 def pick_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise AlliterError(f"device must be auto, cpu or cuda, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -67,7 +67,13 @@ def check_trial(cfg: TrainConfig) -> dict[str, Any]:
     prompt_tokens = [len(tokenizer(prompt).input_ids) for prompt in cfg.prompt_list]
     for prompt, n in zip(cfg.prompt_list, prompt_tokens):
         check_prompt(prompt, n, cfg.max_length, config, cfg.model)
-    load_reward(cfg.reward)  # imports a user's file: a syntax error or a missing function shows here
+    vocabulary = max(len(tokenizer), getattr(config, "vocab_size", 0) or 0)
+    if cfg.top_k > vocabulary:
+        raise AlliterError(f"top_k {cfg.top_k} is more than the {vocabulary} tokens of {cfg.model}'s vocabulary; pass "
+                           f"--top-k {vocabulary} or less (0 turns the top-k filter off)")
+    # imports a user's file (a syntax error, a missing function) and calls it once: a reward that returns no
+    # number for every text, or raises, shows here
+    load_reward(cfg.reward)(cfg.prompt_list[:1])
     if cfg.device.startswith("cuda"):
         import torch
 
