@@ -34,6 +34,17 @@ DEFAULT_REWARD = "alliteration"  # the study's (alliter.train.reward; checked wh
 EVAL_PROMPTS = 5  # with --prompts, an evaluation samples the first this many, as many stories of each
 DEFAULT_KL_HORIZON = 300  # the KL-target controller's horizon in generations (README, "KL-target mode")
 
+# name -> the knobs it sets where they are left out (TrainConfig.resolved); every one is also a flag
+RECIPES: dict[str, dict[str, Any]] = {
+    "study": {"optimizer": "sgd", "max_grad_norm": 0.0, "kl_reduction": "mean", "loss_reduction": "mean"},
+    "trl": {"optimizer": "adamw", "max_grad_norm": 1.0, "kl_reduction": "sum", "loss_reduction": "sum"},
+}
+# a recipe's learning rate for a preset model, where it is not the preset's own (README, "Which recipe holds")
+RECIPE_LRS: dict[str, dict[str, float]] = {"trl": {"stories260k": 3e-4, "tinystories-33m": 3e-5}}
+TRL_DEFAULT_LR = 1e-6  # RLOOConfig's learning_rate: --recipe trl on any other model
+CHOICES = {"recipe": tuple(RECIPES), "optimizer": ("sgd", "adamw"), "kl_estimator": ("k1", "k2", "k3"),
+           "kl_reduction": ("mean", "sum"), "loss_reduction": ("mean", "sum"), "dtype": ("float32", "bfloat16", "float64")}
+
 # Bounds past which no value can be sane, each with the reason its refusal gives (alliter.config.within)
 MAX_BETA = 1e4
 MAX_KL_TARGET = 10.0
@@ -143,7 +154,43 @@ class TrainConfig:
     tokenizer: str | None = None
     """Tokenizer hub id or folder; default: the preset's, else the model folder's, else EleutherAI/gpt-neo-125M."""
     lr: float | None = None
-    """SGD learning rate; default: the preset's (1e-3 for stories260k, 1e-4 for the study's model and any other)."""
+    """Learning rate; default: the recipe's for the model (study: 1e-3 for stories260k, 1e-4 for the study's model
+    and any other; trl: RECIPE_LRS)."""
+    recipe: str = "study"
+    """The algorithm: study (the reference study's RLOO, exactly) or trl (TRL 1.16's RLOOTrainer: AdamW, the
+    gradient clipped at 1, the KL and the log-probabilities summed over the completion's tokens, the loss averaged
+    over the group). A recipe sets the knobs below that are marked so and left out; a knob given wins."""
+    optimizer: str | None = None
+    """sgd (the study's) or adamw (torch's AdamW: --adam-beta1, --adam-beta2, --adam-epsilon, --weight-decay);
+    default: the recipe's."""
+    adam_beta1: float = 0.9
+    """AdamW's beta1 (the Hugging Face Trainer's and so TRL's default)."""
+    adam_beta2: float = 0.999
+    """AdamW's beta2 (the Hugging Face Trainer's and so TRL's default)."""
+    adam_epsilon: float = 1e-8
+    """AdamW's epsilon (the Hugging Face Trainer's and so TRL's default)."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay of the weight matrices (not of biases and norms, as the Hugging Face Trainer
+    and nanoGPT); 0: none (TRL's default)."""
+    max_grad_norm: float | None = None
+    """Clip the gradient's global norm at this before each step (TRL, OpenRLHF and verl clip at 1.0); 0: no clip
+    (the study's); default: the recipe's. The metrics keep the norm before (grad_norm) and after the clip."""
+    normalize_advantages: bool = False
+    """Centre the group's advantages and divide them by their standard deviation + 1e-4 (TRL RLOO's option of this
+    name; off in the study and in TRL)."""
+    kl_loss: bool = False
+    """beta x the KL estimate in the loss, with its gradient (GRPO's, verl's use_kl_loss), instead of in the reward
+    (the study's and TRL RLOO's)."""
+    kl_estimator: str = "k1"
+    """The per-token KL estimate from the sampled token's log-ratio r = log pi - log pi_ref: k1 (r itself: the study's
+    and TRL RLOO's), k2 (r^2 / 2) or k3 (exp(-r) - 1 + r, never negative: GRPO's)."""
+    kl_reduction: str | None = None
+    """A sample's KL from its tokens: mean (the study's: the per-token mean over the whole sample, prompt included)
+    or sum (TRL's: the sum over the completion's tokens); default: the recipe's. A --kl-target is in these units."""
+    loss_reduction: str | None = None
+    """The policy-gradient loss: mean (the study's: the sum over the group of advantage x the sample's mean token
+    cross-entropy, prompt included) or sum (TRL's: the mean over the group of advantage x the sample's negative
+    log-probability summed over the completion's tokens); default: the recipe's."""
     prompt: str = "Once upon a time"
     """The prompt every sample continues."""
     prompts: str | None = field(default=None, metadata={"flag_type": read_prompts, "metavar": "FILE"})
@@ -191,8 +238,9 @@ class TrainConfig:
         """Raise AlliterError, in one line, for a value the trainer cannot run with, or one past the bound (BOUNDS)
         where no value can be sane."""
         within("beta", self.beta, 0, MAX_BETA)
-        if self.kl_target is not None:
-            within("kl_target", self.kl_target, 0, MAX_KL_TARGET, low_open=True)
+        if self.kl_target is not None:  # nats per token, or per completion when the KL is summed over its tokens
+            summed = self.recipe in RECIPES and self.knob("kl_reduction") == "sum"
+            within("kl_target", self.kl_target, 0, MAX_KL_TARGET * (self.max_length if summed else 1), low_open=True)
             if self.beta <= 0:
                 raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--beta, e.g. 50)")
         within("kl_horizon", self.kl_horizon, 1, None)
@@ -220,17 +268,34 @@ class TrainConfig:
             if not self.prompt_list:
                 raise AlliterError("prompts holds no prompt: give --prompts a file of one prompt a line")
             within("prompts", len(self.prompt_list), 1, MAX_PROMPTS)
-        if self.dtype not in ("float32", "bfloat16", "float64"):
-            raise AlliterError(f"dtype must be float32, bfloat16 or float64, got {self.dtype!r}")
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise AlliterError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+        if self.max_grad_norm is not None:
+            within("max_grad_norm", self.max_grad_norm, 0, None)
+        for name in ("adam_beta1", "adam_beta2"):
+            if not (math.isfinite(getattr(self, name)) and 0 <= getattr(self, name) < 1):
+                raise AlliterError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        within("adam_epsilon", self.adam_epsilon, 0, None, low_open=True)
+        within("weight_decay", self.weight_decay, 0, None)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise AlliterError(f"device must be auto, cpu or cuda, got {self.device!r}")
         return self
 
+    def knob(self, name: str) -> Any:
+        """A knob's value: the one given, else the recipe's."""
+        value = getattr(self, name)
+        return RECIPES[self.recipe][name] if value is None else value
+
     def resolved(self) -> "TrainConfig":
-        """The config with the preset applied: concrete model, tokenizer and lr (user values win). A local model
-        folder must hold a readable model, and a tokenizer unless --tokenizer names one: nothing falls back to
-        the hub for a local folder."""
+        """The config with the preset and the recipe applied: concrete model, tokenizer, lr and knobs (user values
+        win). A local model folder must hold a readable model, and a tokenizer unless --tokenizer names one: nothing
+        falls back to the hub for a local folder."""
+        self.validate()
         model, tokenizer, lr = MODEL_PRESETS.get(self.model, (self.model, None, STUDY_LR))
+        if self.recipe in RECIPE_LRS:
+            lr = RECIPE_LRS[self.recipe].get(self.model, lr if self.model in MODEL_PRESETS else TRL_DEFAULT_LR)
         check_model_folder(model)
         local = Path(model).expanduser()
         if local.is_dir():
@@ -245,8 +310,9 @@ class TrainConfig:
                 tokenizer = STUDY_TOKENIZER  # a hub id without a tokenizer of its own: the study's, from the hub
         if self.tokenizer is not None:
             check_model_folder(self.tokenizer, "tokenizer")
+        knobs = {name: self.knob(name) for name in RECIPES[self.recipe]}
         return dataclasses.replace(
-            self, model=model, tokenizer=self.tokenizer or tokenizer, lr=self.lr if self.lr is not None else lr
+            self, model=model, tokenizer=self.tokenizer or tokenizer, lr=self.lr if self.lr is not None else lr, **knobs
         ).validate()
 
     @property

@@ -58,9 +58,11 @@ EXPORT_INFO_FILE = "alliter.json"
 GENERATION_FIELDS = ("generation", "group", "beta", "text", "raw_reward", "kl_penalty", "reward", "advantage",
                      "new_tokens", "ce_policy", "ce_ref")
 METRIC_NAMES = ("generations", "group", "beta", "raw_reward_mean", "raw_reward_max", "kl_penalty_mean",
-                "scaled_kl_penalty_mean", "reward_mean", "ce_policy_mean", "ce_ref_mean", "advantage_std", "loss",
-                "grad_norm", "distinct_1", "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group",
+                "scaled_kl_penalty_mean", "kl_completion_sum_mean", "reward_mean", "ce_policy_mean", "ce_ref_mean",
+                "advantage_std", "loss", "grad_norm", "distinct_1", "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group",
                 "generations_per_second")
+# kl_completion_sum_mean: the group's KL in TRL's units (k1 summed over the completion's tokens), whatever the recipe;
+# with a gradient clip (--max-grad-norm), also grad_norm_clipped: the norm after it
 EVALUATION_FIELDS = ("generations", "sample", "text", "raw_reward", "new_tokens", "ce_policy", "ce_ref")
 # with --prompts, generations.jsonl's and evaluations.jsonl's records also say their "prompt"
 # stop.json's `stopped`: the trial failed the rule (alliter.rule), or a search no longer needed its beta

@@ -1,4 +1,5 @@
-"""The pieces of the RLOO loss: per-sample cross-entropy, leave-one-out advantage, loss."""
+"""The pieces of the RLOO update: per-token negative log-likelihoods and their reductions, the KL estimates, the
+leave-one-out advantage, the loss, the KL-target controller."""
 
 from __future__ import annotations
 
@@ -9,27 +10,52 @@ from transformers import PreTrainedModel
 from alliter.train.fast.scoring import sequence_logits
 
 
-def sequence_ce(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """Mean token cross-entropy of each sample, [K], in one forward pass over the padded batch (`fast`: alliter's
-    own forward where it applies, else the model's).
-
-    Equals `model(tokens[i, :lengths[i]], labels=...).loss` for each i: right padding is invisible to
-    causal attention, and the targets past a sample's length are masked out.
-    """
+def token_nll(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """Each target token's negative log-likelihood, [K, width - 1] (entry t: token t + 1 given the tokens before it),
+    in one forward pass over the padded batch (`fast`: alliter's own forward where it applies, else the model's);
+    `width` is the longest sample's length. Entries past a sample's length are meaningless: reduce them with a
+    mask (`sample_mask`)."""
     width = int(lengths.max())
     forward = sequence_logits if fast else (lambda m, ids: m(ids).logits)
     logits = forward(model, tokens[:, :width])[:, :-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 stays
     k, n, vocab = logits.shape
     # over the vocabulary as the last, contiguous dim: several times faster than over transposed logits
-    nll = F.cross_entropy(logits.reshape(k * n, vocab), tokens[:, 1:width].reshape(k * n), reduction="none")
-    mask = target_mask(lengths, width)
-    return (nll.view(k, n) * mask).sum(1) / mask.sum(1)
+    return F.cross_entropy(logits.reshape(k * n, vocab), tokens[:, 1:width].reshape(k * n), reduction="none").view(k, n)
 
 
-def target_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """[K, width - 1]: True where a sample's next token (positions 1 .. width - 1) is within its length."""
-    return torch.arange(1, width, device=lengths.device)[None, :] < lengths[:, None]
+def target_mask(lengths: torch.Tensor, width: int, start: int = 1) -> torch.Tensor:
+    """[K, width - 1]: True where the target token (positions 1 .. width - 1) is at `start` or after and within the
+    sample's length; start 1: every token but the first (the study's), start len(prompt): the completion's."""
+    positions = torch.arange(1, width, device=lengths.device)[None, :]
+    return (positions >= start) & (positions < lengths[:, None])
+
+
+def reduce_tokens(values: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    """[K]: each sample's masked values, averaged over its tokens (mean) or summed (sum)."""
+    total = (values * mask).sum(1)
+    return total / mask.sum(1) if reduction == "mean" else total
+
+
+def sequence_ce(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """Mean token cross-entropy of each sample, [K], prompt included (the study's CE).
+
+    Equals `model(tokens[i, :lengths[i]], labels=...).loss` for each i: right padding is invisible to
+    causal attention, and the targets past a sample's length are masked out.
+    """
+    nll = token_nll(model, tokens, lengths, fast)
+    return reduce_tokens(nll, target_mask(lengths, nll.shape[1] + 1), "mean")
+
+
+def kl_tokens(nll: torch.Tensor, nll_ref: torch.Tensor, estimator: str) -> torch.Tensor:
+    """The per-token KL estimate (Schulman's k1, k2, k3) from the sampled tokens' log-ratio r = log pi - log pi_ref
+    = nll_ref - nll: k1 = r, k2 = r^2 / 2, k3 = exp(-r) - 1 + r."""
+    r = nll_ref - nll
+    if estimator == "k1":
+        return r
+    if estimator == "k2":
+        return r * r / 2
+    return torch.expm1(-r) + r
 
 
 def leave_one_out_advantage(rewards: torch.Tensor) -> torch.Tensor:
@@ -38,9 +64,14 @@ def leave_one_out_advantage(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - (rewards.sum() - rewards) / (k - 1)
 
 
+def normalized(advantage: torch.Tensor) -> torch.Tensor:
+    """Centred and divided by the standard deviation + 1e-4, as TRL's normalize_advantages."""
+    return (advantage - advantage.mean()) / (advantage.std() + 1e-4)
+
+
 def kl_controller(beta: float, kl: float, target: float, horizon: int, clip: float, group_size: int) -> float:
-    """The next group's beta from this group's per-token KL estimate, as Ziegler et al. (2019, section 2.2)'s
-    adaptive controller: e = clip(kl / target - 1, -clip, clip), beta <- beta * (1 + e * group_size / horizon)."""
+    """The next group's beta from this group's KL estimate, as Ziegler et al. (2019, section 2.2)'s adaptive
+    controller: e = clip(kl / target - 1, -clip, clip), beta <- beta * (1 + e * group_size / horizon)."""
     error = min(max(kl / target - 1.0, -clip), clip)
     return beta * (1.0 + error * group_size / horizon)
 

@@ -24,7 +24,9 @@ from alliter.schema import (
 from alliter.train.evaluate import evaluate_prompts, evaluation_points
 from alliter.train.model import load_models
 from alliter.train.preflight import check_prompt
-from alliter.train.rloo import kl_controller, leave_one_out_advantage, rloo_loss, sequence_ce
+from alliter.train.rloo import (
+    kl_controller, kl_tokens, leave_one_out_advantage, normalized, reduce_tokens, rloo_loss, target_mask, token_nll,
+)
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
 from alliter.train.reward import Reward, load_reward
 from alliter.train.snapshots import drop_snapshots_after, save_snapshot, write_model_files
@@ -47,7 +49,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.reward = reward or load_reward(cfg.reward)
         self.m = load_models(cfg)
-        self.optimizer = torch.optim.SGD(self.m.policy.parameters(), lr=cfg.lr)
+        self.optimizer = make_optimizer(self.m.policy, cfg)
         self.prompts = cfg.prompt_list
         self.prompt_tokens = [self.m.tokenizer(p, return_tensors="pt").input_ids[0].to(self.m.device) for p in self.prompts]
         for prompt, ids in zip(self.prompts, self.prompt_tokens):
@@ -90,41 +92,67 @@ class Trainer:
                             m.eos_ids, fast=cfg.fast)
 
     def update(self, tokens: torch.Tensor, start: float | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """The RLOO update on a sampled group: rewards, leave-one-out advantages, one SGD step."""
+        """The RLOO update on a sampled group: rewards, leave-one-out advantages, one optimiser step."""
         cfg, m = self.cfg, self.m
         start = time.perf_counter() if start is None else start
-        lengths = sequence_lengths(tokens, len(self.prompt_ids), m.eos_ids)
+        prompt_len = len(self.prompt_ids)
+        lengths = sequence_lengths(tokens, prompt_len, m.eos_ids)
         texts = decode_texts(m.tokenizer, tokens, lengths)
         scores = self.reward(texts)
         raw = torch.tensor(scores, dtype=torch.float64, device=m.device)
 
-        ce_policy = sequence_ce(m.policy, tokens, lengths, cfg.fast)  # with gradient: the KL term and the loss
-        with torch.inference_mode():  # cheaper than no_grad per op; ce_ref never enters the graph
-            ce_ref = sequence_ce(m.reference, tokens, lengths, cfg.fast)
-        kl_penalty = (ce_policy.detach() - ce_ref).double()
+        nll = token_nll(m.policy, tokens, lengths, cfg.fast)  # with gradient: the loss (and a KL in the loss)
+        with torch.inference_mode():  # cheaper than no_grad per op; the reference never enters the graph
+            nll_ref = token_nll(m.reference, tokens, lengths, cfg.fast)
+        width = nll.shape[1] + 1
+        whole, completion = target_mask(lengths, width), target_mask(lengths, width, start=prompt_len)
+        ce_policy, ce_ref = reduce_tokens(nll, whole, "mean"), reduce_tokens(nll_ref, whole, "mean")  # the study's CE
+        kl_mask = whole if cfg.kl_reduction == "mean" else completion
+        if cfg.kl_estimator == "k1":  # linear: the reduced difference is the difference of the reductions (the study's)
+            kl = reduce_tokens(nll_ref, kl_mask, cfg.kl_reduction) - reduce_tokens(nll, kl_mask, cfg.kl_reduction)
+        else:
+            kl = reduce_tokens(kl_tokens(nll, nll_ref, cfg.kl_estimator), kl_mask, cfg.kl_reduction)
+        kl_penalty = (-kl.detach()).double()  # the study's KL term, CE_policy - CE_ref: minus the KL estimate
         beta = self.beta
-        rewards = raw + beta * kl_penalty
+        rewards = raw if cfg.kl_loss else raw + beta * kl_penalty
         advantage = leave_one_out_advantage(rewards)
-        loss = rloo_loss(ce_policy, advantage.to(ce_policy.dtype))
+        if cfg.normalize_advantages:
+            advantage = normalized(advantage)
+        if cfg.loss_reduction == "mean":  # the study's: sum_i A_i x mean token CE_i
+            loss = rloo_loss(ce_policy, advantage.to(nll.dtype))
+        else:  # TRL's: mean_i A_i x the completion's summed NLL
+            loss = rloo_loss(reduce_tokens(nll, completion, "sum"), advantage.to(nll.dtype)) / cfg.group_size
+        if cfg.kl_loss:
+            loss = loss + beta * (kl.sum() if cfg.loss_reduction == "mean" else kl.mean())
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(m.policy.parameters(), float("inf"))
+        clip = cfg.max_grad_norm if cfg.max_grad_norm else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(m.policy.parameters(), clip)  # the norm before the clip
         if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
             raise NonFiniteLossError(
                 f"non-finite loss {loss.item()} (grad norm {grad_norm.item()}) at generation {self.generations}; "
                 "stopped before the update, the last checkpoint is intact"
             )
         self.optimizer.step()
-        if cfg.kl_target is not None:  # the study's KL term negated: the per-token KL estimate
+        if cfg.kl_target is not None:  # in the recipe's KL units
             self.beta = kl_controller(beta, -kl_penalty.mean().item(), cfg.kl_target, cfg.kl_horizon, cfg.kl_clip,
                                       cfg.group_size)
+        trl_kl = reduce_tokens(nll_ref, completion, "sum") - reduce_tokens(nll.detach(), completion, "sum")
+        return self._record(texts, scores, raw, lengths - prompt_len, ce_policy, ce_ref, kl_penalty, trl_kl, beta,
+                            rewards, advantage, loss, grad_norm, start)
 
+    def _record(self, texts: list[str], scores: list[float], raw: torch.Tensor, new_tokens: torch.Tensor,
+                ce_policy: torch.Tensor, ce_ref: torch.Tensor, kl_penalty: torch.Tensor, trl_kl: torch.Tensor,
+                beta: float, rewards: torch.Tensor, advantage: torch.Tensor, loss: torch.Tensor,
+                grad_norm: torch.Tensor, start: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """The group's metrics (metrics.jsonl, Tune, TensorBoard) and its records (generations.jsonl); the counters
+        advance."""
+        cfg = self.cfg
         first = self.generations
         self.generations += cfg.group_size
         self.group += 1
         seconds = time.perf_counter() - start
-        new_tokens = lengths - len(self.prompt_ids)
         metrics = {
             "generations": self.generations,
             "group": self.group - 1,  # from 0, as generations.jsonl's (alliter.schema)
@@ -133,6 +161,7 @@ class Trainer:
             "raw_reward_max": raw.max().item(),
             "kl_penalty_mean": kl_penalty.mean().item(),
             "scaled_kl_penalty_mean": beta * kl_penalty.mean().item(),
+            "kl_completion_sum_mean": trl_kl.mean().item(),
             "reward_mean": rewards.mean().item(),
             "ce_policy_mean": ce_policy.mean().item(),
             "ce_ref_mean": ce_ref.mean().item(),
@@ -146,6 +175,8 @@ class Trainer:
             "seconds_per_group": seconds,
             "generations_per_second": cfg.group_size / seconds,
         }
+        if cfg.max_grad_norm:
+            metrics["grad_norm_clipped"] = min(metrics["grad_norm"], cfg.max_grad_norm)
         records = [
             {
                 "generation": first + i,
@@ -310,6 +341,16 @@ class Trainer:
             write_atomic(self.run_dir / name, state.get(name, ""))  # a checkpoint of before evaluations: none
         self.points = evaluation_points(self.run_dir / EVALUATIONS_FILE, self.cfg.group_size)
         drop_snapshots_after(self.run_dir, self.generations)
+
+
+def make_optimizer(policy: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The study's SGD, or AdamW with weight decay on the weight matrices only (biases and norms: none)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(policy.parameters(), lr=cfg.lr)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
