@@ -40,7 +40,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "trl": {"optimizer": "adamw", "max_grad_norm": 1.0, "kl_reduction": "sum", "loss_reduction": "sum"},
 }
 # a recipe's learning rate for a preset model, where it is not the preset's own (README, "Which recipe holds")
-RECIPE_LRS: dict[str, dict[str, float]] = {"trl": {"stories260k": 3e-4, "tinystories-33m": 3e-5}}
+RECIPE_LRS: dict[str, dict[str, float]] = {"trl": {"stories260k": 1e-4, "tinystories-33m": 1e-5}}
 TRL_DEFAULT_LR = 1e-6  # RLOOConfig's learning_rate: --recipe trl on any other model
 CHOICES = {"recipe": tuple(RECIPES), "optimizer": ("sgd", "adamw"), "kl_estimator": ("k1", "k2", "k3"),
            "kl_reduction": ("mean", "sum"), "loss_reduction": ("mean", "sum"), "dtype": ("float32", "bfloat16", "float64")}

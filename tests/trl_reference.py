@@ -10,9 +10,11 @@ tokenizer's leading <s> is kept, exactly like `tokenizer(prompt).input_ids`; che
 token up to and including the EOS is scored, and a truncated completion counts in full; the reward is our raw
 reward minus beta * sum over tokens of (log pi_old - log pi_ref), which is zero on this first step because the
 policy still equals the reference; the advantage is reward minus the leave-one-out mean of the others' rewards
-(optionally standardised over the group with std + 1e-4); the loss is -mean over the K sequences of
-A * exp(sum logp - sum logp_old), clipped PPO-style (a no-op here, the ratio is 1); then clip_grad_norm_ and one
-fused AdamW step (betas 0.9/0.999, eps 1e-8, no weight decay) at the constant learning rate.
+(optionally standardised over the batch, here the one group, with Bessel's std + 1e-4); the loss is -mean over
+the K sequences of A * exp(sum logp - sum logp_old), clipped PPO-style (a no-op here, the ratio is 1); then
+clip_grad_norm_ and one fused AdamW step (betas 0.9/0.999, eps 1e-8, no weight decay) at the constant learning rate.
+AdamW's first step moves each weight by lr * g / (|g| + 1e-8): about lr * sign(g), so a rescaled gradient (clipping,
+normalisation, reward scale) shows only where |g| is near 1e-8, and there float32 noise in g shows too.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ if TYPE_CHECKING:
 
 def trl_one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], raw_rewards: list[float], *,
                  beta: float, learning_rate: float, max_grad_norm: float = 1.0, normalize_advantages: bool = False,
+                 adam_epsilon: float = 1e-8, ref_model_dir: str | None = None,
                  work_dir: str) -> dict[str, "torch.Tensor"]:
-    """The policy's state_dict (float32, cpu) after one RLOOTrainer step on the K given completions of `prompt`."""
+    """The policy's state_dict (float32, cpu) after one RLOOTrainer step on the K given completions of `prompt`.
+    `ref_model_dir`: the reference's weights, where they are not the policy's (so that the KL is not zero)."""
     import numpy as np
     import torch
 
@@ -37,7 +41,8 @@ def trl_one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], r
     try:
         with torch.random.fork_rng(devices=[]):
             return _one_step(model_dir, prompt, completion_ids, raw_rewards, beta=beta, learning_rate=learning_rate,
-                             max_grad_norm=max_grad_norm, normalize_advantages=normalize_advantages, work_dir=work_dir)
+                             max_grad_norm=max_grad_norm, normalize_advantages=normalize_advantages,
+                             adam_epsilon=adam_epsilon, ref_model_dir=ref_model_dir, work_dir=work_dir)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
@@ -45,10 +50,10 @@ def trl_one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], r
 
 def _one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], raw_rewards: list[float], *,
               beta: float, learning_rate: float, max_grad_norm: float, normalize_advantages: bool,
-              work_dir: str) -> dict[str, "torch.Tensor"]:
+              adam_epsilon: float, ref_model_dir: str | None, work_dir: str) -> dict[str, "torch.Tensor"]:
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import RLOOConfig, RLOOTrainer
 
     k = len(completion_ids)
@@ -83,12 +88,14 @@ def _one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], raw_
         output_dir=work_dir, num_generations=k, per_device_train_batch_size=k, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, max_steps=1, max_completion_length=max(map(len, completions)),
         beta=beta, learning_rate=learning_rate, max_grad_norm=max_grad_norm, normalize_advantages=normalize_advantages,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, temperature=1.0,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, adam_epsilon=adam_epsilon, temperature=1.0,
         bf16=False, fp16=False, use_cpu=True, activation_checkpointing=False,  # TRL defaults it on: only costs time
         disable_dropout=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
     )
     trainer = GivenCompletionsRLOO(model=model_dir, reward_funcs=given_rewards, args=args,
                                    train_dataset=Dataset.from_list([{"prompt": prompt}]))
+    if ref_model_dir is not None and beta != 0.0:  # the weights only: TRL's own (patched) reference model stays
+        trainer.ref_model.load_state_dict(AutoModelForCausalLM.from_pretrained(ref_model_dir).state_dict())
     trainer.train()
     if trainer.state.global_step != 1:
         raise AssertionError(f"TRL made {trainer.state.global_step} optimizer steps, not 1")
