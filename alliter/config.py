@@ -310,10 +310,32 @@ class TrainConfig:
                 tokenizer = STUDY_TOKENIZER  # a hub id without a tokenizer of its own: the study's, from the hub
         if self.tokenizer is not None:
             check_model_folder(self.tokenizer, "tokenizer")
-        knobs = {name: self.knob(name) for name in RECIPES[self.recipe]}
         return dataclasses.replace(
-            self, model=model, tokenizer=self.tokenizer or tokenizer, lr=self.lr if self.lr is not None else lr, **knobs
+            self.with_recipe(), model=model, tokenizer=self.tokenizer or tokenizer, lr=self.lr if self.lr is not None else lr
         ).validate()
+
+    def with_recipe(self) -> "TrainConfig":
+        """The config with its recipe's knobs filled in where they are left out (a trial's config.json of before
+        recipes has none: the study's)."""
+        return dataclasses.replace(self, **{name: self.knob(name) for name in RECIPES[self.recipe]})
+
+    def describe_recipe(self) -> str:
+        """The update in words, for the sweep's header, the report and a model card (a resolved config)."""
+        optimizer = ("SGD" if self.optimizer == "sgd" else
+                     f"AdamW (betas {self.adam_beta1:g}/{self.adam_beta2:g}, eps {self.adam_epsilon:g}, weight decay "
+                     f"{self.weight_decay:g})")
+        where = "the loss" if self.kl_loss else "the reward"
+        reduction = ("its per-token mean over the sample, prompt included" if self.kl_reduction == "mean" else
+                     "summed over the completion's tokens")
+        loss = ("the sum over the group of advantage x the mean token cross-entropy" if self.loss_reduction == "mean"
+                else "the mean over the group of advantage x the completion's summed negative log-probability")
+        given = [f"{k}={getattr(self, k)}" for k, v in RECIPES[self.recipe].items() if getattr(self, k) != v]
+        lr = "the preset's learning rate" if self.lr is None else f"lr {self.lr:g}"
+        clip = f"the gradient norm clipped at {self.max_grad_norm:g}" if self.max_grad_norm else "no gradient clip"
+        return (f"recipe {self.recipe}{' (TRL 1.16 RLOOTrainer)' if self.recipe == 'trl' else ''}: {optimizer} at {lr}, {clip}, "
+                f"the KL ({self.kl_estimator}) in {where}, {reduction}; the loss {loss}"
+                + ("; advantages normalised" if self.normalize_advantages else "")
+                + (f" (knobs given: {', '.join(given)})" if given else ""))
 
     @property
     def prompt_list(self) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from alliter import measures as M
 from alliter.analyse.frames import KNOB_SYMBOLS, Trial
 from alliter.analyse.judge import Analysis
 from alliter.cli import AlliterError
@@ -300,6 +301,9 @@ fraction and self-BLEU are per group of {cfg.group_size} stories, then averaged.
 | --- | --- | --- |
 {rows}
 
+Words it uses more often than the unmodified model, in these stories (those used at least once in 5 stories, with
+how many times as often): {M.overuse_text(ev.get('overused', []))}.
+
 Three of its stories:
 
 {stories}
@@ -319,9 +323,9 @@ installed, `python -m alliter.sample path/to/this/folder` prints stories with th
 
 ## Training
 
-RLOO (groups of {cfg.group_size} samples of {prompts}, leave-one-out advantages, one SGD step
-per group, learning rate {'-' if cfg.lr is None else format(cfg.lr, 'g')}, {cfg.dtype}); reward = raw reward + beta x (CE policy - CE reference);
-base model `{cfg.model}`, tokenizer `{cfg.tokenizer}`. The whole trial config is in `{EXPORT_INFO_FILE}`.
+RLOO (groups of {cfg.group_size} samples of {prompts}, leave-one-out advantages, one optimiser step per group,
+{cfg.dtype}); {cfg.with_recipe().describe_recipe()}. Base model `{cfg.model}`, tokenizer `{cfg.tokenizer}`. The
+whole trial config is in `{EXPORT_INFO_FILE}`.
 
 The raw reward: {reward_source(reward)}.
 

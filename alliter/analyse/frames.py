@@ -64,6 +64,7 @@ class Trial:
     damaged: list[str] = field(default_factory=list)  # lines of its files that could not be read
     kl_target: float | None = None  # a KL-target trial's target (its beta moved along training)
     reward: dict[str, Any] = field(default_factory=lambda: describe_reward(DEFAULT_REWARD))  # its reward.json
+    config: dict[str, Any] = field(default_factory=dict)  # its config.json (else Ray's params.json)
 
     @property
     def knob(self) -> str:
@@ -200,7 +201,7 @@ def read_trial(path: Path, root: Path) -> Trial:
     reward = read_json(path / REWARD_FILE) or describe_reward(config.get("reward", DEFAULT_REWARD))
     return Trial(path, name, float(beta), max_generations, metrics, generations, evaluations,
                  int(config.get("seed") or 0), int(config.get("group_size") or 10), _last_line(path / RAY_ERROR_FILE),
-                 read_stop(path), damaged, None if target is None else float(target), reward)
+                 read_stop(path), damaged, None if target is None else float(target), reward, config)
 
 
 def _last_line(path: Path) -> str | None:

@@ -37,6 +37,7 @@ from alliter import measures as M
 from alliter.analyse.frames import Trial, group_frame, load_trials, read_search, sweep_knob, window_frame
 from alliter.analyse.letters import UNMODIFIED, letter_frame
 from alliter.cli import AlliterError
+from alliter.config import TrainConfig
 from alliter.rule import CollapseRule, Judgement, as_diversity, seeds_failed_at, training_points
 
 
@@ -78,6 +79,8 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     search: dict[str, Any] | None = None  # a search sweep's path (alliter/search.py's search.json)
     letters: pd.DataFrame = field(default_factory=pd.DataFrame)  # which letters alliterate (alliter.analyse.letters)
+    recipe: TrainConfig = field(default_factory=TrainConfig)  # the first trial's config, its recipe's knobs filled in
+    trl_units: dict[str, Any] | None = None  # the best point's beta in TRL's KL units (`trl_units`)
 
     @property
     def reward(self) -> dict[str, Any]:
@@ -252,13 +255,42 @@ def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial],
     names = set(mine["trial"])
     at = groups[groups["trial"].isin(names) & (groups["generations"] == g)]
     beta = float(at["beta"].mean()) if knob != "beta" and len(at) else value
+    texts = [e for t in trials if t.name in names for e in _stories(t, g)]
+    base = [e for t in trials if t.name in names for e in _stories(t, 0)]
     return {
+        "overused": M.overused_words(texts, base),  # pooled over the value's seeds
         "knob": knob, "value": value, knob: value, "beta": beta, "generations": g, "alliteration": row["alliteration"], "diversity": row["diversity"],
         "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "trials": int(row["trials"]),
         "stable_trials": int(row["stable_trials"]), "next": later[0] if later else None,
         "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"],
         "source": ", ".join(sorted(set(mine["source"]))),
     }
+
+
+def trial_config(trial: Trial) -> TrainConfig:
+    """A trial's TrainConfig as it ran (its recipe's knobs filled in)."""
+    return TrainConfig.from_dict(trial.config).with_recipe()
+
+
+def trl_units(groups: pd.DataFrame, knob: str, value: float, generations: int, beta: float) -> dict[str, Any] | None:
+    """How a beta of the study's KL units (the per-token mean over the sample) reads in TRL's (the KL summed over the
+    completion's tokens), measured on the value's own training samples up to `generations`: the ratio of the two
+    KLs, each summed over those groups (so that the groups of a larger KL weigh more); None where either KL is not
+    above 0 there, or the trials of before alliter recorded the completion's KL."""
+    g = groups[(groups[knob] == value) & (groups["generations"] <= generations)]
+    if "kl_completion_sum_mean" not in g or g["kl_completion_sum_mean"].isna().any():
+        return None
+    summed, per_token = float(g["kl_completion_sum_mean"].sum()), float(-g["kl_penalty_mean"].sum())
+    if not (summed > 0 and per_token > 0):
+        return None
+    ratio = summed / per_token
+    return {"ratio": ratio, "beta": beta, "beta_trl": beta / ratio, "generations": generations}
+
+
+def _stories(trial: Trial, generations: int) -> list[str]:
+    """The texts of a trial's evaluation at `generations` (none without evaluations)."""
+    e = trial.evaluations
+    return e.loc[e["generations"] == generations, "text"].tolist() if len(e) else []
 
 
 def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
@@ -278,8 +310,15 @@ def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
     chosen = summary[summary["chosen"]]
     choice = plain({**chosen.iloc[0].to_dict(), "knob": knob, "value": chosen.iloc[0][knob]}) if len(chosen) else None
     point = plain(best_point(points, summary, trials, groups, cfg))
+    recipe = trial_config(trials[0])
+    if len({trial_config(t).describe_recipe() for t in trials}) > 1:
+        notes.append("the trials ran with different recipes or knobs: they are not one sweep; the report names the "
+                     "first trial's")
+    units = None
+    if point is not None and recipe.kl_reduction == "mean":
+        units = trl_units(groups, knob, point["value"], point["generations"], point["beta"])
     return Analysis(cfg, sweep, knob, trials, groups, generations, points, windows, summary, choice, point, notes,
-                    read_search(sweep), letters)
+                    read_search(sweep), letters, recipe, plain(units))
 
 
 def plain(value: Any) -> Any:

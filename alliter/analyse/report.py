@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
+from alliter import measures as M
 from alliter.analyse.frames import KNOB_SYMBOLS
 from alliter.analyse.judge import Analysis, plain
 from alliter.analyse.letters import LETTERS, UNMODIFIED
@@ -235,16 +236,24 @@ def reason(result: Analysis) -> str:
         seeds_line = f" in {p['stable_trials']} of {p['trials']} seeds" if p["trials"] > 1 else ""
         fails = f"; {name(p['value'])} fails at {p['failed_at']:.0f} generations" if p["failed_at"] else ""
         at_beta = f" (its beta there: {p['beta']:.3g})" if knob != "beta" else ""
+        overuse = (f" Its stories over-use {M.overuse_text(p['overused'])} against the unmodified model's."
+                   if p.get("overused") else "")
         lines.append(
             f"best point (the default export): {name(p['value'])} at {p['generations']} generations{at_beta}, the stable point "
             f"with the most alliteration ({p['alliteration']:.2f} by its evaluation, {measure} "
             f"{p['diversity_kept']:.0%} of the unmodified model's, fluency {p['fluency_gap']:+.2f} nats): "
-            f"{edge}{seeds_line}{fails}."
+            f"{edge}{seeds_line}{fails}.{overuse}"
         )
     else:
         lines.append("best point: none - no point is kept with its next evaluation kept too.")
     front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], knob]) or "none"
     lines.append(f"Pareto front of alliteration against {measure}: {KNOB_SYMBOLS[knob]} = {front}.")
+    lines.append(f"The update: {result.recipe.describe_recipe()}.")
+    u = result.trl_units
+    if u is not None:
+        lines.append(f"In TRL's KL units (summed over the completion's tokens, as its RLOOTrainer's beta), beta "
+                     f"{u['beta']:.3g} here is beta {u['beta_trl']:.3g}: the completion-summed KL of its own training "
+                     f"samples, up to {u['generations']} generations, is {u['ratio']:.0f}x their per-token mean.")
     return "\n".join(lines)
 
 

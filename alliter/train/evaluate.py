@@ -133,12 +133,13 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) ->
             points.append((M.point_measures(stories, cfg.group_size, bleu), stories))
     finally:
         torch.set_num_threads(threads)
-    (point, stories), (unmodified, _) = points
+    (point, stories), (unmodified, base_stories) = points
     judgement = rule.judge_trial([{"generations": 0, **unmodified}, {"generations": 1, **point}], complete=True)
     return {
         "samples": samples, "seed": cfg.eval_seed, "verdict": judgement.verdicts[1], "point": point,
         "unmodified": unmodified, "diversity_kept": judgement.diversity_kept[1], "fluency_gap": judgement.fluency_gap[1],
         "stories": [s["text"] for s in stories[:3]],
+        "overused": M.overused_words([s["text"] for s in stories], [s["text"] for s in base_stories]),
     }
 
 
