@@ -13,8 +13,10 @@ in alliter.json, loaded the same way), it prints:
 - novel words: the share of the stories' words (lower-case letter runs) that the unmodified model never wrote in
   `--vocabulary-stories` (2000) stories of its own, sampled the same way with another seed;
 - distinct-2 over all the stories together, and the mean raw reward (the study's alliteration count);
-- the issue's goal: fluency within 0.25 nats, at most twice the novel-word share, at least 80% of the distinct-2,
-  and at least 1 more raw reward than the unmodified model.
+- the words it over-uses: those it uses at least once in 5 stories, with how many times as often as the unmodified
+  model's stories do (alliter.measures.overused_words);
+- the goals: fluency within 0.25 nats, at most twice the novel-word share, at least 80% of the distinct-2, at least
+  1 more raw reward than the unmodified model, and no word used more than 5 times as often.
 """
 
 from __future__ import annotations
@@ -76,13 +78,16 @@ def pooled_distinct_2(texts: list[str]) -> float:
     return M.distinct_n(texts, 2)
 
 
-def measure(texts: list[str], reference, tokenizer, vocabulary: set[str]) -> dict[str, float]:
+def measure(texts: list[str], reference, tokenizer, vocabulary: set[str], base_texts: list[str]) -> dict:
     ws = words(texts)
+    overused = M.overused_words(texts, base_texts)
     return {
         "fluency": mean_ce(reference, tokenizer, texts),
         "novel_words": sum(w not in vocabulary for w in ws) / max(1, len(ws)),
         "distinct_2": pooled_distinct_2(texts),
         "raw_reward": sum(raw_reward(t) for t in texts) / len(texts),
+        "overuse": overused[0][2] if overused else 1.0,
+        "overused": M.overuse_text(overused[:3]),
     }
 
 
@@ -105,19 +110,20 @@ def main() -> None:
     reference, tokenizer = load(base)
     reference.generation_config = AutoModelForCausalLM.from_pretrained(args.folders[0]).generation_config
     vocabulary = set(words(sample(reference, tokenizer, prompt, args.vocabulary_stories, args.seed + 1)))
-    rows = [("unmodified model", "-", measure(sample(reference, tokenizer, prompt, args.n, args.seed), reference,
-                                              tokenizer, vocabulary), [])]
+    base_texts = sample(reference, tokenizer, prompt, args.n, args.seed)
+    rows = [("unmodified model", "-", measure(base_texts, reference, tokenizer, vocabulary, base_texts), [])]
     for folder, info in zip(args.folders, infos):
         model, tok = load(folder)
         texts = sample(model, tok, prompt, args.n, args.seed)
         point = f"beta={info['beta']:g} at {info['generations']}"
-        rows.append((folder, point, measure(texts, reference, tokenizer, vocabulary), texts[: args.stories]))
+        rows.append((folder, point, measure(texts, reference, tokenizer, vocabulary, base_texts), texts[: args.stories]))
 
     base_m = rows[0][2]
     print(f"{args.n} stories each from generate (seed {args.seed}); vocabulary: {len(vocabulary)} words of "
           f"{args.vocabulary_stories} stories of the unmodified model ({base})\n")
-    print("| folder | point | fluency (CE under the unmodified model) | novel words | distinct-2 | raw reward | goal |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| folder | point | fluency (CE under the unmodified model) | novel words | distinct-2 | raw reward | "
+          "over-used words | goal |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for folder, point, m, _ in rows:
         misses = [] if folder == "unmodified model" else [
             name for name, ok in (
@@ -125,10 +131,11 @@ def main() -> None:
                 ("novel words", m["novel_words"] <= 2 * base_m["novel_words"]),
                 ("distinct-2", m["distinct_2"] >= 0.8 * base_m["distinct_2"]),
                 ("raw reward", m["raw_reward"] >= base_m["raw_reward"] + 1),
+                ("over-use", m["overuse"] <= 5),
             ) if not ok]
         goal = "-" if folder == "unmodified model" else ("met" if not misses else "missed: " + ", ".join(misses))
         print(f"| {folder} | {point} | {m['fluency']:.2f} | {m['novel_words']:.1%} | {m['distinct_2']:.2f} | "
-              f"{m['raw_reward']:.1f} | {goal} |")
+              f"{m['raw_reward']:.1f} | {m['overused'] if folder != 'unmodified model' else '-'} | {goal} |")
         if args.json:
             print(json.dumps({"folder": folder, "point": point, **m}), file=sys.stderr)
     for folder, point, _, texts in rows:

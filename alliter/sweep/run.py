@@ -549,6 +549,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
               f"{f', seeds {compact(plan.seeds)}' if plan.options.seed_in_name else ''}, model {plan.base.model}, tokenizer "
               f"{plan.base.tokenizer}, lr {plan.base.lr}, {plan.base.max_generations} generations each, "
               f"{gpus:g} GPU and {plan.sweep.cpus_per_trial:g} CPU per trial")
+        print(f"update: {plan.base.describe_recipe()}")
         print(f"results: {plan.exp_path}")
         if plan.snapshots:
             print(plan.snapshots)
