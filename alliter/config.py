@@ -59,6 +59,7 @@ MAX_PROMPTS = 10_000
 MAX_SEEDS = 100  # --seeds
 MAX_TRIALS = 1000  # of a sweep: values x seeds, or a search's budget x seeds
 BOUNDS = {  # why no value past the upper bound can be sane
+    "kl_min_beta": "the beta the controller starts at: a floor above it would jump there at the first group",
     "beta": "100x the coarse grid's largest: past it the KL term outweighs any reward a text can earn by orders of "
             "magnitude, and float32 gradients overflow",
     "kl_target": "nats per token: at 10 the policy has nothing left of the model it started from",
@@ -149,6 +150,10 @@ class TrainConfig:
     kl_horizon of itself per group (README, "KL-target mode", says why this default)."""
     kl_clip: float = 0.2
     """The controller's error is clipped to [-kl_clip, kl_clip], as Ziegler et al.'s."""
+    kl_min_beta: float | None = None
+    """The controller never lowers beta below this (its start, --beta, makes beta rise only while the KL is above the
+    target, and fall back to the start below it: no wind-down while the KL is still growing); default: no floor
+    (Ziegler et al.'s)."""
     model: str = "stories260k"
     """Preset (stories260k, tinystories-33m), hub id or local folder of a causal LM."""
     tokenizer: str | None = None
@@ -243,6 +248,10 @@ class TrainConfig:
             within("kl_target", self.kl_target, 0, MAX_KL_TARGET * (self.max_length if summed else 1), low_open=True)
             if self.beta <= 0:
                 raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--beta, e.g. 50)")
+        if self.kl_min_beta is not None:
+            if self.kl_target is None:
+                raise AlliterError("kl_min_beta is a floor of the KL-target controller's beta: pass --kl-target too")
+            within("kl_min_beta", self.kl_min_beta, 0, self.beta)
         within("kl_horizon", self.kl_horizon, 1, None)
         if not (math.isfinite(self.kl_clip) and 0 < self.kl_clip < 1):
             raise AlliterError(f"kl_clip must be in (0, 1), got {self.kl_clip}")

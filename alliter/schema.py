@@ -48,6 +48,7 @@ ATTEMPT_FILES = (GENERATIONS_FILE, METRICS_FILE, EVALUATIONS_FILE, STOP_FILE, EV
 # a sweep's files, beside Tune's experiment state
 SWEEP_STATS_FILE = "sweep.json"  # its wall time, group time, efficiency, evaluation time, per driver session
 SEARCH_FILE = "search.json"  # a search's path (alliter.sweep.search)
+TRACKERS_FILE = "trackers.json"  # the sweep's --mlflow and --wandb settings: a resume checks them again
 PROMPTS_FILE = "prompts.txt"  # --prompts' text, once per sweep (the trials get it through Tune's object store)
 EXPERIMENT_STATE_GLOB = "experiment_state-*.json"  # Tune's record of a sweep
 RESULTS_DIR = "results"  # the sweeps' folder when --storage and $ALLITER_STORAGE are not given

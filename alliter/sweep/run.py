@@ -30,7 +30,7 @@ from alliter import storage as store
 from alliter.cli import AlliterError
 from alliter.config import MAX_TRIALS, TrainConfig, check_given, compact, grid_betas, knob_values, parse_seeds
 from alliter.rule import TRAINER_MEASURES, CollapseRule
-from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE
+from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE
 from alliter.sweep import cluster, trial
 from alliter.sweep.search import BetaSearch, SearchSettings, SearchStopper
 from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions, text_sha256
@@ -101,6 +101,17 @@ class SweepConfig:
     resume: bool = False
     """Continue an interrupted or errored sweep as it was started: finished trials are kept, the others continue from
     their checkpoints (errored ones too); it takes --name, --storage, --address and the resources only."""
+    mlflow: str | None = None
+    """Log every trial to MLflow (pip install "alliter[mlflow]"): a folder, sqlite:///path.db or http://host:port;
+    one run per trial, its config as params, every group's metrics stepped by generations (each group is reported,
+    whatever --report-seconds says)."""
+    mlflow_experiment: str | None = None
+    """The MLflow experiment of --mlflow's runs; default: the sweep's name."""
+    wandb: str | None = None
+    """Log every trial to this Weights & Biases project (pip install "alliter[wandb]"; WANDB_MODE=offline needs no
+    network); each group is reported, whatever --report-seconds says."""
+    wandb_group: str | None = None
+    """The W&B group of --wandb's runs; default: the sweep's name."""
     report_seconds: float = 1.0
     """A trial reports its newest group to Tune at most this often (and always with a checkpoint, and at its
     end): each report waits for the driver, which counts when a group is short. metrics.jsonl and
@@ -278,6 +289,7 @@ class Plan:
     targets: list[float] = field(default_factory=list)  # a grid of KL targets (each trial starting at each beta)
     reward_file: Path | None = None  # a user's reward file, which Ray ships to every node (py_modules)
     prompts: str | None = None  # --prompts' text: in the sweep's prompts.txt, and to the trials by with_parameters
+    trackers: dict[str, str | None] = field(default_factory=dict)  # --mlflow, --wandb: in the sweep's trackers.json
 
     @property
     def targeting(self) -> bool:
@@ -307,7 +319,7 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     check_given(given)
     unused = [f for f in SEARCH_FLAGS if f in given or (f == "search_targets" and sweep.search_targets)]
     if unused and not sweep.search:
-        raise AlliterError(f"{flag(unused[0])} is a setting of the search: pass --search too, or leave it out (a grid "
+        raise AlliterError(f"{flag_name(unused[0])} is a setting of the search: pass --search too, or leave it out (a grid "
                            "runs the values it is given)")
     targets = parse_targets(sweep.kl_targets) if sweep.kl_targets is not None else []
     if (targets or sweep.search_targets or base.kl_target is not None) and sweep.betas is None:
@@ -345,19 +357,36 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     check_disk(storage, snapshot_total)
     if address:
         _check_address(address)
+    trackers = _trackers(sweep, name)
     preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
+    # a tracker shows every group: each is reported
+    report_seconds = 0.0 if any(trackers.values()) else sweep.report_seconds
     options = TrialOptions(sweep.cpus_per_trial, dataclasses.asdict(rule.rule()), sweep.search or sweep.stop_on_collapse,
-                           sweep.seeds is not None, sweep.report_seconds, reward_sha256,
+                           sweep.seeds is not None, report_seconds, reward_sha256,
                            None if base.prompts is None else text_sha256(base.prompts))
     return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots,
-                targets=targets, reward_file=reward_file, prompts=base.prompts)
+                targets=targets, reward_file=reward_file, prompts=base.prompts, trackers=trackers)
+
+
+def _trackers(sweep: SweepConfig, name: str) -> dict[str, str | None]:
+    """The sweep's trackers (TRACKERS_FILE's settings), each checked before Ray starts; {} for none. The tracker
+    modules are imported only when one is asked for."""
+    for flag, needs in (("mlflow_experiment", "mlflow"), ("wandb_group", "wandb")):
+        if getattr(sweep, flag) is not None and getattr(sweep, needs) is None:
+            raise AlliterError(f"{flag_name(flag)} names the {needs} of {flag_name(needs)}: pass {flag_name(needs)} too")
+    if sweep.mlflow is None and sweep.wandb is None:
+        return {}
+    from alliter.sweep import trackers
+
+    return trackers.check_trackers({"mlflow": sweep.mlflow, "mlflow_experiment": sweep.mlflow_experiment or name,
+                                    "wandb": sweep.wandb, "wandb_group": sweep.wandb_group or name})
 
 
 SEARCH_FLAGS = ("search_start", "search_targets", "precision", "budget", "concurrency")  # what only --search reads
 MAX_NAME_BYTES = 200  # a sweep's folder name; its trials' names go inside it, and a file name has 255 bytes at most
 
 
-def flag(name: str) -> str:
+def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
@@ -377,8 +406,8 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
     """A resume continues the sweep as it was started: only where and how its trials run may change."""
     fixed = sorted(set(given) - RESUME_FLAGS)
     if fixed:
-        flags = ", ".join(map(flag, fixed))
-        allowed = ", ".join(map(flag, sorted(RESUME_FLAGS - {"resume"})))
+        flags = ", ".join(map(flag_name, fixed))
+        allowed = ", ".join(map(flag_name, sorted(RESUME_FLAGS - {"resume"})))
         raise AlliterError(f"--resume continues a sweep with the settings it was started with: {flags} cannot change "
                            f"(a resume takes {allowed}); start a new sweep (--name) for other settings")
     name = sweep.name or store.newest_sweep(storage)
@@ -394,6 +423,11 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
                            f"{OPTIONS_KEY} options); resume it with that version")
     options = TrialOptions(**configs[0][OPTIONS_KEY])
     prompts = _prompts_again(exp_path, options.prompts_sha256)
+    trackers = store.read_json(store.join(exp_path, TRACKERS_FILE)) or {}
+    if trackers:  # Tune's state holds the trackers' callbacks, which go on in the same runs: they must work here too
+        from alliter.sweep import trackers as tracking
+
+        trackers = tracking.check_trackers(trackers)
     base = TrainConfig.from_dict({**configs[0], "prompts": prompts}).resolved()
     reward_file = _reward_file_again(base.reward, options.reward_sha256)
     search = store.read_json(store.join(exp_path, SEARCH_FILE))
@@ -410,7 +444,7 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
     rule = CollapseRule(**options.rule)
     sweep = dataclasses.replace(sweep, search=search is not None, seeds=",".join(map(str, seeds)) if options.seed_in_name else None)
     return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, stored=stored,
-                finished=finished, targets=targets, reward_file=reward_file, prompts=prompts)
+                finished=finished, targets=targets, reward_file=reward_file, prompts=prompts, trackers=trackers)
 
 
 def _prompts_again(exp_path: str, sha256: str | None) -> str | None:
@@ -496,7 +530,7 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
             name=plan.name,
             storage_path=plan.storage,
             stop=stopper,
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), NoRetry()],
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), NoRetry(), *tracker_callbacks(plan)],
             failure_config=tune.FailureConfig(max_failures=plan.sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # on_checkpoint (Ray's default, said here because alliter.train.snapshots relies on it)
@@ -510,6 +544,15 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
             verbose=1,
         ),
     )
+
+
+def tracker_callbacks(plan: Plan) -> list:
+    """Tune's callbacks of the sweep's trackers (alliter.sweep.trackers, imported only for a tracker)."""
+    if not plan.trackers:
+        return []
+    from alliter.sweep import trackers
+
+    return trackers.sweep_callbacks(plan.trackers, plan.exp_path)
 
 
 @dataclass
@@ -536,6 +579,8 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
     with store.DriverLock(plan.exp_path):
         if plan.prompts is not None and not plan.sweep.resume:
             store.write_text(store.join(plan.exp_path, PROMPTS_FILE), plan.prompts)
+        if plan.trackers and not plan.sweep.resume:
+            store.write_text(store.join(plan.exp_path, TRACKERS_FILE), json.dumps(plan.trackers) + "\n")
         gpus, slots = connect(plan)
         if plan.settings is not None:
             what = ("a search of KL targets, every trial's beta starting at "

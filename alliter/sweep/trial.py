@@ -128,7 +128,8 @@ def _run_trial(cfg: TrainConfig, opts: TrialOptions) -> None:
                 trainer.save_checkpoint(Path(d) / CHECKPOINT_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             reported = time.monotonic()
-        elif time.monotonic() - reported >= opts.report_seconds:
+        elif time.monotonic() - reported >= opts.report_seconds or any(k.startswith("eval_") for k in metrics):
+            # a group that carries an evaluation is always reported: the console and the trackers show every point
             tune.report(metrics)
             reported = time.monotonic()
         if stop:

@@ -138,6 +138,8 @@ class Trainer:
         if cfg.kl_target is not None:  # in the recipe's KL units
             self.beta = kl_controller(beta, -kl_penalty.mean().item(), cfg.kl_target, cfg.kl_horizon, cfg.kl_clip,
                                       cfg.group_size)
+            if cfg.kl_min_beta is not None:
+                self.beta = max(self.beta, cfg.kl_min_beta)
         trl_kl = reduce_tokens(nll_ref, completion, "sum") - reduce_tokens(nll.detach(), completion, "sum")
         return self._record(texts, scores, raw, lengths - prompt_len, ce_policy, ce_ref, kl_penalty, trl_kl, beta,
                             rewards, advantage, loss, grad_norm, start)

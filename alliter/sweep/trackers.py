@@ -1,0 +1,142 @@
+"""Your tracker sees the sweep: MLflow and Weights & Biases through Ray Tune's own logger callbacks, and the checks
+that make a tracker that cannot work one line before Ray starts.
+
+Each is an optional extra (`pip install "alliter[mlflow]"`, `"alliter[wandb]"`), imported only when asked for: the
+driver still never imports torch. MLflow: one run per trial (Tune's MLflowLoggerCallback), its config as params,
+every group's metrics as histories stepped by generations, tags naming the sweep and the trial's folder; a resumed
+sweep finds each trial's run by its tags and goes on in it. W&B: Tune's WandbLoggerCallback, one run per trial
+whose id is the trial's (a resumed sweep continues it), grouped by the sweep; `WANDB_MODE=offline` needs no network.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from alliter.cli import AlliterError, one_line
+
+ANSWER_TIMEOUT_S = 5.0  # a tracking server that does not answer in this is refused before Ray starts
+
+
+def require(module: str, flag: str, extra: str) -> Any:
+    """The tracker's package, or one line that names the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise AlliterError(f"{flag} needs {module}, which is not installed: pip install \"alliter[{extra}]\"") from None
+
+
+def check_mlflow_uri(uri: str, flag: str = "--mlflow") -> str:
+    """A tracking URI MLflow can use, checked: a folder (made absolute), sqlite:///path.db (its folder writable), or
+    http(s)://host:port (answering within seconds). Returns the URI as MLflow will be given it."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        if not parsed.hostname:
+            raise AlliterError(f"{flag} {uri}: no host (expected http://host:port)")
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=ANSWER_TIMEOUT_S) as answer:
+                answer.read()
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise AlliterError(f"{flag} {uri}: the tracking server does not answer within {ANSWER_TIMEOUT_S:g} s "
+                               f"({one_line(reason if isinstance(reason, BaseException) else err)}); start it, or "
+                               "pass a folder or sqlite:///path.db") from None
+        return uri
+    if parsed.scheme == "sqlite":
+        if not uri.startswith("sqlite:///") or len(uri) <= len("sqlite:///"):
+            raise AlliterError(f"{flag} {uri}: expected sqlite:///path/to/file.db")
+        _writable_folder(Path(uri[len("sqlite:///"):]).expanduser().absolute().parent, flag, uri)
+        return uri
+    if parsed.scheme in ("", "file"):
+        folder = Path(parsed.path if parsed.scheme == "file" else uri).expanduser().absolute()
+        _writable_folder(folder, flag, uri)
+        return folder.as_uri()
+    raise AlliterError(f"{flag} {uri}: alliter takes a folder, sqlite:///path.db or http://host:port")
+
+
+def _writable_folder(folder: Path, flag: str, uri: str) -> None:
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise AlliterError(f"{flag} {uri}: cannot write in {existing}")
+
+
+def check_wandb(flag: str = "--wandb") -> None:
+    """W&B is installed, and offline (WANDB_MODE=offline or disabled) or logged in: online with no login, wandb would
+    ask on the terminal of a process nobody types into."""
+    wandb = require("wandb", flag, "wandb")
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    if not (os.environ.get("WANDB_API_KEY") or wandb.Api().api_key):
+        raise AlliterError(f"{flag}: W&B is online (WANDB_MODE) and not logged in: run `wandb login`, or set "
+                           "WANDB_MODE=offline and `wandb sync` the runs later")
+
+
+def sweep_callbacks(trackers: dict[str, str | None], exp_path: str) -> list:
+    """Tune's callbacks for the trackers of a sweep (TRACKERS_FILE's settings; none: an empty list, and nothing
+    imported)."""
+    callbacks: list = []
+    if trackers.get("mlflow") is not None:
+        require("mlflow", "--mlflow", "mlflow")
+        callbacks.append(_mlflow_callback_class()(
+            tracking_uri=trackers["mlflow"], experiment_name=trackers["mlflow_experiment"],
+            tags={"alliter.sweep": Path(exp_path.partition("?")[0]).name, "alliter.sweep_path": exp_path}))
+    if trackers.get("wandb") is not None:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        # the run's id is the trial's (Ray's), and resume="allow" continues it when a resumed sweep reports again
+        callbacks.append(WandbLoggerCallback(project=trackers["wandb"], group=trackers["wandb_group"], resume="allow",
+                                             log_config=False))
+    return callbacks
+
+
+def check_trackers(trackers: dict[str, str | None]) -> dict[str, str | None]:
+    """Each tracker asked for can work (its package, its server): one line otherwise, before Ray starts. Returns the
+    settings with the MLflow URI as MLflow will be given it."""
+    out = dict(trackers)
+    if trackers.get("mlflow") is not None:
+        require("mlflow", "--mlflow", "mlflow")
+        out["mlflow"] = check_mlflow_uri(trackers["mlflow"])
+    if trackers.get("wandb") is not None:
+        check_wandb()
+    return out
+
+
+def _mlflow_callback_class() -> type:
+    """Tune's MLflowLoggerCallback, with what a sweep needs: a resumed sweep goes on in each trial's run (found by its
+    tags), a result is one batch stepped by its generations (Tune's logs each value alone, stepped by report), and
+    each run names its trial's folder. Defined here, when asked for: Ray's module imports mlflow."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    class SweepMLflow(MLflowLoggerCallback):
+        def log_trial_start(self, trial: Any) -> None:
+            client = MlflowClient(self.tracking_uri)
+            if trial not in self._trial_runs:
+                found = client.search_runs(
+                    [self.mlflow_util.experiment_id],
+                    f"tags.trial_name = '{trial}' and tags.`alliter.sweep_path` = '{self.tags['alliter.sweep_path']}'")
+                if found:  # a resumed sweep: the trial's run goes on
+                    self._trial_runs[trial] = found[0].info.run_id
+                    client.update_run(found[0].info.run_id, status="RUNNING")
+            super().log_trial_start(trial)
+            client.set_tag(self._trial_runs[trial], "alliter.trial_folder", trial.path)
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+            step = int(result.get("generations") or result.get("training_iteration") or 0)
+            now = int(time.time() * 1000)
+            metrics = [Metric(key, float(value), now, step) for key, value in result.items()
+                       if key not in AUTO_RESULT_KEYS and isinstance(value, (int, float))
+                       and not isinstance(value, bool) and math.isfinite(value)]
+            MlflowClient(self.tracking_uri).log_batch(self._trial_runs[trial], metrics=metrics)
+
+    return SweepMLflow
