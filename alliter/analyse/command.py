@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from alliter import storage
+from alliter import storage, trackers
 from alliter.analyse import export, judge, report
 from alliter.analyse.frames import SWEEP_FILES, newest_sweep
 from alliter.analyse.judge import AnalysisConfig, analyse
@@ -68,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "when it has none)")
     parser.add_argument("--force", action="store_true",
                         help="with --export: export a point whose evaluation fails the rule, with the failure in its card")
+    parser.add_argument("--mlflow", metavar="URI", help="log the choice as one run beside the sweep's trials: a folder, "
+                        "sqlite:///path.db or http://host:port (pip install \"alliter[mlflow]\")")
+    parser.add_argument("--mlflow-experiment", help="the MLflow experiment (default: the sweep's name, as the sweep's)")
+    parser.add_argument("--wandb", metavar="PROJECT", help="log the choice to this W&B project (pip install "
+                        "\"alliter[wandb]\"; WANDB_MODE=offline needs no network)")
+    parser.add_argument("--wandb-group", help="the W&B group (default: the sweep's name, as the sweep's)")
     add_config_flags(parser, AnalysisConfig)
     args = parser.parse_args(argv)
     say = sys.stderr if args.json else sys.stdout
@@ -75,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         point, shipped = None, None
         if (args.export_at or args.force) and not args.export:
             raise AlliterError(f"{'--export-at' if args.export_at else '--force'} needs --export DIR")
+        for flag, needs in (("mlflow_experiment", "mlflow"), ("wandb_group", "wandb")):
+            if getattr(args, flag) and not getattr(args, needs):
+                raise AlliterError(f"--{flag.replace('_', '-')} needs --{needs}")
+        tracking = trackers.check_trackers({"mlflow": args.mlflow, "wandb": args.wandb})  # before anything runs
         if args.export:
             export.check_out_dir(Path(args.export))  # before anything runs
             at = export.parse_point(args.export_at) if args.export_at else None
@@ -103,6 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             shipped = export.write_export(result, point, Path(args.export), force=args.force)
     except OSError as err:
         raise AlliterError(f"cannot write the outputs: {err}") from None
+    name = result.sweep.resolve().name
+    if args.mlflow:
+        run_id = trackers.log_choice_mlflow(tracking["mlflow"], args.mlflow_experiment or name, result, out, written,
+                                            Path(args.export) if point is not None else None)
+        print(f"mlflow: the choice is run {run_id} of experiment {args.mlflow_experiment or name} at {args.mlflow}",
+              file=sys.stderr)
+    if args.wandb:
+        stories = report.point_stories(result, result.best_point["value"], result.best_point["generations"])[1] \
+            if result.best_point else []
+        trackers.log_choice_wandb(args.wandb, args.wandb_group or name, result, written, stories)
     print(report.table(result), file=say)
     print("\n" + report.reason(result), file=say)
     print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)

@@ -376,7 +376,7 @@ def _trackers(sweep: SweepConfig, name: str) -> dict[str, str | None]:
             raise AlliterError(f"{flag_name(flag)} names the {needs} of {flag_name(needs)}: pass {flag_name(needs)} too")
     if sweep.mlflow is None and sweep.wandb is None:
         return {}
-    from alliter.sweep import trackers
+    from alliter import trackers
 
     return trackers.check_trackers({"mlflow": sweep.mlflow, "mlflow_experiment": sweep.mlflow_experiment or name,
                                     "wandb": sweep.wandb, "wandb_group": sweep.wandb_group or name})
@@ -425,7 +425,7 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
     prompts = _prompts_again(exp_path, options.prompts_sha256)
     trackers = store.read_json(store.join(exp_path, TRACKERS_FILE)) or {}
     if trackers:  # Tune's state holds the trackers' callbacks, which go on in the same runs: they must work here too
-        from alliter.sweep import trackers as tracking
+        from alliter import trackers as tracking
 
         trackers = tracking.check_trackers(trackers)
     base = TrainConfig.from_dict({**configs[0], "prompts": prompts}).resolved()
@@ -550,7 +550,7 @@ def tracker_callbacks(plan: Plan) -> list:
     """Tune's callbacks of the sweep's trackers (alliter.sweep.trackers, imported only for a tracker)."""
     if not plan.trackers:
         return []
-    from alliter.sweep import trackers
+    from alliter import trackers
 
     return trackers.sweep_callbacks(plan.trackers, plan.exp_path)
 

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import torch
 from tensorboardX import SummaryWriter
+from tensorboardX import summary as tb_summary
 from tensorboardX.proto.summary_pb2 import Summary
 
 from alliter import measures as M
@@ -32,6 +33,10 @@ from alliter.train.reward import Reward, load_reward
 from alliter.train.snapshots import drop_snapshots_after, save_snapshot, write_model_files
 
 CHECKPOINT_FORMAT = 1
+# the HParams dashboard's columns: the settings a sweep varies, and the evaluation measures they are judged by
+HPARAMS = ("beta", "kl_target", "seed", "recipe", "lr", "optimizer", "max_grad_norm", "normalize_advantages", "kl_loss",
+           "kl_estimator", "kl_reduction", "kl_min_beta")
+HPARAM_METRICS = ("eval/alliteration", "eval/distinct_2", "eval/fluency", "eval/kl")
 
 
 class NonFiniteLossError(AlliterError):
@@ -283,6 +288,10 @@ class Trainer:
         if self._writer is None:
             # purge_step: TensorBoard drops the events a crashed run logged past the checkpoint we resume from
             self._writer = SummaryWriter(str(self.run_dir), purge_step=None if self.resumed_at is None else self.resumed_at + 1)
+            # TensorBoard's HParams dashboard: the trial's settings against its evaluations' last values
+            hparams = {name: getattr(self.cfg, name) for name in HPARAMS}
+            for summary in tb_summary.hparams(hparams, dict.fromkeys(HPARAM_METRICS, 0.0)):
+                self._writer.file_writer.add_summary(summary)
         return self._writer
 
     def _add_scalars(self, values: dict[str, float]) -> None:

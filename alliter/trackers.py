@@ -119,6 +119,10 @@ def _mlflow_callback_class() -> type:
     from ray.tune.result import AUTO_RESULT_KEYS
 
     class SweepMLflow(MLflowLoggerCallback):
+        def setup(self, *args: Any, **kwargs: Any) -> None:
+            super().setup(*args, **kwargs)
+            self._logged: dict[Any, int] = {}  # trial -> the last generations its run holds
+
         def log_trial_start(self, trial: Any) -> None:
             client = MlflowClient(self.tracking_uri)
             if trial not in self._trial_runs:
@@ -126,13 +130,20 @@ def _mlflow_callback_class() -> type:
                     [self.mlflow_util.experiment_id],
                     f"tags.trial_name = '{trial}' and tags.`alliter.sweep_path` = '{self.tags['alliter.sweep_path']}'")
                 if found:  # a resumed sweep: the trial's run goes on
-                    self._trial_runs[trial] = found[0].info.run_id
-                    client.update_run(found[0].info.run_id, status="RUNNING")
+                    run_id = found[0].info.run_id
+                    self._trial_runs[trial] = run_id
+                    client.update_run(run_id, status="RUNNING")
+                    self._logged[trial] = max((m.step for m in client.get_metric_history(run_id, "generations")),
+                                              default=-1)
             super().log_trial_start(trial)
             client.set_tag(self._trial_runs[trial], "alliter.trial_folder", trial.path)
 
         def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
             step = int(result.get("generations") or result.get("training_iteration") or 0)
+            # a trial restored from its checkpoint reports again, exactly, the groups after it: its run has them
+            if step <= self._logged.get(trial, -1):
+                return
+            self._logged[trial] = step
             now = int(time.time() * 1000)
             metrics = [Metric(key, float(value), now, step) for key, value in result.items()
                        if key not in AUTO_RESULT_KEYS and isinstance(value, (int, float))
@@ -140,3 +151,64 @@ def _mlflow_callback_class() -> type:
             MlflowClient(self.tracking_uri).log_batch(self._trial_runs[trial], metrics=metrics)
 
     return SweepMLflow
+
+
+# --- best_beta's choice beside the trials -----------------------------------------------------------------------
+
+
+def log_choice_mlflow(uri: str, experiment: str, result: Any, out: Path, written: list[Path],
+                      export: Path | None) -> str:
+    """One summary run in the sweep's experiment: the choice and the best point as params and metrics, best_beta's
+    files (summary.csv, points.csv, the plots, report.html) as artifacts, and the exported folder (its path, and
+    the folder itself under model/). Returns the run's id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name="best_beta",
+                            tags={"alliter.sweep": experiment, "alliter.sweep_path": str(result.sweep.resolve()),
+                                  "alliter.role": "best_beta"})
+    run_id = run.info.run_id
+    params = {"knob": result.knob, "recipe": result.recipe.recipe, "update": result.recipe.describe_recipe()[:6000],
+              "rule": result.cfg.rule().describe()}
+    metrics: dict[str, float] = {}
+    for prefix, row in (("choice", result.choice), ("best_point", result.best_point)):
+        if row is None:
+            params[prefix] = "none"
+            continue
+        params[f"{prefix}.{result.knob}"] = row["value"]
+        if "generations" in row:
+            params[f"{prefix}.generations"] = row["generations"]
+        for name in ("alliteration", "alliteration_gain", "diversity_kept", "fluency_gap", "beta"):
+            if isinstance(row.get(name), (int, float)) and math.isfinite(row[name]):
+                metrics[f"{prefix}.{name}"] = float(row[name])
+    if export is not None:
+        params["export"] = str(export.resolve())
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for path in written:
+        client.log_artifact(run_id, str(path))
+    if export is not None:
+        client.log_artifacts(run_id, str(export), "model")
+    client.set_terminated(run_id)
+    return run_id
+
+
+def log_choice_wandb(project: str, group: str, result: Any, written: list[Path], stories: list[dict]) -> None:
+    """One W&B run of the group: the summary table, the plots, and a table of the best point's stories."""
+    import wandb
+
+    run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis",
+                     config={"knob": result.knob, "recipe": result.recipe.recipe, "choice": result.choice,
+                             "best_point": result.best_point})
+    try:
+        run.log({"summary": wandb.Table(dataframe=result.summary.astype(str)),
+                 **{f"plots/{p.stem}": wandb.Image(str(p)) for p in written if p.suffix == ".png" and p.exists()},
+                 "best_point_stories": wandb.Table(columns=["sample", "raw_reward", "fluency", "text"],
+                                                   data=[[s.get("sample"), s.get("raw_reward"), s.get("ce_ref"),
+                                                          s.get("text")] for s in stories])})
+    finally:
+        run.finish()

@@ -1,0 +1,229 @@
+"""Your tracker sees the sweep: a real MLflow tracking server (and a sqlite store), W&B offline, TensorBoard's HParams,
+and the refusals before Ray starts. Every server listens on 127.0.0.1 and is stopped by its process id."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import BEST_BETA, SWEEP, read_jsonl, sweep, sweep_main, trial_states
+
+mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (pip install \"alliter[mlflow]\") is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    """`mlflow server` with a sqlite store and a local artifact folder, on a free port of 127.0.0.1."""
+    port = free_port()
+    log = (tmp_path / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--default-artifact-root", (tmp_path / "artifacts").as_uri()],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (tmp_path / "mlflow-server.log").read_text()
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its workers, by the group of its process id
+        server.wait()
+        log.close()
+
+
+TINY = ["--betas", "0,1", "--max-generations", "40", "--snapshot-every", "20", "--eval-samples", "10"]
+
+
+def check_runs(uri: str, exp: Path, experiment: str) -> None:
+    """One MLflow run per trial, its beta a param, its tags naming the sweep and the trial's folder, and every group's
+    metrics a history stepped by generations, equal to the trial's metrics.jsonl."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    runs = [r for r in runs if r.data.tags.get("alliter.role") != "best_beta"]
+    assert len(runs) == 2
+    for run in runs:
+        folder = Path(run.data.tags["alliter.trial_folder"])
+        assert folder.parent == exp and run.data.tags["alliter.sweep"] == exp.name
+        rows = read_jsonl(folder / "metrics.jsonl")
+        assert float(run.data.params["beta"]) == rows[0]["beta"] and run.data.params["recipe"] == "study"
+        for name in ("raw_reward_mean", "kl_penalty_mean", "distinct_2"):
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
+            assert history == pytest.approx([(r["generations"], r[name]) for r in rows]), name
+        evaluations = sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval_alliteration"))
+        assert evaluations == sorted({e["generations"] for e in read_jsonl(folder / "evaluations.jsonl")} - {0})
+        assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_sweep_logs_to_an_mlflow_server_and_best_beta_logs_its_choice_beside_it(tmp_path, mlflow_server,
+                                                                                   tiny_gpt_neo):
+    from mlflow.tracking import MlflowClient
+
+    res = sweep(*TINY, "--model", str(tiny_gpt_neo), "--mlflow", mlflow_server, "--storage", str(tmp_path), "--name", "tracked")
+    assert res.returncode == 0, res.stderr[-3000:]
+    check_runs(mlflow_server, tmp_path / "tracked", "tracked")
+    out = subprocess.run([*BEST_BETA, str(tmp_path / "tracked"), "--mlflow", mlflow_server, "--export",
+                          str(tmp_path / "model"), "--out", str(tmp_path / "analysis")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    (summary,) = [r for r in client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+                  if r.data.tags.get("alliter.role") == "best_beta"]
+    choice = json.loads(subprocess.run([*BEST_BETA, str(tmp_path / "tracked"), "--json", "--out",
+                                        str(tmp_path / "again")], capture_output=True, text=True).stdout)
+    assert float(summary.data.params["best_point.beta"]) == choice["best_point"]["value"]
+    assert summary.data.params["export"] == str((tmp_path / "model").resolve())
+    assert summary.data.metrics["best_point.alliteration"] == pytest.approx(choice["best_point"]["alliteration"])
+    artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
+    assert {"summary.csv", "points.csv", "report.html", "evaluations.png", "model"} <= artifacts
+    assert "model.safetensors" in {Path(a.path).name for a in client.list_artifacts(summary.info.run_id, "model")}
+
+
+@pytest.mark.slow
+def test_a_sweep_to_a_sqlite_store_resumed_goes_on_in_the_same_runs(tmp_path, tiny_gpt_neo):
+    """No server: sqlite:///. The driver is interrupted (Ctrl-C) after the first checkpoints, and the resumed sweep
+    logs the rest of each trial into the run it started."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [*TINY[:2], "--max-generations", "200", "--checkpoint-every", "2", "--snapshot-every", "100",
+            "--eval-samples", "10", "--model", str(tiny_gpt_neo), "--mlflow", uri, "--mlflow-experiment", "mine",
+            "--storage", str(tmp_path), "--name", "resumed"]
+    driver = subprocess.Popen([*SWEEP, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((tmp_path / "resumed").glob("beta=*/checkpoint_000002")):
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-3000:]
+    res = sweep("--resume", "--name", "resumed", "--storage", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {s["status"] for s in trial_states(tmp_path / "resumed").values()} == {"TERMINATED"}
+    check_runs(uri, tmp_path / "resumed", "mine")
+
+
+@pytest.mark.slow
+def test_a_sweep_logs_to_wandb_offline(tmp_path, tiny_gpt_neo):
+    wandb = pytest.importorskip("wandb", reason="the wandb extra (pip install \"alliter[wandb]\") is not installed")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_SILENT": "true"}
+    (tmp_path / "wandb").mkdir()
+    res = sweep(*TINY, "--model", str(tiny_gpt_neo), "--wandb", "alliter-test", "--storage", str(tmp_path),
+                "--name", "offline", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = subprocess.run([*BEST_BETA, str(tmp_path / "offline"), "--wandb", "alliter-test", "--out",
+                          str(tmp_path / "analysis")], capture_output=True, text=True, env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted((tmp_path / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 3
+    choice = [p for p in runs if next(r.run for r in wandb_records(p) if r.WhichOneof("record_type") == "run").display_name
+              == "best_beta"]
+    (logged,) = [{key_of(i): json.loads(i.value_json) for i in r.history.item} for r in wandb_records(choice[0])
+                 if r.WhichOneof("record_type") == "history"]
+    assert logged["summary/_type"] == logged["best_point_stories/_type"] == "table-file"
+    assert logged["summary/nrows"] == 2 and logged["best_point_stories/nrows"] > 0
+    assert logged["plots/evaluations/_type"] == "image-file"
+    runs.remove(choice[0])
+    for path in runs:
+        records = wandb_records(path)
+        run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+        assert run.project == "alliter-test" and run.run_group == "offline"
+        config = {key_of(item): json.loads(item.value_json) for r in records
+                  if r.WhichOneof("record_type") == "config" for item in r.config.update}
+        history = [{key_of(item): json.loads(item.value_json) for item in r.history.item} for r in records
+                   if r.WhichOneof("record_type") == "history"]
+        (trial,) = (tmp_path / "offline").glob(f"*_{run.run_id}")
+        rows = read_jsonl(trial / "metrics.jsonl")
+        assert config["beta"] == rows[0]["beta"] and config["recipe"] == "study"
+        logged = [(h["generations"], h["raw_reward_mean"]) for h in history if "raw_reward_mean" in h]
+        assert logged == pytest.approx([(r["generations"], r["raw_reward_mean"]) for r in rows])
+
+
+def key_of(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline run's .wandb file, as W&B's protobuf (wandb.proto) defines them. wandb 0.31 has no
+    Python reader of its own any more (its core writes the file): this reads its framing, LevelDB's log format
+    (32 KiB blocks of records with a 7-byte header: CRC-32C, length, type full/first/middle/last) after W&B's
+    7-byte file header."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    block, position, records, parts = 32768, 7, [], b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+        if kind == 0 and length == 0:
+            break
+        parts += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # full, or the last part
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            records.append(record)
+            parts = b""
+    return records
+
+
+def test_tensorboard_s_hparams_dashboard_has_each_trials_settings(tmp_path, tiny_gpt_neo):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from alliter.config import TrainConfig
+    from alliter.train.trainer import HPARAM_METRICS, Trainer
+
+    trainer = Trainer(TrainConfig(beta=3.0, kl_target=0.2, model=str(tiny_gpt_neo), max_generations=20,
+                                  snapshot_every=10, eval_samples=5, threads=1, seed=4), tmp_path)
+    for _ in trainer.groups():
+        pass
+    events = EventAccumulator(str(tmp_path)).Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["beta"].number_value == 3.0 and start.hparams["kl_target"].number_value == 0.2
+    assert start.hparams["seed"].number_value == 4 and start.hparams["recipe"].string_value == "study"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
+    assert set(HPARAM_METRICS) <= set(events.Tags()["scalars"])  # the dashboard's metrics are the evaluations'
+
+
+@pytest.mark.parametrize("case", ["mlflow missing", "server not answering", "a bad uri", "group without wandb"])
+def test_a_tracker_that_cannot_work_is_one_line_before_ray_starts(case, tmp_path, monkeypatch):
+    args, message = {
+        "mlflow missing": (["--mlflow", str(tmp_path / "mlruns")],
+                           "--mlflow needs mlflow, which is not installed: pip install \"alliter[mlflow]\""),
+        "server not answering": (["--mlflow", f"http://127.0.0.1:{free_port()}"],
+                                 "the tracking server does not answer within 5 s"),
+        "a bad uri": (["--mlflow", "ftp://somewhere/x"], "alliter takes a folder, sqlite:///path.db or http://host:port"),
+        "group without wandb": (["--wandb-group", "g"], "--wandb-group names the wandb of --wandb: pass --wandb too"),
+    }[case]
+    if case == "mlflow missing":
+        monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+    start = time.perf_counter()
+    res = sweep_main("--betas", "1", *args, "--storage", str(tmp_path / "results"))
+    assert time.perf_counter() - start < 30
+    assert res.returncode == 2 and message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlruns").exists()
