@@ -35,7 +35,9 @@ from sweeps import add_sweep_flags, sweeps_folder, timed_sweep  # noqa: E402 (be
 
 STUDY = ["--betas", "50"]  # the 3-seed fine grid's choice (README, "KL-target mode")
 TARGET = ["--betas", "50", "--kl-targets", "0.03", "--max-grad-norm", "20"]  # the probe: no failure to 7000
-BEST = ("--optimizer,adamw,--lr,1e-4,--max-grad-norm,1,--kl-loss,--kl-estimator,k2,--betas,100")
+# the configuration that holds (README, "Which recipe holds"): AdamW with a clip, and the KL-target controller with a
+# floor at its start and a short horizon
+BEST = "--optimizer,adamw,--lr,1e-4,--max-grad-norm,1,--betas,60,--kl-targets,0.1,--kl-min-beta,60,--kl-horizon,30"
 
 
 def arm_rows(arm: str, result: Analysis, wall: float, end: int) -> list[str]:
