@@ -32,6 +32,7 @@ from alliter.config import MAX_TRIALS, TrainConfig, check_given, compact, grid_b
 from alliter.rule import TRAINER_MEASURES, CollapseRule
 from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE
 from alliter.sweep import cluster, trial
+from alliter.sweep.console import Console
 from alliter.sweep.search import BetaSearch, SearchSettings, SearchStopper
 from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions, text_sha256
 from alliter.train import preflight
@@ -40,18 +41,6 @@ from alliter.train.snapshots import check_disk, snapshot_plan
 
 log = logging.getLogger("alliter")
 
-# Ray's progress table: the columns that matter for a beta sweep
-PROGRESS_COLUMNS = {
-    "generations": "gens",
-    "raw_reward_mean": "raw_reward",
-    "kl_penalty_mean": "kl_penalty",
-    "distinct_2": "distinct_2",
-    "point": "point",  # the latest evaluation's generations and its measures
-    "point_alliteration": "allit",
-    "diversity_kept": "div_kept",
-    "fluency_gap": "fluency",
-    "verdict": "verdict",
-}
 # the flags a resume takes: where and how the trials run (resources, not the threads: those stay the trials')
 RESUME_FLAGS = {"resume", "name", "storage", "address", "gpus_per_trial", "cpus_per_trial"}
 
@@ -471,7 +460,7 @@ def _reward_file_again(reward: str, sha256: str | None) -> Path | None:
 
 def connect(plan: Plan) -> tuple[float, int]:
     """Start or join Ray, and size the trials: (GPUs per trial, trial slots now)."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our columns
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic output, which takes our reporter (Console)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's JSON and CSV logs (result.json, progress.csv), not its TensorBoard logger: the trials write their
     # own events, and a second file per trial would show every curve twice (and cost the driver every result)
@@ -535,12 +524,7 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # on_checkpoint (Ray's default, said here because alliter.train.snapshots relies on it)
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
-            progress_reporter=tune.CLIReporter(
-                parameter_columns=(["kl_target"] if plan.targeting else []) + ["beta"]
-                + (["seed"] if plan.options.seed_in_name else []),
-                # a KL-target trial's beta as its controller has it now (the parameter column: where it started)
-                metric_columns={**PROGRESS_COLUMNS, **({"beta": "beta_now"} if plan.targeting else {})}, max_report_frequency=15,
-            ),
+            progress_reporter=Console(seeds=plan.options.seed_in_name),  # a line per trial, 100 columns
             verbose=1,
         ),
     )
@@ -623,18 +607,20 @@ def trial_cause(result: Any) -> str:
 def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Outcome:
     """Print the trials' table, the figures and what to run next; keep the figures in sweep.json."""
     df = results.get_dataframe()
-    cols = [c for c in ["config/kl_target", "config/beta", "config/seed", "generations", "raw_reward_mean", "kl_penalty_mean", "distinct_2",
-                        "diversity_kept", "fluency_gap", "verdict"] if c in df.columns]
+    names = {"config/kl_target": "target", "config/beta": "beta", "config/seed": "seed", "generations": "generations",
+             "point_alliteration": "alliteration", "diversity_kept": "distinct-2 kept", "fluency_gap": "fluency",
+             "kl_penalty_mean": "kl_penalty", "verdict": "verdict"}  # at the last report: 100 columns at most
+    cols = [c for c in names if c in df.columns and (c != "config/kl_target" or df[c].notna().any())]
     if cols:
-        print(df[cols].sort_values(cols[:2]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(df[cols].rename(columns=names).sort_values([names[c] for c in cols[:2]])
+              .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     errors = [r for r in results if r.error]
     # Tune's saved state tells an interrupted sweep: trials still RUNNING or PENDING, or a search not ended
     unfinished = sum(t["status"] not in ("TERMINATED", "ERROR") for t in store.sweep_trials(plan.exp_path) or [])
     searching = plan.settings is not None and not (store.read_json(store.join(plan.exp_path, SEARCH_FILE)) or {}).get("finished")
     status = "interrupted" if unfinished or (searching and not errors) else "errored" if errors else "finished"
-    print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of group time over "
-          f"{stats['slots']} trial slots x {stats['wall_seconds']:.0f} s of Tune's run; Ray's start and the checks "
-          f"before it took {stats['ray_start_seconds']:.0f} s)")
+    print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of groups / {stats['slots']} "
+          f"trial slots x {stats['wall_seconds']:.0f} s of Tune; Ray's start and checks: {stats['ray_start_seconds']:.0f} s)")
     if stats["eval_seconds"]:
         share = stats["eval_seconds"] / (stats["wall_seconds"] * stats["slots"])
         print(f"evaluations: {stats['eval_seconds']:.0f} s, {share:.0%} of the trial slots' time (--eval-samples sets "
