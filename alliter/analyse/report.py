@@ -7,7 +7,6 @@ import base64
 import dataclasses
 import html
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
 from alliter import measures as M
+from alliter.analyse.document import fence
 from alliter.analyse.frames import KNOB_SYMBOLS
 from alliter.analyse.judge import Analysis, plain
 from alliter.analyse.letters import LETTERS, UNMODIFIED
@@ -711,11 +711,6 @@ def _intro(result: Analysis) -> str:
     )
 
 
-def _fence(text: str) -> str:
-    ticks = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
-    return f"{ticks}text\n{text}\n{ticks}"
-
-
 def report_markdown(result: Analysis) -> str:
     parts = ["# Beta sweep: alliteration against diversity and fluency", _intro(result), "## The choice",
              "\n".join(f"- {line.strip()}" for line in reason(result).splitlines()),
@@ -729,7 +724,7 @@ def report_markdown(result: Analysis) -> str:
     parts += ["## Plots", *(f"![{p}]({p})" for p in PLOTS), "## Stories"]
     for title, what, stories in story_sections(result):
         parts.append(f"### {title}\n\n{what}:")
-        parts += [f"{head}:\n\n{_fence(text)}" for head, text in stories]
+        parts += [f"{head}:\n\n{fence(text)}" for head, text in stories]
     return "\n\n".join(parts) + "\n"
 
 

@@ -330,6 +330,8 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
         base = dataclasses.replace(base, beta=betas[0])
     if grid_generations and "max_generations" not in given:
         base = dataclasses.replace(base, max_generations=grid_generations)
+    if targets:  # checked as its trials will be (a target of the grid, the lowest start: --kl-min-beta's bound)
+        base = dataclasses.replace(base, kl_target=targets[0], beta=min(betas))
     base = base.resolved()  # fail on a bad model folder or lr now, not inside six trials
     reward, reward_file, reward_sha256 = reward_to_ship(base.reward)
     base = dataclasses.replace(base, reward=reward)

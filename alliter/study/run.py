@@ -1,0 +1,172 @@
+"""The study in one command: the coarse grid, a fine grid placed from it, and the extended run of the fine grid's
+choice to 7000 generations with seeds, with the study's recipe and with the recipe that holds; each step a sweep of
+its own (`python tune_jobs/sweep.py ...`, its console and its files as ever) in one study folder, then the write-up
+(alliter.study.writeup).
+
+The study folder holds study.json (every step's command line, its status and wall time, the fine grid's placement and
+the extended run's beta) and one sweep folder per step. A study interrupted anywhere is continued by `--resume`: the
+finished steps are kept, an interrupted step's sweep is resumed (`--resume` of that sweep), the steps not started run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alliter.analyse.judge import Analysis, analyse
+from alliter.cli import AlliterError
+from alliter.schema import RESULTS_DIR, SWEEP_STATS_FILE, read_json, write_atomic
+from alliter.sweep.search import bracket
+
+SWEEP = Path(__file__).resolve().parents[2] / "tune_jobs" / "sweep.py"
+STUDY_FILE = "study.json"
+STEPS = ("coarse", "fine", "extended", "holds")
+FINE_VALUES = 8  # the fine grid: 8 betas evenly between the coarse bracket's ends (10 and 100: 20, 30, ..., 90)
+# the recipe that holds (README, "Which recipe holds"): AdamW with a clip, and the KL-target controller floored at its
+# start beta (the fine grid's choice), with a short horizon
+HOLDS = ["--optimizer", "adamw", "--lr", "1e-4", "--max-grad-norm", "1", "--kl-targets", "0.1", "--kl-horizon", "30"]
+
+
+@dataclass
+class StudyConfig:
+    name: str | None = None
+    """The study's folder under --storage; default: study-DATE, or with --resume the newest study."""
+    storage: str | None = None
+    """Where the study's folder goes (a local folder); default: $ALLITER_STORAGE, else ./results."""
+    seeds: int = 3
+    """Seeds of the extended runs (the grids run one seed each, as the reference study did)."""
+    extended_generations: int = 7000
+    """Generations of the extended runs (the study's: 7000)."""
+    resume: bool = False
+    """Continue the newest (or --name's) study where it stopped."""
+
+
+def fine_betas(verdicts: dict[float, bool]) -> tuple[float, float, list[float]]:
+    """(lo, hi, the fine grid) from the coarse grid's {beta: failed}: the bracket between the highest failed and the
+    lowest kept beta (the cut with the fewest betas on its wrong side: alliter.sweep.search.bracket), and FINE_VALUES
+    betas evenly inside it, each with two significant digits. Every beta failed: 10x the highest is the bracket's
+    top; none failed: a tenth of the lowest kept is its bottom."""
+    lo, hi, _ = bracket(verdicts)
+    if hi is None:
+        hi = 10 * (lo or 1.0)
+    if lo is None:
+        lo = hi / 10
+    step = (hi - lo) / (FINE_VALUES + 1)
+    values = [float(f"{lo + k * step:.2g}") for k in range(1, FINE_VALUES + 1)]
+    return lo, hi, sorted(set(values))
+
+
+def failed_betas(result: Analysis) -> dict[float, bool]:
+    """A sweep's betas and whether each failed (collapsed or degenerated, in more than the rule's share of seeds)."""
+    s = result.summary
+    return {float(b): v in ("collapsed", "degenerate") for b, v in zip(s[result.knob], s["verdict"])
+            if v not in ("dropped", "unmeasured")}
+
+
+@dataclass
+class Study:
+    folder: Path
+    passthrough: list[str]  # the flags every step's sweep gets (the model, its resources, ...)
+    cfg: StudyConfig
+    state: dict[str, Any]
+
+    def save(self) -> None:
+        write_atomic(self.folder / STUDY_FILE, json.dumps(self.state, indent=2) + "\n")
+
+    def step_flags(self, step: str) -> list[str]:
+        """A step's sweep flags, placed from the steps before it."""
+        gens = ["--max-generations", str(self.cfg.extended_generations), "--seeds", str(self.cfg.seeds)]
+        if step == "coarse":
+            return ["--grid", "coarse"]
+        if step == "fine":
+            lo, hi, values = fine_betas(failed_betas(analyse(self.folder / "coarse")))
+            self.state["placement"] = {"lo": lo, "hi": hi, "betas": values}
+            return ["--betas", ",".join(f"{v:g}" for v in values)]
+        beta = self.extended_beta()
+        if step == "extended":
+            return ["--betas", f"{beta:g}", *gens]
+        return ["--betas", f"{beta:g}", "--kl-min-beta", f"{beta:g}", *HOLDS, *gens]
+
+    def extended_beta(self) -> float:
+        """The fine grid's choice (best_beta's), else the coarse bracket's kept end; kept in study.json."""
+        if "extended_beta" not in self.state:
+            fine = analyse(self.folder / "fine")
+            beta = fine.choice["value"] if fine.choice else self.state["placement"]["hi"]
+            self.state["extended_beta"] = float(beta)
+            self.state["extended_why"] = "the fine grid's choice" if fine.choice else \
+                "no beta of the fine grid held: the coarse bracket's kept end"
+        return self.state["extended_beta"]
+
+    def run(self) -> int:
+        for step in STEPS:
+            record = self.state["steps"].setdefault(step, {})
+            if record.get("status") == "finished":
+                continue
+            sweep_folder = self.folder / step
+            if sweep_folder.exists():
+                command = [sys.executable, str(SWEEP), "--resume", "--name", step, "--storage", str(self.folder)]
+            else:
+                command = [sys.executable, str(SWEEP), *self.step_flags(step), *self.passthrough, "--name", step,
+                           "--storage", str(self.folder)]
+                record["flags"] = command[2:]
+            record["status"] = "running"
+            self.save()
+            print(f"\nalliter study {self.folder.name}, step {STEPS.index(step) + 1} of {len(STEPS)} ({step}): "
+                  f"{' '.join(command[1:])}", flush=True)
+            start = time.perf_counter()
+            code = subprocess.run(command).returncode
+            record["wall_seconds"] = record.get("wall_seconds", 0.0) + time.perf_counter() - start
+            stats = read_json(sweep_folder / SWEEP_STATS_FILE) or {}
+            record["status"] = "finished" if code == 0 and stats.get("status") == "finished" else "interrupted"
+            self.save()
+            if record["status"] != "finished":
+                print(f"alliter study: step {step} did not finish (exit status {code}); once its cause is fixed, "
+                      f"continue with: alliter study --resume --name {self.folder.name} --storage "
+                      f"{self.folder.parent}", file=sys.stderr)
+                return 130 if code == 130 else 1
+        return 0
+
+
+def open_study(cfg: StudyConfig, passthrough: list[str]) -> Study:
+    """A new study's folder and state, or (--resume) the one to continue."""
+    root = Path(cfg.storage or __import__("os").environ.get("ALLITER_STORAGE") or RESULTS_DIR).expanduser().absolute()
+    if cfg.resume:
+        if passthrough:
+            raise AlliterError(f"--resume continues a study with the flags it was started with: leave out "
+                               f"{' '.join(passthrough)}")
+        name = cfg.name or _newest_study(root)
+        state = read_json(root / name / STUDY_FILE)
+        if state is None:
+            raise AlliterError(f"--resume: {root / name} holds no study ({STUDY_FILE})")
+        saved = StudyConfig(**{**state["config"], "resume": True})
+        return Study(root / name, state["passthrough"], saved, state)
+    name = cfg.name or time.strftime("study-%Y%m%d-%H%M%S")
+    folder = root / name
+    if folder.exists():
+        raise AlliterError(f"{folder} exists already; pass --resume to continue it, or another --name")
+    if cfg.seeds < 1 or cfg.extended_generations < 1:
+        raise AlliterError("--seeds and --extended-generations must be at least 1")
+    folder.mkdir(parents=True)
+    state = {"config": dataclasses.asdict(cfg), "passthrough": passthrough, "steps": {},
+             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    study = Study(folder, passthrough, cfg, state)
+    study.save()
+    return study
+
+
+def _newest_study(root: Path) -> str:
+    studies = [p for p in root.glob(f"*/{STUDY_FILE}")] if root.is_dir() else []
+    if not studies:
+        raise AlliterError(f"--resume: no study under {root} (pass --name of one)")
+    return max(studies, key=lambda p: p.stat().st_mtime).parent.name
+
+
+def wall_text(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s" if not math.isnan(seconds) else "-"
