@@ -1,6 +1,7 @@
 """`alliter COMMAND ...` (or `python -m alliter COMMAND ...`): the project's commands in one place.
 
     alliter sweep --grid coarse          # = python tune_jobs/sweep.py --grid coarse
+    alliter study                        # = python tune_jobs/study.py: the whole study and its write-up
     alliter best-beta results/SWEEP      # = python analysis/best_beta.py results/SWEEP
     alliter train --out runs/beta10      # = python -m alliter.train --out runs/beta10
     alliter sample model                 # = python -m alliter.sample model
@@ -15,6 +16,7 @@ from alliter.cli import run
 
 COMMANDS = {
     "sweep": "alliter.sweep.command",
+    "study": "alliter.study.command",
     "best-beta": "alliter.analyse.command",
     "train": "alliter.train.__main__",
     "sample": "alliter.sample",

@@ -65,7 +65,7 @@ def to_markdown(blocks: list[Block], folder: Path) -> str:
         elif isinstance(b, Bullets):
             parts.append("\n".join(f"- {item}" for item in b.items))
         elif isinstance(b, Table):
-            parts.append(b.frame.to_markdown(index=False))
+            parts.append(b.frame.to_markdown(index=False, disable_numparse=True))  # as written
         elif isinstance(b, Image):
             parts.append(f"![{b.alt or b.path.name}]({_relative(b.path, folder)})")
         else:

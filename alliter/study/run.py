@@ -44,23 +44,42 @@ class StudyConfig:
     """Seeds of the extended runs (the grids run one seed each, as the reference study did)."""
     extended_generations: int = 7000
     """Generations of the extended runs (the study's: 7000)."""
+    grid_generations: int | None = None
+    """Generations of the coarse and fine grids' trials; default: the grids' own (2000)."""
     resume: bool = False
     """Continue the newest (or --name's) study where it stopped."""
 
 
-def fine_betas(verdicts: dict[float, bool]) -> tuple[float, float, list[float]]:
-    """(lo, hi, the fine grid) from the coarse grid's {beta: failed}: the bracket between the highest failed and the
-    lowest kept beta (the cut with the fewest betas on its wrong side: alliter.sweep.search.bracket), and FINE_VALUES
-    betas evenly inside it, each with two significant digits. Every beta failed: 10x the highest is the bracket's
-    top; none failed: a tenth of the lowest kept is its bottom."""
-    lo, hi, _ = bracket(verdicts)
+def fine_betas(verdicts: dict[float, bool]) -> dict[str, Any]:
+    """The fine grid from the coarse grid's {beta: failed}: {lo, hi, betas, why}. The bracket is the cut between the
+    highest failed and the lowest kept beta with the fewest betas on its wrong side (alliter.sweep.search.bracket),
+    and the fine grid FINE_VALUES betas evenly inside it, two significant digits each. Every beta failed: the bracket
+    goes to 10x the highest; none failed: from 0 to the smallest beta above 0. `why` says which, and names the betas
+    on the wrong side of the cut (one seed: noise near the boundary)."""
+    lo, hi, wrong = bracket(verdicts)
     if hi is None:
-        hi = 10 * (lo or 1.0)
-    if lo is None:
-        lo = hi / 10
+        hi, why = 10 * (lo or 1.0), f"every beta failed, {lo:g} the highest: the fine grid goes above it, to 10x"
+    elif lo is None:
+        lo, hi = 0.0, hi if hi > 0 else min((b for b in verdicts if b > 0), default=0.01)
+        why = f"no beta failed where a cut can put it: the fine grid looks between 0 and {hi:g}"
+    else:
+        why = f"the balanced beta lies between {lo:g}, the highest beta that failed, and {hi:g}, the lowest that held"
+    inside = sorted(b for b in verdicts if lo < b < hi)
+    if inside:
+        why = f"the balanced beta lies between {lo:g} and {hi:g}, the widest cut the coarse grid's verdicts allow"
+    if wrong or inside:
+        odd = [f"{_betas(wrong)} on the wrong side of that cut"] if wrong else []
+        odd += [f"{_betas([b for b in inside if not verdicts[b]])} held and {_betas([b for b in inside if verdicts[b]])}"
+                " failed inside it"] if inside else []
+        why += f" ({'; '.join(odd)}: with one seed a beta near the boundary can go either way)"
     step = (hi - lo) / (FINE_VALUES + 1)
-    values = [float(f"{lo + k * step:.2g}") for k in range(1, FINE_VALUES + 1)]
-    return lo, hi, sorted(set(values))
+    values = sorted({float(f"{lo + k * step:.2g}") for k in range(1, FINE_VALUES + 1)})
+    return {"lo": lo, "hi": hi, "betas": values, "why": why}
+
+
+def _betas(values: list[float]) -> str:
+    text = [f"{v:g}" for v in sorted(values)]
+    return "beta " + text[0] if len(text) == 1 else "betas " + ", ".join(text[:-1]) + f" and {text[-1]}"
 
 
 def failed_betas(result: Analysis) -> dict[float, bool]:
@@ -83,12 +102,12 @@ class Study:
     def step_flags(self, step: str) -> list[str]:
         """A step's sweep flags, placed from the steps before it."""
         gens = ["--max-generations", str(self.cfg.extended_generations), "--seeds", str(self.cfg.seeds)]
+        grid = ["--max-generations", str(self.cfg.grid_generations)] if self.cfg.grid_generations else []
         if step == "coarse":
-            return ["--grid", "coarse"]
+            return ["--grid", "coarse", *grid]
         if step == "fine":
-            lo, hi, values = fine_betas(failed_betas(analyse(self.folder / "coarse")))
-            self.state["placement"] = {"lo": lo, "hi": hi, "betas": values}
-            return ["--betas", ",".join(f"{v:g}" for v in values)]
+            self.state["placement"] = placement = fine_betas(failed_betas(analyse(self.folder / "coarse")))
+            return ["--betas", ",".join(f"{v:g}" for v in placement["betas"]), *grid]
         beta = self.extended_beta()
         if step == "extended":
             return ["--betas", f"{beta:g}", *gens]

@@ -26,19 +26,25 @@ from alliter.rule import CollapseRule
 from alliter.sweep.run import SweepConfig, run_sweep
 
 
-@command
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None) -> tuple[SweepConfig, TrainConfig, CollapseRule, set[str]]:
+    """The sweep's flags: its config, the trials' config, the rule, and the names of the flags given."""
     parser = ArgumentParser(prog="python tune_jobs/sweep.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(parser, SweepConfig)
     add_config_flags(parser, CollapseRule)
     add_config_flags(parser, TrainConfig, skip=["beta"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = {cls: given_config_values(args, cls) for cls in (SweepConfig, CollapseRule, TrainConfig)}
+    return (SweepConfig(**given[SweepConfig]), TrainConfig(**given[TrainConfig]), CollapseRule(**given[CollapseRule]),
+            {name for values in given.values() for name in values})
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> int:
+    sweep, base, rule, given = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        outcome = run_sweep(SweepConfig(**given[SweepConfig]), TrainConfig(**given[TrainConfig]),
-                            {name for values in given.values() for name in values}, CollapseRule(**given[CollapseRule]))
+        outcome = run_sweep(sweep, base, given, rule)
     except KeyboardInterrupt:
         print("\ninterrupted before the trials started; nothing to resume", file=sys.stderr)
         return 130

@@ -1,0 +1,242 @@
+"""The study's write-up, study.md and study.html, in the order of the reference study's note, every sentence made
+from the data of the study's four sweeps: the coarse grid (which betas collapsed and when, which held, the last two
+evaluation stories of each), the conclusion it allows (where the balanced beta lies), the fine grid placed there (its
+choice and how sure it is against the next), the extended run of the choice (when it collapsed, in how many seeds, a
+story before and after), the recipe that holds beside the study's, which letters alliterate and which words it
+over-uses, and what the numbers cannot say."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from alliter import measures as M
+from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Table, Text, to_html, to_markdown
+from alliter.analyse.judge import Analysis, analyse
+from alliter.analyse.report import write_outputs
+from alliter.schema import read_json
+from alliter.study.run import STUDY_FILE, wall_text
+
+FAILED = ("collapsed", "degenerate")
+
+
+def _list(values: list[float]) -> str:
+    text = [f"{v:g}" for v in values]
+    return text[0] if len(text) == 1 else ", ".join(text[:-1]) + f" and {text[-1]}"
+
+
+def _stories(trial: Any, generations: int, n: int) -> list[Story]:
+    e = trial.evaluations
+    rows = e[e["generations"] == generations].head(n) if len(e) else e
+    return [Story(f"beta {trial.value:g}, seed {trial.seed}, evaluation story {int(r['sample'])} at {generations} "
+                  f"generations, raw reward {r['raw_reward']:g}", r["text"]) for _, r in rows.iterrows()]
+
+
+def grid_blocks(result: Analysis, out: Path) -> list[Block]:
+    """A grid's table, its plots and sentences: which betas failed and when, which held."""
+    s = result.summary.sort_values(result.knob)
+    failed = s[s["verdict"].isin(FAILED)]
+    held = s[~s["verdict"].isin(FAILED)]
+    lines = []
+    if len(failed):
+        when = ", ".join(f"beta {b:g} {v} at {a:.0f}" for b, v, a in zip(failed[result.knob], failed["verdict"],
+                                                                           failed["failed_at"]))
+        lines.append(f"{len(failed)} of {len(s)} betas failed the rule: {when} generations.")
+    if len(held):
+        best = held.loc[held["alliteration"].idxmax()]
+        lines.append(f"{'Betas' if len(held) > 1 else 'Beta'} {_list(list(held[result.knob]))} held to their end; of "
+                     f"them beta {best[result.knob]:g} alliterated most ({best['alliteration']:.1f}, "
+                     f"{best['alliteration_gain']:+.1f} over the unmodified model's {best['alliteration_baseline']:.1f}).")
+    else:
+        lines.append("No beta held to its end.")
+    table = pd.DataFrame({
+        "beta": s[result.knob].map(lambda v: f"{v:g}"), "verdict": s["verdict"],
+        "failed at": s["failed_at"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
+        "alliteration at the end": s["alliteration"].map(lambda v: f"{v:.1f}"),
+        "distinct-2 kept": s["diversity_kept"].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}"),
+        "fluency": s["fluency_gap"].map(lambda v: "-" if pd.isna(v) else f"{v:+.2f}"),
+    })
+    blocks: list[Block] = [Text(" ".join(lines)), Table(table)]
+    for name, alt in (("raw_reward.png", "raw reward along training"), ("kl_penalty.png", "KL penalty along training"),
+                      ("evaluations.png", "the evaluations along training")):
+        blocks.append(Image(out / name, alt))
+    return blocks
+
+
+def last_two_stories(result: Analysis) -> list[Block]:
+    blocks: list[Block] = []
+    for trial in sorted(result.trials, key=lambda t: (t.value, t.seed)):
+        if len(trial.evaluations):
+            blocks += _stories(trial, int(trial.evaluations["generations"].max()), 2)
+    return blocks
+
+
+def how_sure(result: Analysis) -> str:
+    """The choice against the next kept beta, as the seeds allow."""
+    c, s = result.choice, result.summary
+    if c is None:
+        return "No beta held in this grid: there is no choice."
+    runners = s[~s["verdict"].isin([*FAILED, "dropped"]) & ~s["chosen"]].sort_values("alliteration", ascending=False)
+    head = (f"best_beta's choice: beta {c['value']:g}, the highest alliteration among the betas that held "
+            f"({c['alliteration']:.1f} at {c['point']:.0f} generations).")
+    if not len(runners):
+        return head + " No other beta held: nothing to weigh it against."
+    r = runners.iloc[0]
+    if int(c["trials"]) < 2:
+        return (head + f" The next, beta {r[result.knob]:g}, reached {r['alliteration']:.1f}; with one seed each there "
+                "is no interval: which of the two is better is not known from this grid.")
+    apart = c["alliteration"] - r["alliteration"] > (c["alliteration_se"] or 0) + (r["alliteration_se"] or 0)
+    return head + (f" Against the next, beta {r[result.knob]:g} ({r['alliteration']:.1f} ± "
+                   f"{r['alliteration_se']:.1f}): " + ("further apart than their standard errors."
+                                                         if apart else "within their standard errors: as good."))
+
+
+def seeds_verdict(result: Analysis, end: int) -> tuple[str, list[Block]]:
+    """An extended run's verdict over its seeds, and a story before and after each seed's failure (or at its end)."""
+    points, blocks, lines = result.points, [], []
+    failures = []
+    for trial in sorted(result.trials, key=lambda t: t.seed):
+        mine = points[points["trial"] == trial.name].sort_values("generations")
+        failed = mine[mine["verdict"] != "kept"]
+        if len(failed):
+            at = int(failed["generations"].iloc[0])
+            before = mine[mine["generations"] < at]["generations"]
+            failures.append((trial.seed, at, failed["verdict"].iloc[0]))
+            if len(before) and int(before.iloc[-1]) > 0:
+                blocks += _stories(trial, int(before.iloc[-1]), 1)
+            blocks += _stories(trial, int(mine["generations"].iloc[-1]), 1)
+        else:
+            blocks += _stories(trial, int(mine["generations"].iloc[-1]), 1)
+    n = len(result.trials)
+    if failures:
+        lines.append(f"It failed in {len(failures)} of {n} seeds: " + ", ".join(
+            f"seed {seed} {verdict} at {at}" for seed, at, verdict in failures) + " generations.")
+    if len(failures) < n:
+        lines.append(f"It held to {end} generations in {n - len(failures)} of {n} seeds.")
+    end_points = points[points["generations"] == end]
+    if len(end_points):
+        lines.append(f"At {end} generations its alliteration was {_list(list(end_points['alliteration'].round(1)))}, "
+                     f"its distinct-2 {_list([round(100 * v) for v in end_points['diversity_kept']])}% of the "
+                     f"unmodified model's, its fluency {_list(list(end_points['fluency_gap'].round(2)))} nats over it.")
+    return " ".join(lines), blocks
+
+
+def overuse_line(result: Analysis, end: int) -> str:
+    texts = [t for trial in result.trials for t in trial.evaluations.loc[trial.evaluations["generations"] == end, "text"]]
+    base = [t for trial in result.trials for t in trial.evaluations.loc[trial.evaluations["generations"] == 0, "text"]]
+    words = M.overused_words(texts, base)
+    return M.overuse_text(words[:4]) if words else "no word"
+
+
+def letters_line(result: Analysis) -> str:
+    letters = result.letters
+    rows = letters[letters["row"] != "unmodified"] if len(letters) else letters
+    base = letters[letters["row"] == "unmodified"] if len(letters) else letters
+    if not len(rows):
+        return "No evaluation stories to count letters in."
+    top = rows.iloc[-1]["top_letters"]
+    return (f"The alliterating pairs of the unmodified model start mostly with {base.iloc[0]['top_letters']}; at the "
+            f"end of the extended run with {top}.")
+
+
+def build(folder: Path) -> list[Block]:
+    state = read_json(folder / STUDY_FILE) or {}
+    steps = state.get("steps", {})
+    results = {name: analyse(folder / name) for name in ("coarse", "fine", "extended", "holds")
+               if steps.get(name, {}).get("status") == "finished"}
+    outs = {name: folder / "analysis" / name for name in results}
+    for name, result in results.items():
+        write_outputs(result, outs[name])
+    config = state.get("config", {})
+    end = int(config.get("extended_generations", 7000))
+    first = next(iter(results.values()), None)
+    model = Path(first.recipe.model).name if first and first.recipe.model else "the model"
+    total = sum(s.get("wall_seconds", 0.0) for s in steps.values())
+    blocks: list[Block] = [
+        Heading("The study: the KL coefficient beta of RLOO for alliterative stories", 1),
+        Text(f"alliter study ran {len(results)} of its 4 sweeps on {model}, started {state.get('started', '?')}, in "
+             f"{wall_text(total)} of wall time ("
+             + ", ".join(f"{n} {wall_text(s.get('wall_seconds', math.nan))}" for n, s in steps.items()) + "). "
+             + (f"The update: {first.recipe.describe_recipe()}." if first else "")),
+    ]
+    if "coarse" in results:
+        c = results["coarse"]
+        blocks += [Heading("1. The coarse grid"), *grid_blocks(c, outs["coarse"]),
+                   Heading("The last two evaluation stories of each beta", 3), *last_two_stories(c)]
+        placement = state.get("placement")
+        if placement:
+            blocks += [Heading("What the coarse grid allows"),
+                       Text(f"{placement['why'][0].upper()}{placement['why'][1:]}; the fine grid runs "
+                            f"{_list(placement['betas'])}.")]
+    if "fine" in results:
+        f = results["fine"]
+        blocks += [Heading("2. The fine grid"), *grid_blocks(f, outs["fine"]), Text(how_sure(f)),
+                   Heading("The last two evaluation stories of each beta", 3), *last_two_stories(f)]
+    if "extended" in results:
+        e = results["extended"]
+        text, stories = seeds_verdict(e, end)
+        blocks += [Heading(f"3. The extended run: beta {state.get('extended_beta', 0):g} to {end} generations"),
+                   Text(f"Beta {state.get('extended_beta', 0):g} ({state.get('extended_why', '')}), {len(e.trials)} "
+                        f"seeds, the study's recipe. {text}"),
+                   Image(outs["extended"] / "evaluations.png", "the extended run's evaluations"),
+                   Heading("A story before the failure and at the end", 3), *stories]
+    if "holds" in results:
+        h = results["holds"]
+        text, stories = seeds_verdict(h, end)
+        blocks += [Heading("4. The recipe that holds, beside the study's"),
+                   Text(f"{h.recipe.describe_recipe()}; KL target {h.trials[0].kl_target:g}, its floor and start "
+                        f"beta {state.get('extended_beta', 0):g}. {text}"),
+                   Image(outs["holds"] / "evaluations.png", "the recipe that holds: evaluations"),
+                   Heading("Its stories at the end", 3), *stories]
+    final = results.get("holds") or results.get("extended") or results.get("fine")
+    if final is not None:
+        blocks += [Heading("5. Which letters alliterate, which words it over-uses"), Text(letters_line(final)),
+                   Image(outs[[k for k, v in results.items() if v is final][0]] / "letters.png", "letters")]
+        for name in ("extended", "holds"):
+            if name in results:
+                blocks.append(Text(f"At {end} generations the {'study' if name == 'extended' else 'holding'} "
+                                   f"recipe's stories over-use {overuse_line(results[name], end)} against the "
+                                   "unmodified model's (words used at least once in 5 stories)."))
+    blocks += [Heading("6. What the numbers cannot say"), Bullets(caveats(results, state))]
+    return blocks
+
+
+def caveats(results: dict[str, Analysis], state: dict[str, Any]) -> list[str]:
+    out = []
+    for name in ("coarse", "fine"):
+        if name in results and int(results[name].summary["trials"].max()) < 2:
+            out.append(f"The {name} grid ran one seed per beta: near the boundary, another seed can move a beta "
+                       "across it (the extended run shows how much the seeds differ).")
+    first = next(iter(results.values()), None)
+    if first is not None:
+        samples = int(first.trials[0].config.get("eval_samples", 50) or 50)
+        out.append(f"Each point is judged on {samples} fresh stories: a fluency gap is measured to about "
+                   f"{0.03 * math.sqrt(50 / samples):.2f} nats, alliteration to a few tenths.")
+        out.append(f"The rule ({first.cfg.rule().describe()}) is a threshold: a point just inside it reads little "
+                   "better than one just outside.")
+    out.append("Alliteration counts adjacent word pairs that share a first letter; it says nothing of whether a story "
+               "is a good one. Read the stories above.")
+    for name in ("extended", "holds"):
+        if name in results:
+            end = int(state.get("config", {}).get("extended_generations", 7000))
+            words = M.overused_words(*[[t for trial in results[name].trials for t in
+                                        trial.evaluations.loc[trial.evaluations["generations"] == g, "text"]]
+                                       for g in (end, 0)])
+            if words and words[0][2] > 5:
+                out.append(f"The {'study' if name == 'extended' else 'holding'} recipe meets the reward largely "
+                           f"through \"{words[0][0]}\" ({words[0][2]:.0f}x the unmodified model's use), which the "
+                           "rule's distinct-2 and fluency do not catch.")
+    out.append("Every figure is of this model, this reward and these seeds; another model or reward needs its own "
+               "study.")
+    return out
+
+
+def write(folder: Path) -> tuple[Path, Path]:
+    blocks = build(folder)
+    md, page = folder / "study.md", folder / "study.html"
+    md.write_text(to_markdown(blocks, folder), encoding="utf-8")
+    page.write_text(to_html(blocks, "alliter study"), encoding="utf-8")
+    return md, page
