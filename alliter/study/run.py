@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -140,7 +142,7 @@ class Study:
             print(f"\nalliter study {self.folder.name}, step {STEPS.index(step) + 1} of {len(STEPS)} ({step}): "
                   f"{' '.join(command[1:])}", flush=True)
             start = time.perf_counter()
-            code = subprocess.run(command).returncode
+            code = run_step(command)
             record["wall_seconds"] = record.get("wall_seconds", 0.0) + time.perf_counter() - start
             stats = read_json(sweep_folder / SWEEP_STATS_FILE) or {}
             record["status"] = "finished" if code == 0 and stats.get("status") == "finished" else "interrupted"
@@ -153,9 +155,20 @@ class Study:
         return 0
 
 
+def run_step(command: list[str]) -> int:
+    """A step's sweep in a process group of its own, a Ctrl-C of the study passed on to it once (Tune stops a sweep
+    with its last save on the first, without it on a second); the sweep's exit status."""
+    child = subprocess.Popen(command, start_new_session=True)
+    previous = signal.signal(signal.SIGINT, lambda *_: child.send_signal(signal.SIGINT))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def open_study(cfg: StudyConfig, passthrough: list[str]) -> Study:
     """A new study's folder and state, or (--resume) the one to continue."""
-    root = Path(cfg.storage or __import__("os").environ.get("ALLITER_STORAGE") or RESULTS_DIR).expanduser().absolute()
+    root = Path(cfg.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR).expanduser().absolute()
     if cfg.resume:
         if passthrough:
             raise AlliterError(f"--resume continues a study with the flags it was started with: leave out "

@@ -47,9 +47,11 @@ def grid_blocks(result: Analysis, out: Path) -> list[Block]:
         lines.append(f"{len(failed)} of {len(s)} betas failed the rule: {when} generations.")
     if len(held):
         best = held.loc[held["alliteration"].idxmax()]
-        lines.append(f"{'Betas' if len(held) > 1 else 'Beta'} {_list(list(held[result.knob]))} held to their end; of "
-                     f"them beta {best[result.knob]:g} alliterated most ({best['alliteration']:.1f}, "
-                     f"{best['alliteration_gain']:+.1f} over the unmodified model's {best['alliteration_baseline']:.1f}).")
+        figures = (f"{best['alliteration']:.1f}, {best['alliteration_gain']:+.1f} over the unmodified model's "
+                   f"{best['alliteration_baseline']:.1f}")
+        lines.append(f"Betas {_list(list(held[result.knob]))} held to their end; of them beta {best[result.knob]:g} "
+                     f"alliterated most ({figures})." if len(held) > 1 else
+                     f"Beta {best[result.knob]:g} held to its end, alliterating {figures}.")
     else:
         lines.append("No beta held to its end.")
     table = pd.DataFrame({
@@ -118,9 +120,10 @@ def seeds_verdict(result: Analysis, end: int) -> tuple[str, list[Block]]:
         lines.append(f"It held to {end} generations in {n - len(failures)} of {n} seeds.")
     end_points = points[points["generations"] == end]
     if len(end_points):
-        lines.append(f"At {end} generations its alliteration was {_list(list(end_points['alliteration'].round(1)))}, "
-                     f"its distinct-2 {_list([round(100 * v) for v in end_points['diversity_kept']])}% of the "
-                     f"unmodified model's, its fluency {_list(list(end_points['fluency_gap'].round(2)))} nats over it.")
+        by_seed = ", ".join(f"seed {seed}: alliteration {a:.1f}, distinct-2 {k:.0%} of the unmodified model's, fluency "
+                            f"{f:+.2f} nats" for seed, a, k, f in zip(end_points["seed"], end_points["alliteration"],
+                                                                      end_points["diversity_kept"], end_points["fluency_gap"]))
+        lines.append(f"At {end} generations ({by_seed}).")
     return " ".join(lines), blocks
 
 
@@ -131,7 +134,7 @@ def overuse_line(result: Analysis, end: int) -> str:
     return M.overuse_text(words[:4]) if words else "no word"
 
 
-def letters_line(result: Analysis) -> str:
+def letters_line(result: Analysis, sweep: str) -> str:
     letters = result.letters
     rows = letters[letters["row"] != "unmodified"] if len(letters) else letters
     base = letters[letters["row"] == "unmodified"] if len(letters) else letters
@@ -139,7 +142,7 @@ def letters_line(result: Analysis) -> str:
         return "No evaluation stories to count letters in."
     top = rows.iloc[-1]["top_letters"]
     return (f"The alliterating pairs of the unmodified model start mostly with {base.iloc[0]['top_letters']}; at the "
-            f"end of the extended run with {top}.")
+            f"end of {sweep} with {top}.")
 
 
 def build(folder: Path) -> list[Block]:
@@ -187,14 +190,17 @@ def build(folder: Path) -> list[Block]:
         h = results["holds"]
         text, stories = seeds_verdict(h, end)
         blocks += [Heading("4. The recipe that holds, beside the study's"),
-                   Text(f"{h.recipe.describe_recipe()}; KL target {h.trials[0].kl_target:g}, its floor and start "
-                        f"beta {state.get('extended_beta', 0):g}. {text}"),
+                   Text(f"{h.recipe.describe_recipe()[0].upper()}{h.recipe.describe_recipe()[1:]}"
+                        + (f"; KL target {h.trials[0].kl_target:g}, beta started at and floored at "
+                           f"{h.recipe.kl_min_beta:g}" if h.trials[0].kl_target is not None
+                           and h.recipe.kl_min_beta is not None else "") + f". {text}"),
                    Image(outs["holds"] / "evaluations.png", "the recipe that holds: evaluations"),
                    Heading("Its stories at the end", 3), *stories]
-    final = results.get("holds") or results.get("extended") or results.get("fine")
-    if final is not None:
-        blocks += [Heading("5. Which letters alliterate, which words it over-uses"), Text(letters_line(final)),
-                   Image(outs[[k for k, v in results.items() if v is final][0]] / "letters.png", "letters")]
+    last = next((name for name in ("holds", "extended", "fine") if name in results), None)
+    if last is not None:
+        sweep = {"holds": "the recipe that holds", "extended": "the extended run", "fine": "the fine grid"}[last]
+        blocks += [Heading("5. Which letters alliterate, which words it over-uses"),
+                   Text(letters_line(results[last], sweep)), Image(outs[last] / "letters.png", "letters")]
         for name in ("extended", "holds"):
             if name in results:
                 blocks.append(Text(f"At {end} generations the {'study' if name == 'extended' else 'holding'} "

@@ -1,0 +1,130 @@
+"""The study in one command: the fine grid placed from a hand-made coarse result, the write-up's sentences against
+hand-made sweeps (a collapse, a hold, a tie), its text escaped, and a tiny study end to end through a real local Ray,
+interrupted at its fine grid and resumed there."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alliter.analyse.document import to_html, to_markdown
+from alliter.analyse.judge import analyse
+from alliter.study.run import STUDY_FILE, failed_betas, fine_betas
+from alliter.study.writeup import build
+from helpers import COLLAPSED, K, REPO, varied_text, write_trial
+
+STUDY = [sys.executable, str(REPO / "tune_jobs" / "study.py")]
+
+
+def trial_groups(rng: random.Random, groups: int, collapse_at: int | None, pairs: int = 2) -> list[list[str]]:
+    """Groups of varied texts (the first: the unmodified model's), collapsed into one text from `collapse_at`
+    generations on."""
+    return [[COLLAPSED] * K if collapse_at is not None and i * K >= collapse_at else
+            [varied_text(rng, 1 if i == 0 else pairs) for _ in range(K)] for i in range(groups)]
+
+
+def hand_made_sweep(folder: Path, collapse_at: dict[float, list[int | None]], groups: int = 40,
+                    pairs: dict[float, int] | None = None) -> Path:
+    """A sweep of trial folders: beta -> where each seed's trial collapses (None: never)."""
+    rng = random.Random(len(collapse_at))
+    for beta, seeds in collapse_at.items():
+        for seed, at in enumerate(seeds):
+            write_trial(folder / f"beta={beta:g}_seed={seed}", beta,
+                        trial_groups(rng, groups, at, (pairs or {}).get(beta, 2)), seed=seed)
+    return folder
+
+
+def test_the_fine_grid_is_placed_between_the_last_failed_and_the_first_kept_beta(tmp_path):
+    coarse = hand_made_sweep(tmp_path / "coarse", {0.0: [200], 0.01: [200], 0.1: [200], 1.0: [200], 10.0: [200],
+                                                    100.0: [None]})
+    placement = fine_betas(failed_betas(analyse(coarse)))
+    assert placement["betas"] == [20, 30, 40, 50, 60, 70, 80, 90]  # the reference study's fine grid
+    assert placement["why"] == "the balanced beta lies between 10, the highest beta that failed, and 100, the lowest that held"
+    assert fine_betas({1.0: True, 10.0: True})["betas"][0] == 20 and "every beta failed" in fine_betas({1.0: True})["why"]
+    noisy = fine_betas({0.1: True, 1.0: False, 10.0: True, 100.0: False})
+    assert (noisy["lo"], noisy["hi"]) == (0.1, 100.0) and "beta 1 held and beta 10 failed inside it" in noisy["why"]
+
+
+def study_folder(tmp_path: Path) -> Path:
+    """A finished study of hand-made sweeps (a trial that collapses at 200 generations is first evaluated collapsed at
+    400: the evaluation at 200 samples the groups before it): the coarse grid's 10 collapses, 100 holds; the fine grid's 20 collapses,
+    30 and 40 hold alike (a tie, one seed); the extended run of 30 collapses in one of two seeds; the holding recipe
+    holds in both."""
+    folder = tmp_path / "study"
+    hand_made_sweep(folder / "coarse", {10.0: [200], 100.0: [None]})
+    hand_made_sweep(folder / "fine", {20.0: [200], 30.0: [None], 40.0: [None]}, pairs={30.0: 3, 40.0: 3})
+    hand_made_sweep(folder / "extended", {30.0: [None, 200]}, pairs={30.0: 3})
+    hand_made_sweep(folder / "holds", {30.0: [None, None]}, pairs={30.0: 4})
+    state = {"config": {"seeds": 2, "extended_generations": 400}, "passthrough": [], "started": "2026-12-07 10:00:00",
+             "steps": {name: {"status": "finished", "wall_seconds": 60.0} for name in ("coarse", "fine", "extended", "holds")},
+             "placement": fine_betas({10.0: True, 100.0: False}), "extended_beta": 30.0,
+             "extended_why": "the fine grid's choice"}
+    (folder / STUDY_FILE).write_text(json.dumps(state))
+    return folder
+
+
+def test_the_write_up_says_what_the_sweeps_show(tmp_path):
+    folder = study_folder(tmp_path)
+    text = to_markdown(build(folder), folder)
+    assert "1 of 2 betas failed the rule: beta 10 collapsed at 400 generations." in text
+    assert "The balanced beta lies between 10, the highest beta that failed, and 100, the lowest that held; the fine " \
+           "grid runs 20, 30, 40, 50, 60, 70, 80 and 90." in text
+    assert "1 of 3 betas failed the rule: beta 20 collapsed at 400 generations." in text
+    # the tie: 30 and 40 alliterate alike, one seed each
+    assert "with one seed each there is no interval: which of the two is better is not known from this grid." in text
+    assert "It failed in 1 of 2 seeds: seed 1 collapsed at 400 generations. It held to 400 generations in 1 of 2 seeds." in text
+    assert text.count("## ") >= 7 and "## 6. What the numbers cannot say" in text
+    assert "The coarse grid ran one seed per beta" in text
+    for name in ("coarse", "fine", "extended", "holds"):
+        assert (folder / "analysis" / name / "evaluations.png").exists()  # the images the write-up links
+
+
+def test_the_write_up_escapes_generated_text(tmp_path):
+    folder = tmp_path / "study"
+    groups = [[f"<script>alert({i})</script> big bad bear"] * K for i in range(20)]
+    write_trial(folder / "coarse" / "beta=1_seed=0", 1.0, groups)
+    (folder / STUDY_FILE).write_text(json.dumps({"config": {}, "passthrough": [], "steps": {
+        "coarse": {"status": "finished", "wall_seconds": 1.0}}}))
+    page = to_html(build(folder), "study")
+    assert "<script>" not in page and "&lt;script&gt;alert(" in page
+
+
+@pytest.mark.slow
+def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_path, tiny_gpt_neo):
+    args = ["--model", str(tiny_gpt_neo), "--lr", "0.05", "--grid-generations", "20", "--extended-generations", "40",
+            "--seeds", "2", "--snapshot-every", "20", "--eval-samples", "10", "--storage", str(tmp_path), "--name", "s"]
+    study = subprocess.Popen([*STUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "s" / "fine").glob("beta=*/checkpoint_*")):
+        time.sleep(0.2)
+    study.send_signal(signal.SIGINT)  # Ctrl-C in the fine grid
+    out, err = study.communicate(timeout=180)
+    assert study.returncode == 130, err[-3000:]
+    state = json.loads((tmp_path / "s" / STUDY_FILE).read_text())
+    assert state["steps"]["coarse"]["status"] == "finished" and state["steps"]["fine"]["status"] == "interrupted"
+    assert "continue with: alliter study --resume --name s" in err
+    res = subprocess.run([*STUDY, "--resume", "--name", "s", "--storage", str(tmp_path)], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = json.loads((tmp_path / "s" / STUDY_FILE).read_text())
+    assert {s["status"] for s in state["steps"].values()} == {"finished"}
+    assert state["steps"]["coarse"]["flags"][:4] == ["--grid", "coarse", "--max-generations", "20"]
+    assert state["steps"]["fine"]["flags"][1] == ",".join(f"{b:g}" for b in state["placement"]["betas"])
+    assert state["steps"]["holds"]["flags"][:4] == ["--betas", f"{state['extended_beta']:g}", "--kl-min-beta",
+                                                    f"{state['extended_beta']:g}"]
+    coarse_line = next(line for line in res.stdout.splitlines() if "step 1 of 4" in line) if "step 1 of 4" in res.stdout else ""
+    assert not coarse_line  # the finished coarse grid is not run again
+    fine = analyse(tmp_path / "s" / "fine")
+    assert sorted(t.value for t in fine.trials) == state["placement"]["betas"]
+    assert all(t.done == 20 for t in fine.trials)  # the interrupted grid finished, every trial
+    page = (tmp_path / "s" / "study.html").read_text()
+    for section in ("1. The coarse grid", "2. The fine grid", "3. The extended run", "4. The recipe that holds",
+                    "5. Which letters alliterate", "6. What the numbers cannot say"):
+        assert section in page
