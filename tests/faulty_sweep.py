@@ -4,7 +4,8 @@
 
 The fault is installed here, by wrapping the sweep's trainable before the sweep runs: the production trainable
 knows nothing of it. The wrapper is pickled with this script (its __main__), so it reaches a trial on any node;
-it fires once per trial (a marker beside the trial's folder), never in a process restored from a checkpoint. "crash:N": after the report of group N (counted from 1),
+it fires once per trial (a marker beside the trial's folder), never in a process restored from a checkpoint;
+"die:1=3,2=8" fires in the trials of beta 1 (at group 3) and beta 2 (at group 8) only. "crash:N": after the report of group N (counted from 1),
 the process loses its working folder, as a lost node would, and dies; "die:N": it dies instead of making that
 report (its files stay; a checkpoint due with it never reaches Tune: a worker killed during a checkpoint);
 "hang:N": it stops after the report (and that group's checkpoint, if one was due) until its node is killed. Pass
@@ -30,7 +31,10 @@ FAULT_ENV = "ALLITER_TEST_FAULT"
 
 
 def with_fault(trainable, fault: str):
-    kind, _, group = fault.partition(":")
+    """`fault`: KIND:N for every trial, or KIND:BETA=N,BETA=N,... for the trials of those betas (the others run
+    as they should)."""
+    kind, _, spec = fault.partition(":")
+    groups = {float(b): int(n) for b, n in (item.split("=") for item in spec.split(","))} if "=" in spec else None
 
     # the trainable's name (Tune's trials show it), not its module: cloudpickle pickles a function of an importable
     # module by reference, and the workers would import the sweep's own trainable instead of this one
@@ -39,12 +43,13 @@ def with_fault(trainable, fault: str):
         from ray import tune
 
         fired = Path.cwd().parent / f".fault-fired-{tune.get_context().get_trial_id()}"
-        if tune.get_checkpoint() is not None or fired.exists():  # a restarted process runs as it should
+        group = int(spec) if groups is None else groups.get(float(config["beta"]))
+        if tune.get_checkpoint() is not None or fired.exists() or group is None:  # these run as they should
             return trainable(config, **parameters)
         report = tune.report
 
         def reporting(metrics, *args, **kwargs):
-            due = metrics.get("group") == int(group) - 1
+            due = metrics.get("group") == group - 1
             if due:
                 fired.touch()
             if kind == "die" and due:

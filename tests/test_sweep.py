@@ -71,28 +71,28 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
     assert "snapshots: every 10 generations, 5 per trial x 1.0 MB (float32) = 5.2 MB per trial, 5.2 MB for 1 trial" in res.stdout
 
 
-@pytest.mark.parametrize("group, restored_from", [(3, None), (8, 5), (10, 5)],
-                         ids=["before the first checkpoint", "between two", "during one"])
-def test_a_retried_trial_has_every_generation_once(tmp_path, group, restored_from):
-    """The worker dies (its folder stays) at `group`, checkpoints every 5 groups; at group 10 it dies instead of
-    reporting the checkpoint due then. Tune retries from the last checkpoint Tune has, or from scratch, and the
+def test_a_retried_trial_has_every_generation_once(tmp_path):
+    """Checkpoints every 5 groups; a worker dies (its folder stays): beta 1's at group 3, before the first checkpoint;
+    beta 2's at group 8, between two; beta 3's at group 10, instead of reporting the checkpoint due then (a worker
+    killed during a checkpoint). Tune retries each from the last checkpoint it has, or from scratch, and every
     trial's files hold every generation, group, evaluation and TensorBoard step exactly once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    res = sweep("--betas", "1", "--max-generations", "150", "--checkpoint-every", "5", "--snapshot-every", "40",
+    res = sweep("--betas", "1,2,3", "--max-generations", "150", "--checkpoint-every", "5", "--snapshot-every", "40",
                 "--eval-samples", "10", "--report-seconds", "0", "--storage", str(tmp_path), "--name", "die",
-                fault=f"die:{group}")
+                fault="die:1=3,2=8,3=10")
     assert res.returncode == 0, res.stderr[-3000:]
-    state = trial_states(tmp_path / "die")[1.0]
-    assert state["status"] == "TERMINATED" and state["num_failures"] == 1
-    trial = trial_dir(tmp_path / "die", "1")
-    assert generation_indices(trial) == list(range(150))
-    assert [m["group"] for m in read_jsonl(trial / "metrics.jsonl")] == list(range(15))
-    assert [p["generations"] for p in evaluation_points(trial / "evaluations.jsonl", 10)] == [0, 40, 80, 120, 150]
-    scalars = EventAccumulator(str(trial)).Reload().Scalars("raw_reward_mean")
-    assert [e.step for e in scalars] == list(range(10, 151, 10))  # TensorBoard shows each group once
-    # from scratch, nothing of the dead attempt's is left; from a checkpoint, its events up to there stay in its file
-    assert len(list(trial.glob("events.out.tfevents.*"))) == (1 if restored_from is None else 2)
+    for beta, restored_from in ((1.0, None), (2.0, 5), (3.0, 5)):
+        state = trial_states(tmp_path / "die")[beta]
+        assert state["status"] == "TERMINATED" and state["num_failures"] == 1
+        trial = trial_dir(tmp_path / "die", f"{beta:g}")
+        assert generation_indices(trial) == list(range(150))
+        assert [m["group"] for m in read_jsonl(trial / "metrics.jsonl")] == list(range(15))
+        assert [p["generations"] for p in evaluation_points(trial / "evaluations.jsonl", 10)] == [0, 40, 80, 120, 150]
+        scalars = EventAccumulator(str(trial)).Reload().Scalars("raw_reward_mean")
+        assert [e.step for e in scalars] == list(range(10, 151, 10))  # TensorBoard shows each group once
+        # from scratch, nothing of the dead attempt's is left; from a checkpoint, its events up to there stay in its file
+        assert len(list(trial.glob("events.out.tfevents.*"))) == (1 if restored_from is None else 2)
 
 
 def test_stop_on_collapse_ends_the_trial_where_the_rule_says(tmp_path):
