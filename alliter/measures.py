@@ -1,12 +1,14 @@
 """The measures of a group of texts: diversity (distinct-n, the unique fraction, self-BLEU, repetition inside a
-text) and an evaluation's measures (`point_measures`; `evaluation_measures` for each point of a trial).
-Torch-free: the trainer, the evaluation and best_beta measure alike."""
+text), an evaluation's measures (`point_measures`; `evaluation_measures` for each point of a trial), the words a
+point over-uses, and the registry (`MEASURES`) that names each measure once for the rule, the frames, the report,
+the model card and the trackers. Torch-free and pandas-free: the trainer, the evaluation and best_beta measure alike."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 
@@ -132,3 +134,52 @@ def overused_words(texts: Sequence[str], base_texts: Sequence[str], top: int = 5
 def overuse_text(words: list[list]) -> str:
     """`"tree" 3.6 a story (27x)`, ...: how a report and a model card say over_used words."""
     return ", ".join(f'"{w}" {rate:.2g} a story ({ratio:.0f}x)' for w, rate, ratio in words) or "none"
+
+
+# --- the registry: every measure of a point, named once -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A measure of a point (an evaluation's stories), and everything that names it."""
+
+    name: str
+    """Its name in a point, points.csv and the trackers' metrics (eval_NAME)."""
+    group: str | None
+    """The training group's column it stands for (metrics.jsonl, or best_beta's text measures of a group): the
+    training points' fallback and the windows; None: the groups have none."""
+    label: str
+    """How a table or a plot's axis names it (a measure of sameness: as the diversity it is counted as)."""
+    card: str | None = None
+    """How a model card explains it; None: not on the card."""
+    sameness: bool = False
+    """Higher means more alike: counted as 1 - it wherever a diversity is meant."""
+    rule: str | None = None
+    """Who can judge a collapse by it: "trainer" (the trainer measures it on every group: a sweep's rule may use
+    it), "analysis" (best_beta measures it: its rule may), None (not a diversity measure)."""
+
+
+MEASURES = (
+    Measure("alliteration", "raw_reward_mean", "alliteration",
+            "alliteration (mean raw reward: adjacent word pairs with the same first letter)"),
+    Measure("distinct_1", "distinct_1", "distinct-1", "distinct-1 (unique words / words, per group of stories)",
+            rule="trainer"),
+    Measure("distinct_2", "distinct_2", "distinct-2", "distinct-2 (unique word pairs / word pairs, per group)",
+            rule="trainer"),
+    Measure("unique_fraction", "unique_fraction", "unique fraction",
+            "unique fraction (distinct stories / stories, per group)", rule="trainer"),
+    Measure("self_bleu", "self_bleu", "1 - self-BLEU",
+            "self-BLEU (each story against the rest of its group; high = near-duplicates)", sameness=True,
+            rule="analysis"),
+    Measure("repeated_4grams", "repeated_4grams", "1 - repeated 4-grams", "repeated word 4-grams inside a story (share)",
+            sameness=True),
+    Measure("fluency", "ce_ref_mean", "fluency",
+            "fluency: mean token cross-entropy of the stories under the unmodified model (nats)"),
+    Measure("kl", None, "KL per token", "KL estimate per token (CE unmodified - CE this model, on its stories)"),
+    Measure("new_tokens", "mean_new_tokens", "new tokens"),
+)
+BY_NAME = {m.name: m for m in MEASURES}
+POINT_MEASURES = tuple(m.name for m in MEASURES)
+DIVERSITY_MEASURES = tuple(m.name for m in MEASURES if m.rule)  # what the rule's --diversity-measure takes
+TRAINER_DIVERSITY = tuple(m.name for m in MEASURES if m.rule == "trainer")  # ... in a sweep (the trials measure)
+SAMENESS = tuple(m.name for m in MEASURES if m.sameness)

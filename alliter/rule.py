@@ -31,38 +31,23 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
+from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.config import DEFAULT_WINDOW
 
 KEPT, COLLAPSED, DEGENERATE = "kept", "collapsed", "degenerate"
-# diversity measures a point has from its stories (best_beta also has self-BLEU, counted as 1 - self-BLEU)
-TRAINER_MEASURES = ("distinct_1", "distinct_2", "unique_fraction")
-ALL_MEASURES = (*TRAINER_MEASURES, "self_bleu")
 DEFAULT_MEASURE = "distinct_2"
 DEFAULT_SHARE = 0.8
 DEFAULT_FLUENCY_MARGIN = 0.3
 
-# a training group's metric -> the point measure it stands for (training points, the fallback)
-TRAINING_MEASURES = {
-    "raw_reward_mean": "alliteration",
-    "distinct_1": "distinct_1",
-    "distinct_2": "distinct_2",
-    "unique_fraction": "unique_fraction",
-    "self_bleu": "self_bleu",
-    "repeated_4grams": "repeated_4grams",
-    "ce_ref_mean": "fluency",
-    "mean_new_tokens": "new_tokens",
-}
-
-
-# measures of sameness (higher = less diverse), counted as 1 - the measure wherever a diversity is meant
-SAMENESS = ("self_bleu", "repeated_4grams")
+# a training group's column -> the point measure it stands for (training points, the fallback)
+TRAINING_MEASURES = {m.group: m.name for m in M.MEASURES if m.group}
 
 
 def as_diversity(value: Any, measure: str) -> Any:
     """A measure's value as a diversity, higher = more diverse (1 - it for a measure of sameness); a number, a
     pandas column or frame alike."""
-    return 1 - value if measure in SAMENESS else value
+    return 1 - value if measure in M.SAMENESS else value
 
 
 def diversity(point: dict[str, Any], measure: str) -> float:
@@ -124,7 +109,7 @@ class CollapseRule:
         """The rule alone, without the fields of a dataclass that extends it."""
         return CollapseRule(**{f.name: getattr(self, f.name) for f in fields(CollapseRule)})
 
-    def validate_rule(self, measures: Sequence[str] = ALL_MEASURES) -> None:
+    def validate_rule(self, measures: Sequence[str] = M.DIVERSITY_MEASURES) -> None:
         if self.diversity_measure not in measures:
             raise AlliterError(f"diversity_measure must be one of {', '.join(measures)}, got {self.diversity_measure!r}")
         if not 0 < self.diversity_share <= 1:

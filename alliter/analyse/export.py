@@ -41,16 +41,7 @@ from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE
 from alliter.train.snapshots import load_snapshot, snapshot_at, snapshot_path, umask_now
 
 # the measures a model card lists, in order: point measure -> label
-CARD_MEASURES = {
-    "alliteration": "alliteration (mean raw reward: adjacent word pairs with the same first letter)",
-    "distinct_1": "distinct-1 (unique words / words, per group of stories)",
-    "distinct_2": "distinct-2 (unique word pairs / word pairs, per group)",
-    "self_bleu": "self-BLEU (each story against the rest of its group; high = near-duplicates)",
-    "repeated_4grams": "repeated word 4-grams inside a story (share)",
-    "unique_fraction": "unique fraction (distinct stories / stories, per group)",
-    "fluency": "fluency: mean token cross-entropy of the stories under the unmodified model (nats)",
-    "kl": "KL estimate per token (CE unmodified - CE this model, on its stories)",
-}
+CARD_MEASURES = {m.name: m.card for m in M.MEASURES if m.card}
 
 
 @dataclass

@@ -34,18 +34,9 @@ KNOB_SYMBOLS = {"beta": "beta", "kl_target": "target"}
 SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
                STOP_FILE, LEGACY_STOP_FILE, SEARCH_FILE, REWARD_FILE, EXPERIMENT_STATE_GLOB)
 
-# training window name -> per-group column; every one is averaged over a window's groups
-MEASURES = {
-    "alliteration": "raw_reward_mean",
-    "distinct_1": "distinct_1",
-    "distinct_2": "distinct_2",
-    "unique_fraction": "unique_fraction",
-    "self_bleu": "self_bleu",
-    "repeated_4grams": "repeated_4grams",
-    "kl_penalty": "kl_penalty_mean",
-    "ce_ref": "ce_ref_mean",
-    "diversity": "diversity",
-}
+# training window name -> per-group column; every one is averaged over a window's groups (the registry's names, and
+# the training KL term and the rule's diversity, which no point has)
+MEASURES = {**{m.name: m.group for m in M.MEASURES if m.group}, "kl_penalty": "kl_penalty_mean", "diversity": "diversity"}
 
 
 @dataclass

@@ -91,8 +91,7 @@ class Analysis:
 # --- points, the rule ---------------------------------------------------------------------------------
 
 LETTER_COLUMNS = ("raw_alliteration", "top_letters", "letter_entropy", "t_s_share")  # the summary's, per value
-POINT_MEASURES = ("alliteration", "distinct_1", "distinct_2", "unique_fraction", "self_bleu", "repeated_4grams",
-                  "fluency", "kl", "new_tokens")
+POINT_MEASURES = M.POINT_MEASURES
 
 
 def trial_points(trial: Trial, groups: pd.DataFrame, cfg: AnalysisConfig, bleu: Any) -> tuple[list[dict], str]:

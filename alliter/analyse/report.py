@@ -46,12 +46,7 @@ TABLE = {
 RULE_COLUMNS = {"distinct_1": "distinct_1", "unique_fraction": "unique"}
 PLOTS = ("evaluations.png", "frontier.png", "letters.png", "raw_reward.png", "kl_penalty.png", "diversity.png",
          "pareto.png")
-MEASURE_LABELS = {
-    "distinct_1": "distinct-1",
-    "distinct_2": "distinct-2",
-    "unique_fraction": "unique fraction",
-    "self_bleu": "1 - self-BLEU",
-}
+MEASURE_LABELS = {m.name: m.label for m in M.MEASURES if m.rule}  # the rule's diversity measures
 
 
 # The diversity plot's panels. The unique fraction (distinct texts per group) counts exact copies only, so it
@@ -59,7 +54,7 @@ MEASURE_LABELS = {
 # fourth panel is 1 - the share of a text's word 4-grams that repeat inside it, which falls as a text turns
 # into "tall tall tall" (0.93 repeated at beta 0 against 0.00 at beta 100 on the coarse grid) and is the one
 # panel that looks inside a text rather than across the group. The unique fraction stays, when the rule uses it.
-PANEL_LABELS = {**MEASURE_LABELS, "repeated_4grams": "1 - repeated 4-grams"}
+PANEL_LABELS = {m.name: m.label for m in M.MEASURES if m.rule or m.sameness}
 
 
 def diversity_panels(rule_measure: str) -> list[str]:

@@ -29,7 +29,8 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from alliter import storage as store
 from alliter.cli import AlliterError
 from alliter.config import MAX_TRIALS, TrainConfig, check_given, compact, grid_betas, knob_values, parse_seeds
-from alliter.rule import TRAINER_MEASURES, CollapseRule
+from alliter.measures import TRAINER_DIVERSITY
+from alliter.rule import CollapseRule
 from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE
 from alliter.sweep import cluster, trial
 from alliter.sweep.console import Console
@@ -298,7 +299,7 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     the flags set on the command line (a resume refuses those it cannot change)."""
     sweep = sweep.resolved()  # fail on bad resources now, not when Ray schedules the first trial
     rule = rule or CollapseRule()
-    rule.validate_rule(TRAINER_MEASURES)  # self-BLEU is best_beta's alone: the trainer does not measure it
+    rule.validate_rule(TRAINER_DIVERSITY)  # self-BLEU is best_beta's alone: the trainer does not measure it
     storage = store.storage_root(sweep.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR)
     address = sweep.address or os.environ.get("RAY_ADDRESS") or None
     check_name(sweep.name)
