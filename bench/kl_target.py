@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alliter.analyse.judge import analyse  # noqa: E402
-from alliter.analyse.report import plot_frontier  # noqa: E402
+from alliter.analyse.plots import plot_frontier  # noqa: E402
 from sweeps import add_sweep_flags, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
 
 

@@ -17,7 +17,8 @@ from alliter import measures as M
 from alliter.train.reward import raw_reward
 from alliter.analyse.judge import AnalysisConfig, analyse
 from alliter.analyse.command import main
-from alliter.analyse.report import PLOTS, beta_colours
+from alliter.analyse.names import beta_colours
+from alliter.analyse.plots import PLOTS
 from alliter.schema import stop_record
 from helpers import COLLAPSED, K, REPO, varied_groups, varied_text, write_trial
 
@@ -366,3 +367,16 @@ def test_which_letters_alliterate_at_each_beta_and_at_the_unmodified_model(tmp_p
     assert letters.loc["0", "raw_alliteration"] == 3 and letters.loc["10", "t_s_share"] == 1.0
     s = result.summary.set_index("beta")
     assert s.loc[0.0, "top_letters"] == "t 100%" and s.loc[10.0, "letter_entropy"] == 1.0
+
+
+def test_gao_fit_recovers_a_known_frontier():
+    """R(d) = d (alpha - b log d) with alpha 2 and b 0.5, sampled with little noise: the fit gives them back."""
+    import numpy as np
+
+    from alliter.analyse.frontier import gao_fit
+
+    d = np.linspace(0.1, 3.0, 30)
+    gain = d * (2.0 - 0.5 * np.log(d)) + np.random.default_rng(0).normal(0, 0.01, d.shape)
+    alpha, b, r2 = gao_fit(np.concatenate([[0.0], d]), np.concatenate([[5.0], gain]))  # d = 0 is left out
+    assert alpha == pytest.approx(2.0, abs=0.02) and b == pytest.approx(0.5, abs=0.02) and r2 > 0.999
+    assert gao_fit(d[:3], gain[:3]) is None  # too few points

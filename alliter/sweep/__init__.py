@@ -5,4 +5,5 @@
 - trial.py    the Tune trainable around the trainer, its options, and NoRetry
 - search.py   search mode: the Tune Searcher that brackets the balanced beta, and its stopper
 - cluster.py  can the Ray cluster run a trial: its nodes, and what its autoscaler may add
+- console.py  what a person watches: a line per trial, 100 columns (a Tune progress reporter)
 """

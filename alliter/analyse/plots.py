@@ -1,0 +1,263 @@
+"""best_beta's plots (PLOTS), each one figure of matplotlib's object API written to a PNG: the evaluations along
+training, the reward-KL frontier, the letters, the training curves, the diversity panels, the Pareto front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from alliter.analyse.frames import KNOB_SYMBOLS
+from alliter.analyse.frontier import frontier_fits, frontier_points
+from alliter.analyse.judge import Analysis
+from alliter.analyse.letters import LETTERS, UNMODIFIED
+from alliter.analyse.names import (
+    LEGEND_TITLES, MEASURE_LABELS, PANEL_LABELS, beta_colours, diversity_panels, value_label,
+)
+from alliter.rule import as_diversity
+
+TAB10 = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey",
+         "tab:olive", "tab:cyan"]
+
+PLOTS = ("evaluations.png", "frontier.png", "letters.png", "raw_reward.png", "kl_penalty.png", "diversity.png",
+         "pareto.png")
+
+
+def smoothed(result: Analysis, columns: list[str]) -> dict[float, pd.DataFrame]:
+    """Per beta: each trial's per-group values as a running mean over the last `window` generations, then
+    their mean over the beta's trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
+    curves = {}
+    for beta, g in result.groups.groupby(result.knob):
+        per_trial = []
+        for _, trial in g.groupby("trial"):
+            per_group = trial.set_index("generations")[columns].sort_index()
+            step = float(np.median(np.diff(per_group.index))) if len(per_group) > 1 else float(per_group.index[0])
+            per_trial.append(per_group.rolling(max(1, round(result.cfg.window / step)), min_periods=1).mean())
+        curves[beta] = _mean_and_se(pd.concat(per_trial).groupby(level=0))
+    return curves
+
+
+def _mean_and_se(grouped: Any) -> pd.DataFrame:
+    """Each group's mean and its standard error (`<column>_se`: the sample standard deviation over the square root of
+    the count; NaN for one row)."""
+    return grouped.mean().join(grouped.sem().add_suffix("_se"))
+
+
+def _plot_mean(ax: Any, x: Any, y: pd.Series, se: pd.Series, colour: Any, lw: float, label: str) -> None:
+    """A beta's mean curve, with a band of one standard error across its seeds where it has several."""
+    ax.plot(x, y, color=colour, lw=lw, label=label)
+    if se.notna().any():
+        ax.fill_between(x, y - se, y + se, color=colour, alpha=0.18, lw=0)
+
+
+def _figure(width: float = 8, height: float = 4.8, rows: int = 1, cols: int = 1) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _legend(ax: Any, source: Any = None, title: str = LEGEND_TITLES["beta"]) -> None:
+    """The legend to the right of ax, with source's entries (default: ax's)."""
+    handles, labels = (source or ax).get_legend_handles_labels()
+    ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+
+
+def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
+    """Per beta: its points' alliteration, diversity share and fluency gap by generations, the mean over its
+    trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
+    columns = ["alliteration", "diversity_kept", "fluency_gap"]
+    curves = {}
+    for beta, p in result.points.groupby(result.knob):
+        curves[beta] = _mean_and_se(p.groupby("generations")[columns])
+    return curves
+
+
+def plot_evaluations(result: Analysis, path: Path) -> None:
+    """The points the rule judges, along training: alliteration, diversity as a share of the unmodified model's,
+    and the fluency gap, with the rule's two limits and the best point."""
+    cfg, s = result.cfg, result.summary
+    colours = beta_colours(list(s[result.knob]))
+    curves = point_curves(result)
+    fig, axes = _figure(15, 4.6, 1, 3)
+    measure = MEASURE_LABELS[cfg.diversity_measure]
+    panels = [("alliteration", "alliteration (mean raw reward)", "Alliteration"),
+              ("diversity_kept", f"{measure}, share of the unmodified model's", f"Diversity ({measure})"),
+              ("fluency_gap", "nats over the unmodified model's own stories", "Fluency: cross-entropy under the unmodified model")]
+    for ax, (column, ylabel, title) in zip(axes[0], panels):
+        for beta, curve in curves.items():
+            _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, value_label(result, beta))
+            ax.scatter(curve.index, curve[column], color=colours[beta], s=10)
+        if column == "diversity_kept":
+            ax.axhline(cfg.diversity_share, color="black", ls="--", lw=1, label=f"rule: {cfg.diversity_share:.0%}")
+            ax.set_ylim(0, 1.25)
+        if column == "fluency_gap":
+            ax.axhline(cfg.fluency_margin, color="black", ls="--", lw=1, label=f"rule: +{cfg.fluency_margin:g} nats")
+        if column != "diversity_kept":  # linear near the rule's limits, logarithmic past them (collapses reach +4, 95)
+            _symlog(ax, 1.0 if column == "fluency_gap" else 10.0,
+                    [-0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4] if column == "fluency_gap" else [0, 2, 4, 6, 8, 10, 20, 50, 100])
+        p = result.best_point
+        if p is not None and p[column] is not None:
+            ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["value"]], edgecolor="black",
+                       zorder=5, label=f"best point: {value_label(result, p['value'])}, {p['generations']} gens")
+        ax.set(xlabel="generations", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+    _legend(axes[0][2], title=LEGEND_TITLES[result.knob])
+    source = "evaluations" if (s["source"] == "evaluation").all() else "evaluations (training windows where a trial has none)"
+    fig.suptitle(f"The points the rule judges: {source}, mean over seeds with one standard error")
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+
+
+def _symlog(ax: Any, linear_up_to: float, ticks: list[float]) -> None:
+    low, high = ax.get_ylim()
+    ax.set_yscale("symlog", linthresh=linear_up_to, linscale=2.0)
+    shown = [t for t in ticks if low <= t <= high] or ticks
+    ax.set_yticks(shown, [f"{t:g}" for t in shown])
+    ax.minorticks_off()
+
+
+def plot_frontier(results: list[Analysis], path: Path) -> None:
+    """Raw reward gain against sqrt(KL), by evaluation, along training: per value of each sweep's knob, the mean
+    over its seeds at each evaluated generation with bars of one standard error, every trial's own curve
+    faint beneath, and Gao et al.'s form fitted to each trial where it fits (R^2 >= 0.5, dashed). Several
+    sweeps (a fixed beta and a KL target) share the axes."""
+    fig, axes = _figure(9, 5.5)
+    ax = axes[0][0]
+    palette = iter(TAB10 * 4)  # several sweeps: a colour per (sweep, value), where each sweep's own scale would repeat
+    for result, style in zip(results, ("-", "--", ":", "-.")):
+        colours = beta_colours(list(result.summary[result.knob]))
+        if len(results) > 1:
+            colours = {value: next(palette) for value in colours}
+        points = frontier_points(result)
+        fits = frontier_fits(result).set_index("trial")
+        for value, g in points.groupby(result.knob):
+            colour = colours[value]
+            for trial, t in g.groupby("trial"):
+                ax.plot(t["d"], t["gain"], color=colour, lw=0.6, alpha=0.35, ls=style)
+                fit = fits.loc[trial]
+                if fit["r2"] >= 0.5:
+                    d = np.linspace(max(t["d"].min(), 1e-3), t["d"].max(), 60)
+                    ax.plot(d, d * (fit["alpha"] - fit["b"] * np.log(d)), color=colour, lw=0.9, ls=(0, (2, 2)))
+            by = g.groupby("generations")[["d", "gain"]]
+            mean, count = by.mean(), by.count()["gain"]
+            se = (by.std(ddof=1)["gain"] / np.sqrt(count)).fillna(0)
+            ax.plot(mean["d"], mean["gain"], color=colour, lw=2, ls=style, marker="o", ms=3,
+                    label=value_label(result, value) + (f" ({len(g['trial'].unique())} seeds)"
+                                                         if g["trial"].nunique() > 1 else ""))
+            if (se > 0).any():  # bars, not a band: d can move back along training, and a band would fold over
+                ax.errorbar(mean["d"], mean["gain"], yerr=se, color=colour, lw=0, elinewidth=1, capsize=2)
+    ax.set(xlabel="sqrt(KL): sqrt of the per-token estimate (CE_ref - CE_policy) x the generated tokens",
+           ylabel="raw reward gain over generation 0 (by evaluation)",
+           title="The reward-KL frontier along training (dashed thin: Gao et al.'s d (alpha - b log d), where it fits)")
+    ax.set_yscale("symlog", linthresh=10.0, linscale=2.0)
+    ax.grid(alpha=0.3)
+    _legend(ax, title=" / ".join(LEGEND_TITLES[r.knob] for r in {r.knob: r for r in results}.values()))
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_letters(result: Analysis, path: Path) -> None:
+    """A heat map of the alliterating pairs' first letters: a row for the unmodified model and one per value at its
+    final point, a column per letter that makes at least 1% of any row's pairs (the rest: "other"), ordered by
+    the unmodified model's shares; each row says its entropy."""
+    f = result.letters
+    fig, axes = _figure(12, 1.6 + 0.45 * max(1, len(f)))
+    ax = axes[0][0]
+    if not len(f) or not f["pairs"].sum():
+        ax.text(0.5, 0.5, "no alliterating pairs to show", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, bbox_inches="tight")
+        return
+    shares = f[list(LETTERS)].fillna(0.0)
+    shown = [c for c in LETTERS if shares[c].max() >= 0.01]
+    order = shares.iloc[0] if f["row"].iloc[0] == UNMODIFIED else shares.mean()
+    shown = sorted(shown, key=lambda c: -order[c])
+    grid = shares[shown].assign(other=1 - shares[shown].sum(axis=1)).clip(lower=0)
+    grid[f["pairs"].to_numpy() == 0] = np.nan
+    image = ax.imshow(grid.to_numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(grid.to_numpy()):
+        if np.isfinite(v) and v >= 0.005:
+            ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8, color="white" if v > 0.55 else "black")
+    rows = [("unmodified model" if r.row == UNMODIFIED else value_label(result, getattr(r, result.knob)))
+            + (f"  ({r.letter_entropy:.2f} bits, {r.pairs} pairs)" if r.pairs else "  (no pairs)")
+            for r in f.itertuples()]
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xticks(range(len(grid.columns)), list(grid.columns))
+    ax.set(xlabel="first letter of the alliterating word pair")
+    fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="share of the row's pairs")
+    ax.set_title(f"Which letters alliterate: the unmodified model, and each {KNOB_SYMBOLS[result.knob]} at its final "
+                 "point (seeds pooled; entropy of the shares in bits)")
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Path) -> None:
+    colours = beta_colours(list(result.summary[result.knob]))
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for beta, curve in smoothed(result, [column]).items():
+        _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.8, value_label(result, beta))
+    if column == "kl_penalty_mean":
+        ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="generations", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    _legend(ax, title=LEGEND_TITLES[result.knob])
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_diversity(result: Analysis, path: Path) -> None:
+    cfg, s = result.cfg, result.summary
+    colours = beta_colours(list(s[result.knob]))
+    columns = diversity_panels(cfg.diversity_measure)
+    curves = smoothed(result, columns)
+    fig, axes = _figure(12, 7.5, 2, 2)
+    for ax, column in zip(axes.flat, columns):
+        for beta, curve in curves.items():
+            y = as_diversity(curve[column], column)
+            _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, value_label(result, beta))
+        ax.set_ylim(0, 1.02)  # all four are shares: a fixed scale shows a collapse for what it is
+        ax.set(xlabel="generations", ylabel=PANEL_LABELS[column] + " (higher = more diverse)", title=PANEL_LABELS[column])
+        ax.grid(alpha=0.3)
+    _legend(axes[0][1], axes[0][0], title=LEGEND_TITLES[result.knob])
+    fig.suptitle(f"Diversity within each training group, running mean over {cfg.window} generations "
+                 "(the rule judges the evaluations: evaluations.png)")
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_pareto(result: Analysis, path: Path) -> None:
+    cfg, s = result.cfg, result.summary
+    colours = beta_colours(list(s[result.knob]))
+    measure = MEASURE_LABELS[cfg.diversity_measure]
+    fig, axes = _figure(8, 5.5)
+    ax = axes[0][0]
+    threshold = s["diversity_threshold"].mean()
+    ax.axhspan(0, threshold, color="red", alpha=0.07, label="collapsed (under the threshold)")
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"{cfg.diversity_share:.0%} of unmodified model")
+    ax.scatter(s["alliteration_baseline"].mean(), s["diversity_baseline"].mean(), marker="X", s=110, color="black",
+               label="unmodified model", zorder=6)
+    front = s[s["pareto"]].sort_values("alliteration")
+    ax.plot(front["alliteration"], front["diversity"], color="grey", lw=1.2, ls=":", label="Pareto front")
+    for i, row in enumerate(s.itertuples()):
+        value = getattr(row, result.knob)
+        ax.scatter(row.alliteration, row.diversity, s=90, color=colours[value], edgecolor="black", lw=0.6,
+                   label=f"{value_label(result, value)} ({row.verdict})", zorder=4)
+        if pd.notna(row.alliteration_se) or pd.notna(row.diversity_se):  # seeds: one standard error each way
+            ax.errorbar(row.alliteration, row.diversity, xerr=np.nan_to_num(row.alliteration_se),
+                        yerr=np.nan_to_num(row.diversity_se), color=colours[value], lw=1, capsize=3, zorder=3)
+        # labels alternate above and below, so neighbouring betas' labels do not print over each other
+        ax.annotate(f"{value:g}", (row.alliteration, row.diversity), textcoords="offset points",
+                    xytext=(9, 7 if i % 2 == 0 else -15))
+    if result.choice is not None:
+        ax.scatter(result.choice["alliteration"], result.choice["diversity"], s=380, facecolor="none",
+                   edgecolor="black", lw=2, label=f"choice: {value_label(result, result.choice['value'])}", zorder=5)
+    ax.set(xlabel=f"alliteration (mean raw reward, last {cfg.window} generations)",
+           ylabel=f"{measure} (last {cfg.window} generations)",
+           title=f"Alliteration against diversity, by {KNOB_SYMBOLS[result.knob]}")
+    ax.set_ylim(0, 1.12)  # room for the labels of betas that keep all their diversity
+    ax.grid(alpha=0.3)
+    _legend(ax, title=LEGEND_TITLES[result.knob])
+    fig.savefig(path, bbox_inches="tight")
