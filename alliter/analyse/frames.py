@@ -21,6 +21,7 @@ import pandas as pd
 from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.config import DEFAULT_REWARD
+from alliter.knob import KNOBS
 from alliter.rule import as_diversity
 from alliter.train.reward import describe_reward
 from alliter.schema import (
@@ -28,8 +29,6 @@ from alliter.schema import (
     RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, read_json, read_jsonl, read_stop,
 )
 
-# what a sweep varies -> how a table and a plot name it
-KNOB_SYMBOLS = {"beta": "beta", "kl_target": "target"}
 # every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
 SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
                STOP_FILE, LEGACY_STOP_FILE, SEARCH_FILE, REWARD_FILE, EXPERIMENT_STATE_GLOB)
@@ -69,7 +68,7 @@ class Trial:
 
     @property
     def label(self) -> str:
-        return f"{KNOB_SYMBOLS[self.knob]}={self.value:g}"
+        return f"{KNOBS[self.knob].symbol}={self.value:g}"
 
     @property
     def done(self) -> int:

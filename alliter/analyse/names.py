@@ -1,5 +1,5 @@
-"""How the analysis names and colours things: a value of the sweep's knob in a plot and in a sentence, the
-measures' labels (from alliter.measures' registry), the study's colours of the betas, the reward's axis."""
+"""How the analysis names and colours things: the measures' labels (from alliter.measures' registry), the study's
+colours of the betas, the reward's axis (a value of the sweep's knob is named by its alliter.knob.Knob)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
 from alliter import measures as M
-from alliter.analyse.frames import KNOB_SYMBOLS
 from alliter.analyse.judge import Analysis
 from alliter.config import DEFAULT_REWARD
 
@@ -30,27 +29,6 @@ PANEL_LABELS = {m.name: m.label for m in M.MEASURES if m.rule or m.sameness}
 
 def diversity_panels(rule_measure: str) -> list[str]:
     return ["distinct_1", "distinct_2", "self_bleu", "unique_fraction" if rule_measure == "unique_fraction" else "repeated_4grams"]
-
-
-def beta_label(beta: float) -> str:
-    return f"β = {beta:g}"
-
-
-def value_label(result: Analysis, value: float) -> str:
-    """A value of the sweep's knob in a plot: β = 50, or target = 0.1."""
-    return beta_label(value) if result.knob == "beta" else f"target = {value:g}"
-
-
-def value_name(result: Analysis, value: float) -> str:
-    """A value of the sweep's knob in a sentence: beta=50, or target=0.1."""
-    return f"{KNOB_SYMBOLS[result.knob]}={value:g}"
-
-
-def values_noun(result: Analysis) -> str:
-    return "betas" if result.knob == "beta" else "KL targets"
-
-
-LEGEND_TITLES = {"beta": "beta (KL coefficient)", "kl_target": "KL target (nats per token)"}
 
 
 def beta_colours(betas: list[float]) -> dict[float, tuple]:

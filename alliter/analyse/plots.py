@@ -11,13 +11,13 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from alliter.analyse.frames import KNOB_SYMBOLS
 from alliter.analyse.frontier import frontier_fits, frontier_points
 from alliter.analyse.judge import Analysis
 from alliter.analyse.letters import LETTERS, UNMODIFIED
 from alliter.analyse.names import (
-    LEGEND_TITLES, MEASURE_LABELS, PANEL_LABELS, beta_colours, diversity_panels, value_label,
+    MEASURE_LABELS, PANEL_LABELS, beta_colours, diversity_panels,
 )
+from alliter.knob import BETA, KNOBS
 from alliter.rule import as_diversity
 
 TAB10 = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey",
@@ -61,7 +61,7 @@ def _figure(width: float = 8, height: float = 4.8, rows: int = 1, cols: int = 1)
     return fig, axes
 
 
-def _legend(ax: Any, source: Any = None, title: str = LEGEND_TITLES["beta"]) -> None:
+def _legend(ax: Any, source: Any = None, title: str = BETA.legend) -> None:
     """The legend to the right of ax, with source's entries (default: ax's)."""
     handles, labels = (source or ax).get_legend_handles_labels()
     ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
@@ -90,7 +90,7 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
               ("fluency_gap", "nats over the unmodified model's own stories", "Fluency: cross-entropy under the unmodified model")]
     for ax, (column, ylabel, title) in zip(axes[0], panels):
         for beta, curve in curves.items():
-            _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, value_label(result, beta))
+            _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, KNOBS[result.knob].label(beta))
             ax.scatter(curve.index, curve[column], color=colours[beta], s=10)
         if column == "diversity_kept":
             ax.axhline(cfg.diversity_share, color="black", ls="--", lw=1, label=f"rule: {cfg.diversity_share:.0%}")
@@ -103,10 +103,10 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
         p = result.best_point
         if p is not None and p[column] is not None:
             ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["value"]], edgecolor="black",
-                       zorder=5, label=f"best point: {value_label(result, p['value'])}, {p['generations']} gens")
+                       zorder=5, label=f"best point: {KNOBS[result.knob].label(p['value'])}, {p['generations']} gens")
         ax.set(xlabel="generations", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-    _legend(axes[0][2], title=LEGEND_TITLES[result.knob])
+    _legend(axes[0][2], title=KNOBS[result.knob].legend)
     source = "evaluations" if (s["source"] == "evaluation").all() else "evaluations (training windows where a trial has none)"
     fig.suptitle(f"The points the rule judges: {source}, mean over seeds with one standard error")
     fig.tight_layout()
@@ -147,7 +147,7 @@ def plot_frontier(results: list[Analysis], path: Path) -> None:
             mean, count = by.mean(), by.count()["gain"]
             se = (by.std(ddof=1)["gain"] / np.sqrt(count)).fillna(0)
             ax.plot(mean["d"], mean["gain"], color=colour, lw=2, ls=style, marker="o", ms=3,
-                    label=value_label(result, value) + (f" ({len(g['trial'].unique())} seeds)"
+                    label=KNOBS[result.knob].label(value) + (f" ({len(g['trial'].unique())} seeds)"
                                                          if g["trial"].nunique() > 1 else ""))
             if (se > 0).any():  # bars, not a band: d can move back along training, and a band would fold over
                 ax.errorbar(mean["d"], mean["gain"], yerr=se, color=colour, lw=0, elinewidth=1, capsize=2)
@@ -156,7 +156,7 @@ def plot_frontier(results: list[Analysis], path: Path) -> None:
            title="The reward-KL frontier along training (dashed thin: Gao et al.'s d (alpha - b log d), where it fits)")
     ax.set_yscale("symlog", linthresh=10.0, linscale=2.0)
     ax.grid(alpha=0.3)
-    _legend(ax, title=" / ".join(LEGEND_TITLES[r.knob] for r in {r.knob: r for r in results}.values()))
+    _legend(ax, title=" / ".join(KNOBS[r.knob].legend for r in {r.knob: r for r in results}.values()))
     fig.savefig(path, bbox_inches="tight")
 
 
@@ -182,14 +182,14 @@ def plot_letters(result: Analysis, path: Path) -> None:
     for (i, j), v in np.ndenumerate(grid.to_numpy()):
         if np.isfinite(v) and v >= 0.005:
             ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8, color="white" if v > 0.55 else "black")
-    rows = [("unmodified model" if r.row == UNMODIFIED else value_label(result, getattr(r, result.knob)))
+    rows = [("unmodified model" if r.row == UNMODIFIED else KNOBS[result.knob].label(getattr(r, result.knob)))
             + (f"  ({r.letter_entropy:.2f} bits, {r.pairs} pairs)" if r.pairs else "  (no pairs)")
             for r in f.itertuples()]
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xticks(range(len(grid.columns)), list(grid.columns))
     ax.set(xlabel="first letter of the alliterating word pair")
     fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="share of the row's pairs")
-    ax.set_title(f"Which letters alliterate: the unmodified model, and each {KNOB_SYMBOLS[result.knob]} at its final "
+    ax.set_title(f"Which letters alliterate: the unmodified model, and each {KNOBS[result.knob].symbol} at its final "
                  "point (seeds pooled; entropy of the shares in bits)")
     fig.savefig(path, bbox_inches="tight")
 
@@ -199,12 +199,12 @@ def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Pat
     fig, axes = _figure()
     ax = axes[0][0]
     for beta, curve in smoothed(result, [column]).items():
-        _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.8, value_label(result, beta))
+        _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.8, KNOBS[result.knob].label(beta))
     if column == "kl_penalty_mean":
         ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="generations", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    _legend(ax, title=LEGEND_TITLES[result.knob])
+    _legend(ax, title=KNOBS[result.knob].legend)
     fig.savefig(path, bbox_inches="tight")
 
 
@@ -217,11 +217,11 @@ def plot_diversity(result: Analysis, path: Path) -> None:
     for ax, column in zip(axes.flat, columns):
         for beta, curve in curves.items():
             y = as_diversity(curve[column], column)
-            _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, value_label(result, beta))
+            _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, KNOBS[result.knob].label(beta))
         ax.set_ylim(0, 1.02)  # all four are shares: a fixed scale shows a collapse for what it is
         ax.set(xlabel="generations", ylabel=PANEL_LABELS[column] + " (higher = more diverse)", title=PANEL_LABELS[column])
         ax.grid(alpha=0.3)
-    _legend(axes[0][1], axes[0][0], title=LEGEND_TITLES[result.knob])
+    _legend(axes[0][1], axes[0][0], title=KNOBS[result.knob].legend)
     fig.suptitle(f"Diversity within each training group, running mean over {cfg.window} generations "
                  "(the rule judges the evaluations: evaluations.png)")
     fig.tight_layout()
@@ -244,7 +244,7 @@ def plot_pareto(result: Analysis, path: Path) -> None:
     for i, row in enumerate(s.itertuples()):
         value = getattr(row, result.knob)
         ax.scatter(row.alliteration, row.diversity, s=90, color=colours[value], edgecolor="black", lw=0.6,
-                   label=f"{value_label(result, value)} ({row.verdict})", zorder=4)
+                   label=f"{KNOBS[result.knob].label(value)} ({row.verdict})", zorder=4)
         if pd.notna(row.alliteration_se) or pd.notna(row.diversity_se):  # seeds: one standard error each way
             ax.errorbar(row.alliteration, row.diversity, xerr=np.nan_to_num(row.alliteration_se),
                         yerr=np.nan_to_num(row.diversity_se), color=colours[value], lw=1, capsize=3, zorder=3)
@@ -253,11 +253,11 @@ def plot_pareto(result: Analysis, path: Path) -> None:
                     xytext=(9, 7 if i % 2 == 0 else -15))
     if result.choice is not None:
         ax.scatter(result.choice["alliteration"], result.choice["diversity"], s=380, facecolor="none",
-                   edgecolor="black", lw=2, label=f"choice: {value_label(result, result.choice['value'])}", zorder=5)
+                   edgecolor="black", lw=2, label=f"choice: {KNOBS[result.knob].label(result.choice['value'])}", zorder=5)
     ax.set(xlabel=f"alliteration (mean raw reward, last {cfg.window} generations)",
            ylabel=f"{measure} (last {cfg.window} generations)",
-           title=f"Alliteration against diversity, by {KNOB_SYMBOLS[result.knob]}")
+           title=f"Alliteration against diversity, by {KNOBS[result.knob].symbol}")
     ax.set_ylim(0, 1.12)  # room for the labels of betas that keep all their diversity
     ax.grid(alpha=0.3)
-    _legend(ax, title=LEGEND_TITLES[result.knob])
+    _legend(ax, title=KNOBS[result.knob].legend)
     fig.savefig(path, bbox_inches="tight")

@@ -12,10 +12,10 @@ import pandas as pd
 
 from alliter import measures as M
 from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Table, Text, to_html, to_markdown
-from alliter.analyse.frames import KNOB_SYMBOLS
 from alliter.analyse.frontier import frontier_fits
 from alliter.analyse.judge import Analysis, plain
-from alliter.analyse.names import MEASURE_LABELS, reward_label, value_label, value_name, values_noun
+from alliter.analyse.names import MEASURE_LABELS, reward_label
+from alliter.knob import BETA, KNOBS
 from alliter.analyse.plots import (
     PLOTS, plot_curve, plot_diversity, plot_evaluations, plot_frontier, plot_letters, plot_pareto,
 )
@@ -72,7 +72,7 @@ def display_frame(result: Analysis) -> pd.DataFrame:
         t[header] = [_pm(m, se) for m, se in zip(summary[measure], summary["diversity_se"])]
         t.insert(1, "seeds", summary["trials"])
         t.insert(len(t.columns) - 2, "failed", [f"{k}/{n}" for k, n in zip(summary["failed_seeds"], summary["trials"])])
-    if knob != "beta":  # a KL-target sweep: where each target's beta ended, and the range it moved in
+    if KNOBS[knob] is not BETA:  # a KL-target sweep: where each target's beta ended, and the range it moved in
         t["beta"] = summary["beta"].map(lambda v: f"{v:.3g}")
         t["beta_range"] = [f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(summary["beta_min"], summary["beta_max"])]
     return t
@@ -86,8 +86,8 @@ def _table_key(result: Analysis) -> str:
     evaluated = (result.summary["source"] == "evaluation").all()
     where = "its final evaluation" if evaluated else "its final point (an evaluation, else its last training window)"
     beta = ("; beta: where the controller left it, beta_range: its range along training"
-            if result.knob != "beta" else "")
-    return (f"\n(alliteration to fluency: each {KNOB_SYMBOLS[result.knob]} at {where}; fluency: nats over the unmodified "
+            if KNOBS[result.knob] is not BETA else "")
+    return (f"\n(alliteration to fluency: each {KNOBS[result.knob].symbol} at {where}; fluency: nats over the unmodified "
             f"model's own stories; kl_penalty: the training groups' over the last {result.cfg.window} generations{beta})")
 
 
@@ -121,8 +121,8 @@ def reason(result: Analysis) -> str:
     """The choice and why, how sure it is (with seeds), the best point in training and the Pareto front,
     in plain sentences."""
     cfg, s, c, p = result.cfg, result.summary, result.choice, result.best_point
-    knob, noun = result.knob, values_noun(result)
-    name = lambda v: value_name(result, v)  # noqa: E731
+    knob, noun = result.knob, KNOBS[result.knob].plural
+    name = KNOBS[result.knob].named
     measure = MEASURE_LABELS[cfg.diversity_measure]
     seeds = bool((s["trials"] > 1).any())
     rule = (
@@ -136,7 +136,7 @@ def reason(result: Analysis) -> str:
                  "window)."]
     elif c is None:
         lines = [f"choice: none - every one collapsed or degenerated ({cfg.rule().describe()}). Try "
-                 + ("larger betas" if knob == "beta" else "smaller KL targets") + ", an earlier point (below), or a "
+                 + f"{'larger' if KNOBS[knob].safer == 'higher' else 'smaller'} {noun}, an earlier point (below), or a "
                  "looser rule."]
     else:
         row = s[s["chosen"]].iloc[0]
@@ -149,7 +149,7 @@ def reason(result: Analysis) -> str:
         ]
         if c["verdict"] == "under-optimised":
             lines.append("  It barely raised alliteration over the unmodified model: train longer"
-                         + (" or with a smaller beta." if knob == "beta" and c["value"] > 0 else "."))
+                         + (" or with a smaller beta." if KNOBS[knob] is BETA and c["value"] > 0 else "."))
         for other in s[s["verdict"].isin(["collapsed", "degenerate"]) & (s["alliteration"] > c["alliteration"])].itertuples():
             lines.append(f"  {name(getattr(other, knob))} reached more alliteration "
                          f"({_pm(other.alliteration, other.alliteration_se)}) but {_failure(other, measure, seeds)}.")
@@ -160,7 +160,7 @@ def reason(result: Analysis) -> str:
             apart = c["alliteration"] - r["alliteration"] > sum(v for v in (c["alliteration_se"], r["alliteration_se"])
                                                                   if not pd.isna(v))  # None: one seed, no interval
             lines.append(
-                f"  {name(c['value'])} over {name(r[knob])} (the next kept {KNOB_SYMBOLS[knob]}): mean alliteration "
+                f"  {name(c['value'])} over {name(r[knob])} (the next kept {KNOBS[knob].symbol}): mean alliteration "
                 f"{_pm(c['alliteration'], c['alliteration_se'])} against {_pm(r['alliteration'], r['alliteration_se'])} "
                 + ("(further apart than their standard errors)" if apart else "(within their standard errors: as good)")
                 + f", {_seeds_kept(row)} against {r['trials'] - r['failed_seeds']} of {r['trials']}."
@@ -170,7 +170,7 @@ def reason(result: Analysis) -> str:
                 else "it is the last point of a trial that never failed")
         seeds_line = f" in {p['stable_trials']} of {p['trials']} seeds" if p["trials"] > 1 else ""
         fails = f"; {name(p['value'])} fails at {p['failed_at']:.0f} generations" if p["failed_at"] else ""
-        at_beta = f" (its beta there: {p['beta']:.3g})" if knob != "beta" else ""
+        at_beta = f" (its beta there: {p['beta']:.3g})" if KNOBS[knob] is not BETA else ""
         overuse = (f" Its stories over-use {M.overuse_text(p['overused'])} against the unmodified model's."
                    if p.get("overused") else "")
         lines.append(
@@ -182,7 +182,7 @@ def reason(result: Analysis) -> str:
     else:
         lines.append("best point: none - no point is kept with its next evaluation kept too.")
     front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], knob]) or "none"
-    lines.append(f"Pareto front of alliteration against {measure}: {KNOB_SYMBOLS[knob]} = {front}.")
+    lines.append(f"Pareto front of alliteration against {measure}: {KNOBS[knob].symbol} = {front}.")
     lines.append(f"The update: {result.recipe.describe_recipe()}.")
     u = result.trl_units
     if u is not None:
@@ -278,7 +278,7 @@ def letters_table(result: Analysis) -> pd.DataFrame:
     their spread, t and s's share and the study's raw reward."""
     f = result.letters
     t = pd.DataFrame({
-        KNOB_SYMBOLS[result.knob]: f["row"],
+        KNOBS[result.knob].symbol: f["row"],
         "gens": f["generations"].map(lambda g: f"{g:.0f}"),
         "stories": f["stories"],
         "raw_alliteration": f["raw_alliteration"].map(_fmt(".2f")),
@@ -302,12 +302,12 @@ def story_sections(result: Analysis) -> list[tuple[str, str, list[tuple[str, str
     p = result.best_point
     if p is not None:
         what, stories = point_stories(result, p["value"], p["generations"])
-        sections.append((f"The best point: {value_label(result, p['value'])} at {p['generations']} generations", what,
+        sections.append((f"The best point: {KNOBS[result.knob].label(p['value'])} at {p['generations']} generations", what,
                          _story_lines(stories)))
     for value in sorted(result.summary[result.knob]):
         what, stories = point_stories(result, value)
         verdict = result.summary.set_index(result.knob).at[value, "verdict"]
-        sections.append((f"{value_label(result, value)} ({verdict})", what, _story_lines(stories)))
+        sections.append((f"{KNOBS[result.knob].label(value)} ({verdict})", what, _story_lines(stories)))
     return sections
 
 
@@ -338,7 +338,7 @@ def write_outputs(result: Analysis, out: Path) -> list[Path]:
 def _intro(result: Analysis) -> str:
     cfg = result.cfg
     return (
-        f"{len(result.trials)} trials, {len(result.summary)} {values_noun(result)}. {reward_line(result)} A point is "
+        f"{len(result.trials)} trials, {len(result.summary)} {KNOBS[result.knob].plural}. {reward_line(result)} A point is "
         "judged by its evaluation: "
         f"{result.trials[0].evaluations['sample'].nunique() if len(result.trials[0].evaluations) else 'no'} fresh stories "
         f"of the policy at that point, sampled with the same random numbers at every point, against the trial's "
@@ -346,7 +346,7 @@ def _intro(result: Analysis) -> str:
         f"{MEASURE_LABELS[cfg.diversity_measure]} at or above {cfg.diversity_share:.0%} of the unmodified model's "
         f"(else collapsed) and its fluency, the unmodified model's cross-entropy of its stories, within "
         f"{cfg.fluency_margin:g} nats of the unmodified model's own (else degenerate); a trial fails at its first point "
-        f"that is not kept. The choice: the highest alliteration at the final point among the {values_noun(result)} that never failed; "
+        f"that is not kept. The choice: the highest alliteration at the final point among the {KNOBS[result.knob].plural} that never failed; "
         f"an alliteration gain under {cfg.under_optimised_share:.0%} of the best such gain (or under {cfg.min_gain:g}) "
         f"is under-optimised. The best point: the stable point (kept, and so is the trial's next evaluation) with the "
         f"most alliteration. self_bleu: mean BLEU of each story against the rest of its group (high = near-duplicates); "

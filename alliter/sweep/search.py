@@ -34,6 +34,8 @@ from ray.tune.search import Searcher
 
 from alliter import storage as store
 from alliter.cli import AlliterError
+from alliter.config import TrainConfig
+from alliter.knob import BETA, KNOBS, Knob
 from alliter.rule import COLLAPSED, DEGENERATE, KEPT, CollapseRule
 from alliter.schema import DROPPED, SEARCH_FILE, STOP_FILE, stop_record
 from alliter.sweep.trial import trial_dirname
@@ -187,13 +189,25 @@ class BetaSearch(Searcher):
 
     # --- the strategy --------------------------------------------------------------------------------
 
+    @property
+    def knob(self) -> Knob:
+        return KNOBS[self.settings.knob]
+
+    def _sane(self, value: float) -> bool:
+        """A value within the trainer's bounds (alliter.config.BOUNDS): the ladder stops at them."""
+        try:
+            TrainConfig(**({"beta": value} if self.knob is BETA else {"beta": 1.0, "kl_target": value})).validate()
+        except AlliterError:
+            return False
+        return True
+
     def _x(self, value: float) -> float:
         """The strategy's coordinate: collapse lies below the boundary in x."""
-        return value if self.settings.knob == "beta" else 1.0 / value
+        return self.knob.x(value)
 
     @property
     def _what(self) -> str:
-        return "beta" if self.settings.knob == "beta" else "target"
+        return self.knob.symbol
 
     def _bracket(self, verdicts: dict[float, bool]) -> tuple[float | None, float | None, list[float]]:
         """bracket() of values: its collapsed end, its kept end and the values on the wrong side."""
@@ -235,11 +249,13 @@ class BetaSearch(Searcher):
             if beta not in taken and not implied:
                 return beta, "start: a wide, log-spaced set", 0
         lo, hi, _ = self._bracket(verdicts)
-        safer = "higher" if what == "beta" else "lower"
+        safer = self.knob.safer
         if hi is None:  # nothing kept yet: the safest value still running closes the bracket for now
             above = [b for b in running if lo is None or x(b) > x(lo)]
             if not above:
-                beta = lo * EXPAND if what == "beta" else lo / EXPAND
+                beta = self.knob.step(lo, EXPAND, safer=True)
+                if not self._sane(beta):
+                    return None
                 return beta, f"every {what} so far collapsed: {EXPAND:g}x {safer} than {lo:g}", rounds[lo] + 1
             hi = max(above, key=x)
         if lo is None:
@@ -247,8 +263,10 @@ class BetaSearch(Searcher):
             if not below:
                 if x(hi) / EXPAND < MIN_BETA:
                     return None
-                beta = hi / EXPAND if what == "beta" else hi * EXPAND
-                return beta, f"every {what} so far kept: {EXPAND:g}x {'lower' if what == 'beta' else 'higher'} than " \
+                beta = self.knob.step(hi, EXPAND, safer=False)
+                if not self._sane(beta):
+                    return None
+                return beta, f"every {what} so far kept: {EXPAND:g}x {self.knob.riskier} than " \
                              f"{hi:g}", rounds[hi] + 1
             lo = min(below, key=x)
         points = sorted({lo, hi} | {b for b in taken if x(lo) < x(b) < x(hi)}, key=x)
@@ -271,7 +289,7 @@ class BetaSearch(Searcher):
             return None
         beta, x, what = self.trials[trial_id][0], self._x, self._what
         lo, hi, _ = self._bracket(self.verdicts())
-        riskier, safer = ("lower", "higher") if what == "beta" else ("higher", "lower")
+        riskier, safer = self.knob.riskier, self.knob.safer
         if lo is not None and x(beta) < x(lo):
             return f"not needed: {what} {lo:g} collapsed, and the search takes a {riskier} {what} to collapse too"
         if hi is not None and x(beta) > x(hi):
@@ -330,7 +348,7 @@ class SearchStopper(tune.Stopper):
             return False
         self.search.dropped[trial_id] = why
         beta, seed = self.search.trials[trial_id]
-        if self.search.settings.knob == "beta":
+        if self.search.knob is BETA:
             name = trial_dirname(beta, seed, self.seed_in_name, trial_id)
         else:
             name = trial_dirname(self.start_beta, seed, self.seed_in_name, trial_id, kl_target=beta)
