@@ -1,4 +1,5 @@
-"""The one config of an RLOO trial, the model presets, the beta grids, and the checks of a model folder.
+"""The one config of an RLOO trial: its fields (each a flag), the model presets and recipes it resolves, and its
+bounds (the grids and a sweep's lists: alliter.sweep.grids; a model folder's checks: alliter.train.preflight).
 
 Every field of `TrainConfig` is a command-line flag (`--group-size` for `group_size`), with the
 field's docstring as its help (alliter.cli), so a knob is written once.
@@ -7,10 +8,7 @@ field's docstring as its help (alliter.cli), so a knob is written once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import struct
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Collection
@@ -32,6 +30,7 @@ MODEL_PRESETS: dict[str, tuple[str, str | None, float]] = {
 DEFAULT_WINDOW = 200
 DEFAULT_REWARD = "alliteration"  # the study's (alliter.train.reward; checked where it is loaded, before a trial starts)
 EVAL_PROMPTS = 5  # with --prompts, an evaluation samples the first this many, as many stories of each
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # a model folder with one of these has a tokenizer
 DEFAULT_KL_HORIZON = 300  # the KL-target controller's horizon in generations (README, "KL-target mode")
 
 # name -> the knobs it sets where they are left out (TrainConfig.resolved); every one is also a flag
@@ -56,8 +55,6 @@ MAX_SEED = 2**32 - 1
 MAX_EVAL_SAMPLES = 1000
 MAX_THREADS = 1024
 MAX_PROMPTS = 10_000
-MAX_SEEDS = 100  # --seeds
-MAX_TRIALS = 1000  # of a sweep: values x seeds, or a search's budget x seeds
 BOUNDS = {  # why no value past the upper bound can be sane
     "kl_min_beta": "the beta the controller starts at: a floor above it would jump there at the first group",
     "beta": "100x the coarse grid's largest: past it the KL term outweighs any reward a text can earn by orders of "
@@ -101,13 +98,6 @@ def within(name: str, value: float, low: float, high: float | None, low_open: bo
     kind = "an integer" if isinstance(value, int) else "a finite number"
     raise AlliterError(f"{name} must be {kind} {span}, got {_shown(value)}" + (f" ({why})" if why else ""))
 
-
-# name -> (betas, max_generations or None for the config's own)
-GRIDS: dict[str, tuple[list[float], int | None]] = {
-    "coarse": ([0.0, 0.01, 0.1, 1.0, 10.0, 100.0], None),
-    "fine": ([float(b) for b in range(20, 100, 10)], None),
-    "extended": ([40.0], 7000),
-}
 
 
 MAX_PROMPTS_BYTES = 16 * 2**20  # a --prompts file: MAX_PROMPTS prompts of a whole max_length each fit many times
@@ -299,26 +289,18 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """The config with the preset and the recipe applied: concrete model, tokenizer, lr and knobs (user values
-        win). A local model folder must hold a readable model, and a tokenizer unless --tokenizer names one: nothing
-        falls back to the hub for a local folder."""
+        win). A local model folder's tokenizer is its own, never the hub's: without one, the tokenizer stays None and
+        alliter.train.preflight.check_model, which checks the folders themselves, says so."""
         self.validate()
         model, tokenizer, lr = MODEL_PRESETS.get(self.model, (self.model, None, STUDY_LR))
         if self.recipe in RECIPE_LRS:
             lr = RECIPE_LRS[self.recipe].get(self.model, lr if self.model in MODEL_PRESETS else TRL_DEFAULT_LR)
-        check_model_folder(model)
         local = Path(model).expanduser()
-        if local.is_dir():
-            check_model_files(local)
         if tokenizer is None and self.tokenizer is None:
-            if local.is_dir():
-                if not any((local / f).exists() for f in TOKENIZER_FILES):
-                    raise AlliterError(f"model folder {model} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); pass "
-                                       f"--tokenizer NAME_OR_FOLDER (the study's: {STUDY_TOKENIZER})")
-                tokenizer = str(local)
+            if local.is_dir():  # its own, if it has one (alliter.train.preflight.check_model says when it has not)
+                tokenizer = str(local) if any((local / f).exists() for f in TOKENIZER_FILES) else None
             else:
                 tokenizer = STUDY_TOKENIZER  # a hub id without a tokenizer of its own: the study's, from the hub
-        if self.tokenizer is not None:
-            check_model_folder(self.tokenizer, "tokenizer")
         return dataclasses.replace(
             self.with_recipe(), model=model, tokenizer=self.tokenizer or tokenizer, lr=self.lr if self.lr is not None else lr
         ).validate()
@@ -376,117 +358,3 @@ def base_model_here(model: str) -> str:
     if not Path(model).exists() and Path(model).name == BUNDLED_MODEL.name:
         return str(BUNDLED_MODEL)
     return model
-
-
-def check_model_folder(model: str, what: str = "model") -> None:
-    """A model (or tokenizer) that can only be a folder must exist (a hub id is "name" or "org/name")."""
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(model)):
-        raise AlliterError(f"{what} folder {model!r} does not exist; pass --{what} PATH to a saved {what} folder")
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (read without torch); a truncated or empty file is an AlliterError."""
-    try:
-        with open(path, "rb") as f:
-            size = struct.unpack("<Q", f.read(8))[0]
-            if size > os.path.getsize(path) - 8:
-                raise ValueError(f"a header of {size} bytes in a file of {os.path.getsize(path)}")
-            header = json.loads(f.read(size))
-    except (OSError, struct.error, ValueError) as err:
-        why = " ".join(str(err).split())[:120] or "empty"
-        raise AlliterError(f"{path} is not a readable safetensors file ({type(err).__name__}: {why}); the model "
-                           "folder is damaged") from None
-    if not isinstance(header, dict):
-        raise AlliterError(f"{path} is not a readable safetensors file (its header is not a table)")
-    return header
-
-
-def check_model_files(folder: Path) -> None:
-    """A local model folder holds a config and weights whose headers can be read."""
-    if not (folder / "config.json").is_file():
-        raise AlliterError(f"model folder {folder} has no config.json: not a saved model (save_pretrained writes one)")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES) and not list(folder.glob("*.safetensors")):
-        raise AlliterError(f"model folder {folder} has no weights ({', '.join(WEIGHT_FILES[::2])})")
-    for path in sorted(folder.glob("*.safetensors")):
-        safetensors_header(path)
-
-
-def parse_numbers(text: str, flag: str) -> list[float]:
-    """`5, 15,25` -> [5.0, 15.0, 25.0] (a trailing comma aside); AlliterError in one line naming `flag` otherwise
-    (an empty item between two commas too: a typo, not a value to skip)."""
-    items = [v.strip() for v in text.strip().removesuffix(",").split(",")] if text.strip() else []
-    if "" in items:
-        raise AlliterError(f"{flag} has an empty value between two commas, got {text!r}")
-    try:
-        return [float(v) for v in items]
-    except ValueError:
-        raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}") from None
-
-
-def knob_values(text: str, flag: str, knob: str = "beta") -> list[float]:
-    """`--betas 5,15,25` or `--kl-targets 0.05,0.1` -> the numbers, each a valid value of TrainConfig's `knob`
-    (beta or kl_target), none twice."""
-    noun = "target" if knob == "kl_target" else knob
-    values = parse_numbers(text, flag)
-    if not values:
-        raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}: no {noun} to sweep")
-    for v in values:
-        TrainConfig(**{"beta": 1.0, knob: v}).validate()
-    twice = sorted({v for v in values if values.count(v) > 1})
-    if twice:
-        raise AlliterError(f"{flag} lists {', '.join(f'{v:g}' for v in twice)} twice: two trials of one {noun} and "
-                           f"seed are the same trial; for several trials of a {noun} pass --seeds N")
-    return values
-
-
-def grid_betas(grid: str | None, betas: str | None) -> tuple[list[float], int | None]:
-    """Betas (and a grid's own trial length) from `--grid NAME` or `--betas 5,15,25`."""
-    if betas is not None:
-        return knob_values(betas, "--betas"), None
-    if grid in GRIDS:
-        values, length = GRIDS[grid]
-        return list(values), length
-    raise AlliterError(f"unknown grid {grid!r}; known grids: {', '.join(GRIDS)}")
-
-
-def parse_seeds(seeds: str | None, default: int) -> list[int]:
-    """`--seeds 3` -> [0, 1, 2]; `--seeds 0,4,7` -> [0, 4, 7]; no --seeds -> [default]."""
-    if seeds is None:
-        return [default]
-    parts = [p.strip() for p in str(seeds).split(",") if p.strip()]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise AlliterError(f"--seeds takes a count or integer seeds separated by commas, got {seeds!r}") from None
-    if len(values) == 1 and "," not in str(seeds):
-        if values[0] < 1:
-            raise AlliterError(f"--seeds N runs N seeds and needs N >= 1, got {seeds!r}")
-        count = values[0]
-    else:
-        if not values or any(v < 0 for v in values):
-            raise AlliterError(f"seeds must be integers >= 0, got {seeds!r}")
-        if len(set(values)) != len(values):
-            raise AlliterError(f"--seeds lists a seed twice: {seeds!r}")
-        for v in values:
-            within("seed", v, 0, MAX_SEED)
-        count = len(values)
-    if count > MAX_SEEDS:
-        raise AlliterError(f"--seeds runs at most {MAX_SEEDS} seeds of each value, got {count} (a verdict over seeds "
-                           "needs a few; each seed is a trial of every value)")
-    return values if len(values) > 1 or "," in str(seeds) else list(range(count))
-
-
-def compact(numbers: list[int]) -> str:
-    """[0, 1, 2, 3, 7] -> "0-3, 7": a list of seeds in a line that stays short."""
-    runs: list[list[int]] = []
-    for n in sorted(numbers):
-        if runs and n == runs[-1][-1] + 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)

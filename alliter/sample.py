@@ -20,11 +20,11 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from alliter.cli import AlliterError, ArgumentParser, command, one_line, run
-from alliter.config import MAX_EVAL_SAMPLES, MAX_SEED, TrainConfig, check_model_files, within
+from alliter.config import MAX_EVAL_SAMPLES, MAX_SEED, TrainConfig, within
 from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, read_jsonl
 from alliter.train.reward import raw_reward
 from alliter.train.model import end_ids, pick_device
-from alliter.train.preflight import check_prompt
+from alliter.train.preflight import check_model_files, check_prompt
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
 from alliter.train.snapshots import list_snapshots, load_snapshot, snapshot_at
 

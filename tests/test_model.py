@@ -69,8 +69,9 @@ def test_a_local_folder_uses_its_own_tokenizer_and_never_falls_back_to_the_hub(t
     assert TrainConfig(model=str(tiny_gpt_neo)).resolved().tokenizer == str(tiny_gpt_neo)
     for name in ("config.json", "model.safetensors"):  # a model without its tokenizer
         (tmp_path / name).write_bytes((tiny_gpt_neo / name).read_bytes())
+    assert TrainConfig(model=str(tmp_path)).resolved().tokenizer is None  # never the hub's
     with pytest.raises(AlliterError, match="has no tokenizer .* pass --tokenizer NAME_OR_FOLDER"):
-        TrainConfig(model=str(tmp_path)).resolved()
+        load_models(TrainConfig(model=str(tmp_path)).resolved())
     assert TrainConfig(model=str(tmp_path), tokenizer=str(tiny_gpt_neo)).resolved().tokenizer == str(tiny_gpt_neo)
     assert TrainConfig(model="someone/a-hub-model").resolved().tokenizer == STUDY_TOKENIZER  # a hub id: the study's
 

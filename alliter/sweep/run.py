@@ -28,12 +28,13 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from alliter import storage as store
 from alliter.cli import AlliterError
-from alliter.config import MAX_TRIALS, TrainConfig, check_given, compact, grid_betas, knob_values, parse_seeds
+from alliter.config import TrainConfig, check_given
 from alliter.measures import TRAINER_DIVERSITY
 from alliter.rule import CollapseRule
 from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE
 from alliter.sweep import cluster, trial
 from alliter.sweep.console import Console
+from alliter.sweep.grids import MAX_TRIALS, compact, grid_betas, knob_values, parse_seeds
 from alliter.sweep.search import BetaSearch, SearchSettings, SearchStopper
 from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions, text_sha256
 from alliter.train import preflight

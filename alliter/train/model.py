@@ -11,6 +11,7 @@ from transformers.utils import logging as hf_logging
 
 from alliter.cli import AlliterError, one_line
 from alliter.config import TrainConfig
+from alliter.train.preflight import check_model
 
 log = logging.getLogger("alliter")
 
@@ -40,6 +41,7 @@ def pick_device(name: str) -> torch.device:
 def load_models(cfg: TrainConfig) -> Models:
     """Policy (trainable), reference (frozen copy) and tokenizer, for a resolved config."""
     hf_logging.disable_progress_bar()  # a bar per load, six trials at once, drowns the progress table
+    check_model(cfg)  # a damaged folder in one line, not the library's traceback
     device = pick_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     try:

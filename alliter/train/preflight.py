@@ -1,5 +1,5 @@
-"""What a trial will build, checked before anything starts: the model's config (and, for a folder, its files:
-TrainConfig.resolved), the tokenizer, every prompt's tokens against max_length and the model's positions, and
+"""What a trial will build, checked before anything starts: the model's folder and files (`check_model`), its
+config, the tokenizer, every prompt's tokens against max_length and the model's positions, and
 that the reward imports.
 
 The sweep's driver runs `check_trial` in a subprocess (`run_preflight`), so that it finds in a few seconds, in one
@@ -15,11 +15,61 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from alliter.cli import AlliterError, one_line
-from alliter.config import TrainConfig
+from alliter.config import STUDY_TOKENIZER, TOKENIZER_FILES, TrainConfig
 from alliter.train.reward import load_reward
+
+# --- a model folder -----------------------------------------------------------------------------------------------
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_model_folder(model: str, what: str = "model") -> None:
+    """A model (or tokenizer) that can only be a folder must exist (a hub id is "name" or "org/name")."""
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(model)):
+        raise AlliterError(f"{what} folder {model!r} does not exist; pass --{what} PATH to a saved {what} folder")
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """Each tensor of a safetensors file: (its dtype, its shape), read by safetensors itself without torch (the
+    sweep's driver never imports it); a damaged file is an AlliterError in one line."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {name: (f.get_slice(name).get_dtype(), f.get_slice(name).get_shape()) for name in f.keys()}
+    except (OSError, SafetensorError) as err:
+        raise AlliterError(f"{path} is not a readable safetensors file ({one_line(err, 120)}); the model folder is "
+                           "damaged") from None
+
+
+def check_model_files(folder: Path) -> None:
+    """A local model folder holds a config and weights that can be read."""
+    if not (folder / "config.json").is_file():
+        raise AlliterError(f"model folder {folder} has no config.json: not a saved model (save_pretrained writes one)")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES) and not list(folder.glob("*.safetensors")):
+        raise AlliterError(f"model folder {folder} has no weights ({', '.join(WEIGHT_FILES[::2])})")
+    for path in sorted(folder.glob("*.safetensors")):
+        safetensors_shapes(path)
+
+
+def check_model(cfg: TrainConfig) -> None:
+    """A resolved config's model and tokenizer folders (a hub id is the library's to find): the folder exists and
+    holds a config and weights that can be read."""
+    check_model_folder(cfg.model)
+    if Path(cfg.model).expanduser().is_dir():
+        check_model_files(Path(cfg.model).expanduser())
+    if cfg.tokenizer is None:  # a model folder without a tokenizer of its own (TrainConfig.resolved)
+        raise AlliterError(f"model folder {cfg.model} has no tokenizer ({' or '.join(TOKENIZER_FILES)}); pass "
+                           f"--tokenizer NAME_OR_FOLDER (the study's: {STUDY_TOKENIZER})")
+    check_model_folder(cfg.tokenizer, "tokenizer")
+
+
+# --- a trial ---------------------------------------------------------------------------------------------------
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 
@@ -51,7 +101,8 @@ def check_trial(cfg: TrainConfig) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    cfg = cfg.resolved()  # a local model folder's files, and its tokenizer, are checked there
+    cfg = cfg.resolved()
+    check_model(cfg)
     try:
         config = AutoConfig.from_pretrained(cfg.model)
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from alliter.cli import AlliterError, one_line
-from alliter.config import TrainConfig, safetensors_header
+from alliter.config import TrainConfig
 from alliter.schema import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN, write_atomic
 
 if TYPE_CHECKING:  # torch only where weights are written or read: the sweep's driver imports this module
@@ -177,10 +177,15 @@ def snapshot_bytes(model: str, dtype: str, hub_timeout: float = 10.0) -> int | N
 def _local_parameters(folder: Path) -> int | None:
     """Parameters in a saved model folder: exact from the safetensors headers, else from the size of the
     PyTorch weight files and the config's dtype."""
+    from alliter.train.preflight import safetensors_shapes
+
     files = sorted(folder.glob("*.safetensors"))
     if files:
-        return sum(math.prod(t["shape"]) for path in files for name, t in safetensors_header(path).items()
-                   if name != "__metadata__")
+        try:
+            return sum(math.prod(shape) for path in files for _, shape in safetensors_shapes(path).values())
+        except AlliterError:
+            return None  # a damaged file: the size is unknown, and the preflight says why
+
     size = sum(p.stat().st_size for p in folder.glob("pytorch_model*.bin"))
     return size // _config_itemsize(folder / "config.json") if size else None
 
