@@ -68,15 +68,6 @@ def _sweep_states(fs, path: str) -> list:
     return [i for i in infos if i.type == pyarrow.fs.FileType.File and Path(i.base_name).match(EXPERIMENT_STATE_GLOB)]
 
 
-def is_sweep(exp_path: str) -> bool:
-    """Whether a folder or URI holds a Tune sweep (one that --resume can continue)."""
-    fs, path = filesystem(exp_path)
-    try:
-        return bool(_sweep_states(fs, path))
-    except OSError as err:
-        raise AlliterError(f"cannot read {exp_path}: {_first_line(err)}") from None
-
-
 def exists(exp_path: str) -> bool:
     """Whether anything is at a folder or URI (an S3 'folder' exists while it holds an object)."""
     import pyarrow.fs

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 CORPUS = [
     "Once upon a time there was a little girl named Lily.",
@@ -107,3 +107,21 @@ def record_differences(got: list[dict], want: list[dict], rel: float = 1e-9) -> 
             if other != value and not close:
                 found.append(f"record {i}: {key} {other!r}, want {value!r}")
     return found
+
+
+def teacher_forced_logits(model: Any, tokens: Any, prompt_len: int) -> Any:
+    """The fast path's logits [B, L - prompt_len, V] for given tokens [B, L] (the same prompt in every
+    row): entry t predicts tokens[:, prompt_len + t] from the tokens before it, computed by the prefill
+    and then one decode step per position, as sampling does. For checking against the model's forward."""
+    b, length = tokens.shape
+    import torch
+
+    from alliter.train.fast.decoders import decoder
+
+    with torch.inference_mode():
+        dec = decoder(model, b, length)
+        rows = [dec.prefill(tokens[:1, :prompt_len]).expand(b, -1)]
+        for pos in range(prompt_len, length - 1):
+            rows.append(dec.step(tokens[:, pos], pos))
+        logits = torch.stack(rows, 1)
+    return logits.clone()

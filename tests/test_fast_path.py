@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
+from alliter.testing import teacher_forced_logits
 from alliter.train import rollout
 from alliter.train.fast import sampling, scoring, support
 from alliter.train.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
@@ -46,7 +47,7 @@ def test_decode_step_logits_match_the_full_forward(arch, tiny_gpt_neo, bundled_m
     p = len(prompt)
     with torch.no_grad():
         full = model(tokens).logits[:, p - 1 : -1]
-    step = sampling.teacher_forced_logits(model, tokens, p)
+    step = teacher_forced_logits(model, tokens, p)
     # the library's own eager and sdpa attention differ by ~2.5e-5 on the bundled model's logits (|logit| < 25)
     torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-4)
 
@@ -55,7 +56,7 @@ def test_decode_step_logits_match_the_full_forward(arch, tiny_gpt_neo, bundled_m
         full64 = model64(tokens).logits[:, p - 1 : -1]
     # in float64 only GPT-Neo's attention stays in float32, as the library computes it
     tight = dict(rtol=1e-10, atol=1e-10) if arch == "llama" else dict(rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(sampling.teacher_forced_logits(model64, tokens, p), full64, **tight)
+    torch.testing.assert_close(teacher_forced_logits(model64, tokens, p), full64, **tight)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -187,7 +188,7 @@ def test_bfloat16_runs_and_stays_close(arch, tiny_gpt_neo, bundled_model):
     assert tokens.dtype == torch.long and tokens.shape == (2, 30)
     with torch.no_grad():
         full = model(tokens).logits[:, len(prompt) - 1 : -1].float()
-    step = sampling.teacher_forced_logits(model, tokens, len(prompt))
+    step = teacher_forced_logits(model, tokens, len(prompt))
     assert (step - full).abs().max() < 0.05 * full.abs().max()
     with torch.no_grad():
         seq = scoring.sequence_logits(model, tokens).float()

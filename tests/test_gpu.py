@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alliter.testing import teacher_forced_logits
 from alliter.train.fast import sampling, scoring
 from alliter.config import TrainConfig
 from alliter.train.rloo import leave_one_out_advantage, rloo_loss, sequence_ce
@@ -43,7 +44,7 @@ def test_decode_step_and_scoring_logits_match_the_library_on_the_gpu(arch, tiny_
     p = len(prompt)
     with torch.no_grad():
         full = model(tokens).logits
-        torch.testing.assert_close(sampling.teacher_forced_logits(model, tokens, p), full[:, p - 1 : -1],
+        torch.testing.assert_close(teacher_forced_logits(model, tokens, p), full[:, p - 1 : -1],
                                    rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(scoring.sequence_logits(model, tokens), full, rtol=1e-4, atol=1e-3)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO
 
 
@@ -38,3 +40,29 @@ def test_every_package_of_alliter_has_a_docstring_that_says_what_it_owns():
         if init.parent.name != "alliter":  # a sub-package's docstring is its map: it names every module
             for module in sorted(init.parent.glob("*.py")):
                 assert module.name == "__init__.py" or module.name in doc, f"{init.relative_to(REPO)} omits {module.name}"
+
+
+def test_every_private_api_alliter_leans_on_is_still_there():
+    """Each one is fenced in one function (with a fallback where one exists); a release that moves one fails here,
+    loudly, rather than in a sweep."""
+    import torch
+    from ray._private.accelerators import get_accelerator_manager_for_resource  # run._local_gpus
+    from ray._private.state import state  # cluster.find_autoscaler: the GCS's cluster config (autoscaler v2)
+    from ray.experimental.internal_kv import _internal_kv_get  # noqa: F401  cluster._autoscaling_status
+
+    from alliter import measures as M
+    from alliter.sweep.run import _local_gpus
+    from alliter.train.fast.scoring import softmax_backward
+
+    assert isinstance(get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators(), int)
+    assert isinstance(_local_gpus(), int)
+    assert callable(state.get_cluster_config)
+    # torch's private softmax backward, against its formula
+    p = torch.softmax(torch.randn(3, 4, 5, dtype=torch.float64), -1)
+    grad = torch.randn(3, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(softmax_backward(grad, p), p * (grad - (grad * p).sum(-1, keepdim=True)))
+    # sacrebleu's internals, against its public sentence BLEU (self_bleu's own test has the equality on real groups)
+    texts = ["the cat sat on the mat", "the cat sat on a hat", "a dog ran in the park"]
+    bleu = M.bleu()
+    expected = sum(bleu.sentence_score(t, [o for o in texts if o is not t]).score for t in texts) / 3 / 100
+    assert M.self_bleu(texts, bleu) == pytest.approx(expected)

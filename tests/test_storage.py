@@ -168,7 +168,7 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     name = sweep_path().rsplit("/", 1)[1]
     # --resume --name reads the bucket: a wrong name is one line, the right one a sweep to resume
     assert "holds no Tune sweep to resume" in sweep_main("--resume", "--name", "nope", "--storage", storage).stderr
-    assert store.is_sweep(store.join(storage, name)) and store.newest_sweep(storage) == name
+    assert store.sweep_trials(store.join(storage, name)) and store.newest_sweep(storage) == name
     # 2. --resume without --name finds the sweep in the bucket (the newest) and finishes it; the endpoint is
     # in pyarrow's query options this time, not in the environment
     env.pop("AWS_ENDPOINT_URL")

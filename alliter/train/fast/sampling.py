@@ -104,17 +104,3 @@ def _generate(model, prompt_ids, group_size, max_length, top_k, temperature, gre
 def _token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     """log softmax(logits)[token] per row, in float32 or float64 (as sequence_ce's cross-entropy)."""
     return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1).gather(-1, tokens.view(-1, 1)).view(-1)
-
-
-def teacher_forced_logits(model: torch.nn.Module, tokens: Tensor, prompt_len: int) -> Tensor:
-    """The fast path's logits [B, L - prompt_len, V] for given tokens [B, L] (the same prompt in every
-    row): entry t predicts tokens[:, prompt_len + t] from the tokens before it, computed by the prefill
-    and then one decode step per position, as sampling does. For checking against the model's forward."""
-    b, length = tokens.shape
-    with torch.inference_mode():
-        dec = decoder(model, b, length)
-        rows = [dec.prefill(tokens[:1, :prompt_len]).expand(b, -1)]
-        for pos in range(prompt_len, length - 1):
-            rows.append(dec.step(tokens[:, pos], pos))
-        logits = torch.stack(rows, 1)
-    return logits.clone()
