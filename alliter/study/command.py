@@ -13,8 +13,6 @@ write-up is written, 1 when a step failed, 2 for a bad flag (nothing started), 1
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Sequence
 
 from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values

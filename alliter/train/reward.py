@@ -28,7 +28,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from alliter.cli import AlliterError, one_line
-from alliter.config import DEFAULT_REWARD
 
 LETTER_WEIGHTS = Path(__file__).parent / "letter_weights.json"  # made by bench/letter_weights.py (its provenance)
 
