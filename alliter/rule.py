@@ -12,8 +12,10 @@ unmodified model's:
 Non-words are all distinct, so distinct-n alone calls gibberish diverse: the fluency check is what catches it.
 
 A trial has failed at its first point that is not kept, and stays failed. A point is *stable* when it is kept and
-so is the trial's next evaluated point (or it is the last point of a trial that ran to its end without failing):
-the best point is chosen among stable points only, so it is never the last kept point before a collapse.
+so is the trial's next evaluated point: the best point is chosen among stable points only, so it is never the last
+kept point before a collapse, nor a trial's last point, whose future nobody saw (bench/recipes.py, 2026-12-07: of
+12 trials run to 7000 generations, 4 were kept at 2000 and failed by 2400, the last point a 2000-generation trial
+would have called stable; of 254 kept points whose next evaluation was kept, 7 failed within 400 generations).
 
 A trial without evaluations (`--eval-samples 0`, or run before alliter had them) is judged the same way on
 *training points*: the training groups' measures averaged over each `window` of generations, against the
@@ -130,9 +132,8 @@ class CollapseRule:
             return DEGENERATE
         return KEPT
 
-    def judge_trial(self, points: Sequence[dict[str, Any]], complete: bool) -> Judgement:
-        """Judge a trial's points (in order of generations; the first is the unmodified model's, at generation 0).
-        `complete`: the trial ran to its end, so its last point, if kept, is stable."""
+    def judge_trial(self, points: Sequence[dict[str, Any]]) -> Judgement:
+        """Judge a trial's points (in order of generations; the first is the unmodified model's, at generation 0)."""
         if not points:
             return Judgement([], [], [], [], [])
         baseline = points[0]
@@ -143,7 +144,7 @@ class CollapseRule:
                 failed_at, failed_as = int(point["generations"]), verdict
             verdicts.append(verdict)
         ok = [v == KEPT and (failed_at is None or int(p["generations"]) < failed_at) for v, p in zip(verdicts, points)]
-        stable = [ok[i] and (ok[i + 1] if i + 1 < len(ok) else complete) for i in range(len(ok))]
+        stable = [ok[i] and i + 1 < len(ok) and ok[i + 1] for i in range(len(ok))]  # the last point: never
         d0 = diversity(baseline, self.diversity_measure)
         kept = [diversity(p, self.diversity_measure) / d0 if d0 > 0 else math.nan for p in points]
         gaps = [p["fluency"] - baseline["fluency"] for p in points]

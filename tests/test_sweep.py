@@ -102,7 +102,7 @@ def test_stop_on_collapse_ends_the_trial_where_the_rule_says(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     trial = trial_dir(tmp_path / "stop", "0")
     rows = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
-    judged = CollapseRule(diversity_share=1.0).judge_trial(evaluation_points(trial / "evaluations.jsonl", 10), False)
+    judged = CollapseRule(diversity_share=1.0).judge_trial(evaluation_points(trial / "evaluations.jsonl", 10))
     expected = judged.failed_at
     assert expected is not None and rows[-1]["generations"] == expected < 200  # stopped at the failing point
     assert judged.generations[-1] == expected  # and evaluated nothing after it

@@ -110,7 +110,7 @@ def point_frame(trials: list[Trial], groups: pd.DataFrame, cfg: AnalysisConfig) 
     frames, judgements = [], {}
     for t in trials:
         points, source = trial_points(t, groups, cfg, bleu)
-        judgement = cfg.judge_trial(points, complete=t.status == "complete")
+        judgement = cfg.judge_trial(points)
         judgements[t.name] = judgement
         if not points:
             continue

@@ -166,8 +166,7 @@ def reason(result: Analysis) -> str:
                 + f", {_seeds_kept(row)} against {r['trials'] - r['failed_seeds']} of {r['trials']}."
             )
     if p is not None:
-        edge = (f"its next evaluation, at {p['next']}, is kept too" if p["next"] is not None
-                else "it is the last point of a trial that never failed")
+        edge = f"its next evaluation, at {p['next']}, is kept too"
         seeds_line = f" in {p['stable_trials']} of {p['trials']} seeds" if p["trials"] > 1 else ""
         fails = f"; {name(p['value'])} fails at {p['failed_at']:.0f} generations" if p["failed_at"] else ""
         at_beta = f" (its beta there: {p['beta']:.3g})" if KNOBS[knob] is not BETA else ""

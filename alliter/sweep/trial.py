@@ -104,7 +104,7 @@ def _run_trial(cfg: TrainConfig, opts: TrialOptions) -> None:
     def judged() -> dict[str, Any]:  # the trial's verdict so far, by the rule of alliter.rule, and its latest point
         points = trainer.points if trainer.evaluating else training_points(history, rule.window, partial=trainer.done)
         latest = {"point": points[-1]["generations"], "point_alliteration": points[-1]["alliteration"]} if points else {}
-        return {**rule.judge_trial(points, complete=trainer.done).report(), **latest}
+        return {**rule.judge_trial(points).report(), **latest}
 
     if history and (trainer.done or (opts.stop_on_collapse and not judged()["kept"])):
         # restored from the final checkpoint: report the last group again, once

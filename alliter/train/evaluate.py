@@ -134,7 +134,7 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) ->
     finally:
         torch.set_num_threads(threads)
     (point, stories), (unmodified, base_stories) = points
-    judgement = rule.judge_trial([{"generations": 0, **unmodified}, {"generations": 1, **point}], complete=True)
+    judgement = rule.judge_trial([{"generations": 0, **unmodified}, {"generations": 1, **point}])
     return {
         "samples": samples, "seed": cfg.eval_seed, "verdict": judgement.verdicts[1], "point": point,
         "unmodified": unmodified, "diversity_kept": judgement.diversity_kept[1], "fluency_gap": judgement.fluency_gap[1],
