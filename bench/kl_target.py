@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from alliter.analyse.judge import analyse  # noqa: E402
 from alliter.analyse.plots import plot_frontier  # noqa: E402
-from sweeps import add_sweep_flags, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
+from sweeps import add_long_run_flags, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
 
 
 def rows_of(arm: str, exp: Path, wall: float, at: list[int]) -> list[str]:
@@ -51,9 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beta", type=float, default=50.0, help="the fixed beta, and where target trials start")
     parser.add_argument("--targets", default="0.01,0.02,0.05", help="the KL targets of step 1")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--generations", type=int, default=7000)
-    add_sweep_flags(parser)
+    add_long_run_flags(parser)
     args = parser.parse_args()
     storage, extra = sweeps_folder(args, "alliter-kl-")
     seeds = ["--seeds", str(args.seeds)]

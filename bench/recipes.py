@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from alliter import measures as M  # noqa: E402
 from alliter.analyse.judge import Analysis, analyse  # noqa: E402
-from sweeps import add_sweep_flags, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
+from sweeps import add_long_run_flags, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
 
 STUDY = ["--betas", "50"]  # the 3-seed fine grid's choice (README, "KL-target mode")
 TARGET = ["--betas", "50", "--kl-targets", "0.03", "--max-grad-norm", "20"]  # the probe: no failure to 7000
@@ -82,9 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trl-betas", default="0.1,0.2,0.5,1", help="the betas of --recipe trl's own sweep")
     parser.add_argument("--best", default=BEST, help="the flags of the configuration that holds, separated by commas")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--generations", type=int, default=7000)
-    add_sweep_flags(parser)
+    add_long_run_flags(parser)
     args = parser.parse_args()
     storage, extra = sweeps_folder(args, "alliter-recipes-")
     seeds = ["--seeds", str(args.seeds)]

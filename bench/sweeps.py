@@ -35,8 +35,15 @@ from alliter.schema import METRICS_FILE, SWEEP_STATS_FILE, read_jsonl  # noqa: E
 MODES = {"coarse": ["--grid", "coarse"], "fine": ["--grid", "fine"], "search": ["--search"]}
 
 
+def add_long_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the benchmarks that run arms of seeds to 7000 generations (bench/kl_target.py, bench/recipes.py)."""
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--generations", type=int, default=7000)
+    add_sweep_flags(parser)
+
+
 def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of every benchmark that runs sweeps (this one, bench/kl_target.py)."""
+    """The flags of every benchmark that runs sweeps (this one, bench/kl_target.py, bench/recipes.py)."""
     parser.add_argument("--keep", help="keep the sweeps in this folder (default: a temporary one)")
     parser.add_argument("--extra", default="", help="flags for every sweep, separated by commas: --extra=--seed=1")
 

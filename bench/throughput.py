@@ -37,7 +37,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alliter import measures as M  # noqa: E402
 from alliter.train.reward import raw_reward  # noqa: E402
 from alliter.config import TrainConfig  # noqa: E402
 from alliter.train.rloo import leave_one_out_advantage  # noqa: E402
