@@ -162,8 +162,9 @@ def ray_cli(*args: str, env: dict[str, str], log: Path, timeout: float) -> subpr
 
 def user_processes(server: SSHServer) -> dict[int, list[str]]:
     """pid -> command line of the test user's processes but sshd's own (the sessions of the SSH connections
-    that Ray's runner shares between commands, which outlive a command by 10 s)."""
-    return {pid: cmdline(pid) for pid in server.user_pids() if process_name(pid) != "sshd"}
+    that Ray's runner shares between commands, which outlive a command by 10 s) and those already exiting."""
+    found = {pid: cmdline(pid) for pid in server.user_pids() if process_name(pid) != "sshd"}
+    return {pid: args for pid, args in found.items() if args}  # an empty command line: a process on its way out
 
 
 def cluster_name(server: SSHServer) -> str:

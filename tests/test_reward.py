@@ -117,7 +117,7 @@ def test_a_reward_file_loads_from_its_path_and_says_its_hash(tmp_path):
 BAD_REWARDS = {
     "wrong length": ("return [1.0]", "returned 1 values for 2 texts"),
     "nan": ("return [float('nan')] * len(texts)", "returned nan; it must return finite numbers"),
-    "not a number": ("return ['3'] * len(texts)", "returned '3'; it must return finite numbers"),
+    "not a number": ("return ['3'] * len(texts)", "returned '3' (str); it must return a number per text"),
     "raises": ("raise KeyError('boom')", "raised KeyError: 'boom'"),
 }
 

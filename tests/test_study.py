@@ -98,8 +98,9 @@ def test_the_write_up_escapes_generated_text(tmp_path):
 
 @pytest.mark.slow
 def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_path, tiny_gpt_neo):
-    args = ["--model", str(tiny_gpt_neo), "--lr", "0.05", "--grid-generations", "20", "--extended-generations", "40",
-            "--seeds", "2", "--snapshot-every", "20", "--eval-samples", "10", "--storage", str(tmp_path), "--name", "s"]
+    args = ["--model", str(tiny_gpt_neo), "--lr", "0.05", "--grid-generations", "20", "--extended-generations", "20",
+            "--seeds", "1", "--checkpoint-every", "1", "--snapshot-every", "10", "--eval-samples", "5",
+            "--storage", str(tmp_path), "--name", "s"]
     study = subprocess.Popen([*STUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not list((tmp_path / "s" / "fine").glob("beta=*/checkpoint_*")):

@@ -48,7 +48,11 @@ def test_two_beta_sweep_terminates_with_metrics_generations_events_and_checkpoin
         assert list(trial.glob("checkpoint_*/checkpoint.pt"))
     assert f"tensorboard --logdir {exp}" in res.stdout
     assert f"python analysis/best_beta.py {exp}" in res.stdout
-    assert "raw_reward" in res.stdout and "div_kept" in res.stdout  # the progress table's columns
+    # the console: a header and a line per trial, 100 columns at most (tests/test_console.py has the rest)
+    header = next(line for line in res.stdout.splitlines() if line.startswith("beta") and "alliteration" in line)
+    assert header.split() == ["beta", "generations", "state", "point", "alliteration", "distinct-2", "fluency", "verdict"]
+    assert all(len(line) <= 100 for line in res.stdout.splitlines()[res.stdout.splitlines().index(header):]
+               if not line.startswith(("sweep efficiency", "evaluations:", "results:", "tensorboard:", "next:")))
     assert "sweep efficiency: " in res.stdout and json.loads((exp / "sweep.json").read_text())["slots"] >= 1
     assert "evaluations: " in res.stdout and json.loads((exp / "sweep.json").read_text())["eval_seconds"] > 0
 

@@ -106,7 +106,7 @@ def test_a_sweep_to_a_sqlite_store_resumed_goes_on_in_the_same_runs(tmp_path, ti
     """No server: sqlite:///. The driver is interrupted (Ctrl-C) after the first checkpoints, and the resumed sweep
     logs the rest of each trial into the run it started."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [*TINY[:2], "--max-generations", "200", "--checkpoint-every", "2", "--snapshot-every", "100",
+    args = [*TINY[:2], "--max-generations", "100", "--checkpoint-every", "2", "--snapshot-every", "50",
             "--eval-samples", "10", "--model", str(tiny_gpt_neo), "--mlflow", uri, "--mlflow-experiment", "mine",
             "--storage", str(tmp_path), "--name", "resumed"]
     driver = subprocess.Popen([*SWEEP, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -135,8 +135,7 @@ def test_a_sweep_logs_to_wandb_offline(tmp_path, tiny_gpt_neo):
     assert out.returncode == 0, out.stderr[-3000:]
     runs = sorted((tmp_path / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 3
-    choice = [p for p in runs if next(r.run for r in wandb_records(p) if r.WhichOneof("record_type") == "run").display_name
-              == "best_beta"]
+    choice = [p for p in runs if run_record(p).display_name == "best_beta"]
     (logged,) = [{key_of(i): json.loads(i.value_json) for i in r.history.item} for r in wandb_records(choice[0])
                  if r.WhichOneof("record_type") == "history"]
     assert logged["summary/_type"] == logged["best_point_stories/_type"] == "table-file"
@@ -144,8 +143,8 @@ def test_a_sweep_logs_to_wandb_offline(tmp_path, tiny_gpt_neo):
     assert logged["plots/evaluations/_type"] == "image-file"
     runs.remove(choice[0])
     for path in runs:
+        run = run_record(path)
         records = wandb_records(path)
-        run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
         assert run.project == "alliter-test" and run.run_group == "offline"
         config = {key_of(item): json.loads(item.value_json) for r in records
                   if r.WhichOneof("record_type") == "config" for item in r.config.update}
@@ -156,6 +155,17 @@ def test_a_sweep_logs_to_wandb_offline(tmp_path, tiny_gpt_neo):
         assert config["beta"] == rows[0]["beta"] and config["recipe"] == "study"
         logged = [(h["generations"], h["raw_reward_mean"]) for h in history if "raw_reward_mean" in h]
         assert logged == pytest.approx([(r["generations"], r["raw_reward_mean"]) for r in rows])
+
+
+def run_record(path: Path, wait: float = 20.0):
+    """An offline run file's run record; W&B's core may still be writing the file when its process has ended."""
+    deadline = time.time() + wait
+    while True:
+        runs = [r.run for r in wandb_records(path) if r.WhichOneof("record_type") == "run"]
+        if runs or time.time() > deadline:
+            assert runs, f"{path} holds no run record"
+            return runs[0]
+        time.sleep(0.5)
 
 
 def key_of(item) -> str:

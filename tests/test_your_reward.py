@@ -180,18 +180,16 @@ def test_a_sweep_ships_the_reward_file_and_best_beta_says_which_letters_allitera
     assert [line.split(",")[0] for line in letters[1:]] == ["unmodified", "0", "1"]
 
 
-@pytest.mark.slow
-def test_a_bad_reward_in_a_sweep_is_one_line_naming_it_and_is_not_retried(tmp_path):
+def test_a_bad_reward_in_a_sweep_is_one_line_before_ray_starts(tmp_path):
+    """The preflight calls the reward once: a reward that returns one value too few is refused in one line, before
+    anything starts (one that fails only later, inside a trial: tests/test_fail_fast.py, not retried)."""
     path = tmp_path / "short_reward.py"
     path.write_text("def score(texts):\n    return [1.0] * (len(texts) - 1)\n")
-    res = sweep("--betas", "1", "--max-generations", "20", "--reward", f"{path}:score", "--storage", str(tmp_path),
-                "--name", "short")
-    assert res.returncode == 1, res.stderr[-3000:]
-    (state,) = trial_states(tmp_path / "short").values()
-    assert state["status"] == "ERROR" and state["num_failures"] == 1  # not retried
-    (cause,) = [line for line in res.stderr.splitlines() if line.startswith("  ERROR in beta=")]
-    # the first texts it meets: generation 0's evaluation (50 stories)
-    assert f"the reward {path}:score returned 49 values for 50 texts" in cause, res.stderr[-3000:]
+    res = sweep_main("--betas", "1", "--max-generations", "20", "--reward", f"{path}:score", "--storage",
+                     str(tmp_path / "results"), "--name", "short")
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert f"the reward {path}:score returned 0 values for 1 texts" in res.stderr
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.slow
