@@ -13,8 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alliter import measures as M
-from alliter.train.reward import raw_reward
 from alliter.analyse.judge import AnalysisConfig, analyse
 from alliter.analyse.command import main
 from alliter.analyse.names import beta_colours

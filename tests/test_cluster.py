@@ -19,7 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -33,7 +32,7 @@ from raycluster import (
     resource_flags,
 )
 from helpers import (
-    FAULT_ENV, FAULTY_SWEEP, SWEEP, generation_indices, result_rows, sweep, sweep_main, trial_dir, trial_states,
+    FAULT_ENV, FAULTY_SWEEP, generation_indices, result_rows, sweep, sweep_main, trial_dir, trial_states,
 )
 
 yaml = pytest.importorskip("yaml")

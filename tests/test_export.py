@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alliter import measures as M
 from alliter.train.reward import raw_reward
 from alliter.analyse.command import main as best_beta
 from alliter.cli import AlliterError

@@ -28,7 +28,7 @@ from alliter.storage import DriverLock
 from alliter.testing import build_tiny_gpt_neo
 from alliter.train.__main__ import main as train_main
 from helpers import (
-    SWEEP, K, digest, generation_indices, local_gpus, sweep, sweep_main, trial_states, varied_groups, write_trial,
+    SWEEP, digest, generation_indices, local_gpus, sweep, sweep_main, trial_states, varied_groups, write_trial,
 )
 
 

@@ -4,7 +4,6 @@ a resumed AdamW trial continues exactly."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

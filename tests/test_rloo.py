@@ -108,7 +108,7 @@ def independent_update(policy, reference, tokens, lengths, prompt_len, raw, beta
     copy of the policy; returns (its weights after the step, the loss, the gradient norm before the clip)."""
     policy = copy.deepcopy(policy)
     params = list(policy.parameters())
-    logps, kls, ces, sums = [], [], [], []
+    kls, ces, sums = [], [], []
     for i in range(len(tokens)):
         seq = tokens[i, : lengths[i]]
         logp = torch.log_softmax(policy(seq[None]).logits[0, :-1], -1).gather(1, seq[1:, None])[:, 0]

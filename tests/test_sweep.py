@@ -15,7 +15,7 @@ from alliter.analyse.frames import tune_trial_dirs
 from alliter.rule import CollapseRule
 from alliter.train.evaluate import evaluation_points
 from helpers import (
-    METRIC_NAMES, REPO, SWEEP, best_beta as run_best_beta, digest, generation_indices, local_gpus, read_jsonl,
+    METRIC_NAMES, SWEEP, best_beta as run_best_beta, digest, generation_indices, local_gpus, read_jsonl,
     result_rows, sweep,
     sweep_main, trial_dir, trial_states, tune_betas,
 )

@@ -124,7 +124,7 @@ def test_a_sweep_to_a_sqlite_store_resumed_goes_on_in_the_same_runs(tmp_path, ti
 
 @pytest.mark.slow
 def test_a_sweep_logs_to_wandb_offline(tmp_path, tiny_gpt_neo):
-    wandb = pytest.importorskip("wandb", reason="the wandb extra (pip install \"alliter[wandb]\") is not installed")
+    pytest.importorskip("wandb", reason="the wandb extra (pip install \"alliter[wandb]\") is not installed")
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_SILENT": "true"}
     (tmp_path / "wandb").mkdir()
     res = sweep(*TINY, "--model", str(tiny_gpt_neo), "--wandb", "alliter-test", "--storage", str(tmp_path),

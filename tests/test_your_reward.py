@@ -15,7 +15,7 @@ from alliter.config import EVAL_PROMPTS, TrainConfig
 from alliter.train.__main__ import main as train_main
 from alliter.train.reward import file_sha256, rare_alliteration
 from alliter.train.trainer import Trainer
-from helpers import best_beta, read_jsonl, sweep, sweep_main, trial_states
+from helpers import best_beta, read_jsonl, sweep, sweep_main
 
 PROMPTS = ["Once upon a time", "The big dog", "Lily and Ben", "One day", "Tom had a ball", "The sun was hot"]
 WORDS_REWARD = "def words(texts):\n    return [len(t.split()) / 10 for t in texts]\n"
