@@ -13,6 +13,8 @@ class Knob:
     """The TrainConfig field and the frames' column: beta or kl_target."""
     symbol: str
     """How a folder, a table and a sentence name one: beta=50, target=0.1."""
+    noun: str
+    """One value in a sentence's words: beta 50, KL target 0.1."""
     plural: str
     """Its values in a sentence: betas, KL targets."""
     legend: str
@@ -25,6 +27,10 @@ class Knob:
     def label(self, value: float) -> str:
         """A value in a plot: β = 50, target = 0.1."""
         return f"β = {value:g}" if self.name == "beta" else f"target = {value:g}"
+
+    def said(self, value: float) -> str:
+        """A value in a sentence's words: beta 50, KL target 0.1."""
+        return f"{self.noun} {value:g}"
 
     def named(self, value: float) -> str:
         """A value in a sentence: beta=50, target=0.1."""
@@ -40,6 +46,6 @@ class Knob:
         return value * factor if up else value / factor
 
 
-BETA = Knob("beta", "beta", "betas", "beta (KL coefficient)", "higher", "lower")
-TARGET = Knob("kl_target", "target", "KL targets", "KL target (nats per token)", "lower", "higher")
+BETA = Knob("beta", "beta", "beta", "betas", "beta (KL coefficient)", "higher", "lower")
+TARGET = Knob("kl_target", "target", "KL target", "KL targets", "KL target (nats per token)", "lower", "higher")
 KNOBS = {k.name: k for k in (BETA, TARGET)}

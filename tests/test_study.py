@@ -62,6 +62,8 @@ def study_folder(tmp_path: Path) -> Path:
     hand_made_sweep(folder / "fine", {20.0: [200], 30.0: [None], 40.0: [None]}, pairs={30.0: 3, 40.0: 3})
     hand_made_sweep(folder / "extended", {30.0: [None, 200]}, pairs={30.0: 3})
     hand_made_sweep(folder / "holds", {30.0: [None, None]}, pairs={30.0: 4})
+    for config in (folder / "holds").glob("*/config.json"):  # a KL target's trials, beta started and floored at 30
+        config.write_text(json.dumps({**json.loads(config.read_text()), "kl_target": 0.1, "kl_min_beta": 30.0}))
     state = {"config": {"seeds": 2, "extended_generations": 400}, "passthrough": [], "started": "2026-12-07 10:00:00",
              "steps": {name: {"status": "finished", "wall_seconds": 60.0} for name in ("coarse", "fine", "extended", "holds")},
              "placement": fine_betas({10.0: True, 100.0: False}), "extended_beta": 30.0,
@@ -81,7 +83,10 @@ def test_the_write_up_says_what_the_sweeps_show(tmp_path):
     assert "with one seed each there is no interval: which of the two is better is not known from this grid." in text
     assert "It failed in 1 of 2 seeds: seed 1 collapsed at 400 generations. It held to 400 generations in 1 of 2 seeds." in text
     assert text.count("## ") >= 7 and "## 6. What the numbers cannot say" in text
-    assert "The coarse grid ran one seed per beta" in text
+    assert "The coarse and fine grids ran one seed per beta" in text
+    holds = text[text.index("## 4. The recipe that holds"):text.index("## 5.")]
+    assert "KL target 0.1, beta started at and floored at 30. It held to 400 generations in 2 of 2 seeds." in holds
+    assert "KL target 0.1, seed 0, evaluation story 0 at 400 generations" in holds and "beta 0.1" not in holds
     for name in ("coarse", "fine", "extended", "holds"):
         assert (folder / "analysis" / name / "evaluations.png").exists()  # the images the write-up links
 

@@ -17,6 +17,7 @@ from alliter import measures as M
 from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Table, Text, to_html, to_markdown
 from alliter.analyse.judge import Analysis, analyse
 from alliter.analyse.report import write_outputs
+from alliter.knob import KNOBS
 from alliter.schema import read_json
 from alliter.study.run import STUDY_FILE, wall_text
 
@@ -28,11 +29,11 @@ def _list(values: list[float]) -> str:
     return text[0] if len(text) == 1 else ", ".join(text[:-1]) + f" and {text[-1]}"
 
 
-def _stories(trial: Any, generations: int, n: int) -> list[Story]:
+def _stories(result: Analysis, trial: Any, generations: int, n: int) -> list[Story]:
     e = trial.evaluations
     rows = e[e["generations"] == generations].head(n) if len(e) else e
-    return [Story(f"beta {trial.value:g}, seed {trial.seed}, evaluation story {int(r['sample'])} at {generations} "
-                  f"generations, raw reward {r['raw_reward']:g}", r["text"]) for _, r in rows.iterrows()]
+    return [Story(f"{KNOBS[result.knob].said(trial.value)}, seed {trial.seed}, evaluation story {int(r['sample'])} at "
+                  f"{generations} generations, raw reward {r['raw_reward']:g}", r["text"]) for _, r in rows.iterrows()]
 
 
 def grid_blocks(result: Analysis, out: Path) -> list[Block]:
@@ -72,7 +73,7 @@ def last_two_stories(result: Analysis) -> list[Block]:
     blocks: list[Block] = []
     for trial in sorted(result.trials, key=lambda t: (t.value, t.seed)):
         if len(trial.evaluations):
-            blocks += _stories(trial, int(trial.evaluations["generations"].max()), 2)
+            blocks += _stories(result, trial, int(trial.evaluations["generations"].max()), 2)
     return blocks
 
 
@@ -108,10 +109,10 @@ def seeds_verdict(result: Analysis, end: int) -> tuple[str, list[Block]]:
             before = mine[mine["generations"] < at]["generations"]
             failures.append((trial.seed, at, failed["verdict"].iloc[0]))
             if len(before) and int(before.iloc[-1]) > 0:
-                blocks += _stories(trial, int(before.iloc[-1]), 1)
-            blocks += _stories(trial, int(mine["generations"].iloc[-1]), 1)
+                blocks += _stories(result, trial, int(before.iloc[-1]), 1)
+            blocks += _stories(result, trial, int(mine["generations"].iloc[-1]), 1)
         else:
-            blocks += _stories(trial, int(mine["generations"].iloc[-1]), 1)
+            blocks += _stories(result, trial, int(mine["generations"].iloc[-1]), 1)
     n = len(result.trials)
     if failures:
         lines.append(f"It failed in {len(failures)} of {n} seeds: " + ", ".join(
@@ -190,7 +191,7 @@ def build(folder: Path) -> list[Block]:
         h = results["holds"]
         text, stories = seeds_verdict(h, end)
         blocks += [Heading("4. The recipe that holds, beside the study's"),
-                   Text(f"{h.recipe.describe_recipe()[0].upper()}{h.recipe.describe_recipe()[1:]}"
+                   Text(f"The update: {h.recipe.describe_recipe()}"
                         + (f"; KL target {h.trials[0].kl_target:g}, beta started at and floored at "
                            f"{h.recipe.kl_min_beta:g}" if h.trials[0].kl_target is not None
                            and h.recipe.kl_min_beta is not None else "") + f". {text}"),
@@ -212,10 +213,10 @@ def build(folder: Path) -> list[Block]:
 
 def caveats(results: dict[str, Analysis], state: dict[str, Any]) -> list[str]:
     out = []
-    for name in ("coarse", "fine"):
-        if name in results and int(results[name].summary["trials"].max()) < 2:
-            out.append(f"The {name} grid ran one seed per beta: near the boundary, another seed can move a beta "
-                       "across it (the extended run shows how much the seeds differ).")
+    single = [name for name in ("coarse", "fine") if name in results and int(results[name].summary["trials"].max()) < 2]
+    if single:
+        out.append(f"The {' and '.join(single)} grid{'s' if len(single) > 1 else ''} ran one seed per beta: near the "
+                   "boundary, another seed can move a beta across it (the extended run shows how much the seeds differ).")
     first = next(iter(results.values()), None)
     if first is not None:
         samples = int(first.trials[0].config.get("eval_samples", 50) or 50)
