@@ -74,12 +74,22 @@ def bleu() -> Any:
     return BLEU(effective_order=True)  # sentence-level BLEU without zeroing texts short of 4-gram matches
 
 
+def group_measures(texts: Sequence[str], bleu: Any = None) -> dict[str, float]:
+    """The diversity measures of one group of texts, for a training group (best_beta) and an evaluation's groups
+    alike: distinct-n, the unique fraction and, with a `bleu()`, self-BLEU (nan for a group of one)."""
+    return {
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "unique_fraction": unique_fraction(texts),
+        **({"self_bleu": self_bleu(texts, bleu)} if bleu is not None else {}),
+    }
+
+
 def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None) -> dict[str, float]:
     """The measures of an evaluation (alliter.train.evaluate's stories, in sample order): alliteration (mean raw
-    reward), the diversity measures (distinct-n and the unique fraction per group of `group_size`, then their
-    mean; repeated 4-grams per text), fluency (the unmodified model's mean token cross-entropy, story by story,
-    then the mean) and the per-token KL estimate (CE_ref - CE_policy, which can be negative); with a `bleu()`,
-    self-BLEU per group too."""
+    reward), the diversity measures (`group_measures` per group of `group_size`, then their mean; with a `bleu()`,
+    self-BLEU too), repeated 4-grams per text, fluency (the unmodified model's mean token cross-entropy, story by
+    story, then the mean) and the per-token KL estimate (CE_ref - CE_policy, which can be negative)."""
     texts = [s["text"] for s in stories]
     groups = groups_of(texts, group_size)
     n = len(stories)
@@ -88,17 +98,15 @@ def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None) -
         values = list(values)
         return sum(values) / len(values) if values else float("nan")
 
+    per_group = [group_measures(g, bleu) for g in groups]
     return {
         "alliteration": mean(s["raw_reward"] for s in stories),
-        "distinct_1": mean(distinct_n(g, 1) for g in groups),
-        "distinct_2": mean(distinct_n(g, 2) for g in groups),
-        "unique_fraction": mean(unique_fraction(g) for g in groups),
+        **{name: mean(m[name] for m in per_group if not math.isnan(m[name])) for name in group_measures([], bleu)},
         "repeated_4grams": mean(repeated_4grams(t) for t in texts),
         "fluency": mean(s["ce_ref"] for s in stories),
         "kl": mean(s["ce_ref"] - s["ce_policy"] for s in stories),
         "new_tokens": mean(s["new_tokens"] for s in stories),
         "samples": float(n),
-        **({"self_bleu": mean(self_bleu(g, bleu) for g in groups if len(g) > 1)} if bleu is not None else {}),
     }
 
 

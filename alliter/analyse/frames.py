@@ -281,7 +281,8 @@ def newest_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
 
 
 def text_measures(generations: pd.DataFrame) -> pd.DataFrame:
-    """Per (trial, group): distinct-n, unique fraction and self-BLEU of the group's texts, and repetition."""
+    """Per (trial, group): the group's diversity measures (alliter.measures.group_measures, self-BLEU included) and
+    repetition inside its texts."""
     bleu = M.bleu()
     rows = []
     for (trial, _), g in generations.groupby(["trial", "group"], sort=False):
@@ -289,13 +290,10 @@ def text_measures(generations: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "trial": trial,
             "generations": int(g["generation"].max()) + 1,  # the step counter after the group, as in its metrics
-            "distinct_1": M.distinct_n(texts, 1),
-            "distinct_2": M.distinct_n(texts, 2),
-            "unique_fraction": M.unique_fraction(texts),
-            "self_bleu": M.self_bleu(texts, bleu),
+            **M.group_measures(texts, bleu),
             "repeated_4grams": float(np.mean([M.repeated_4grams(t) for t in texts])),
         })
-    measures = ["distinct_1", "distinct_2", "unique_fraction", "self_bleu", "repeated_4grams"]
+    measures = [*M.group_measures([], bleu), "repeated_4grams"]
     return pd.DataFrame(rows, columns=["trial", "generations", *measures]).astype(
         {"generations": int, **dict.fromkeys(measures, float)})
 
