@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 
 def trl_one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], raw_rewards: list[float], *,
                  beta: float, learning_rate: float, max_grad_norm: float = 1.0, normalize_advantages: bool = False,
-                 adam_epsilon: float = 1e-8, ref_model_dir: str | None = None,
+                 adam_epsilon: float = 1e-8, ref_model_dir: str | None = None, dtype: str = "float32",
                  work_dir: str) -> dict[str, "torch.Tensor"]:
-    """The policy's state_dict (float32, cpu) after one RLOOTrainer step on the K given completions of `prompt`.
-    `ref_model_dir`: the reference's weights, where they are not the policy's (so that the KL is not zero)."""
+    """The policy's state_dict (on the CPU, in `dtype`) after one RLOOTrainer step on the K given completions of
+    `prompt`. `ref_model_dir`: the reference's weights, where they are not the policy's (so that the KL is not zero);
+    `dtype`: the policy's and the reference's (float64: the same on every CPU)."""
     import numpy as np
     import torch
 
@@ -42,7 +43,7 @@ def trl_one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], r
         with torch.random.fork_rng(devices=[]):
             return _one_step(model_dir, prompt, completion_ids, raw_rewards, beta=beta, learning_rate=learning_rate,
                              max_grad_norm=max_grad_norm, normalize_advantages=normalize_advantages,
-                             adam_epsilon=adam_epsilon, ref_model_dir=ref_model_dir, work_dir=work_dir)
+                             adam_epsilon=adam_epsilon, ref_model_dir=ref_model_dir, dtype=dtype, work_dir=work_dir)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
@@ -50,7 +51,7 @@ def trl_one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], r
 
 def _one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], raw_rewards: list[float], *,
               beta: float, learning_rate: float, max_grad_norm: float, normalize_advantages: bool,
-              adam_epsilon: float, ref_model_dir: str | None, work_dir: str) -> dict[str, "torch.Tensor"]:
+              adam_epsilon: float, ref_model_dir: str | None, dtype: str, work_dir: str) -> dict[str, "torch.Tensor"]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,6 +92,7 @@ def _one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], raw_
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, adam_epsilon=adam_epsilon, temperature=1.0,
         bf16=False, fp16=False, use_cpu=True, activation_checkpointing=False,  # TRL defaults it on: only costs time
         disable_dropout=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+        model_init_kwargs={"dtype": getattr(torch, dtype)},  # the policy's and the reference's (TRL takes no "float64")
     )
     trainer = GivenCompletionsRLOO(model=model_dir, reward_funcs=given_rewards, args=args,
                                    train_dataset=Dataset.from_list([{"prompt": prompt}]))
@@ -99,4 +101,4 @@ def _one_step(model_dir: str, prompt: str, completion_ids: list[list[int]], raw_
     trainer.train()
     if trainer.state.global_step != 1:
         raise AssertionError(f"TRL made {trainer.state.global_step} optimizer steps, not 1")
-    return {name: t.detach().to("cpu", torch.float32).clone() for name, t in trainer.model.state_dict().items()}
+    return {name: t.detach().to("cpu").clone() for name, t in trainer.model.state_dict().items()}
