@@ -19,9 +19,3 @@ def tiny_gpt_neo(tmp_path_factory) -> Path:
 def bundled_model() -> Path:
     return BUNDLED_MODEL
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules with end-to-end tests first: the test processes take whole modules (`--dist loadfile`), so the
-    quick modules fill the end instead of one long module running alone there."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: each module's tests keep their order
