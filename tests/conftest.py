@@ -18,4 +18,3 @@ def tiny_gpt_neo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundled_model() -> Path:
     return BUNDLED_MODEL
-
