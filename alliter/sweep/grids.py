@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from alliter.cli import AlliterError
 from alliter.config import MAX_SEED, TrainConfig, within
+from alliter.knob import KNOBS
 
 # name -> (betas, max_generations or None for the config's own)
 GRIDS: dict[str, tuple[list[float], int | None]] = {
@@ -32,7 +33,7 @@ def parse_numbers(text: str, flag: str) -> list[float]:
 def knob_values(text: str, flag: str, knob: str = "beta") -> list[float]:
     """`--betas 5,15,25` or `--kl-targets 0.05,0.1` -> the numbers, each a valid value of TrainConfig's `knob`
     (beta or kl_target), none twice."""
-    noun = "target" if knob == "kl_target" else knob
+    noun = KNOBS[knob].symbol
     values = parse_numbers(text, flag)
     if not values:
         raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}: no {noun} to sweep")
