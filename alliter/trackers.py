@@ -161,6 +161,7 @@ def log_choice_mlflow(uri: str, experiment: str, result: Any, out: Path, written
     """One summary run in the sweep's experiment: the choice and the best point as params and metrics, best_beta's
     files (summary.csv, points.csv, the plots, report.html) as artifacts, and the exported folder (its path, and
     the folder itself under model/). Returns the run's id."""
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -185,10 +186,9 @@ def log_choice_mlflow(uri: str, experiment: str, result: Any, out: Path, written
                 metrics[f"{prefix}.{name}"] = float(row[name])
     if export is not None:
         params["export"] = str(export.resolve())
-    for key, value in params.items():
-        client.log_param(run_id, key, value)
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
+                     params=[Param(key, str(value)) for key, value in params.items()])  # one request, not one each
     for path in written:
         client.log_artifact(run_id, str(path))
     if export is not None:
