@@ -1,7 +1,7 @@
 """The study in one command (tune_jobs/study.py, `alliter study`): the coarse grid, a fine grid placed from it, the
 extended run of its choice with the study's recipe and with the recipe that holds, and the write-up.
 
-    alliter study                                   # the bundled model, every default (about 25 minutes on 2 cores)
+    alliter study                                   # the bundled model, every default (about 18 minutes on 2 cores)
     alliter study --model tinystories-33m --address auto --gpus-per-trial 0.25
     alliter study --resume                          # continue the newest study where it stopped
 
