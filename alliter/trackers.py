@@ -89,11 +89,9 @@ def sweep_callbacks(trackers: dict[str, str | None], exp_path: str) -> list:
             tracking_uri=trackers["mlflow"], experiment_name=trackers["mlflow_experiment"],
             tags={"alliter.sweep": Path(exp_path.partition("?")[0]).name, "alliter.sweep_path": exp_path}))
     if trackers.get("wandb") is not None:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
         # the run's id is the trial's (Ray's), and resume="allow" continues it when a resumed sweep reports again
-        callbacks.append(WandbLoggerCallback(project=trackers["wandb"], group=trackers["wandb_group"], resume="allow",
-                                             log_config=False))
+        callbacks.append(_wandb_callback_class()(project=trackers["wandb"], group=trackers["wandb_group"],
+                                                 resume="allow", log_config=False))
     return callbacks
 
 
@@ -107,6 +105,23 @@ def check_trackers(trackers: dict[str, str | None]) -> dict[str, str | None]:
     if trackers.get("wandb") is not None:
         check_wandb()
     return out
+
+
+def _wandb_callback_class() -> type:
+    """Tune's WandbLoggerCallback, whose logging actor waits for W&B's core to write the run before it returns. Tune
+    kills a trial's logging actor as soon as its run() returns, and wandb.finish() returns before W&B's core process
+    has closed the run's file: a killed core left an offline run with no record past the file's header."""
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor  # private: tests/test_house.py
+
+    class LoggingActor(_WandbLoggingActor):
+        def run(self) -> None:
+            super().run()
+            self._wandb.teardown()  # waits for the core to finish every stream of this process
+
+    class SweepWandb(WandbLoggerCallback):
+        _logger_actor_cls = LoggingActor
+
+    return SweepWandb
 
 
 def _mlflow_callback_class() -> type:
