@@ -4,6 +4,9 @@ says what it owns and names its modules."""
 from __future__ import annotations
 
 import ast
+import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,6 +63,14 @@ def test_every_private_api_alliter_leans_on_is_still_there():
     assert callable(state.get_cluster_config)
     # the logging actor's run() (wandb.init, the queue, wandb.finish) and the callback's class attribute naming it
     assert callable(_WandbLoggingActor.run) and WandbLoggerCallback._logger_actor_cls is _WandbLoggingActor
+    # Tune's count of its callbacks (run.skip_tunes_callback_census): tune.run calls it, and skipped it imports nothing
+    from ray.tune import tune as tune_module
+
+    assert "air_usage.tag_callbacks(callbacks)" in inspect.getsource(tune_module.run)
+    code = ("import sys; from alliter.sweep.run import skip_tunes_callback_census as skip; from ray import tune; skip(); "
+            "from ray.tune.tune import air_usage; air_usage.tag_callbacks([tune.Callback()]); "
+            "print(sorted({'mlflow', 'wandb'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
     # torch's private softmax backward, against its formula
     p = torch.softmax(torch.randn(3, 4, 5, dtype=torch.float64), -1)
     grad = torch.randn(3, 4, 5, dtype=torch.float64)

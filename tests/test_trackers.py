@@ -25,9 +25,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def mlflow_server(tmp_path):
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
     """`mlflow server` with a sqlite store and a local artifact folder, on a free port of 127.0.0.1."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = (tmp_path / "mlflow-server.log").open("w")
     server = subprocess.Popen(
@@ -77,24 +78,39 @@ def check_runs(uri: str, exp: Path, experiment: str) -> None:
         assert run.info.status == "FINISHED"
 
 
+WANDB_OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, mlflow_server, tiny_gpt_neo) -> Path:
+    """One sweep to both trackers (the MLflow server, W&B offline in its folder's wandb/), then best_beta's choice
+    logged to both, with an export."""
+    pytest.importorskip("wandb", reason="the wandb extra (pip install \"alliter[wandb]\") is not installed")
+    tmp_path = tmp_path_factory.mktemp("tracked")
+    env = {**WANDB_OFFLINE, "WANDB_DIR": str(tmp_path / "wandb")}
+    (tmp_path / "wandb").mkdir()
+    res = sweep(*TINY, "--model", str(tiny_gpt_neo), "--mlflow", mlflow_server, "--wandb", "alliter-test",
+                "--storage", str(tmp_path), "--name", "tracked", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = subprocess.run([*BEST_BETA, str(tmp_path / "tracked"), "--mlflow", mlflow_server, "--wandb", "alliter-test",
+                          "--export", str(tmp_path / "model"), "--out", str(tmp_path / "analysis")],
+                         capture_output=True, text=True, env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return tmp_path
+
+
 @pytest.mark.slow
-def test_a_sweep_logs_to_an_mlflow_server_and_best_beta_logs_its_choice_beside_it(tmp_path, mlflow_server,
-                                                                                   tiny_gpt_neo):
+def test_a_sweep_logs_to_an_mlflow_server_and_best_beta_logs_its_choice_beside_it(tracked, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    res = sweep(*TINY, "--model", str(tiny_gpt_neo), "--mlflow", mlflow_server, "--storage", str(tmp_path), "--name", "tracked")
-    assert res.returncode == 0, res.stderr[-3000:]
-    check_runs(mlflow_server, tmp_path / "tracked", "tracked")
-    out = subprocess.run([*BEST_BETA, str(tmp_path / "tracked"), "--mlflow", mlflow_server, "--export",
-                          str(tmp_path / "model"), "--out", str(tmp_path / "analysis")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
+    check_runs(mlflow_server, tracked / "tracked", "tracked")
     client = MlflowClient(mlflow_server)
     (summary,) = [r for r in client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
                   if r.data.tags.get("alliter.role") == "best_beta"]
-    choice = json.loads(subprocess.run([*BEST_BETA, str(tmp_path / "tracked"), "--json", "--out",
-                                        str(tmp_path / "again")], capture_output=True, text=True).stdout)
+    choice = json.loads(subprocess.run([*BEST_BETA, str(tracked / "tracked"), "--json", "--out",
+                                        str(tracked / "again")], capture_output=True, text=True).stdout)
     assert float(summary.data.params["best_point.beta"]) == choice["best_point"]["value"]
-    assert summary.data.params["export"] == str((tmp_path / "model").resolve())
+    assert summary.data.params["export"] == str((tracked / "model").resolve())
     assert summary.data.metrics["best_point.alliteration"] == pytest.approx(choice["best_point"]["alliteration"])
     artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"summary.csv", "points.csv", "report.html", "evaluations.png", "model"} <= artifacts
@@ -123,17 +139,8 @@ def test_a_sweep_to_a_sqlite_store_resumed_goes_on_in_the_same_runs(tmp_path, ti
 
 
 @pytest.mark.slow
-def test_a_sweep_logs_to_wandb_offline(tmp_path, tiny_gpt_neo):
-    pytest.importorskip("wandb", reason="the wandb extra (pip install \"alliter[wandb]\") is not installed")
-    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_SILENT": "true"}
-    (tmp_path / "wandb").mkdir()
-    res = sweep(*TINY, "--model", str(tiny_gpt_neo), "--wandb", "alliter-test", "--storage", str(tmp_path),
-                "--name", "offline", env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = subprocess.run([*BEST_BETA, str(tmp_path / "offline"), "--wandb", "alliter-test", "--out",
-                          str(tmp_path / "analysis")], capture_output=True, text=True, env={**os.environ, **env})
-    assert out.returncode == 0, out.stderr[-3000:]
-    runs = sorted((tmp_path / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
+def test_a_sweep_logs_to_wandb_offline(tracked):
+    runs = sorted((tracked / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 3
     choice = [p for p in runs if run_record(p).display_name == "best_beta"]
     (logged,) = [{key_of(i): json.loads(i.value_json) for i in r.history.item} for r in wandb_records(choice[0])
@@ -145,12 +152,12 @@ def test_a_sweep_logs_to_wandb_offline(tmp_path, tiny_gpt_neo):
     for path in runs:
         run = run_record(path)
         records = wandb_records(path)
-        assert run.project == "alliter-test" and run.run_group == "offline"
+        assert run.project == "alliter-test" and run.run_group == "tracked"
         config = {key_of(item): json.loads(item.value_json) for r in records
                   if r.WhichOneof("record_type") == "config" for item in r.config.update}
         history = [{key_of(item): json.loads(item.value_json) for item in r.history.item} for r in records
                    if r.WhichOneof("record_type") == "history"]
-        (trial,) = (tmp_path / "offline").glob(f"*_{run.run_id}")
+        (trial,) = (tracked / "tracked").glob(f"*_{run.run_id}")
         rows = read_jsonl(trial / "metrics.jsonl")
         assert config["beta"] == rows[0]["beta"] and config["recipe"] == "study"
         logged = [(h["generations"], h["raw_reward_mean"]) for h in history if "raw_reward_mean" in h]
