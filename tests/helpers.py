@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 from alliter import measures as M
 from alliter import schema
 from alliter.train.reward import raw_reward
@@ -169,6 +171,31 @@ def result_rows(trial: Path) -> list[dict]:
     """Tune's rows of the trial (result.json: the driver writes one per report it had); a line being written is left out."""
     path = trial / "result.json"
     return [json.loads(line) for line in (path.read_text().splitlines() if path.exists() else []) if line.endswith("}")]
+
+
+# --- what a tracker holds -----------------------------------------------------------------------------
+
+
+def check_mlflow_runs(uri: str, exp: Path, experiment: str) -> None:
+    """One MLflow run per trial, its beta a param, its tags naming the sweep and the trial's folder, and every group's
+    metrics a history stepped by generations, equal to the trial's metrics.jsonl."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    runs = [r for r in runs if r.data.tags.get("alliter.role") != "best_beta"]
+    assert len(runs) == len(list(exp.glob("beta=*")))
+    for run in runs:
+        folder = Path(run.data.tags["alliter.trial_folder"])
+        assert folder.parent == exp and run.data.tags["alliter.sweep"] == exp.name
+        rows = read_jsonl(folder / "metrics.jsonl")
+        assert float(run.data.params["beta"]) == rows[0]["beta"] and run.data.params["recipe"] == "study"
+        for name in ("raw_reward_mean", "kl_penalty_mean", "distinct_2"):
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
+            assert history == pytest.approx([(r["generations"], r[name]) for r in rows]), name
+        evaluations = sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval_alliteration"))
+        assert evaluations == sorted({e["generations"] for e in read_jsonl(folder / "evaluations.jsonl")} - {0})
+        assert run.info.status == "FINISHED"
 
 
 # --- the two architectures of the fast path -------------------------------------------------------------

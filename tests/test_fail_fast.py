@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,9 +25,7 @@ from alliter.sample import main as sample_main
 from alliter.storage import DriverLock
 from alliter.testing import build_tiny_gpt_neo
 from alliter.train.__main__ import main as train_main
-from helpers import (
-    SWEEP, digest, generation_indices, local_gpus, sweep, sweep_main, trial_states, varied_groups, write_trial,
-)
+from helpers import local_gpus, sweep, sweep_main, trial_states, varied_groups, write_trial
 
 
 @pytest.fixture(scope="module")
@@ -200,44 +196,8 @@ def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zer
     hint = next(line for line in res.stderr.splitlines() if "trial(s) errored" in line)
     assert hint.startswith("2 trial(s) errored (above)") and "next:" not in res.stdout
     command = hint.split("run them again with: ")[1]
-    # the command that the Ctrl-C test below runs as printed
+    # the command that tests/test_resume.py runs as printed after a Ctrl-C
     assert command == f"python tune_jobs/sweep.py --resume --name nan --storage {tmp_path}"
-
-
-@pytest.mark.slow
-def test_ctrl_c_says_interrupted_and_the_printed_resume_finishes_every_generation_once(tmp_path, tiny_gpt_neo):
-    driver = subprocess.Popen([*SWEEP, "--betas", "0,1,2", "--max-generations", "300", "--model", str(tiny_gpt_neo),
-                               "--checkpoint-every", "2", "--storage", str(tmp_path), "--name", "cc"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    exp = tmp_path / "cc"
-    deadline = time.time() + 180
-    while time.time() < deadline and not list(exp.glob("beta=*/checkpoint_000001")):
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    out, err = driver.communicate(timeout=120)
-    assert driver.returncode == 130, err[-3000:]
-    assert "next:" not in out
-    hint = next((line for line in err.splitlines() if line.startswith("interrupted with ")), "")
-    assert "continue it with: " in hint, err[-2000:]
-    assert (exp / "driver.lock").exists() is False  # the lock went with the driver
-    res = sweep(*shlex.split(hint.split("continue it with: ")[1])[2:])
-    assert res.returncode == 0, res.stderr[-3000:]
-    for trial in exp.glob("beta=*"):
-        assert generation_indices(trial) == list(range(300))
-    stats = json.loads((exp / "sweep.json").read_text())
-    assert stats["status"] == "finished" and stats["earlier"][-1]["status"] == "interrupted"
-
-
-@pytest.mark.slow
-def test_a_resume_takes_only_what_can_change_and_a_finished_sweep_stays_as_it_was(tmp_path, tiny_gpt_neo):
-    assert sweep("--betas", "1", "--max-generations", "10", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path),
-                 "--name", "done").returncode == 0
-    before = {p.name: digest(p) for p in (tmp_path / "done").iterdir() if p.is_file()}
-    res = sweep_main("--resume", "--storage", str(tmp_path), "--name", "done", "--max-generations", "40")
-    assert res.returncode == 2 and "--max-generations cannot change" in res.stderr and res.stderr.count("\n") == 1
-    res = sweep("--resume", "--storage", str(tmp_path), "--name", "done")
-    assert res.returncode == 0 and "nothing to resume, every trial finished" in res.stdout, res.stderr[-2000:]
-    assert {p.name: digest(p) for p in (tmp_path / "done").iterdir() if p.is_file()} == before  # sweep.json too
 
 
 def test_a_second_driver_is_refused_and_a_dead_drivers_lock_is_taken_over(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BEST_BETA, SWEEP, read_jsonl, sweep, sweep_main, trial_states
+from helpers import BEST_BETA, check_mlflow_runs, read_jsonl, sweep, sweep_main
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (pip install \"alliter[mlflow]\") is not installed")
 
@@ -56,28 +56,6 @@ def mlflow_server(tmp_path_factory):
 TINY = ["--betas", "0,1", "--max-generations", "40", "--snapshot-every", "20", "--eval-samples", "10"]
 
 
-def check_runs(uri: str, exp: Path, experiment: str) -> None:
-    """One MLflow run per trial, its beta a param, its tags naming the sweep and the trial's folder, and every group's
-    metrics a history stepped by generations, equal to the trial's metrics.jsonl."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    runs = [r for r in runs if r.data.tags.get("alliter.role") != "best_beta"]
-    assert len(runs) == 2
-    for run in runs:
-        folder = Path(run.data.tags["alliter.trial_folder"])
-        assert folder.parent == exp and run.data.tags["alliter.sweep"] == exp.name
-        rows = read_jsonl(folder / "metrics.jsonl")
-        assert float(run.data.params["beta"]) == rows[0]["beta"] and run.data.params["recipe"] == "study"
-        for name in ("raw_reward_mean", "kl_penalty_mean", "distinct_2"):
-            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
-            assert history == pytest.approx([(r["generations"], r[name]) for r in rows]), name
-        evaluations = sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval_alliteration"))
-        assert evaluations == sorted({e["generations"] for e in read_jsonl(folder / "evaluations.jsonl")} - {0})
-        assert run.info.status == "FINISHED"
-
-
 WANDB_OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
@@ -103,7 +81,7 @@ def tracked(tmp_path_factory, mlflow_server, tiny_gpt_neo) -> Path:
 def test_a_sweep_logs_to_an_mlflow_server_and_best_beta_logs_its_choice_beside_it(tracked, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    check_runs(mlflow_server, tracked / "tracked", "tracked")
+    check_mlflow_runs(mlflow_server, tracked / "tracked", "tracked")
     client = MlflowClient(mlflow_server)
     (summary,) = [r for r in client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
                   if r.data.tags.get("alliter.role") == "best_beta"]
@@ -115,27 +93,6 @@ def test_a_sweep_logs_to_an_mlflow_server_and_best_beta_logs_its_choice_beside_i
     artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert {"summary.csv", "points.csv", "report.html", "evaluations.png", "model"} <= artifacts
     assert "model.safetensors" in {Path(a.path).name for a in client.list_artifacts(summary.info.run_id, "model")}
-
-
-@pytest.mark.slow
-def test_a_sweep_to_a_sqlite_store_resumed_goes_on_in_the_same_runs(tmp_path, tiny_gpt_neo):
-    """No server: sqlite:///. The driver is interrupted (Ctrl-C) after the first checkpoints, and the resumed sweep
-    logs the rest of each trial into the run it started."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [*TINY[:2], "--max-generations", "100", "--checkpoint-every", "2", "--snapshot-every", "50",
-            "--eval-samples", "10", "--model", str(tiny_gpt_neo), "--mlflow", uri, "--mlflow-experiment", "mine",
-            "--storage", str(tmp_path), "--name", "resumed"]
-    driver = subprocess.Popen([*SWEEP, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and not list((tmp_path / "resumed").glob("beta=*/checkpoint_000002")):
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    _, err = driver.communicate(timeout=120)
-    assert driver.returncode == 130, err[-3000:]
-    res = sweep("--resume", "--name", "resumed", "--storage", str(tmp_path))
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert {s["status"] for s in trial_states(tmp_path / "resumed").values()} == {"TERMINATED"}
-    check_runs(uri, tmp_path / "resumed", "mine")
 
 
 @pytest.mark.slow

@@ -143,10 +143,11 @@ def test_a_reward_file_that_does_not_import_is_found_before_ray_starts(tmp_path)
 # --- in a sweep ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_a_sweep_ships_the_reward_file_and_best_beta_says_which_letters_alliterate(tmp_path):
-    """The user's file drives a sweep on a local Ray (each trial imports the copy Ray shipped, checked by its
-    SHA-256), with several prompts; best_beta names the reward and shows the letters."""
+@pytest.fixture(scope="module")
+def reward_sweep(tmp_path_factory) -> tuple[Path, Path, object]:
+    """A sweep of a user's reward file (in the user's folder) with three prompts on a local Ray: (its storage, the
+    reward file, the sweep's process)."""
+    tmp_path = tmp_path_factory.mktemp("reward-sweep")
     home = tmp_path / "user"
     home.mkdir()
     path = home / "length_reward.py"
@@ -155,6 +156,14 @@ def test_a_sweep_ships_the_reward_file_and_best_beta_says_which_letters_allitera
     prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
     res = sweep("--betas", "0,1", "--max-generations", "40", "--snapshot-every", "20", "--eval-samples", "12",
                 "--reward", f"{path}:words", "--prompts", str(prompts), "--storage", str(tmp_path), "--name", "mine")
+    return tmp_path, path, res
+
+
+@pytest.mark.slow
+def test_a_sweep_ships_the_reward_file_and_best_beta_says_which_letters_alliterate(reward_sweep):
+    """The user's file drives a sweep on a local Ray (each trial imports the copy Ray shipped, checked by its
+    SHA-256), with several prompts; best_beta names the reward and shows the letters."""
+    tmp_path, path, res = reward_sweep
     assert res.returncode == 0, res.stderr[-3000:]
     # the prompts are data: once in the sweep's prompts.txt, once in each trial's config.json (a trial folder stands
     # alone), never in Tune's config, which its params and every result row repeat
@@ -193,12 +202,12 @@ def test_a_bad_reward_in_a_sweep_is_one_line_before_ray_starts(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_reward_file_changed_since_the_sweep_started_is_refused_on_resume(tmp_path):
-    path = tmp_path / "length_reward.py"
-    path.write_text(WORDS_REWARD)
-    res = sweep("--betas", "0", "--max-generations", "10", "--reward", f"{path}:words", "--storage", str(tmp_path),
-                "--name", "changed")
+def test_a_reward_file_changed_since_the_sweep_started_is_refused_on_resume(reward_sweep):
+    tmp_path, path, res = reward_sweep
     assert res.returncode == 0, res.stderr[-3000:]
-    path.write_text(WORDS_REWARD.replace("/ 10", "/ 20"))
-    res = sweep_main("--resume", "--name", "changed", "--storage", str(tmp_path))
+    try:
+        path.write_text(WORDS_REWARD.replace("/ 10", "/ 20"))
+        res = sweep_main("--resume", "--name", "mine", "--storage", str(tmp_path))
+    finally:
+        path.write_text(WORDS_REWARD)
     assert res.returncode == 2 and "reward file" in res.stderr and "changed since it started" in res.stderr, res.stderr
