@@ -151,7 +151,7 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     # and that trial cannot resume (docs/cluster.md, troubleshooting). The kill below comes at the first
     # trial's first or second checkpoint, 3 checkpoints before such a moment.
     args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--snapshot-every", "20",
-            "--cpus-per-trial", str(os.cpu_count())]
+            "--eval-samples", "10", "--cpus-per-trial", str(os.cpu_count())]
     root = f"{BUCKET}/alliter-results"
 
     def sweep_path() -> str | None:

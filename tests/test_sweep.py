@@ -61,7 +61,7 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
     # the trial's process dies (os._exit) after group 3, losing its working folder as a lost node would;
     # its last checkpoint is at group 2
     res = sweep("--betas", "1", "--max-generations", "50", "--checkpoint-every", "2", "--snapshot-every", "10",
-                "--storage", str(tmp_path), "--name", "fault", fault="crash:3")
+                "--eval-samples", "10", "--storage", str(tmp_path), "--name", "fault", fault="crash:3")
     assert res.returncode == 0, res.stderr[-3000:]
     exp = tmp_path / "fault"
     state = trial_states(exp)[1.0]
@@ -75,7 +75,7 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
     assert "snapshots: every 10 generations, 5 per trial x 1.0 MB (float32) = 5.2 MB per trial, 5.2 MB for 1 trial" in res.stdout
 
 
-def test_a_retried_trial_has_every_generation_once(tmp_path):
+def test_a_retried_trial_has_every_generation_once(tmp_path, tiny_gpt_neo):
     """Checkpoints every 5 groups; a worker dies (its folder stays): beta 1's at group 3, before the first checkpoint;
     beta 2's at group 8, between two; beta 3's at group 10, instead of reporting the checkpoint due then (a worker
     killed during a checkpoint). Tune retries each from the last checkpoint it has, or from scratch, and every
@@ -83,7 +83,8 @@ def test_a_retried_trial_has_every_generation_once(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     res = sweep("--betas", "1,2,3", "--max-generations", "150", "--checkpoint-every", "5", "--snapshot-every", "40",
-                "--eval-samples", "10", "--report-seconds", "0", "--storage", str(tmp_path), "--name", "die",
+                "--eval-samples", "10", "--report-seconds", "0", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path),
+                "--name", "die",
                 fault="die:1=3,2=8,3=10")
     assert res.returncode == 0, res.stderr[-3000:]
     for beta, restored_from in ((1.0, None), (2.0, 5), (3.0, 5)):
