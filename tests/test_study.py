@@ -19,6 +19,7 @@ from alliter.analyse.judge import analyse
 from alliter.study.run import STUDY_FILE, failed_betas, fine_betas
 from alliter.study.writeup import build
 from helpers import COLLAPSED, K, REPO, varied_text, write_trial
+from raycluster import RayCluster
 
 STUDY = [sys.executable, str(REPO / "tune_jobs" / "study.py")]
 
@@ -101,12 +102,22 @@ def test_the_write_up_escapes_generated_text(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;alert(" in page
 
 
+@pytest.fixture()
+def ray_head():
+    """A Ray of the test's own for the study's four sweeps (and its resumed one) to join: each step passes the
+    study's --address on, and none pays for starting a Ray of its own."""
+    with RayCluster() as cluster:
+        cluster.start_head("--num-cpus=2", "--num-gpus=0")
+        yield cluster
+
+
 @pytest.mark.slow
-def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_path, tiny_gpt_neo):
+def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_path, tiny_gpt_neo, ray_head):
     args = ["--model", str(tiny_gpt_neo), "--lr", "0.05", "--grid-generations", "20", "--extended-generations", "20",
             "--seeds", "1", "--checkpoint-every", "1", "--snapshot-every", "10", "--eval-samples", "5",
-            "--storage", str(tmp_path), "--name", "s"]
-    study = subprocess.Popen([*STUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            "--address", ray_head.address, "--storage", str(tmp_path), "--name", "s"]
+    study = subprocess.Popen([*STUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=ray_head.env)
     deadline = time.time() + 300
     while time.time() < deadline and not list((tmp_path / "s" / "fine").glob("beta=*/checkpoint_*")):
         time.sleep(0.2)
@@ -117,7 +128,7 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_p
     assert state["steps"]["coarse"]["status"] == "finished" and state["steps"]["fine"]["status"] == "interrupted"
     assert "continue with: alliter study --resume --name s" in err
     res = subprocess.run([*STUDY, "--resume", "--name", "s", "--storage", str(tmp_path)], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env=ray_head.env)
     assert res.returncode == 0, res.stderr[-3000:]
     state = json.loads((tmp_path / "s" / STUDY_FILE).read_text())
     assert {s["status"] for s in state["steps"].values()} == {"finished"}
