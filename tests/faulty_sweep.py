@@ -5,7 +5,8 @@
 The fault is installed here, by wrapping the sweep's trainable before the sweep runs: the production trainable
 knows nothing of it. The wrapper is pickled with this script (its __main__), so it reaches a trial on any node;
 it fires once per trial (a marker beside the trial's folder), never in a process restored from a checkpoint;
-"die:1=3,2=8" fires in the trials of beta 1 (at group 3) and beta 2 (at group 8) only. "crash:N": after the report of group N (counted from 1),
+"die:1=3,2=8" fires in the trials of beta 1 (at group 3) and beta 2 (at group 8) only; "die:1=3;crash:4=8" gives
+beta 1 one fault and beta 4 another. "crash:N": after the report of group N (counted from 1),
 the process loses its working folder, as a lost node would, and dies; "die:N": it dies instead of making that
 report (its files stay; a checkpoint due with it never reaches Tune: a worker killed during a checkpoint);
 "hang:N": it stops after the report (and that group's checkpoint, if one was due) until its node is killed. Pass
@@ -32,7 +33,11 @@ FAULT_ENV = "ALLITER_TEST_FAULT"
 
 def with_fault(trainable, fault: str):
     """`fault`: KIND:N for every trial, or KIND:BETA=N,BETA=N,... for the trials of those betas (the others run
-    as they should)."""
+    as they should); several, for different betas, joined by ";"."""
+    if ";" in fault:
+        for one in reversed(fault.split(";")):
+            trainable = with_fault(trainable, one)
+        return trainable
     kind, _, spec = fault.partition(":")
     groups = {float(b): int(n) for b, n in (item.split("=") for item in spec.split(","))} if "=" in spec else None
 

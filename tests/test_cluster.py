@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -91,14 +92,27 @@ def gpu_workers_cluster():
         yield cluster
 
 
+VOWELS = "def vowels(texts):\n    return [float(sum(c in 'aeiou' for c in t)) for t in texts]\n"
+
+
+@pytest.fixture(scope="module")
+def spread_sweep(gpu_workers_cluster, tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """Two trials of one (stand-in) GPU each on the cluster's two GPU workers, scored by a reward file given by its
+    path on the driver's machine: (the sweep, the reward file, the driver's process)."""
+    tmp_path = tmp_path_factory.mktemp("spread")
+    path = tmp_path / "user" / "vowel_reward.py"
+    path.parent.mkdir()
+    path.write_text(VOWELS)
+    res = sweep("--betas", "0,10", "--max-generations", "20", "--gpus-per-trial", "1", "--reward", f"{path}:vowels",
+                "--address", gpu_workers_cluster.address, "--storage", str(tmp_path), "--name", "nodes",
+                env=gpu_workers_cluster.env)
+    return tmp_path / "nodes", path, res
+
+
 @pytest.mark.slow
-def test_sweep_spreads_over_two_ray_nodes(gpu_workers_cluster, tmp_path):
-    cluster = gpu_workers_cluster
-    # one (stand-in) GPU per worker and one per trial: the two trials must run on the two workers
-    res = sweep("--betas", "0,10", "--max-generations", "20", "--gpus-per-trial", "1", "--address", cluster.address,
-                "--storage", str(tmp_path), "--name", "nodes", env=cluster.env)
+def test_sweep_spreads_over_two_ray_nodes(gpu_workers_cluster, spread_sweep):
+    exp, _, res = spread_sweep
     assert res.returncode == 0, res.stderr[-3000:]
-    exp = tmp_path / "nodes"
     assert {s["status"] for s in trial_states(exp).values()} == {"TERMINATED"}
     nodes = set()
     for beta in ("0", "10"):
@@ -106,7 +120,8 @@ def test_sweep_spreads_over_two_ray_nodes(gpu_workers_cluster, tmp_path):
         assert generation_indices(trial) == list(range(20))
         assert list(trial.glob("events.out.tfevents.*"))
         nodes.add(json.loads((trial / "node.json").read_text())["node_id"])
-    assert nodes == {node.node_id() for node in cluster.nodes[1:]}
+    # one GPU per worker and one per trial: the two trials ran on the two workers
+    assert nodes == {node.node_id() for node in gpu_workers_cluster.nodes[1:]}
 
 
 @pytest.mark.slow
@@ -123,25 +138,21 @@ def test_a_trial_that_fits_on_no_node_without_an_autoscaler_is_one_line(gpu_work
 
 
 @pytest.mark.slow
-def test_a_reward_file_travels_to_the_worker_node_that_runs_the_trial(gpu_workers_cluster, tmp_path):
+def test_a_reward_file_travels_to_the_worker_node_that_runs_the_trial(gpu_workers_cluster, spread_sweep):
     """The user's reward file, given by its path on the driver's machine, is shipped by Ray (the job's runtime
     environment) to the GPU worker that runs the trial, which imports that copy and checks its SHA-256."""
     import hashlib
 
-    cluster = gpu_workers_cluster
-    path = tmp_path / "user" / "vowel_reward.py"
-    path.parent.mkdir()
-    path.write_text("def vowels(texts):\n    return [float(sum(c in 'aeiou' for c in t)) for t in texts]\n")
-    res = sweep("--betas", "1", "--max-generations", "20", "--gpus-per-trial", "1", "--reward", f"{path}:vowels",
-                "--address", cluster.address, "--storage", str(tmp_path), "--name", "reward", env=cluster.env)
+    exp, path, res = spread_sweep
     assert res.returncode == 0, res.stderr[-3000:]
-    trial = trial_dir(tmp_path / "reward", "1")
-    assert json.loads((trial / "node.json").read_text())["node_id"] in {n.node_id() for n in cluster.nodes[1:]}
-    info = json.loads((trial / "reward.json").read_text())
-    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and info["source"] == str(path)
-    assert "runtime_resources" in info["loaded_from"] and info["loaded_from"] != str(path)  # the worker's copy
-    records = [json.loads(line) for line in (trial / "generations.jsonl").read_text().splitlines()]
-    assert [r["raw_reward"] for r in records] == [float(sum(c in "aeiou" for c in r["text"])) for r in records]
+    for beta in ("0", "10"):
+        trial = trial_dir(exp, beta)
+        assert json.loads((trial / "node.json").read_text())["node_id"] in {n.node_id() for n in gpu_workers_cluster.nodes[1:]}
+        info = json.loads((trial / "reward.json").read_text())
+        assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and info["source"] == str(path)
+        assert "runtime_resources" in info["loaded_from"] and info["loaded_from"] != str(path)  # the worker's copy
+        records = [json.loads(line) for line in (trial / "generations.jsonl").read_text().splitlines()]
+        assert [r["raw_reward"] for r in records] == [float(sum(c in "aeiou" for c in r["text"])) for r in records]
 
 
 @pytest.mark.slow

@@ -57,40 +57,44 @@ def test_two_beta_sweep_terminates_with_metrics_generations_events_and_checkpoin
     assert "evaluations: " in res.stdout and json.loads((exp / "sweep.json").read_text())["eval_seconds"] > 0
 
 
-def test_killed_trial_worker_is_restarted_from_its_checkpoint(tmp_path):
-    # the trial's process dies (os._exit) after group 3, losing its working folder as a lost node would;
-    # its last checkpoint is at group 2
-    res = sweep("--betas", "1", "--max-generations", "50", "--checkpoint-every", "2", "--snapshot-every", "10",
-                "--eval-samples", "10", "--storage", str(tmp_path), "--name", "fault", fault="crash:3")
-    assert res.returncode == 0, res.stderr[-3000:]
-    exp = tmp_path / "fault"
-    state = trial_states(exp)[1.0]
-    # a second worker finished it (result.json cannot tell: the restarted worker's upload replaces the lost one's)
-    assert state["status"] == "TERMINATED" and state["num_failures"] == 1 and state["generations"] == 50
-    trial = trial_dir(exp, "1")
-    assert generation_indices(trial) == list(range(50))  # every generation exactly once
-    # every snapshot once: those up to the checkpoint were synced with it, the restarted worker wrote the rest
-    assert sorted(p.name for p in (trial / "snapshots").glob("*.safetensors")) == [
-        f"generations={g:06d}.safetensors" for g in range(10, 51, 10)]
-    assert "snapshots: every 10 generations, 5 per trial x 1.0 MB (float32) = 5.2 MB per trial, 5.2 MB for 1 trial" in res.stdout
-
-
-def test_a_retried_trial_has_every_generation_once(tmp_path, tiny_gpt_neo):
-    """Checkpoints every 5 groups; a worker dies (its folder stays): beta 1's at group 3, before the first checkpoint;
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory, tiny_gpt_neo) -> tuple[Path, subprocess.CompletedProcess]:
+    """A sweep whose workers die, a checkpoint every 5 groups: beta 1's at group 3, before the first checkpoint;
     beta 2's at group 8, between two; beta 3's at group 10, instead of reporting the checkpoint due then (a worker
-    killed during a checkpoint). Tune retries each from the last checkpoint it has, or from scratch, and every
-    trial's files hold every generation, group, evaluation and TensorBoard step exactly once."""
+    killed during a checkpoint); beta 4's after group 8, losing its working folder as a lost node would."""
+    tmp_path = tmp_path_factory.mktemp("faulty")
+    res = sweep("--betas", "1,2,3,4", "--max-generations", "150", "--checkpoint-every", "5", "--snapshot-every", "40",
+                "--eval-samples", "10", "--report-seconds", "0", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path),
+                "--name", "die", fault="die:1=3,2=8,3=10;crash:4=8")
+    return tmp_path / "die", res
+
+
+def test_killed_trial_worker_is_restarted_from_its_checkpoint(faulty):
+    exp, res = faulty
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = trial_states(exp)[4.0]
+    # a second worker finished it (result.json cannot tell: the restarted worker's upload replaces the lost one's)
+    assert state["status"] == "TERMINATED" and state["num_failures"] == 1 and state["generations"] == 150
+    trial = trial_dir(exp, "4")
+    assert generation_indices(trial) == list(range(150))  # every generation exactly once
+    # every snapshot once: the one before the checkpoint was synced with it, the restarted worker wrote the rest
+    assert sorted(p.name for p in (trial / "snapshots").glob("*.safetensors")) == [
+        f"generations={g:06d}.safetensors" for g in (40, 80, 120, 150)]
+    assert "snapshots: every 40 generations, 4 per trial x 122.6 KB (float32) = 490.5 KB per trial, 2.0 MB for 4 " \
+           "trials" in res.stdout
+
+
+def test_a_retried_trial_has_every_generation_once(faulty):
+    """Tune retries each dead worker's trial from the last checkpoint it has, or from scratch, and every trial's
+    files hold every generation, group, evaluation and TensorBoard step exactly once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    res = sweep("--betas", "1,2,3", "--max-generations", "150", "--checkpoint-every", "5", "--snapshot-every", "40",
-                "--eval-samples", "10", "--report-seconds", "0", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path),
-                "--name", "die",
-                fault="die:1=3,2=8,3=10")
+    exp, res = faulty
     assert res.returncode == 0, res.stderr[-3000:]
     for beta, restored_from in ((1.0, None), (2.0, 5), (3.0, 5)):
-        state = trial_states(tmp_path / "die")[beta]
+        state = trial_states(exp)[beta]
         assert state["status"] == "TERMINATED" and state["num_failures"] == 1
-        trial = trial_dir(tmp_path / "die", f"{beta:g}")
+        trial = trial_dir(exp, f"{beta:g}")
         assert generation_indices(trial) == list(range(150))
         assert [m["group"] for m in read_jsonl(trial / "metrics.jsonl")] == list(range(15))
         assert [p["generations"] for p in evaluation_points(trial / "evaluations.jsonl", 10)] == [0, 40, 80, 120, 150]
