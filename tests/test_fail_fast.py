@@ -179,12 +179,14 @@ def score(texts):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cause", ["a NaN in the model", "a reward that returns NaN on its 3rd call"])
-def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zero(cause, tmp_path, nan_model):
+def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zero(cause, tmp_path, nan_model,
+                                                                                   tiny_gpt_neo):
     if cause == "a NaN in the model":
         args, line = ["--model", str(nan_model)], "non-finite loss nan"
     else:
         (tmp_path / "third_call.py").write_text(THIRD_CALL_NAN)
-        args, line = ["--reward", f"{tmp_path / 'third_call.py'}:score", "--eval-samples", "0"], "returned nan; it must"
+        args, line = ["--model", str(tiny_gpt_neo), "--reward", f"{tmp_path / 'third_call.py'}:score",
+                      "--eval-samples", "0"], "returned nan; it must"
     res = sweep("--betas", "1,2", "--max-generations", "40", *args, "--storage", str(tmp_path), "--name", "nan")
     assert res.returncode == 1, res.stderr[-3000:]
     states = trial_states(tmp_path / "nan")

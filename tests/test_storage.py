@@ -135,7 +135,8 @@ def run_until(args: list[str], env: dict, done, timeout: float = 240) -> None:
 
 
 @pytest.mark.slow
-def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the_bucket(s3_server, tmp_path, monkeypatch):
+def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the_bucket(s3_server, tmp_path, monkeypatch,
+                                                                                         tiny_gpt_neo):
     import pyarrow.fs
 
     endpoint = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_server}"}
@@ -151,7 +152,7 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     # and that trial cannot resume (docs/cluster.md, troubleshooting). The kill below comes at the first
     # trial's first or second checkpoint, 3 checkpoints before such a moment.
     args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--snapshot-every", "20",
-            "--eval-samples", "10", "--cpus-per-trial", str(os.cpu_count())]
+            "--eval-samples", "10", "--model", str(tiny_gpt_neo), "--cpus-per-trial", str(os.cpu_count())]
     root = f"{BUCKET}/alliter-results"
 
     def sweep_path() -> str | None:
