@@ -199,36 +199,18 @@ def best_beta(exp: Path, out: Path) -> tuple[dict, subprocess.CompletedProcess]:
     return json.loads(run.stdout), run
 
 
-def test_search_with_seeds_end_to_end_on_a_tiny_model(tiny_gpt_neo, tmp_path):
-    """A search of two betas with two seeds each through a real local Ray, read by best_beta.py: the trials
-    are the searcher's, their verdicts are best_beta's, and the report tells the search's path."""
-    res = sweep("--search", "--search-start", "1,100", "--budget", "2", "--seeds", "2", "--max-generations", "30",
-                "--window", "20", "--checkpoint-every", "2", "--model", str(tiny_gpt_neo),
-                "--storage", str(tmp_path), "--name", "search")
-    assert res.returncode == 0, res.stderr[-3000:]
-    exp = tmp_path / "search"
-    path = json.loads((exp / "search.json").read_text())
-    suggested = [s["beta"] for s in path["steps"] if s["event"] == "suggest"]
-    assert suggested == [100.0, 1.0] and path["finished"]
-    assert sorted(tune_betas(exp)) == [(1.0, 0), (1.0, 1), (100.0, 0), (100.0, 1)]  # one trial per seed, none twice
-    assert {p.name.split("_")[1] for p in exp.glob("beta=*")} == {"seed=0", "seed=1"}  # folder names show the seed
-    outcomes = {(s["beta"], s["seed"]): s for s in path["steps"] if s["event"] == "outcome"}
-    choice, run = best_beta(exp, tmp_path / "out")
-    for row in choice["betas"]:  # a beta collapsed in any seed is collapsed, for the search as for best_beta
-        searched = any(outcomes[(row["beta"], seed)]["verdict"] != "kept" for seed in (0, 1))
-        assert (row["verdict"] in ("collapsed", "degenerate")) == searched, row
-        assert row["trials"] == 2
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert "## The search" in report and "start: a wide, log-spaced set" in report
-    header = next(line for line in run.stderr.splitlines() if line.startswith("beta "))
-    assert header.split()[:2] == ["beta", "seeds"]  # the table's seeds column
+SEARCH_GENERATIONS = 30
 
 
-def test_interrupted_search_resumes_with_its_searcher_state(tiny_gpt_neo, tmp_path):
-    """The driver is killed while the search's second beta runs; --resume goes on from the searcher's
-    saved state: no beta runs twice, none is lost, the first trial is not run again."""
-    args = ["--search", "--search-start", "1,100", "--budget", "3", "--concurrency", "1", "--max-generations", "60",
-            "--window", "20", "--checkpoint-every", "2", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path)]
+@pytest.fixture(scope="module")
+def interrupted_search(tiny_gpt_neo, tmp_path_factory) -> tuple[Path, dict[str, str], subprocess.CompletedProcess, Path]:
+    """A search of two betas with two seeds each, one trial at a time, through a real local Ray: its driver is killed
+    (with the Ray it started) once a trial has finished, and `--resume` (no --name: the newest sweep) goes on from
+    the searcher's saved state. (the sweep, digests of the trials finished before the kill, the resume, its log)."""
+    tmp_path = tmp_path_factory.mktemp("search")
+    args = ["--search", "--search-start", "1,100", "--budget", "2", "--seeds", "2", "--concurrency", "1",
+            "--max-generations", str(SEARCH_GENERATIONS), "--window", "20", "--checkpoint-every", "2",
+            "--model", str(tiny_gpt_neo), "--storage", str(tmp_path)]
     exp = tmp_path / "resume"
     log = tmp_path / "driver.log"  # shown if an assertion fails: where the kill fell
     with log.open("w") as out:
@@ -242,23 +224,48 @@ def test_interrupted_search_resumes_with_its_searcher_state(tiny_gpt_neo, tmp_pa
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
         driver.wait()
-    first = trial_dir(exp, "100")
-    before = {name: digest(first / name) for name in ("generations.jsonl", "metrics.jsonl")}
+    finished = {t.name: digest(t / "generations.jsonl") for t in exp.glob("beta=*")
+                if (t / "generations.jsonl").exists() and len(generation_indices(t)) == SEARCH_GENERATIONS}
+    assert finished, log.read_text()[-3000:]
+    return exp, finished, sweep("--resume", "--storage", str(tmp_path)), log
 
-    res = sweep("--resume", "--storage", str(tmp_path))  # no --name: the newest sweep
+
+def test_interrupted_search_resumes_with_its_searcher_state(interrupted_search, tmp_path):
+    """No beta runs twice, none is lost, a finished trial is not run again, the interrupted one goes on from its
+    checkpoint."""
+    exp, finished, res, log = interrupted_search
     try:
         assert res.returncode == 0
         path = json.loads((exp / "search.json").read_text())
         suggested = [s["beta"] for s in path["steps"] if s["event"] == "suggest"]
-        assert path["finished"] and len(suggested) == 3 and len(set(suggested)) == 3
-        assert sorted(b for b, _ in tune_betas(exp)) == sorted(suggested)  # every suggested beta ran, once
-        assert {s["status"] for s in trial_states(exp).values()} == {"TERMINATED"}
-        assert {name: digest(first / name) for name in before} == before  # the finished trial was not run again
-        for trial in (exp / t for t in tune_trial_dirs(exp)):  # the interrupted one went on from its checkpoint
-            indices = generation_indices(trial)
-            assert indices == list(range(len(indices))) and len(indices) % 10 == 0  # every generation once
+        assert path["finished"] and suggested == [100.0, 1.0]
+        assert sorted(tune_betas(exp)) == [(1.0, 0), (1.0, 1), (100.0, 0), (100.0, 1)]  # one trial per seed, once
+        state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
+        assert {json.loads(t)["status"] for t, _ in state["trial_data"]} == {"TERMINATED"}
+        assert {name: digest(exp / name / "generations.jsonl") for name in finished} == finished  # not run again
+        for trial in (exp / t for t in tune_trial_dirs(exp)):
+            assert generation_indices(trial) == list(range(SEARCH_GENERATIONS))  # every generation once
         choice, _ = best_beta(exp, tmp_path / "out")
         assert sorted(b["beta"] for b in choice["betas"]) == sorted(suggested)  # a trial lost with the driver is left out
     except AssertionError as e:
         raise AssertionError(f"{e}\n--- killed driver:\n{log.read_text()[-4000:]}\n--- resume:\n"
                              f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}") from e
+
+
+def test_a_search_with_seeds_is_read_by_best_beta(interrupted_search, tmp_path):
+    """The trials are the searcher's, one per seed, their folders named by it; their verdicts are best_beta's, and
+    the report tells the search's path."""
+    exp, _, res, _ = interrupted_search
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {p.name.split("_")[1] for p in exp.glob("beta=*")} == {"seed=0", "seed=1"}  # folder names show the seed
+    path = json.loads((exp / "search.json").read_text())
+    outcomes = {(s["beta"], s["seed"]): s for s in path["steps"] if s["event"] == "outcome"}
+    choice, run = best_beta(exp, tmp_path / "out")
+    for row in choice["betas"]:  # a beta collapsed in any seed is collapsed, for the search as for best_beta
+        searched = any(outcomes[(row["beta"], seed)]["verdict"] != "kept" for seed in (0, 1))
+        assert (row["verdict"] in ("collapsed", "degenerate")) == searched, row
+        assert row["trials"] == 2
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## The search" in report and "start: a wide, log-spaced set" in report
+    header = next(line for line in run.stderr.splitlines() if line.startswith("beta "))
+    assert header.split()[:2] == ["beta", "seeds"]  # the table's seeds column
