@@ -195,8 +195,8 @@ def test_a_reward_that_returns_nan_later_in_a_trial_ends_it_with_an_error_of_all
 @pytest.mark.slow
 def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zero(tmp_path, nan_model):
     """A NaN in the model: every trial's first loss is NaN, an error of alliter's own (as a reward's NaN, above)."""
-    args = ["--model", str(nan_model)]
-    res = sweep("--betas", "1,2", "--max-generations", "40", *args, "--storage", str(tmp_path), "--name", "nan")
+    res = sweep("--betas", "1,2", "--max-generations", "40", "--model", str(nan_model), "--storage", str(tmp_path),
+                "--name", "nan")
     assert res.returncode == 1, res.stderr[-3000:]
     states = trial_states(tmp_path / "nan")
     assert {s["status"] for s in states.values()} == {"ERROR"}

@@ -1,5 +1,6 @@
-"""Your tracker sees the sweep: a real MLflow tracking server (and a sqlite store), W&B offline, TensorBoard's HParams,
-and the refusals before Ray starts. Every server listens on 127.0.0.1 and is stopped by its process id."""
+"""Your tracker sees the sweep: one sweep to a real MLflow tracking server and to W&B offline (a sqlite store, resumed:
+tests/test_resume.py), TensorBoard's HParams, and the refusals before Ray starts. Every server listens on 127.0.0.1
+and is stopped by its process id."""
 
 from __future__ import annotations
 
