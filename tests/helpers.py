@@ -27,6 +27,10 @@ SWEEP = [sys.executable, str(REPO / "tune_jobs" / "sweep.py")]
 FAULTY_SWEEP = [sys.executable, str(REPO / "tests" / "faulty_sweep.py")]  # the sweep with a test's fault in its trials
 FAULT_ENV = "ALLITER_TEST_FAULT"
 BEST_BETA = [sys.executable, str(REPO / "analysis" / "best_beta.py")]
+# one trial at a time, for a sweep whose test is not about trials side by side: its trials share one worker, which
+# imports torch and transformers once (reuse_actors; ~5 CPU-s a worker), with one thread (--cpus-per-trial 2 would
+# give each trial two, which on the tests' tiny model only spin: twice the CPU a group)
+ONE_AT_A_TIME = ("--concurrency", "1")
 
 METRIC_NAMES = set(schema.METRIC_NAMES)  # the per-group metrics the sweep and the analysis depend on
 

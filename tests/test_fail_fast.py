@@ -100,7 +100,7 @@ CASES = {
     # flags silently ignored or changed
     "--budget without --search": (["--budget", "3"], "--budget is a setting of the search: pass --search too"),
     "--precision without --search": (["--precision", "2"], "--precision is a setting of the search: pass --search"),
-    "--concurrency without --search": (["--concurrency", "2"], "--concurrency is a setting of the search"),
+    "a negative --concurrency": (["--concurrency", "-1"], "--concurrency must be >= 0 (0: the cluster's trial slots)"),
     "--search-start without --search": (["--search-start", "1,10"], "--search-start is a setting of the search"),
     "an empty --search-start": (["--search", "--search-start", ""], "--search-start takes numbers separated by commas"),
     "--prompt beside --prompts": (["--prompt", "Hi", "--prompts", "{prompts}"], "--prompt and --prompts both given"),

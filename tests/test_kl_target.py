@@ -11,7 +11,7 @@ from alliter.cli import AlliterError
 from alliter.config import TrainConfig
 from alliter.train.rloo import kl_controller
 from alliter.train.trainer import Trainer, load_checkpoint_file
-from helpers import read_jsonl, sweep, sweep_main
+from helpers import ONE_AT_A_TIME, read_jsonl, sweep, sweep_main
 
 
 def test_the_controller_against_hand_computed_values():
@@ -102,7 +102,8 @@ def test_target_sweeps_that_cannot_work_are_one_line(tmp_path, args, message):
 @pytest.mark.slow
 def test_a_target_sweep_through_ray_is_analysed_by_its_targets(tmp_path, tiny_gpt_neo):
     res = sweep("--betas", "5", "--kl-targets", "0.001,1", "--max-generations", "40", "--snapshot-every", "20",
-                "--eval-samples", "10", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path), "--name", "kt")
+                "--eval-samples", "10", "--model", str(tiny_gpt_neo), *ONE_AT_A_TIME, "--storage", str(tmp_path),
+                "--name", "kt")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "KL targets [0.001, 1.0], each trial's beta starting at 5" in res.stdout  # --betas is the start
     exp = tmp_path / "kt"

@@ -26,7 +26,7 @@ import pytest
 from alliter import storage as store
 from alliter.cli import AlliterError
 from raycluster import free_port, kill_session
-from helpers import SWEEP, run_trial, sweep, sweep_main
+from helpers import ONE_AT_A_TIME, SWEEP, run_trial, sweep, sweep_main
 
 BUCKET = "alliter-test"
 S3_ENV = {
@@ -146,13 +146,13 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     fs.create_dir(BUCKET)
     storage = f"s3://{BUCKET}/alliter-results"  # as a user with real S3 writes it
     env = {**os.environ}
-    # One trial at a time (a trial takes every CPU of the local Ray), a checkpoint every 2 groups. Where
+    # One trial at a time (--concurrency 1), a checkpoint every 2 groups. Where
     # the kill falls matters: Tune keeps 2 checkpoints and uploads its state every 2nd checkpoint, deleting
     # the oldest first, so a driver killed during that upload leaves a state naming a deleted checkpoint,
     # and that trial cannot resume (docs/cluster.md, troubleshooting). The kill below comes at the first
     # trial's first or second checkpoint, 3 checkpoints before such a moment.
     args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--snapshot-every", "20",
-            "--eval-samples", "10", "--model", str(tiny_gpt_neo), "--cpus-per-trial", str(os.cpu_count())]
+            "--eval-samples", "10", "--model", str(tiny_gpt_neo), *ONE_AT_A_TIME]
     root = f"{BUCKET}/alliter-results"
 
     def sweep_path() -> str | None:
@@ -174,7 +174,7 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     # in pyarrow's query options this time, not in the environment
     env.pop("AWS_ENDPOINT_URL")
     query_storage = f"s3://{BUCKET}/alliter-results?endpoint_override=127.0.0.1:{s3_server}&scheme=http"
-    res = sweep("--storage", query_storage, "--resume", "--cpus-per-trial", str(os.cpu_count()), env=env)
+    res = sweep("--storage", query_storage, "--resume", env=env)  # one at a time still: Tune's saved config
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"results: s3://{BUCKET}/alliter-results/{name}?endpoint_override=" in res.stdout
 

@@ -18,7 +18,7 @@ from alliter.analyse.document import to_html, to_markdown
 from alliter.analyse.judge import analyse
 from alliter.study.run import STUDY_FILE, failed_betas, fine_betas
 from alliter.study.writeup import build
-from helpers import COLLAPSED, K, REPO, varied_text, write_trial
+from helpers import COLLAPSED, K, ONE_AT_A_TIME, REPO, varied_text, write_trial
 from raycluster import RayCluster
 
 STUDY = [sys.executable, str(REPO / "tune_jobs" / "study.py")]
@@ -114,7 +114,7 @@ def ray_head():
 @pytest.mark.slow
 def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_path, tiny_gpt_neo, ray_head):
     args = ["--model", str(tiny_gpt_neo), "--lr", "0.05", "--grid-generations", "20", "--extended-generations", "20",
-            "--seeds", "1", "--checkpoint-every", "1", "--snapshot-every", "10", "--eval-samples", "5",
+            "--seeds", "1", "--checkpoint-every", "1", "--snapshot-every", "10", "--eval-samples", "5", *ONE_AT_A_TIME,
             "--address", ray_head.address, "--storage", str(tmp_path), "--name", "s"]
     study = subprocess.Popen([*STUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ray_head.env)

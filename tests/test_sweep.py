@@ -15,9 +15,8 @@ from alliter.analyse.frames import tune_trial_dirs
 from alliter.rule import CollapseRule
 from alliter.train.evaluate import evaluation_points
 from helpers import (
-    METRIC_NAMES, SWEEP, best_beta as run_best_beta, digest, generation_indices, local_gpus, read_jsonl,
-    result_rows, sweep,
-    sweep_main, trial_dir, trial_states, tune_betas,
+    METRIC_NAMES, ONE_AT_A_TIME, SWEEP, best_beta as run_best_beta, digest, generation_indices, local_gpus,
+    read_jsonl, result_rows, sweep, sweep_main, trial_dir, trial_states, tune_betas,
 )
 
 pytestmark = pytest.mark.slow
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def two_beta_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     storage = tmp_path_factory.mktemp("results")
-    res = sweep("--betas", "0,10", "--max-generations", "30", "--checkpoint-every", "2",
+    res = sweep("--betas", "0,10", "--max-generations", "30", "--checkpoint-every", "2", *ONE_AT_A_TIME,
                 "--storage", str(storage), "--name", "two")
     return storage / "two", res
 
@@ -53,7 +52,10 @@ def test_two_beta_sweep_terminates_with_metrics_generations_events_and_checkpoin
     assert header.split() == ["beta", "generations", "state", "point", "alliteration", "distinct-2", "fluency", "verdict"]
     assert all(len(line) <= 100 for line in res.stdout.splitlines()[res.stdout.splitlines().index(header):]
                if not line.startswith(("sweep efficiency", "evaluations:", "results:", "tensorboard:", "next:")))
-    assert "sweep efficiency: " in res.stdout and json.loads((exp / "sweep.json").read_text())["slots"] >= 1
+    # --concurrency 1: one trial after the other, in one slot
+    assert "sweep efficiency: " in res.stdout and json.loads((exp / "sweep.json").read_text())["slots"] == 1
+    first, second = sorted(([r["timestamp"] for r in result_rows(trial_dir(exp, b))] for b in ("0", "10")))
+    assert first[-1] <= second[0]
     assert "evaluations: " in res.stdout and json.loads((exp / "sweep.json").read_text())["eval_seconds"] > 0
 
 
@@ -64,7 +66,8 @@ def faulty(tmp_path_factory, tiny_gpt_neo) -> tuple[Path, subprocess.CompletedPr
     killed during a checkpoint); beta 4's after group 8, losing its working folder as a lost node would."""
     tmp_path = tmp_path_factory.mktemp("faulty")
     res = sweep("--betas", "1,2,3,4", "--max-generations", "150", "--checkpoint-every", "5", "--snapshot-every", "40",
-                "--eval-samples", "10", "--report-seconds", "0", "--model", str(tiny_gpt_neo), "--storage", str(tmp_path),
+                "--eval-samples", "10", "--report-seconds", "0", "--model", str(tiny_gpt_neo), *ONE_AT_A_TIME,
+                "--storage", str(tmp_path),
                 "--name", "die", fault="die:1=3,2=8,3=10;crash:4=8")
     return tmp_path / "die", res
 

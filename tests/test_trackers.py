@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BEST_BETA, check_mlflow_runs, read_jsonl, sweep, sweep_main
+from helpers import BEST_BETA, ONE_AT_A_TIME, check_mlflow_runs, read_jsonl, sweep, sweep_main
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (pip install \"alliter[mlflow]\") is not installed")
 
@@ -36,7 +36,9 @@ def mlflow_server(tmp_path_factory):
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
          "--default-artifact-root", (tmp_path / "artifacts").as_uri()],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # MLflow 3's job runner (GenAI jobs, 7 processes, ~20 CPU-s here) is not the tracking these tests use
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -54,7 +56,7 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
-TINY = ["--betas", "0,1", "--max-generations", "40", "--snapshot-every", "20", "--eval-samples", "10"]
+TINY = ["--betas", "0,1", "--max-generations", "40", "--snapshot-every", "20", "--eval-samples", "10", *ONE_AT_A_TIME]
 
 
 WANDB_OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}

@@ -15,7 +15,7 @@ from alliter.config import EVAL_PROMPTS, TrainConfig
 from alliter.train.__main__ import main as train_main
 from alliter.train.reward import file_sha256, rare_alliteration
 from alliter.train.trainer import Trainer
-from helpers import best_beta, read_jsonl, sweep, sweep_main
+from helpers import ONE_AT_A_TIME, best_beta, read_jsonl, sweep, sweep_main
 
 PROMPTS = ["Once upon a time", "The big dog", "Lily and Ben", "One day", "Tom had a ball", "The sun was hot"]
 WORDS_REWARD = "def words(texts):\n    return [len(t.split()) / 10 for t in texts]\n"
@@ -155,7 +155,8 @@ def reward_sweep(tmp_path_factory) -> tuple[Path, Path, object]:
     prompts = home / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
     res = sweep("--betas", "0,1", "--max-generations", "40", "--snapshot-every", "20", "--eval-samples", "12",
-                "--reward", f"{path}:words", "--prompts", str(prompts), "--storage", str(tmp_path), "--name", "mine")
+                "--reward", f"{path}:words", "--prompts", str(prompts), *ONE_AT_A_TIME, "--storage", str(tmp_path),
+                "--name", "mine")
     return tmp_path, path, res
 
 

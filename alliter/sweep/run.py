@@ -72,7 +72,8 @@ class SweepConfig:
     budget: int = 12
     """The most betas the search tries (each runs one trial per seed)."""
     concurrency: int = 0
-    """Search trials at once; 0: as many as the cluster has trial slots now (at least 1)."""
+    """Trials at once, the others waiting their turn (a grid's, or those the search suggests); 0: as many as the
+    cluster has trial slots now (at least 1). Fewer than the slots leave cores and memory free."""
     seeds: str | None = None
     """Run every beta with several seeds: a count N (seeds 0 .. N-1) or a list such as 0,1,2; default: --seed alone."""
     stop_on_collapse: bool = False
@@ -125,6 +126,8 @@ class SweepConfig:
             raise AlliterError(f"cpus_per_trial must be a finite number > 0, got {cpus:g}")
         if self.max_failures < -1:
             raise AlliterError(f"max_failures must be >= 0 (or -1: retry forever), got {self.max_failures}")
+        if self.concurrency < 0:
+            raise AlliterError(f"--concurrency must be >= 0 (0: the cluster's trial slots), got {self.concurrency}")
         if not (math.isfinite(self.report_seconds) and self.report_seconds >= 0):
             raise AlliterError(f"report_seconds must be a finite number >= 0, got {self.report_seconds:g}")
         return self
@@ -245,8 +248,6 @@ SEARCH_STARTS = {"beta": "1,10,100", "kl_target": "0.03,0.1,0.3"}
 def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule) -> SearchSettings:
     knob = "kl_target" if sweep.search_targets else "beta"
     start = knob_values(SEARCH_STARTS[knob] if sweep.search_start is None else sweep.search_start, "--search-start", knob)
-    if sweep.concurrency < 0:
-        raise AlliterError(f"--concurrency must be >= 0 (0: the cluster's trial slots), got {sweep.concurrency}")
     return SearchSettings(start, sweep.precision, sweep.budget, seeds, rule.max_collapse_rate,
                           max(sweep.concurrency, 1), knob).validate()
 
@@ -384,7 +385,7 @@ def _trackers(sweep: SweepConfig, name: str) -> dict[str, str | None]:
                                     "wandb": sweep.wandb, "wandb_group": sweep.wandb_group or name})
 
 
-SEARCH_FLAGS = ("search_start", "search_targets", "precision", "budget", "concurrency")  # what only --search reads
+SEARCH_FLAGS = ("search_start", "search_targets", "precision", "budget")  # what only --search reads
 MAX_NAME_BYTES = 200  # a sweep's folder name; its trials' names go inside it, and a file name has 255 bytes at most
 
 
@@ -496,7 +497,8 @@ def connect(plan: Plan) -> tuple[float, int]:
     slots = _trial_slots(plan.sweep, gpus)
     if plan.settings is not None:
         plan.settings.concurrency = plan.sweep.concurrency or slots
-    return gpus, min(slots, plan.settings.concurrency if plan.settings else len(plan.betas) * max(1, len(plan.targets)) * len(plan.seeds))
+    trials = len(plan.betas) * max(1, len(plan.targets)) * len(plan.seeds)
+    return gpus, min(slots, plan.settings.concurrency if plan.settings else min(trials, plan.sweep.concurrency or trials))
 
 
 def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
@@ -524,7 +526,7 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
         param_space=space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=num_samples,
-            max_concurrent_trials=plan.settings.concurrency if plan.settings else None,
+            max_concurrent_trials=plan.settings.concurrency if plan.settings else plan.sweep.concurrency or None,
             trial_name_creator=trial.trial_name, trial_dirname_creator=trial.trial_name,
             reuse_actors=True,  # a worker keeps torch and transformers imported from one trial to the next
         ),
