@@ -146,11 +146,11 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     fs.create_dir(BUCKET)
     storage = f"s3://{BUCKET}/alliter-results"  # as a user with real S3 writes it
     env = {**os.environ}
-    # One trial at a time (--concurrency 1), a checkpoint every 2 groups. Where
-    # the kill falls matters: Tune keeps 2 checkpoints and uploads its state every 2nd checkpoint, deleting
-    # the oldest first, so a driver killed during that upload leaves a state naming a deleted checkpoint,
-    # and that trial cannot resume (docs/cluster.md, troubleshooting). The kill below comes at the first
-    # trial's first or second checkpoint, 3 checkpoints before such a moment.
+    # One trial at a time (--concurrency 1), a checkpoint every 2 groups. Where the kill falls matters: Tune keeps
+    # 2 checkpoints and uploads its state every 2nd checkpoint, deleting the oldest first, so a driver killed during
+    # that upload leaves a state naming a deleted checkpoint, and that trial cannot resume (docs/cluster.md,
+    # troubleshooting). The kill below comes at the first trial's first or second checkpoint, 3 checkpoints before
+    # such a moment.
     args = ["--betas", "0,10", "--max-generations", "60", "--checkpoint-every", "2", "--snapshot-every", "20",
             "--eval-samples", "10", "--model", str(tiny_gpt_neo), *ONE_AT_A_TIME]
     root = f"{BUCKET}/alliter-results"

@@ -67,8 +67,7 @@ def faulty(tmp_path_factory, tiny_gpt_neo) -> tuple[Path, subprocess.CompletedPr
     tmp_path = tmp_path_factory.mktemp("faulty")
     res = sweep("--betas", "1,2,3,4", "--max-generations", "150", "--checkpoint-every", "5", "--snapshot-every", "40",
                 "--eval-samples", "10", "--report-seconds", "0", "--model", str(tiny_gpt_neo), *ONE_AT_A_TIME,
-                "--storage", str(tmp_path),
-                "--name", "die", fault="die:1=3,2=8,3=10;crash:4=8")
+                "--storage", str(tmp_path), "--name", "die", fault="die:1=3,2=8,3=10;crash:4=8")
     return tmp_path / "die", res
 
 
