@@ -495,10 +495,11 @@ def connect(plan: Plan) -> tuple[float, int]:
         log.warning("alliter: no GPUs in this Ray cluster: the trials run on CPUs (%s each)", plan.sweep.cpus_per_trial)
     _check_cluster_fits({"GPU": gpus, "CPU": plan.sweep.cpus_per_trial}, plan.address)
     slots = _trial_slots(plan.sweep, gpus)
+    limit = plan.sweep.concurrency or slots
     if plan.settings is not None:
-        plan.settings.concurrency = plan.sweep.concurrency or slots
-    trials = len(plan.betas) * max(1, len(plan.targets)) * len(plan.seeds)
-    return gpus, min(slots, plan.settings.concurrency if plan.settings else min(trials, plan.sweep.concurrency or trials))
+        plan.settings.concurrency = limit
+        return gpus, min(slots, limit)
+    return gpus, min(slots, limit, len(plan.betas) * max(1, len(plan.targets)) * len(plan.seeds))
 
 
 def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
@@ -526,7 +527,7 @@ def build_tuner(plan: Plan, gpus: float) -> tune.Tuner:
         param_space=space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg, num_samples=num_samples,
-            max_concurrent_trials=plan.settings.concurrency if plan.settings else plan.sweep.concurrency or None,
+            max_concurrent_trials=plan.settings.concurrency if plan.settings else (plan.sweep.concurrency or None),
             trial_name_creator=trial.trial_name, trial_dirname_creator=trial.trial_name,
             reuse_actors=True,  # a worker keeps torch and transformers imported from one trial to the next
         ),
