@@ -196,7 +196,8 @@ def check_mlflow_runs(uri: str, exp: Path, experiment: str) -> None:
         assert float(run.data.params["beta"]) == rows[0]["beta"] and run.data.params["recipe"] == "study"
         for name in ("raw_reward_mean", "kl_penalty_mean", "distinct_2"):
             history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
-            assert history == pytest.approx([(r["generations"], r[name]) for r in rows]), name
+            assert [step for step, _ in history] == [r["generations"] for r in rows], name
+            assert [value for _, value in history] == pytest.approx([r[name] for r in rows]), name
         evaluations = sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval_alliteration"))
         assert evaluations == sorted({e["generations"] for e in read_jsonl(folder / "evaluations.jsonl")} - {0})
         assert run.info.status == "FINISHED"
