@@ -22,7 +22,11 @@ class AlliterError(Exception):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose errors (an unknown flag, a value of the wrong type) are one line and exit status 2,
-    as every other error of a command line, not the whole usage."""
+    as every other error of a command line, not the whole usage; a flag is taken only as written in full (argparse
+    would read `--grid` as `--grid-generations`, and `--max-gen` past a check of the flags by name)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise AlliterError(f"{message} (see {self.prog} --help)")

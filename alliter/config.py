@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Callable, Collection
 
 from alliter.cli import AlliterError
 
@@ -47,7 +47,10 @@ CHOICES = {"recipe": tuple(RECIPES), "optimizer": ("sgd", "adamw"), "kl_estimato
 # Bounds past which no value can be sane, each with the reason its refusal gives (alliter.config.within)
 MAX_BETA = 1e4
 MAX_KL_TARGET = 10.0
-MAX_LR = 1.0
+MIN_LR, MAX_LR = 1e-9, 1.0
+MAX_ADAM_EPSILON = 1.0
+MAX_DECAY_PER_GROUP = 0.01  # lr x weight_decay
+MIN_GRAD_CLIP = 1e-3
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0
 MAX_GROUP_SIZE = 1024
 MAX_GENERATIONS = 1_000_000
@@ -61,6 +64,13 @@ BOUNDS = {  # why no value past the upper bound can be sane
             "magnitude, and float32 gradients overflow",
     "kl_target": "nats per token: at 10 the policy has nothing left of the model it started from",
     "lr": "a step of lr times a gradient whose norm is 10 to 1000 here throws the model away at once past 1",
+    "adam_epsilon": "AdamW divides each step by sqrt(v) + epsilon, and a weight's gradient here is about 0.1: past 1 the "
+                    "step shrinks to lr x gradient / epsilon, and at 1e300 the model never moves",
+    "lr x weight_decay": "AdamW shrinks every weight matrix by lr x weight_decay each group, whatever the reward: past "
+                         "0.01 they lose 63% of their size every 100 groups (weight decay 1e6 at lr 1e-4 wrecks the model "
+                         "at its first group)",
+    "kl_horizon": "a horizon past a million generations moves beta by under a millionth of itself a group: the "
+                  "controller does nothing",
     "temperature": "above 10 sampling is uniform over the top-k",
     "group_size": "a group is one batch of K samples, held at once in memory",
     "max_generations": "140x the study's longest run of 7000: days on a GPU",
@@ -75,6 +85,8 @@ BOUNDS = {  # why no value past the upper bound can be sane
 }
 LOW_BOUNDS = {  # why no value under the lower bound can be
     "temperature": "below 0.01 sampling is greedy, and float32 logits overflow",
+    "lr": "below 1e-9 a step changes no float32 weight (a weight of 0.02 resolves 2e-9)",
+    "max_grad_norm": "0 is no clip; a clip under 0.001 shrinks every step to almost nothing",
     "group_size": "leave-one-out needs others",
 }
 
@@ -238,15 +250,13 @@ class TrainConfig:
             within("kl_target", self.kl_target, 0, MAX_KL_TARGET * (self.max_length if summed else 1), low_open=True)
             if self.beta <= 0:
                 raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--beta, e.g. 50)")
-        if self.kl_min_beta is not None:
-            if self.kl_target is None:
-                raise AlliterError("kl_min_beta is a floor of the KL-target controller's beta: pass --kl-target too")
+        if self.kl_min_beta is not None and self.kl_target is not None:
             within("kl_min_beta", self.kl_min_beta, 0, self.beta)
-        within("kl_horizon", self.kl_horizon, 1, None)
+        within("kl_horizon", self.kl_horizon, 1, MAX_GENERATIONS)
         if not (math.isfinite(self.kl_clip) and 0 < self.kl_clip < 1):
             raise AlliterError(f"kl_clip must be in (0, 1), got {self.kl_clip}")
         if self.lr is not None:
-            within("lr", self.lr, 0, MAX_LR, low_open=True)
+            within("lr", self.lr, MIN_LR, MAX_LR)
         within("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
         within("top_k", self.top_k, 0, None)
         within("max_length", self.max_length, 2, None)
@@ -271,16 +281,32 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise AlliterError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
-        if self.max_grad_norm is not None:
+        if self.max_grad_norm:
+            within("max_grad_norm", self.max_grad_norm, MIN_GRAD_CLIP, None)
+        elif self.max_grad_norm is not None:
             within("max_grad_norm", self.max_grad_norm, 0, None)
         for name in ("adam_beta1", "adam_beta2"):
             if not (math.isfinite(getattr(self, name)) and 0 <= getattr(self, name) < 1):
                 raise AlliterError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        within("adam_epsilon", self.adam_epsilon, 0, None, low_open=True)
+        within("adam_epsilon", self.adam_epsilon, 0, MAX_ADAM_EPSILON, low_open=True)
         within("weight_decay", self.weight_decay, 0, None)
+        if self.lr is not None and self.lr * self.weight_decay > MAX_DECAY_PER_GROUP:
+            raise AlliterError(f"lr x weight_decay must be <= {MAX_DECAY_PER_GROUP:g}, got {_shown(self.lr)} x "
+                               f"{_shown(self.weight_decay)} ({BOUNDS['lr x weight_decay']})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise AlliterError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        self.check_knobs_act()
         return self
+
+    def check_knobs_act(self, given: Collection[str] = ()) -> None:
+        """A knob that does nothing in this configuration is refused, not ignored (ACTS_ONLY): one set to other than
+        its default and its recipe's, or (`given`: the flags typed) given at all."""
+        defaults = {f.name: f.default for f in fields(self)}
+        recipe = RECIPES.get(self.recipe, {})
+        for name, (acts, what) in ACTS_ONLY.items():
+            value = getattr(self, name)
+            if (name in given or value not in (defaults[name], recipe.get(name, defaults[name]))) and not acts(self):
+                raise AlliterError(f"--{name.replace('_', '-')} does nothing here: {what}")
 
     def knob(self, name: str) -> Any:
         """A knob's value: the one given, else the recipe's."""
@@ -344,6 +370,36 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _adamw(cfg: TrainConfig) -> bool:
+    return cfg.knob("optimizer") == "adamw"
+
+
+def _kl_term(cfg: TrainConfig) -> bool:
+    return cfg.beta > 0 or cfg.kl_target is not None
+
+
+# knob -> (does it act in this configuration, what the refusal says): a flag that would be ignored is refused
+ACTS_ONLY: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
+    **{name: (_adamw, "it is AdamW's, and the optimizer is SGD (the study's recipe); pass --optimizer adamw (or "
+                      "--recipe trl), or leave it out")
+       for name in ("adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay")},
+    **{name: (lambda cfg: cfg.kl_target is not None,
+              "it is the KL-target controller's, and no KL target is set; pass --kl-target (a sweep: --kl-targets, or "
+              "--search --search-targets), or leave it out")
+       for name in ("kl_horizon", "kl_clip", "kl_min_beta")},
+    **{name: (_kl_term, "at beta 0 (and no KL target) there is no KL term; pass a beta above 0, or leave it out")
+       for name in ("kl_estimator", "kl_reduction", "kl_loss")},
+}
+
+
+def check_value(knob: str, value: float, cfg: TrainConfig | None = None) -> None:
+    """A value of what a sweep varies (beta, or kl_target), within its bounds in `cfg`'s KL units (a target: nats per
+    token for the study's recipe, per completion for TRL's)."""
+    units = TrainConfig() if cfg is None else TrainConfig(recipe=cfg.recipe, kl_reduction=cfg.kl_reduction,
+                                                           max_length=cfg.max_length)
+    dataclasses.replace(units, **({"beta": value} if knob == "beta" else {"beta": 1.0, "kl_target": value})).validate()
 
 
 def check_given(given: Collection[str]) -> None:

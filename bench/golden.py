@@ -84,7 +84,7 @@ def write_tiny() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python bench/golden.py", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python bench/golden.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", nargs="?", type=Path, help="a coarse-grid sweep's folder to check")
     parser.add_argument("--trials", action="store_true", help="run and check the default trials of trials.json")

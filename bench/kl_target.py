@@ -48,7 +48,7 @@ def rows_of(arm: str, exp: Path, wall: float, at: list[int]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beta", type=float, default=50.0, help="the fixed beta, and where target trials start")
     parser.add_argument("--targets", default="0.01,0.02,0.05", help="the KL targets of step 1")
     add_long_run_flags(parser)

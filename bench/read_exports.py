@@ -92,7 +92,7 @@ def measure(texts: list[str], reference, tokenizer, vocabulary: set[str], base_t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="exported model folders")
     parser.add_argument("--n", type=int, default=60, help="stories per folder (default 60)")
     parser.add_argument("--seed", type=int, default=0)

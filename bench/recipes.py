@@ -79,7 +79,7 @@ def last_point_check(results: list[Analysis], horizon: int = 400) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trl-betas", default="0.1,0.2,0.5,1", help="the betas of --recipe trl's own sweep")
     parser.add_argument("--best", default=BEST, help="the flags of the configuration that holds, separated by commas")
     add_long_run_flags(parser)

@@ -92,7 +92,7 @@ def fmt(row: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", default="coarse,fine,search", help="which sweeps, in order (coarse, fine, search)")
     add_sweep_flags(parser)
     args = parser.parse_args()

@@ -185,7 +185,7 @@ def device_name(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="stories260k", help=f"stories260k (default), {SHAPE_33M}, or a model folder")
     ap.add_argument("--groups", type=int, help="timed groups per batched path (default 20; 3 for the 33M shape)")
     ap.add_argument("--ref-groups", type=int, help="timed groups of the per-sample loop (default 5; 1 for the 33M shape)")

@@ -21,7 +21,7 @@ from sweeps import add_sweep_flags, sweeps_folder, timed_sweep  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="coarse")
     add_sweep_flags(parser)
     args = parser.parse_args()

@@ -85,7 +85,7 @@ CASES = {
     "a search start of 1e30": (["--search", "--search-start", "1e30"], "beta must be a finite number >= 0 and <= 10000"),
     "a beta of 1e30": (["--betas", "1e30"], "beta must be a finite number >= 0 and <= 10000, got 1e+30 (100x the"),
     "a KL target of 1e9": (["--kl-target", "1e9", "--betas", "50"], "kl_target must be a finite number > 0 and <= 10"),
-    "an lr of 1e30": (["--lr", "1e30"], "lr must be a finite number > 0 and <= 1"),
+    "an lr of 1e30": (["--lr", "1e30"], "lr must be a finite number >= 1e-09 and <= 1"),
     "100M evaluation stories": (["--eval-samples", "100000000"], "eval_samples must be an integer >= 0 and <= 1000"),
     "threads -1": (["--threads", "-1"], "threads must be an integer >= 0"),
     "a group of a million": (["--group-size", "1000000"], "group_size must be an integer >= 2 and <= 1024"),
@@ -108,6 +108,38 @@ CASES = {
                                        "groups of 10 (a group advances the counter by group_size): pass 20 or 30"),
     "an unknown flag": (["--betass", "1"], "unrecognized arguments: --betass 1 (see python tune_jobs/sweep.py --help)"),
     "a flag of the wrong type": (["--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+    # a flag that does nothing in the configuration chosen
+    "AdamW's epsilon with SGD": (["--adam-epsilon", "1e-6"], "--adam-epsilon does nothing here: it is AdamW's, and the "
+                                 "optimizer is SGD"),
+    "weight decay with SGD": (["--grid", "coarse", "--weight-decay", "0.01"], "--weight-decay does nothing here"),
+    "AdamW's beta1 at its default with SGD": (["--adam-beta1", "0.9"], "--adam-beta1 does nothing here"),
+    "the controller's horizon without a target": (["--kl-horizon", "30"], "--kl-horizon does nothing here: it is the "
+                                                  "KL-target controller's, and no KL target is set"),
+    "the controller's clip without a target": (["--kl-clip", "0.1"], "--kl-clip does nothing here"),
+    "the controller's floor without a target": (["--kl-min-beta", "1"], "--kl-min-beta does nothing here"),
+    "the KL in the loss at beta 0": (["--betas", "0", "--kl-loss"], "--kl-loss does nothing here: at beta 0"),
+    "a KL estimator when every beta is 0": (["--betas", "0", "--kl-estimator", "k3"], "--kl-estimator does nothing"),
+    "--stop-on-collapse with --search": (["--search", "--stop-on-collapse"], "--stop-on-collapse does nothing with "
+                                         "--search"),
+    "--max-collapse-rate with one seed": (["--max-collapse-rate", "0.5"], "--max-collapse-rate does nothing with one "
+                                          "seed"),
+    "--report-seconds with a tracker": (["--report-seconds", "5", "--mlflow", "sqlite:///{out}/m.db"],
+                                        "--report-seconds does nothing with a tracker"),
+    # a value that wrecks the run
+    "AdamW's epsilon 1e300": (["--optimizer", "adamw", "--adam-epsilon", "1e300"], "adam_epsilon must be a finite "
+                              "number > 0 and <= 1, got 1e+300 (AdamW divides each step by sqrt(v) + epsilon"),
+    "weight decay 1e6": (["--optimizer", "adamw", "--lr", "1e-4", "--weight-decay", "1e6"],
+                         "lr x weight_decay must be <= 0.01, got 0.0001 x 1000000"),
+    "weight decay 1e6 at the recipe's lr": (["--recipe", "trl", "--weight-decay", "1e6"], "lr x weight_decay must be"),
+    "an lr of 1e-300": (["--lr", "1e-300"], "lr must be a finite number >= 1e-09 and <= 1, got 1e-300 (below 1e-9"),
+    "a clip of 1e-12": (["--max-grad-norm", "1e-12"], "max_grad_norm must be a finite number >= 0.001, got 1e-12"),
+    "a controller's horizon of 1e9": (["--betas", "50", "--kl-targets", "0.1", "--kl-horizon", "1000000000"],
+                                      "kl_horizon must be an integer >= 1 and <= 1000000"),
+    "a KL target past TRL's units' bound": (["--recipe", "trl", "--betas", "0.5", "--kl-targets", "2000"],
+                                            "kl_target must be a finite number > 0 and <= 1000"),
+    # a flag abbreviated
+    "--max-gen for --max-generations": (["--max-gen", "40"], "unrecognized arguments: --max-gen 40"),
+    "--see for --seeds": (["--see", "3"], "unrecognized arguments: --see 3"),
     # tracebacks where the cause is known
     "a reward that returns text": (["--reward", "{text_reward}:score"], "returned '1' (str); it must return a number"),
     "a storage filesystem that loses everything": (["--storage", "mock://x"], "mock:// is not a filesystem that keeps"),
@@ -119,7 +151,7 @@ def test_what_a_trial_would_find_is_one_line_before_ray_starts(case, tmp_path, b
     if case == "cuda without a GPU" and local_gpus() > 0:
         pytest.skip("this machine has a GPU")
     args, message = CASES[case]
-    paths = {**{k: str(v) for k, v in broken_models.items()}, "tiny": str(tiny_gpt_neo)}
+    paths = {**{k: str(v) for k, v in broken_models.items()}, "tiny": str(tiny_gpt_neo), "out": str(tmp_path / "out")}
     args = [a.format(**paths) for a in args]
     (tmp_path / "keep.txt").write_text("results of another day")
     chosen = {"--betas", "--search", "--grid", "--betass"} & set(args)
@@ -128,6 +160,30 @@ def test_what_a_trial_would_find_is_one_line_before_ray_starts(case, tmp_path, b
     assert res.returncode == 2
     assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]  # nothing started, nothing written
+
+
+# flags that act in the configuration given, and bounds in its recipe's units: taken, not refused
+MEANT = {
+    "a KL target in TRL's units (per completion)": (["--recipe", "trl", "--betas", "0.5", "--kl-targets", "50"],
+                                                    lambda plan: plan.targets == [50.0]),
+    "a floor of the controller in a search over targets": (
+        ["--search", "--search-targets", "--betas", "50", "--kl-min-beta", "50"],
+        lambda plan: plan.base.kl_min_beta == 50 and plan.settings.knob == "kl_target"),
+    "a KL estimator in a grid whose betas are not all 0": (["--grid", "coarse", "--kl-estimator", "k3"],
+                                                            lambda plan: plan.betas[0] == 0),
+    "AdamW's knobs under TRL's recipe": (["--recipe", "trl", "--betas", "1", "--weight-decay", "0.01"],
+                                         lambda plan: plan.base.optimizer == "adamw"),
+}
+
+
+@pytest.mark.parametrize("case", list(MEANT))
+def test_a_flag_that_acts_in_its_configuration_is_taken(case, tmp_path):
+    from alliter.sweep.command import parse
+    from alliter.sweep.run import plan_sweep
+
+    args, holds = MEANT[case]
+    sweep_config, base, rule, given = parse([*args, "--storage", str(tmp_path)])
+    assert holds(plan_sweep(sweep_config, base, given, rule))
 
 
 def test_a_storage_that_does_not_answer_is_one_line_within_seconds(tmp_path, monkeypatch):

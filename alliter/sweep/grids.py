@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from alliter.cli import AlliterError
-from alliter.config import MAX_SEED, TrainConfig, within
+from alliter.config import MAX_SEED, TrainConfig, check_value, within
 from alliter.knob import KNOBS
 
 # name -> (betas, max_generations or None for the config's own)
@@ -30,15 +30,15 @@ def parse_numbers(text: str, flag: str) -> list[float]:
         raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}") from None
 
 
-def knob_values(text: str, flag: str, knob: str = "beta") -> list[float]:
+def knob_values(text: str, flag: str, knob: str = "beta", units: TrainConfig | None = None) -> list[float]:
     """`--betas 5,15,25` or `--kl-targets 0.05,0.1` -> the numbers, each a valid value of TrainConfig's `knob`
-    (beta or kl_target), none twice."""
+    (beta or kl_target; a target bounded in the KL units of `units`' recipe), none twice."""
     noun = KNOBS[knob].symbol
     values = parse_numbers(text, flag)
     if not values:
         raise AlliterError(f"{flag} takes numbers separated by commas, got {text!r}: no {noun} to sweep")
     for v in values:
-        TrainConfig(**{"beta": 1.0, knob: v}).validate()
+        check_value(knob, v, units)
     twice = sorted({v for v in values if values.count(v) > 1})
     if twice:
         raise AlliterError(f"{flag} lists {', '.join(f'{v:g}' for v in twice)} twice: two trials of one {noun} and "

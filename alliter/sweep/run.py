@@ -245,16 +245,18 @@ def _check_cluster_fits(required: dict[str, float], address: str | None) -> None
 SEARCH_STARTS = {"beta": "1,10,100", "kl_target": "0.03,0.1,0.3"}
 
 
-def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule) -> SearchSettings:
+def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule, base: TrainConfig) -> SearchSettings:
     knob = "kl_target" if sweep.search_targets else "beta"
-    start = knob_values(SEARCH_STARTS[knob] if sweep.search_start is None else sweep.search_start, "--search-start", knob)
+    units = {"recipe": base.recipe, "kl_reduction": base.kl_reduction, "max_length": base.max_length}
+    start = knob_values(SEARCH_STARTS[knob] if sweep.search_start is None else sweep.search_start, "--search-start", knob,
+                        TrainConfig(**units))
     return SearchSettings(start, sweep.precision, sweep.budget, seeds, rule.max_collapse_rate,
-                          max(sweep.concurrency, 1), knob).validate()
+                          max(sweep.concurrency, 1), knob, units).validate()
 
 
-def parse_targets(text: str) -> list[float]:
-    """`--kl-targets 0.05,0.1` -> [0.05, 0.1]: numbers > 0, none twice."""
-    return knob_values(text, "--kl-targets", "kl_target")
+def parse_targets(text: str, units: TrainConfig | None = None) -> list[float]:
+    """`--kl-targets 0.05,0.1` -> [0.05, 0.1]: numbers > 0 within the bound of `units`' KL units, none twice."""
+    return knob_values(text, "--kl-targets", "kl_target", units)
 
 
 def _trial_slots(sweep: SweepConfig, gpus: float) -> int:
@@ -322,7 +324,10 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     if unused and not sweep.search:
         raise AlliterError(f"{flag_name(unused[0])} is a setting of the search: pass --search too, or leave it out (a grid "
                            "runs the values it is given)")
-    targets = parse_targets(sweep.kl_targets) if sweep.kl_targets is not None else []
+    if sweep.search and "stop_on_collapse" in given:
+        raise AlliterError("--stop-on-collapse does nothing with --search: a search always stops a failed trial; leave "
+                           "it out")
+    targets = parse_targets(sweep.kl_targets, base) if sweep.kl_targets is not None else []
     if (targets or sweep.search_targets or base.kl_target is not None) and sweep.betas is None:
         raise AlliterError("KL-target trials start at a beta: pass --betas START (e.g. --betas 50; several make a "
                            "grid of starts)")
@@ -331,20 +336,26 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     if sweep.search and (sweep.grid or (sweep.betas is not None and not sweep.search_targets)):
         raise AlliterError("--search chooses its own betas: leave out --grid and --betas")
     seeds = parse_seeds(sweep.seeds, base.seed)
-    settings = _search_settings(sweep, seeds, rule) if sweep.search else None
+    if len(seeds) == 1 and "max_collapse_rate" in given:
+        raise AlliterError("--max-collapse-rate does nothing with one seed (a value's verdict is its one trial's); pass "
+                           "--seeds N, or leave it out")
+    settings = _search_settings(sweep, seeds, rule, base) if sweep.search else None
     betas, grid_generations = ([], None) if sweep.search and not sweep.search_targets else grid_betas(
         None if sweep.betas is not None else sweep.grid or "coarse", sweep.betas)
     if sweep.search_targets and len(betas) != 1:
         raise AlliterError(f"--search-targets starts every trial at one beta: pass one --betas, got {sweep.betas!r}")
     if betas and (targets or sweep.search_targets or base.kl_target is not None) and min(betas) <= 0:
         raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--betas, e.g. 50)")
-    if sweep.search_targets:
-        base = dataclasses.replace(base, beta=betas[0])
+    if sweep.search_targets:  # checked as its trials will be: a target of the search's, its one start beta
+        base = dataclasses.replace(base, beta=betas[0], kl_target=settings.start[0])
     if grid_generations and "max_generations" not in given:
         base = dataclasses.replace(base, max_generations=grid_generations)
-    if targets:  # checked as its trials will be (a target of the grid, the lowest start: --kl-min-beta's bound)
-        base = dataclasses.replace(base, kl_target=targets[0], beta=min(betas))
+    if targets or base.kl_target is not None:  # checked as its trials will be: a target, the lowest start beta
+        base = dataclasses.replace(base, kl_target=targets[0] if targets else base.kl_target, beta=min(betas))
+    else:  # beta's knobs checked at the sweep's highest beta (all of them 0: no KL term for them to act on)
+        base = dataclasses.replace(base, beta=max(settings.start if settings else betas))
     base = base.resolved()  # fail on a bad model folder or lr now, not inside six trials
+    base.check_knobs_act(given)
     reward, reward_file, reward_sha256 = reward_to_ship(base.reward)
     base = dataclasses.replace(base, reward=reward)
     _check_devices(address, sweep.gpus_per_trial, sweep.cpus_per_trial, base.device)
@@ -361,6 +372,8 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     if address:
         _check_address(address)
     trackers = _trackers(sweep, name)
+    if any(trackers.values()) and "report_seconds" in given:
+        raise AlliterError("--report-seconds does nothing with a tracker: every group is reported to it; leave it out")
     preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
     # a tracker shows every group: each is reported
     report_seconds = 0.0 if any(trackers.values()) else sweep.report_seconds

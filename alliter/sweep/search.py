@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ray import tune
@@ -34,7 +34,7 @@ from ray.tune.search import Searcher
 
 from alliter import storage as store
 from alliter.cli import AlliterError
-from alliter.config import TrainConfig
+from alliter.config import TrainConfig, check_value
 from alliter.knob import BETA, KNOBS, Knob
 from alliter.rule import COLLAPSED, DEGENERATE, KEPT, CollapseRule
 from alliter.schema import DROPPED, SEARCH_FILE, STOP_FILE, stop_record
@@ -56,6 +56,7 @@ class SearchSettings:
     max_collapse_rate: float
     concurrency: int
     knob: str = "beta"  # what the search varies: "beta", or "kl_target" (high targets collapse: the other way round)
+    units: dict[str, Any] = field(default_factory=dict)  # the KL units' fields of the trials' config (a target's bound)
 
     def validate(self) -> "SearchSettings":
         if not self.start or any(not (math.isfinite(b) and b > 0) for b in self.start):
@@ -196,7 +197,7 @@ class BetaSearch(Searcher):
     def _sane(self, value: float) -> bool:
         """A value within the trainer's bounds (alliter.config.BOUNDS): the ladder stops at them."""
         try:
-            TrainConfig(**({"beta": value} if self.knob is BETA else {"beta": 1.0, "kl_target": value})).validate()
+            check_value(self.settings.knob, value, TrainConfig(**self.settings.units))
         except AlliterError:
             return False
         return True

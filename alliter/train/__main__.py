@@ -44,16 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     metrics: dict[str, float] = {}
+    given = given_config_values(args, TrainConfig)
     try:
         if args.resume:
             state = load_checkpoint_file(out / CHECKPOINT)
-            cfg = TrainConfig.from_dict({**state["config"], **given_config_values(args, TrainConfig)})
+            cfg = TrainConfig.from_dict({**state["config"], **given})
         else:
-            check_given(given_config_values(args, TrainConfig))
+            check_given(given)
             if (out / GENERATIONS_FILE).exists() or (out / CHECKPOINT).exists():
                 raise AlliterError(f"{out} already holds a run; pass --resume to continue it, or another --out")
-            cfg = TrainConfig(**given_config_values(args, TrainConfig))
+            cfg = TrainConfig(**given)
         cfg = cfg.resolved()
+        cfg.check_knobs_act(given)
         print(f"alliter: beta {cfg.beta}, model {cfg.model}, tokenizer {cfg.tokenizer}, lr {cfg.lr}, out {out}")
         trainer = Trainer(cfg, out)
         if args.resume:
