@@ -20,6 +20,15 @@ class AlliterError(Exception):
     """A user-facing error: the command lines print its one line and exit with 2."""
 
 
+class InactiveFlag(AlliterError):
+    """A flag that does nothing in the configuration it is given in (refused, not ignored): `flag` names it (a
+    study passes such a flag only to the steps where it acts)."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(message)
+        self.flag = flag
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose errors (an unknown flag, a value of the wrong type) are one line and exit status 2,
     as every other error of a command line, not the whole usage; a flag is taken only as written in full (argparse
@@ -78,10 +87,14 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_BOOL_WORDS = (*_TRUE, *_FALSE)
+
+
 def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
+    if text.lower() in _TRUE:
         return True
-    if text.lower() in ("0", "false", "no", "off"):
+    if text.lower() in _FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
@@ -107,6 +120,24 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
             metavar=f.metadata.get("metavar", f.name.upper() if kind is not _parse_bool else "{true,false}"),
             help=docs.get(f.name, "") + ("" if "default" in docs.get(f.name, "") else f" (default: {f.default})"),
         )
+
+
+def flag_groups(tokens: Sequence[str], *classes: type) -> list[list[str]]:
+    """Command-line tokens of the flags of `classes`' fields, grouped into each flag and its value (`--lr 1e-4`,
+    `--lr=1e-4`, a bare `--kl-loss` or `--kl-loss false`), as add_config_flags' parser reads them."""
+    optional = {"--" + f.name.replace("_", "-") for cls in classes for f in fields(cls)
+                if str(f.type).split(" ")[0].split("|")[0].strip() == "bool"}
+    groups: list[list[str]] = []
+    i = 0
+    while i < len(tokens):
+        group = [tokens[i]]
+        i += 1
+        if group[0].startswith("--") and "=" not in group[0] and i < len(tokens):
+            if group[0] not in optional or tokens[i].lower() in _BOOL_WORDS:
+                group.append(tokens[i])
+                i += 1
+        groups.append(group)
+    return groups
 
 
 def given_config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from alliter.cli import AlliterError
+from alliter.cli import AlliterError, InactiveFlag
 
 
 BUNDLED_MODEL = Path(__file__).parent / "models" / "stories260k"
@@ -306,7 +306,8 @@ class TrainConfig:
         for name, (acts, what) in ACTS_ONLY.items():
             value = getattr(self, name)
             if (name in given or value not in (defaults[name], recipe.get(name, defaults[name]))) and not acts(self):
-                raise AlliterError(f"--{name.replace('_', '-')} does nothing here: {what}")
+                flag = f"--{name.replace('_', '-')}"
+                raise InactiveFlag(flag, f"{flag} does nothing here: {what}")
 
     def knob(self, name: str) -> Any:
         """A knob's value: the one given, else the recipe's."""

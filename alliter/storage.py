@@ -289,8 +289,9 @@ class DriverLock:
     LOCK_STALE_S (another machine), is a dead driver's and is taken over. On a local folder the lock is created
     exclusively; on a bucket, two drivers starting in the same second can both take it."""
 
-    def __init__(self, exp_path: str):
+    def __init__(self, exp_path: str, what: str = "sweep"):
         self.exp_path = exp_path
+        self.what = what  # what the folder holds: a sweep, or a study (of sweeps)
         self.path = join(exp_path, LOCK_FILE)
         self.created = False  # the lock made the sweep's folder: a sweep that never started leaves none
         self.me = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -314,8 +315,8 @@ class DriverLock:
     def __enter__(self) -> "DriverLock":
         held = self.live_holder()
         if held is not None:
-            raise AlliterError(f"another driver runs this sweep (process {held.get('pid')} on {held.get('host')}, "
-                               f"{self.path}); wait for it, or stop it first")
+            raise AlliterError(f"another driver runs this {self.what} (process {held.get('pid')} on "
+                               f"{held.get('host')}, {self.path}); wait for it, or stop it first")
         text = json.dumps({**self.me, "time": time.time()})
         if not is_uri(self.path):
             self.created = not Path(self.exp_path).exists()

@@ -5,20 +5,23 @@ interrupted at its fine grid and resumed there."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from alliter.analyse.document import to_html, to_markdown
 from alliter.analyse.judge import analyse
-from alliter.study.run import STUDY_FILE, failed_betas, fine_betas
+from alliter.study.run import STEPS, STUDY_FILE, failed_betas, fine_betas
 from alliter.study.writeup import build
-from helpers import COLLAPSED, K, ONE_AT_A_TIME, REPO, varied_text, write_trial
+from helpers import COLLAPSED, K, ONE_AT_A_TIME, REPO, generation_indices, varied_text, write_trial
 from raycluster import RayCluster
 
 STUDY = [sys.executable, str(REPO / "tune_jobs" / "study.py")]
@@ -102,6 +105,82 @@ def test_the_write_up_escapes_generated_text(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;alert(" in page
 
 
+# a study's flags that no step can run with: (flags, the one line's words); the later steps' flags are checked too,
+# before anything is made (each planned with the reference study's betas)
+STUDY_CASES = {
+    "101 seeds for the extended runs": (["--seeds", "101"], "step extended (--betas 50 --max-generations 7000 --seeds "
+                                        "101): --seeds runs at most 100 seeds of each value"),
+    "no seeds": (["--seeds", "0"], "--seeds N runs N seeds and needs N >= 1"),
+    "grids of 25 generations in groups of 10": (["--grid-generations", "25"], "step coarse (--grid coarse "
+                                                "--max-generations 25): max_generations 25 is not a whole number"),
+    "extended runs of 25 generations": (["--extended-generations", "25"], "step extended"),
+    "--grid, abbreviated by argparse once": (["--grid", "fine"], "--grid: the study's steps set these themselves"),
+    "--max-gen for --max-generations": (["--max-gen", "40"], "unrecognized arguments: --max-gen 40"),
+    "a name that leaves --storage": (["--name", "../elsewhere"], "--name '../elsewhere' is not a folder name"),
+    "a bucket for the study's folder": (["--storage", "s3://bucket/studies"], "a study's folder is local"),
+    "AdamW's knob where every step has SGD": (["--adam-beta1", "0.8", "--optimizer", "sgd"],
+                                              "--adam-beta1 does nothing here: it is AdamW's"),
+    "a bad value of the model's": (["--top-k", "0", "--temperature", "0"], "temperature must be a finite number >= 0.01"),
+}
+
+
+@pytest.mark.parametrize("case", list(STUDY_CASES))
+def test_a_flag_no_step_can_run_with_is_one_line_before_anything_is_made(case, tmp_path, monkeypatch, capsys):
+    from alliter.study.command import main
+
+    args, message = STUDY_CASES[case]
+    monkeypatch.chdir(tmp_path)  # a bucket's name made into a local folder would be made here
+    storage = [] if "--storage" in args else ["--storage", str(tmp_path / "studies")]
+    assert main([*args, *storage]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())  # nothing made
+
+
+def test_a_flag_that_acts_in_some_steps_goes_to_those_only(tmp_path):
+    from alliter.study.command import plan_steps
+    from alliter.study.run import StudyConfig
+
+    flags = plan_steps(StudyConfig(), ["--weight-decay", "0.01"], str(tmp_path), "s")
+    assert flags == {"coarse": [], "fine": [], "extended": [], "holds": ["--weight-decay", "0.01"]}
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_second_driver_on_a_study_is_refused(tmp_path):
+    """A study's folder holds one driver: a --resume beside a running study is refused, and a new study never takes
+    the folder of another."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / STUDY_FILE).write_text(json.dumps({"config": {}, "passthrough": [], "steps": {}}))
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / "driver.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": live.pid,
+                                                        "time": time.time()}))
+        res = subprocess.run([*STUDY, "--resume", "--name", "s", "--storage", str(tmp_path)], capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        live.kill()
+        live.wait()
+    assert res.returncode == 2 and f"another driver runs this study (process {live.pid}" in res.stderr, res.stderr
+    before = (folder / STUDY_FILE).read_text()
+    res = subprocess.run([*STUDY, "--name", "s", "--storage", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "exists already; pass --resume to continue it" in res.stderr, res.stderr
+    assert (folder / STUDY_FILE).read_text() == before
+
+
+def test_a_ctrl_c_as_a_step_ends_stops_the_study(tmp_path):
+    """A Ctrl-C that comes while a step's sweep is ending (it ignores it, and exits 0) still stops the study: the step
+    is kept as finished, and the next one does not start."""
+    from alliter.study.run import run_step
+
+    child = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(2)"]
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    assert run_step(child) == (0, True)
+    timer.join()
+
+
 @pytest.fixture()
 def ray_head():
     """A Ray of the test's own for the study's four sweeps (and its resumed one) to join: each step passes the
@@ -111,37 +190,58 @@ def ray_head():
         yield cluster
 
 
+def interrupt_when(study: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> tuple[str, str]:
+    """Ctrl-C the study once `ready()` holds; its output."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready() and study.poll() is None:
+        time.sleep(0.05)
+    study.send_signal(signal.SIGINT)
+    return study.communicate(timeout=180)
+
+
+def step_status(folder: Path, step: str) -> str | None:
+    state = json.loads((folder / STUDY_FILE).read_text()) if (folder / STUDY_FILE).exists() else {}
+    return state.get("steps", {}).get(step, {}).get("status")
+
+
 @pytest.mark.slow
 def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_path, tiny_gpt_neo, ray_head):
+    """Interrupted between two steps (as the coarse grid ends), resumed and interrupted in the fine grid, resumed to its
+    end: every step runs once, every generation of every trial is there once."""
     args = ["--model", str(tiny_gpt_neo), "--lr", "0.05", "--grid-generations", "20", "--extended-generations", "20",
             "--seeds", "1", "--checkpoint-every", "1", "--snapshot-every", "10", "--eval-samples", "5", *ONE_AT_A_TIME,
             "--address", ray_head.address, "--storage", str(tmp_path), "--name", "s"]
+    folder = tmp_path / "s"
+    resume = [*STUDY, "--resume", "--name", "s", "--storage", str(tmp_path)]
     study = subprocess.Popen([*STUDY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ray_head.env)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "s" / "fine").glob("beta=*/checkpoint_*")):
-        time.sleep(0.2)
-    study.send_signal(signal.SIGINT)  # Ctrl-C in the fine grid
-    out, err = study.communicate(timeout=180)
+    out, err = interrupt_when(study, lambda: step_status(folder, "coarse") == "finished")  # between two steps
     assert study.returncode == 130, err[-3000:]
-    state = json.loads((tmp_path / "s" / STUDY_FILE).read_text())
-    assert state["steps"]["coarse"]["status"] == "finished" and state["steps"]["fine"]["status"] == "interrupted"
+    assert step_status(folder, "coarse") == "finished" and step_status(folder, "extended") is None, err[-3000:]
+    assert f"continue with: alliter study --resume --name s --storage {tmp_path}" in err or \
+        f"continue it with: alliter study --resume --name s --storage {tmp_path}" in err, err[-3000:]
+
+    study = subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ray_head.env)
+    out, err = interrupt_when(study, lambda: bool(list((folder / "fine").glob("beta=*/checkpoint_*"))))  # in a step
+    assert study.returncode == 130, err[-3000:]
+    assert step_status(folder, "fine") == "interrupted" and "step 1 of 4" not in out
     assert "continue with: alliter study --resume --name s" in err
-    res = subprocess.run([*STUDY, "--resume", "--name", "s", "--storage", str(tmp_path)], capture_output=True, text=True,
-                         timeout=600, env=ray_head.env)
+
+    res = subprocess.run(resume, capture_output=True, text=True, timeout=600, env=ray_head.env)
     assert res.returncode == 0, res.stderr[-3000:]
-    state = json.loads((tmp_path / "s" / STUDY_FILE).read_text())
+    state = json.loads((folder / STUDY_FILE).read_text())
     assert {s["status"] for s in state["steps"].values()} == {"finished"}
     assert state["steps"]["coarse"]["flags"][:4] == ["--grid", "coarse", "--max-generations", "20"]
     assert state["steps"]["fine"]["flags"][1] == ",".join(f"{b:g}" for b in state["placement"]["betas"])
     assert state["steps"]["holds"]["flags"][:4] == ["--betas", f"{state['extended_beta']:g}", "--kl-min-beta",
                                                     f"{state['extended_beta']:g}"]
-    coarse_line = next(line for line in res.stdout.splitlines() if "step 1 of 4" in line) if "step 1 of 4" in res.stdout else ""
-    assert not coarse_line  # the finished coarse grid is not run again
-    fine = analyse(tmp_path / "s" / "fine")
+    assert "step 1 of 4" not in res.stdout  # the finished coarse grid is not run again
+    fine = analyse(folder / "fine")
     assert sorted(t.value for t in fine.trials) == state["placement"]["betas"]
-    assert all(t.done == 20 for t in fine.trials)  # the interrupted grid finished, every trial
-    page = (tmp_path / "s" / "study.html").read_text()
+    for step in STEPS:
+        for trial in (folder / step).glob("beta=*"):  # every generation once, whatever was interrupted where
+            assert generation_indices(trial) == list(range(20)), trial
+    page = (folder / "study.html").read_text()
     for section in ("1. The coarse grid", "2. The fine grid", "3. The extended run", "4. The recipe that holds",
                     "5. Which letters alliterate", "6. What the numbers cannot say"):
         assert section in page

@@ -20,7 +20,7 @@ import pandas as pd
 
 from alliter import measures as M
 from alliter.cli import AlliterError
-from alliter.config import DEFAULT_REWARD
+from alliter.config import DEFAULT_REWARD, DEFAULT_WINDOW
 from alliter.knob import KNOBS
 from alliter.rule import as_diversity
 from alliter.train.reward import describe_reward
@@ -90,6 +90,22 @@ class Trial:
     def dropped(self) -> bool:
         """A search stopped it because its beta could no longer move the bracket: it says nothing about its beta."""
         return self.status == "stopped" and bool(self.stop) and self.stop.get("stopped") == DROPPED
+
+    def stories(self, generations: int | None = None, window: int = DEFAULT_WINDOW) -> pd.DataFrame:
+        """The stories a point of the trial is judged on, in order: its evaluation at `generations` (default: its last
+        point), or, for a trial without evaluations, the training texts of the point's window (`window` generations
+        up to it; at 0, the first group's, the unmodified model's): the rows of evaluations.jsonl or
+        generations.jsonl."""
+        if len(self.evaluations):
+            e = self.evaluations
+            at = int(e["generations"].max()) if generations is None else generations
+            return e[e["generations"] == at].sort_values("sample")
+        g = self.generations
+        if not len(g):
+            return g
+        at = int(g["generation"].max()) + 1 if generations is None else generations
+        lo, hi = (0, self.group_size) if at == 0 else (at - window, at)
+        return g[(g["generation"] >= lo) & (g["generation"] < hi)].sort_values("generation")
 
     def notes(self) -> list[str]:
         """Lines for the user about a trial that is not simply complete."""

@@ -37,7 +37,7 @@ from alliter import measures as M
 from alliter.analyse.frames import Trial, group_frame, load_trials, read_search, sweep_knob, window_frame
 from alliter.analyse.letters import UNMODIFIED, letter_frame
 from alliter.cli import AlliterError
-from alliter.config import TrainConfig
+from alliter.config import DEFAULT_WINDOW, TrainConfig
 from alliter.rule import CollapseRule, Judgement, as_diversity, seeds_failed_at, training_points
 
 
@@ -286,10 +286,9 @@ def trl_units(groups: pd.DataFrame, knob: str, value: float, generations: int, b
     return {"ratio": ratio, "beta": beta, "beta_trl": beta / ratio, "generations": generations}
 
 
-def _stories(trial: Trial, generations: int) -> list[str]:
-    """The texts of a trial's evaluation at `generations` (none without evaluations)."""
-    e = trial.evaluations
-    return e.loc[e["generations"] == generations, "text"].tolist() if len(e) else []
+def _stories(trial: Trial, generations: int, window: int = DEFAULT_WINDOW) -> list[str]:
+    """The texts a trial's point at `generations` is judged on (Trial.stories)."""
+    return trial.stories(generations, window)["text"].tolist()
 
 
 def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:

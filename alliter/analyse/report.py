@@ -235,12 +235,12 @@ def point_stories(result: Analysis, value: float, generations: int | None = None
         return "", []
     t = trials[0]
     seed = f", seed {t.seed}" if len(trials) > 1 else ""
+    rows = t.stories(generations, result.cfg.window)
+    stories = (rows.head if len(t.evaluations) else rows.tail)(result.cfg.examples).to_dict("records")
     if len(t.evaluations):
         at = int(t.evaluations["generations"].max()) if generations is None else generations
-        stories = t.evaluations[t.evaluations["generations"] == at].head(result.cfg.examples).to_dict("records")
         return f"evaluation at {at} generations{seed}", stories
-    last = t.generations.tail(result.cfg.examples).to_dict("records")
-    return f"last training generations{seed} (no evaluations)", last
+    return f"training generations{seed} (no evaluations)", stories
 
 
 def _story_lines(records: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -1,6 +1,6 @@
 """The study in one command: the coarse grid, a fine grid placed from it, and the extended run of the fine grid's
 choice to 7000 generations with seeds, with the study's recipe and with the recipe that holds; each step a sweep of
-its own (`python tune_jobs/sweep.py ...`, its console and its files as ever) in one study folder, then the write-up
+its own (`python -m alliter sweep ...`, its console and its files as ever) in one study folder, then the write-up
 (alliter.study.writeup).
 
 The study folder holds study.json (every step's command line, its status and wall time, the fine grid's placement and
@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,15 +26,20 @@ from typing import Any
 from alliter.analyse.judge import Analysis, analyse
 from alliter.cli import AlliterError
 from alliter.schema import RESULTS_DIR, SWEEP_STATS_FILE, read_json, write_atomic
+from alliter.sweep.run import check_name
 from alliter.sweep.search import bracket
 
-SWEEP = Path(__file__).resolve().parents[2] / "tune_jobs" / "sweep.py"
+SWEEP = [sys.executable, "-m", "alliter", "sweep"]  # the installed package's sweep, from wherever the study runs
 STUDY_FILE = "study.json"
 STEPS = ("coarse", "fine", "extended", "holds")
 FINE_VALUES = 8  # the fine grid: 8 betas evenly between the coarse bracket's ends (10 and 100: 20, 30, ..., 90)
 # the recipe that holds (README, "Which recipe holds"): AdamW with a clip, and the KL-target controller floored at its
 # start beta (the fine grid's choice), with a short horizon
 HOLDS = ["--optimizer", "adamw", "--lr", "1e-4", "--max-grad-norm", "1", "--kl-targets", "0.1", "--kl-horizon", "30"]
+# what the later steps are checked with before the first runs (their own come from the steps before them): the
+# reference study's fine grid and a beta of it
+PLANNED_FINE = [float(b) for b in range(20, 100, 10)]
+PLANNED_BETA = 50.0
 
 
 @dataclass
@@ -91,6 +97,20 @@ def failed_betas(result: Analysis) -> dict[float, bool]:
             if v not in ("dropped", "unmeasured")}
 
 
+def step_flags(step: str, cfg: "StudyConfig", fine: list[float], beta: float) -> list[str]:
+    """A step's sweep flags: the coarse grid; the fine grid's `fine` betas; `beta` to the extended generations with
+    seeds, with the study's recipe and with the recipe that holds."""
+    grid = ["--max-generations", str(cfg.grid_generations)] if cfg.grid_generations else []
+    gens = ["--max-generations", str(cfg.extended_generations), "--seeds", str(cfg.seeds)]
+    if step == "coarse":
+        return ["--grid", "coarse", *grid]
+    if step == "fine":
+        return ["--betas", ",".join(f"{v:g}" for v in fine), *grid]
+    if step == "extended":
+        return ["--betas", f"{beta:g}", *gens]
+    return ["--betas", f"{beta:g}", "--kl-min-beta", f"{beta:g}", *HOLDS, *gens]
+
+
 @dataclass
 class Study:
     folder: Path
@@ -103,17 +123,10 @@ class Study:
 
     def step_flags(self, step: str) -> list[str]:
         """A step's sweep flags, placed from the steps before it."""
-        gens = ["--max-generations", str(self.cfg.extended_generations), "--seeds", str(self.cfg.seeds)]
-        grid = ["--max-generations", str(self.cfg.grid_generations)] if self.cfg.grid_generations else []
-        if step == "coarse":
-            return ["--grid", "coarse", *grid]
         if step == "fine":
-            self.state["placement"] = placement = fine_betas(failed_betas(analyse(self.folder / "coarse")))
-            return ["--betas", ",".join(f"{v:g}" for v in placement["betas"]), *grid]
-        beta = self.extended_beta()
-        if step == "extended":
-            return ["--betas", f"{beta:g}", *gens]
-        return ["--betas", f"{beta:g}", "--kl-min-beta", f"{beta:g}", *HOLDS, *gens]
+            self.state["placement"] = fine_betas(failed_betas(analyse(self.folder / "coarse")))
+        fine = self.state.get("placement", {}).get("betas", [])
+        return step_flags(step, self.cfg, fine, self.extended_beta() if step in ("extended", "holds") else 0.0)
 
     def extended_beta(self) -> float:
         """The fine grid's choice (best_beta's), else the coarse bracket's kept end; kept in study.json."""
@@ -125,72 +138,109 @@ class Study:
                 "no beta of the fine grid held: the coarse bracket's kept end"
         return self.state["extended_beta"]
 
+    @property
+    def resume_command(self) -> str:
+        return f"alliter study --resume --name {shlex.quote(self.folder.name)} --storage {shlex.quote(str(self.folder.parent))}"
+
     def run(self) -> int:
+        """Every step not finished, in order; stops at the first that does not finish, or at a Ctrl-C (exit 130)
+        even when it came as a step ended."""
         for step in STEPS:
             record = self.state["steps"].setdefault(step, {})
             if record.get("status") == "finished":
                 continue
             sweep_folder = self.folder / step
             if sweep_folder.exists():
-                command = [sys.executable, str(SWEEP), "--resume", "--name", step, "--storage", str(self.folder)]
+                command = [*SWEEP, "--resume", "--name", step, "--storage", str(self.folder)]
             else:
-                command = [sys.executable, str(SWEEP), *self.step_flags(step), *self.passthrough, "--name", step,
-                           "--storage", str(self.folder)]
-                record["flags"] = command[2:]
+                passthrough = self.state.get("step_passthrough", {}).get(step, self.passthrough)
+                command = [*SWEEP, *self.step_flags(step), *passthrough, "--name", step, "--storage", str(self.folder)]
+                record["flags"] = command[len(SWEEP):]
             record["status"] = "running"
             self.save()
             print(f"\nalliter study {self.folder.name}, step {STEPS.index(step) + 1} of {len(STEPS)} ({step}): "
-                  f"{' '.join(command[1:])}", flush=True)
+                  f"alliter sweep {shlex.join(command[len(SWEEP):])}", flush=True)
             start = time.perf_counter()
-            code = run_step(command)
+            code, interrupted = run_step(command)
             record["wall_seconds"] = record.get("wall_seconds", 0.0) + time.perf_counter() - start
             stats = read_json(sweep_folder / SWEEP_STATS_FILE) or {}
             record["status"] = "finished" if code == 0 and stats.get("status") == "finished" else "interrupted"
             self.save()
+            if interrupted:
+                print(f"alliter study: interrupted in step {step}; continue with: {self.resume_command}",
+                      file=sys.stderr)
+                return 130
             if record["status"] != "finished":
                 print(f"alliter study: step {step} did not finish (exit status {code}); once its cause is fixed, "
-                      f"continue with: alliter study --resume --name {self.folder.name} --storage "
-                      f"{self.folder.parent}", file=sys.stderr)
+                      f"continue with: {self.resume_command}", file=sys.stderr)
                 return 130 if code == 130 else 1
         return 0
 
 
-def run_step(command: list[str]) -> int:
+def run_step(command: list[str]) -> tuple[int, bool]:
     """A step's sweep in a process group of its own, a Ctrl-C of the study passed on to it once (Tune stops a sweep
-    with its last save on the first, without it on a second); the sweep's exit status."""
+    with its last save on the first, without it on a second): (the sweep's exit status, whether a Ctrl-C came)."""
     child = subprocess.Popen(command, start_new_session=True)
-    previous = signal.signal(signal.SIGINT, lambda *_: child.send_signal(signal.SIGINT))
+    interrupted = False
+
+    def forward(*_: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, forward)
     try:
-        return child.wait()
+        return child.wait(), interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
-def open_study(cfg: StudyConfig, passthrough: list[str]) -> Study:
-    """A new study's folder and state, or (--resume) the one to continue."""
-    root = Path(cfg.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR).expanduser().absolute()
-    if cfg.resume:
-        if passthrough:
-            raise AlliterError(f"--resume continues a study with the flags it was started with: leave out "
-                               f"{' '.join(passthrough)}")
-        name = cfg.name or _newest_study(root)
-        state = read_json(root / name / STUDY_FILE)
-        if state is None:
-            raise AlliterError(f"--resume: {root / name} holds no study ({STUDY_FILE})")
-        saved = StudyConfig(**{**state["config"], "resume": True})
-        return Study(root / name, state["passthrough"], saved, state)
-    name = cfg.name or time.strftime("study-%Y%m%d-%H%M%S")
-    folder = root / name
+def study_root(cfg: StudyConfig) -> Path:
+    """The folder the study's folder goes in: --storage, else $ALLITER_STORAGE, else ./results (local only)."""
+    where = cfg.storage or os.environ.get("ALLITER_STORAGE") or RESULTS_DIR
+    if "://" in where:
+        raise AlliterError(f"--storage {where}: a study's folder is local (its write-up is written there); pass a "
+                           "folder, and give its sweeps a bucket by running them one by one (alliter sweep)")
+    return Path(where).expanduser().absolute()
+
+
+def new_study_folder(cfg: StudyConfig, root: Path) -> Path:
+    """The new study's folder (not made yet): --name under the root, else study-DATE; one that exists is refused."""
+    check_name(cfg.name)
+    folder = root / (cfg.name or time.strftime("study-%Y%m%d-%H%M%S"))
     if folder.exists():
         raise AlliterError(f"{folder} exists already; pass --resume to continue it, or another --name")
-    if cfg.seeds < 1 or cfg.extended_generations < 1:
-        raise AlliterError("--seeds and --extended-generations must be at least 1")
-    folder.mkdir(parents=True)
+    return folder
+
+
+def open_study(cfg: StudyConfig, passthrough: list[str], folder: Path) -> Study:
+    """A new study's folder and state, made (refused if another study made it first), or (--resume) the study in
+    `folder` to continue."""
+    if cfg.resume:
+        state = read_json(folder / STUDY_FILE)
+        if state is None:
+            raise AlliterError(f"--resume: {folder} holds no study ({STUDY_FILE})")
+        saved = StudyConfig(**{**state["config"], "resume": True})
+        return Study(folder, state["passthrough"], saved, state)
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        raise AlliterError(f"{folder} exists already (another study took the name a moment ago); pass another --name")
+    except OSError as err:
+        raise AlliterError(f"cannot create the study's folder {folder}: {err.strerror or err}") from None
     state = {"config": dataclasses.asdict(cfg), "passthrough": passthrough, "steps": {},
              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    study = Study(folder, passthrough, cfg, state)
-    study.save()
-    return study
+    return Study(folder, passthrough, cfg, state)
+
+
+def resumed_folder(cfg: StudyConfig, root: Path, passthrough: list[str]) -> Path:
+    """The folder of the study --resume continues (--name's, else the newest under the root)."""
+    if passthrough:
+        raise AlliterError(f"--resume continues a study with the flags it was started with: leave out "
+                           f"{' '.join(passthrough)}")
+    check_name(cfg.name)
+    return root / (cfg.name or _newest_study(root))
 
 
 def _newest_study(root: Path) -> str:

@@ -30,10 +30,24 @@ def _list(values: list[float]) -> str:
 
 
 def _stories(result: Analysis, trial: Any, generations: int, n: int) -> list[Story]:
-    e = trial.evaluations
-    rows = e[e["generations"] == generations].head(n) if len(e) else e
-    return [Story(f"{KNOBS[result.knob].said(trial.value)}, seed {trial.seed}, evaluation story {int(r['sample'])} at "
-                  f"{generations} generations, raw reward {r['raw_reward']:g}", r["text"]) for _, r in rows.iterrows()]
+    """n of the stories a trial's point is judged on: its evaluation's, else (no evaluations) its training texts."""
+    rows = trial.stories(generations, result.cfg.window)
+    evaluated = len(trial.evaluations) > 0
+    rows = rows.head(n) if evaluated else rows.tail(n)
+    where = (lambda r: f"evaluation story {int(r['sample'])}") if evaluated else \
+        (lambda r: f"training generation {int(r['generation'])}")
+    return [Story(f"{KNOBS[result.knob].said(trial.value)}, seed {trial.seed}, {where(r)} at {generations} generations, "
+                  f"raw reward {r['raw_reward']:g}", r["text"]) for _, r in rows.iterrows()]
+
+
+def _last_point(trial: Any) -> int:
+    """The generations of a trial's last point: its last evaluation, else its last training group."""
+    return int(trial.evaluations["generations"].max()) if len(trial.evaluations) else trial.done
+
+
+def _texts(result: Analysis, generations: int) -> list[str]:
+    """Every trial's stories at a point (Trial.stories), pooled over the seeds."""
+    return [t for trial in result.trials for t in trial.stories(generations, result.cfg.window)["text"]]
 
 
 def grid_blocks(result: Analysis, out: Path) -> list[Block]:
@@ -72,8 +86,8 @@ def grid_blocks(result: Analysis, out: Path) -> list[Block]:
 def last_two_stories(result: Analysis) -> list[Block]:
     blocks: list[Block] = []
     for trial in sorted(result.trials, key=lambda t: (t.value, t.seed)):
-        if len(trial.evaluations):
-            blocks += _stories(result, trial, int(trial.evaluations["generations"].max()), 2)
+        if len(trial.evaluations) or len(trial.generations):
+            blocks += _stories(result, trial, _last_point(trial), 2)
     return blocks
 
 
@@ -129,9 +143,7 @@ def seeds_verdict(result: Analysis, end: int) -> tuple[str, list[Block]]:
 
 
 def overuse_line(result: Analysis, end: int) -> str:
-    texts = [t for trial in result.trials for t in trial.evaluations.loc[trial.evaluations["generations"] == end, "text"]]
-    base = [t for trial in result.trials for t in trial.evaluations.loc[trial.evaluations["generations"] == 0, "text"]]
-    words = M.overused_words(texts, base)
+    words = M.overused_words(_texts(result, end), _texts(result, 0))
     return M.overuse_text(words[:4]) if words else "no word"
 
 
@@ -139,8 +151,8 @@ def letters_line(result: Analysis, sweep: str) -> str:
     letters = result.letters
     rows = letters[letters["row"] != "unmodified"] if len(letters) else letters
     base = letters[letters["row"] == "unmodified"] if len(letters) else letters
-    if not len(rows):
-        return "No evaluation stories to count letters in."
+    if not len(rows) or not len(base):
+        return "No evaluation stories to count letters in (the trials ran without evaluations)."
     top = rows.iloc[-1]["top_letters"]
     return (f"The alliterating pairs of the unmodified model start mostly with {base.iloc[0]['top_letters']}; at the "
             f"end of {sweep} with {top}.")
@@ -169,7 +181,7 @@ def build(folder: Path) -> list[Block]:
     if "coarse" in results:
         c = results["coarse"]
         blocks += [Heading("1. The coarse grid"), *grid_blocks(c, outs["coarse"]),
-                   Heading("The last two evaluation stories of each beta", 3), *last_two_stories(c)]
+                   Heading("The last two stories of each beta", 3), *last_two_stories(c)]
         placement = state.get("placement")
         if placement:
             blocks += [Heading("What the coarse grid allows"),
@@ -178,7 +190,7 @@ def build(folder: Path) -> list[Block]:
     if "fine" in results:
         f = results["fine"]
         blocks += [Heading("2. The fine grid"), *grid_blocks(f, outs["fine"]), Text(how_sure(f)),
-                   Heading("The last two evaluation stories of each beta", 3), *last_two_stories(f)]
+                   Heading("The last two stories of each beta", 3), *last_two_stories(f)]
     if "extended" in results:
         e = results["extended"]
         text, stories = seeds_verdict(e, end)
@@ -219,9 +231,14 @@ def caveats(results: dict[str, Analysis], state: dict[str, Any]) -> list[str]:
                    "boundary, another seed can move a beta across it (the extended run shows how much the seeds differ).")
     first = next(iter(results.values()), None)
     if first is not None:
-        samples = int(first.trials[0].config.get("eval_samples", 50) or 50)
-        out.append(f"Each point is judged on {samples} fresh stories: a fluency gap is measured to about "
-                   f"{0.03 * math.sqrt(50 / samples):.2f} nats, alliteration to a few tenths.")
+        samples = int(first.trials[0].config.get("eval_samples", 50))
+        if samples and len(first.trials[0].evaluations):
+            out.append(f"Each point is judged on {samples} fresh stories: a fluency gap is measured to about "
+                       f"{0.03 * math.sqrt(50 / samples):.2f} nats, alliteration to a few tenths.")
+        else:
+            out.append(f"The trials ran without evaluations (--eval-samples 0): each point is judged on its training "
+                       f"groups over {first.cfg.window} generations, which lag the policy (a window still holds the "
+                       "varied groups of before a collapse).")
         out.append(f"The rule ({first.cfg.rule().describe()}) is a threshold: a point just inside it reads little "
                    "better than one just outside.")
     out.append("Alliteration counts adjacent word pairs that share a first letter; it says nothing of whether a story "
@@ -229,9 +246,7 @@ def caveats(results: dict[str, Analysis], state: dict[str, Any]) -> list[str]:
     for name in ("extended", "holds"):
         if name in results:
             end = int(state.get("config", {}).get("extended_generations", 7000))
-            words = M.overused_words(*[[t for trial in results[name].trials for t in
-                                        trial.evaluations.loc[trial.evaluations["generations"] == g, "text"]]
-                                       for g in (end, 0)])
+            words = M.overused_words(_texts(results[name], end), _texts(results[name], 0))
             if words and words[0][2] > 5:
                 out.append(f"The {'study' if name == 'extended' else 'holding'} recipe meets the reward largely "
                            f"through \"{words[0][0]}\" ({words[0][2]:.0f}x the unmodified model's use), which the "

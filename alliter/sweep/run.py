@@ -27,7 +27,7 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from alliter import storage as store
-from alliter.cli import AlliterError
+from alliter.cli import AlliterError, InactiveFlag
 from alliter.config import TrainConfig, check_given
 from alliter.measures import TRAINER_DIVERSITY
 from alliter.rule import CollapseRule
@@ -307,9 +307,11 @@ class Plan:
                 f"--storage {shlex.quote(self.storage)}{address}")
 
 
-def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (), rule: CollapseRule | None = None) -> Plan:
+def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (), rule: CollapseRule | None = None,
+               preflight_model: bool = True) -> Plan:
     """Check a sweep's flags, model, tokenizer, storage and name, and plan it; starts nothing. `given`: the names of
-    the flags set on the command line (a resume refuses those it cannot change)."""
+    the flags set on the command line (a resume refuses those it cannot change); `preflight_model` False skips the
+    model's checks in a process of its own (a study's later steps: the same model as its first step's)."""
     sweep = sweep.resolved()  # fail on bad resources now, not when Ray schedules the first trial
     rule = rule or CollapseRule()
     rule.validate_rule(TRAINER_DIVERSITY)  # self-BLEU is best_beta's alone: the trainer does not measure it
@@ -325,8 +327,8 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
         raise AlliterError(f"{flag_name(unused[0])} is a setting of the search: pass --search too, or leave it out (a grid "
                            "runs the values it is given)")
     if sweep.search and "stop_on_collapse" in given:
-        raise AlliterError("--stop-on-collapse does nothing with --search: a search always stops a failed trial; leave "
-                           "it out")
+        raise InactiveFlag("--stop-on-collapse", "--stop-on-collapse does nothing with --search: a search always stops "
+                           "a failed trial; leave it out")
     targets = parse_targets(sweep.kl_targets, base) if sweep.kl_targets is not None else []
     if (targets or sweep.search_targets or base.kl_target is not None) and sweep.betas is None:
         raise AlliterError("KL-target trials start at a beta: pass --betas START (e.g. --betas 50; several make a "
@@ -337,8 +339,8 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
         raise AlliterError("--search chooses its own betas: leave out --grid and --betas")
     seeds = parse_seeds(sweep.seeds, base.seed)
     if len(seeds) == 1 and "max_collapse_rate" in given:
-        raise AlliterError("--max-collapse-rate does nothing with one seed (a value's verdict is its one trial's); pass "
-                           "--seeds N, or leave it out")
+        raise InactiveFlag("--max-collapse-rate", "--max-collapse-rate does nothing with one seed (a value's verdict is "
+                           "its one trial's); pass --seeds N, or leave it out")
     settings = _search_settings(sweep, seeds, rule, base) if sweep.search else None
     betas, grid_generations = ([], None) if sweep.search and not sweep.search_targets else grid_betas(
         None if sweep.betas is not None else sweep.grid or "coarse", sweep.betas)
@@ -373,8 +375,10 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
         _check_address(address)
     trackers = _trackers(sweep, name)
     if any(trackers.values()) and "report_seconds" in given:
-        raise AlliterError("--report-seconds does nothing with a tracker: every group is reported to it; leave it out")
-    preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
+        raise InactiveFlag("--report-seconds", "--report-seconds does nothing with a tracker: every group is reported "
+                           "to it; leave it out")
+    if preflight_model:
+        preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
     # a tracker shows every group: each is reported
     report_seconds = 0.0 if any(trackers.values()) else sweep.report_seconds
     options = TrialOptions(sweep.cpus_per_trial, dataclasses.asdict(rule.rule()), sweep.search or sweep.stop_on_collapse,
