@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -34,9 +35,15 @@ def require(module: str, flag: str, extra: str) -> Any:
         raise AlliterError(f"{flag} needs {module}, which is not installed: pip install \"alliter[{extra}]\"") from None
 
 
+MLFLOW_DB = "mlflow.db"  # a --mlflow folder's store, under MLflow 3 (whose file store is in maintenance mode)
+
+
 def check_mlflow_uri(uri: str, flag: str = "--mlflow") -> str:
-    """A tracking URI MLflow can use, checked: a folder (made absolute), sqlite:///path.db (its folder writable), or
-    http(s)://host:port (answering within seconds). Returns the URI as MLflow will be given it."""
+    """A tracking URI MLflow can use, checked: a folder (MLflow 3: a sqlite:/// store in it, said in one line; older:
+    its file store), sqlite:///path.db (its folder writable), or http(s)://host:port (answering within seconds).
+    Returns the URI as MLflow will be given it."""
+    if not uri.strip():
+        raise AlliterError(f"{flag} is empty: pass a folder, sqlite:///path.db or http://host:port")
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         if not parsed.hostname:
@@ -58,8 +65,28 @@ def check_mlflow_uri(uri: str, flag: str = "--mlflow") -> str:
     if parsed.scheme in ("", "file"):
         folder = Path(parsed.path if parsed.scheme == "file" else uri).expanduser().absolute()
         _writable_folder(folder, flag, uri)
-        return folder.as_uri()
+        if int(require("mlflow", flag, "mlflow").__version__.split(".")[0]) < 3:
+            return folder.as_uri()
+        if folder.is_file() or any(folder.glob("*/meta.yaml")):
+            raise AlliterError(f"{flag} {uri}: {'a file' if folder.is_file() else 'the folder holds MLflow file store runs'},"
+                               f" which MLflow 3 no longer writes; migrate them (mlflow migrate-filestore) and pass "
+                               f"sqlite:///path.db, or pass another folder")
+        store = f"sqlite:///{folder / MLFLOW_DB}"
+        print(f"mlflow: {flag} {uri} is a folder, and MLflow 3 keeps runs in a database: they go to {store} (its "
+              f"artifacts to {folder / 'artifacts'})", file=sys.stderr)
+        return store
     raise AlliterError(f"{flag} {uri}: alliter takes a folder, sqlite:///path.db or http://host:port")
+
+
+def mlflow_experiment(client: Any, name: str) -> str:
+    """The id of the experiment `name`, created if need be: a store of a folder's (MLFLOW_DB) keeps its artifacts beside
+    it (MLflow's default is ./mlruns wherever the command runs)."""
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    uri = client.tracking_uri
+    beside = Path(uri[len("sqlite:///"):]).parent / "artifacts" if uri.startswith("sqlite:///") else None
+    return client.create_experiment(name, artifact_location=beside.as_uri() if beside else None)
 
 
 def _writable_folder(folder: Path, flag: str, uri: str) -> None:
@@ -68,13 +95,33 @@ def _writable_folder(folder: Path, flag: str, uri: str) -> None:
         raise AlliterError(f"{flag} {uri}: cannot write in {existing}")
 
 
+WANDB_NAME_MAX = 128  # a W&B project's or group's name, and the characters a project's name cannot hold (W&B's rules)
+WANDB_PROJECT_CHARS = set("/\\#?%:\r\n")
+
+
+def check_wandb_names(project: str, group: str | None, flag: str = "--wandb") -> None:
+    """A project and group name W&B takes (W&B refuses others late: after the sweep, or with a traceback)."""
+    bad = sorted(WANDB_PROJECT_CHARS & set(project))
+    if not project.strip() or bad or len(project) > WANDB_NAME_MAX:
+        why = "is empty" if not project.strip() else f"holds {', '.join(map(repr, bad))}" if bad else \
+            f"is {len(project)} characters"
+        raise AlliterError(f"{flag} {project[:40]!r}{'...' if len(project) > 40 else ''} {why}: a W&B project's name has "
+                           f"at most {WANDB_NAME_MAX} characters, none of / \\ # ? % :")
+    if group is not None and (not group.strip() or len(group) > WANDB_NAME_MAX):
+        raise AlliterError(f"{flag}-group: a W&B group's name has 1 to {WANDB_NAME_MAX} characters, got {len(group)}")
+
+
 def check_wandb(flag: str = "--wandb") -> None:
     """W&B is installed, and offline (WANDB_MODE=offline or disabled) or logged in: online with no login, wandb would
     ask on the terminal of a process nobody types into."""
     wandb = require("wandb", flag, "wandb")
     if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
         return
-    if not (os.environ.get("WANDB_API_KEY") or wandb.Api().api_key):
+    try:
+        key = os.environ.get("WANDB_API_KEY") or wandb.Api().api_key
+    except Exception:  # noqa: BLE001 - wandb.Api() raises its own UsageError without a key
+        key = None
+    if not key:
         raise AlliterError(f"{flag}: W&B is online (WANDB_MODE) and not logged in: run `wandb login`, or set "
                            "WANDB_MODE=offline and `wandb sync` the runs later")
 
@@ -84,7 +131,9 @@ def sweep_callbacks(trackers: dict[str, str | None], exp_path: str) -> list:
     imported)."""
     callbacks: list = []
     if trackers.get("mlflow") is not None:
-        require("mlflow", "--mlflow", "mlflow")
+        from mlflow.tracking import MlflowClient
+
+        mlflow_experiment(MlflowClient(trackers["mlflow"]), trackers["mlflow_experiment"])  # its artifacts' place
         callbacks.append(_mlflow_callback_class()(
             tracking_uri=trackers["mlflow"], experiment_name=trackers["mlflow_experiment"],
             tags={"alliter.sweep": Path(exp_path.partition("?")[0]).name, "alliter.sweep_path": exp_path}))
@@ -103,6 +152,7 @@ def check_trackers(trackers: dict[str, str | None]) -> dict[str, str | None]:
         require("mlflow", "--mlflow", "mlflow")
         out["mlflow"] = check_mlflow_uri(trackers["mlflow"])
     if trackers.get("wandb") is not None:
+        check_wandb_names(trackers["wandb"], trackers.get("wandb_group"))
         check_wandb()
     return out
 
@@ -180,8 +230,7 @@ def log_choice_mlflow(uri: str, experiment: str, result: Any, out: Path, written
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = mlflow_experiment(client, experiment)
     run = client.create_run(experiment_id, run_name="best_beta",
                             tags={"alliter.sweep": experiment, "alliter.sweep_path": str(result.sweep.resolve()),
                                   "alliter.role": "best_beta"})
@@ -212,11 +261,15 @@ def log_choice_mlflow(uri: str, experiment: str, result: Any, out: Path, written
     return run_id
 
 
-def log_choice_wandb(project: str, group: str, result: Any, written: list[Path], stories: list[dict]) -> None:
+def log_choice_wandb(project: str, group: str, result: Any, out: Path, written: list[Path], stories: list[dict]) -> None:
     """One W&B run of the group: the summary table, the plots, and a table of the best point's stories."""
     import wandb
 
-    run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis",
+    here = out / "wandb"  # W&B's run, staging and logs beside the analysis, not in $HOME or the working folder
+    for name, folder in (("WANDB_DIR", here), ("WANDB_DATA_DIR", here / "data"), ("WANDB_CACHE_DIR", here / "cache")):
+        os.environ.setdefault(name, str(folder))
+    here.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis", dir=str(here),
                      config={"knob": result.knob, "recipe": result.recipe.recipe, "choice": result.choice,
                              "best_point": result.best_point})
     try:

@@ -188,20 +188,78 @@ def test_tensorboard_s_hparams_dashboard_has_each_trials_settings(tmp_path, tiny
     assert set(HPARAM_METRICS) <= set(events.Tags()["scalars"])  # the dashboard's metrics are the evaluations'
 
 
-@pytest.mark.parametrize("case", ["mlflow missing", "server not answering", "a bad uri", "group without wandb"])
+# case -> (flags, the one line's words); every case is refused before Ray starts, with nothing written
+TRACKER_CASES = {
+    "mlflow missing": (["--mlflow", "{tmp}/mlruns"], "--mlflow needs mlflow, which is not installed: pip install "
+                       "\"alliter[mlflow]\""),
+    "server not answering": (["--mlflow", "http://127.0.0.1:{port}"], "the tracking server does not answer within 5 s"),
+    "a bad uri": (["--mlflow", "ftp://somewhere/x"], "alliter takes a folder, sqlite:///path.db or http://host:port"),
+    "an empty uri": (["--mlflow", ""], "--mlflow is empty: pass a folder, sqlite:///path.db or http://host:port"),
+    "a blank uri": (["--mlflow", "  "], "--mlflow is empty"),
+    "a folder of MLflow's file store": (["--mlflow", "{filestore}"], "the folder holds MLflow file store runs, which "
+                                        "MLflow 3 no longer writes; migrate them (mlflow migrate-filestore)"),
+    "group without wandb": (["--wandb-group", "g"], "--wandb-group names the wandb of --wandb: pass --wandb too"),
+    "a W&B project with a slash": (["--wandb", "team/project"], "--wandb 'team/project' holds '/': a W&B project's "
+                                   "name has at most 128 characters"),
+    "a W&B project of 200 characters": (["--wandb", "p" * 200], "is 200 characters: a W&B project's name has at most"),
+    "an empty W&B project": (["--wandb", ""], "--wandb '' is empty"),
+    "a W&B group of 200 characters": (["--wandb", "p", "--wandb-group", "g" * 200], "--wandb-group: a W&B group's name "
+                                      "has 1 to 128 characters, got 200"),
+    "W&B online without a login": (["--wandb", "p"], "--wandb: W&B is online (WANDB_MODE) and not logged in: run "
+                                   "`wandb login`"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRACKER_CASES))
 def test_a_tracker_that_cannot_work_is_one_line_before_ray_starts(case, tmp_path, monkeypatch):
-    args, message = {
-        "mlflow missing": (["--mlflow", str(tmp_path / "mlruns")],
-                           "--mlflow needs mlflow, which is not installed: pip install \"alliter[mlflow]\""),
-        "server not answering": (["--mlflow", f"http://127.0.0.1:{free_port()}"],
-                                 "the tracking server does not answer within 5 s"),
-        "a bad uri": (["--mlflow", "ftp://somewhere/x"], "alliter takes a folder, sqlite:///path.db or http://host:port"),
-        "group without wandb": (["--wandb-group", "g"], "--wandb-group names the wandb of --wandb: pass --wandb too"),
-    }[case]
+    args, message = TRACKER_CASES[case]
+    filestore = tmp_path / "old-mlruns"
+    (filestore / "0").mkdir(parents=True)
+    (filestore / "0" / "meta.yaml").write_text("name: Default\n")
+    args = [a.format(tmp=tmp_path, port=free_port(), filestore=filestore) for a in args]
     if case == "mlflow missing":
         monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+    if case == "W&B online without a login":
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc: no login
+    else:
+        monkeypatch.setenv("WANDB_MODE", "offline")
     start = time.perf_counter()
     res = sweep_main("--betas", "1", *args, "--storage", str(tmp_path / "results"))
     assert time.perf_counter() - start < 30
     assert res.returncode == 2 and message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
-    assert not (tmp_path / "results").exists() and not (tmp_path / "mlruns").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old-mlruns"]  # nothing written
+
+
+def test_best_beta_logs_to_a_folder_as_a_sqlite_store_in_it_and_writes_nothing_elsewhere(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """MLflow 3 refuses a folder as its file store: --mlflow FOLDER keeps the runs in FOLDER/mlflow.db, the artifacts in
+    FOLDER/artifacts, and says so in one line; W&B's run, its staging and logs go beside the analysis."""
+    from mlflow.tracking import MlflowClient
+
+    from alliter.analyse.command import main as best_beta_main
+    from helpers import varied_groups, write_trial
+
+    import random
+
+    rng = random.Random(5)
+    for beta in (0.0, 10.0):
+        write_trial(tmp_path / "sweep" / f"beta={beta:g}_x", beta, varied_groups(rng, 20, 2))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    assert best_beta_main([str(tmp_path / "sweep"), "--mlflow", "runs", "--wandb", "p", "--json"]) == 0
+    out = capsys.readouterr()
+    assert f"mlflow: --mlflow runs is a folder, and MLflow 3 keeps runs in a database: they go to sqlite:///{tmp_path}" \
+        in out.err
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sweep")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert float(run.data.params["choice.beta"]) == json.loads(out.out)["choice"]["beta"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"report.html", "summary.csv"}
+    assert (tmp_path / "runs" / "artifacts").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "sweep"]  # no ./mlruns, no ./wandb, nothing in $HOME
+    assert list((tmp_path / "sweep" / "analysis" / "wandb").glob("offline-run-*"))

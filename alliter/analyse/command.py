@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for flag, needs in (("mlflow_experiment", "mlflow"), ("wandb_group", "wandb")):
             if getattr(args, flag) and not getattr(args, needs):
                 raise AlliterError(f"--{flag.replace('_', '-')} needs --{needs}")
-        tracking = trackers.check_trackers({"mlflow": args.mlflow, "wandb": args.wandb})  # before anything runs
+        tracking = trackers.check_trackers({"mlflow": args.mlflow, "wandb": args.wandb,  # before anything runs
+                                            "wandb_group": args.wandb_group})
         if args.export:
             export.check_out_dir(Path(args.export))  # before anything runs
             at = export.parse_point(args.export_at) if args.export_at else None
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.wandb:
         stories = report.point_stories(result, result.best_point["value"], result.best_point["generations"])[1] \
             if result.best_point else []
-        trackers.log_choice_wandb(args.wandb, args.wandb_group or name, result, written, stories)
+        trackers.log_choice_wandb(args.wandb, args.wandb_group or name, result, out, written, stories)
     print(report.table(result), file=say)
     print("\n" + report.reason(result), file=say)
     print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)
