@@ -43,7 +43,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
     """The one error handler of every command's main(argv): an AlliterError is its line on stderr and exit status 2,
-    with no traceback."""
+    with no traceback; a Ctrl-C that the command does not handle itself (a sweep and a study say how to go on) is
+    exit status 130, with no traceback either."""
 
     @functools.wraps(main)
     def handled(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +53,9 @@ def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[s
         except AlliterError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
 
     return handled
 
@@ -62,6 +66,9 @@ def run(main: Callable[[], int]) -> NoReturn:
     try:
         code = main()
         sys.stdout.flush()  # here, so that a closed pipe raises inside the try and not at exit
+    except KeyboardInterrupt:  # before a command's own handler (`command`) took over: while importing it
+        print("\ninterrupted", file=sys.stderr)
+        code = 130
     except BrokenPipeError:
         # Python's recipe (docs: signal, "Note on SIGPIPE"): stdout to devnull, so the flush at exit is quiet too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

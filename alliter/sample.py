@@ -11,7 +11,6 @@ their end-of-text) with the settings the policy was trained with; the raw reward
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,12 +20,14 @@ from transformers.utils import logging as hf_logging
 
 from alliter.cli import AlliterError, ArgumentParser, command, one_line, run
 from alliter.config import MAX_EVAL_SAMPLES, MAX_SEED, TrainConfig, within
-from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, read_jsonl
+from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, json_table, read_jsonl
 from alliter.train.reward import raw_reward
 from alliter.train.model import end_ids, pick_device
 from alliter.train.preflight import check_model_files, check_prompt
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
 from alliter.train.snapshots import list_snapshots, load_snapshot, snapshot_at
+
+GENERATION_CONFIG = "generation_config.json"  # the sampling an exported folder carries (transformers' file)
 
 
 def load_exported(folder: Path, device: torch.device) -> tuple[Any, Any, dict[str, Any], str]:
@@ -36,13 +37,13 @@ def load_exported(folder: Path, device: torch.device) -> tuple[Any, Any, dict[st
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_files(folder)  # a config and readable weights, said in one line
+    info = json_table(folder / EXPORT_INFO_FILE) or {}  # the export's card, machine-readable: damaged is one line
+    json_table(folder / GENERATION_CONFIG)  # the library would ignore a damaged one, and sample with its defaults
     try:
         model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, SafetensorError) as err:
         raise AlliterError(f"cannot load a model from {folder}: {one_line(err)}") from None
-    info_path = folder / EXPORT_INFO_FILE
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     gen = model.generation_config
     settings = {
         "prompt": info.get("prompt", TrainConfig.prompt),
@@ -50,16 +51,18 @@ def load_exported(folder: Path, device: torch.device) -> tuple[Any, Any, dict[st
         "temperature": gen.temperature if gen.temperature is not None else TrainConfig.temperature,
         "max_length": gen.max_length if gen.max_length is not None else TrainConfig.max_length,
     }
-    what = f"beta={info['beta']:g} at {info['generations']} generations (trial {info['trial']})" if info else str(folder)
+    known = all(isinstance(info.get(k), (int, float)) for k in ("beta", "generations")) and "trial" in info
+    what = f"beta={info['beta']:g} at {info['generations']} generations (trial {info['trial']})" if known else str(folder)
     return model, tokenizer, settings, what
 
 
 def load_trial(folder: Path, generations: int, device: torch.device) -> tuple[Any, Any, dict[str, Any], str]:
     """(model, tokenizer, sampling settings, what it is) of a trial folder at a snapshot (the nearest earlier
     one when there is none at `generations`, said on stderr)."""
-    if not (folder / CONFIG_FILE).is_file():
+    config = json_table(folder / CONFIG_FILE)
+    if config is None:
         raise AlliterError(f"{folder} is not a trial folder (no {CONFIG_FILE})")
-    cfg = TrainConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+    cfg = TrainConfig.from_dict(config)
     rows = read_jsonl(folder / METRICS_FILE)
     done = max((int(r["generations"]) for r in rows if "generations" in r), default=max(list_snapshots(folder) or [0]))
     used, note = snapshot_at(folder, generations, done)
@@ -68,6 +71,16 @@ def load_trial(folder: Path, generations: int, device: torch.device) -> tuple[An
     model, tokenizer = load_snapshot(folder, used, device)
     settings = {"prompt": cfg.prompt_list[0], "top_k": cfg.top_k, "temperature": cfg.temperature, "max_length": cfg.max_length}
     return model, tokenizer, settings, f"beta={cfg.beta:g} at {used} generations (trial {folder})"
+
+
+def check_sampling(settings: dict[str, Any], source: str) -> None:
+    """The sampling settings a folder gives (or --max-length) within the bounds a trial's are (TrainConfig's): a
+    generation_config.json with temperature 0 would sample greedily where the policy never did."""
+    try:
+        TrainConfig(top_k=settings["top_k"], temperature=float(settings["temperature"]),
+                    max_length=settings["max_length"]).validate()
+    except (AlliterError, TypeError, ValueError) as err:
+        raise AlliterError(f"the sampling settings of {source}: {err}") from None
 
 
 def stories(model: Any, tokenizer: Any, settings: dict[str, Any], n: int, seed: int, fast: bool = True) -> list[str]:
@@ -92,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=5, help="stories to print (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     parser.add_argument("--prompt", help="the prompt (default: the one the policy was trained on)")
+    parser.add_argument("--max-length", type=int, help="tokens per story, prompt included (default: the trained policy's)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     args = parser.parse_args(argv)
     folder = Path(args.dir)
@@ -110,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, tokenizer, settings, what = load_exported(folder, device)
     if args.prompt is not None:
         settings["prompt"] = args.prompt
+    if args.max_length is not None:
+        settings["max_length"] = args.max_length
+    source = folder / (GENERATION_CONFIG if args.generations is None else CONFIG_FILE)
+    check_sampling(settings, f"{source}{' and --max-length' if args.max_length is not None else ''}")
     texts = stories(model, tokenizer, settings, args.n, args.seed)
     print(f"{what}: top-k {settings['top_k']}, temperature {settings['temperature']:g}, "
           f"max length {settings['max_length']} tokens, seed {args.seed}\n")

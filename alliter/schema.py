@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from alliter.cli import AlliterError
+
 # a trial's files
 CONFIG_FILE = "config.json"
 GENERATIONS_FILE = "generations.jsonl"
@@ -128,6 +130,17 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def json_table(path: Path) -> dict[str, Any] | None:
+    """A JSON file's table, None when it is not there; AlliterError in one line when it is there but damaged (a file
+    a command cannot go on without: a trial's config, an export's card)."""
+    if not path.exists():
+        return None
+    value = read_json(path)
+    if value is None:
+        raise AlliterError(f"{path} is damaged (not a JSON table); restore it, or write it again")
+    return value
 
 
 def stop_record(stopped: str, why: str, generations: int | None) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,9 +51,18 @@ def broken_models(tmp_path_factory, bundled_model) -> dict[str, Path]:
     (root / "big.txt").write_text("\n".join(f"Once upon a time {i}" for i in range(244_445)) + "\n")  # 5.6 MB
     (root / "prompts.txt").write_text("\ufeffOnce upon a time\nThe dog\n")  # with a byte-order mark
     (root / "text_reward.py").write_text("def score(texts):\n    return ['1'] * len(texts)\n")
+    for name, file, text in (("damaged_card", "alliter.json", "{not json"),
+                             ("damaged_sampling", "generation_config.json", "{not json"),
+                             ("greedy", "generation_config.json", '{"temperature": 0, "top_k": 50, "max_length": 100}')):
+        shutil.copytree(bundled_model, root / name)
+        (root / name / file).write_text(text)
+    (root / "damaged_trial" / "snapshots").mkdir(parents=True)
+    (root / "damaged_trial" / "config.json").write_text("{not json")
     return {"garbage": garbage, "empty": root / "empty", "weightless": weightless, "noise": noise,
             "untokenized": untokenized, "big": root / "big.txt", "prompts": root / "prompts.txt",
-            "text_reward": root / "text_reward.py"}
+            "text_reward": root / "text_reward.py", "damaged_card": root / "damaged_card",
+            "damaged_sampling": root / "damaged_sampling", "greedy": root / "greedy",
+            "damaged_trial": root / "damaged_trial"}
 
 
 TOO_LARGE = "99999999999999999999"
@@ -342,6 +352,18 @@ OTHER_CASES = {
     "sample: a billion stories": ("sample", ["{bundled}", "--n", "1000000000"], "n must be an integer >= 1 and <= 1000"),
     "sample: a seed past 2**32": ("sample", ["{bundled}", "--seed", TOO_LARGE], "seed must be an integer >= 0 and <="),
     "sample: an unknown device": ("sample", ["{bundled}", "--device", "tpu"], "device must be auto, cpu or cuda"),
+    "sample: an export's damaged card": ("sample", ["{damaged_card}"], "alliter.json is damaged (not a JSON table)"),
+    "sample: a damaged generation_config.json": ("sample", ["{damaged_sampling}"],
+                                                 "generation_config.json is damaged (not a JSON table)"),
+    "sample: temperature 0 in generation_config.json": ("sample", ["{greedy}"], "the sampling settings of "),
+    "sample: a trial's damaged config.json": ("sample", ["{damaged_trial}", "--generations", "10"],
+                                              "config.json is damaged (not a JSON table)"),
+    "sample: a prompt longer than --max-length": ("sample", ["{bundled}", "--max-length", "3"],
+                                                  "max_length 3 leaves none to generate; pass a larger --max-length"),
+    "train: AdamW's epsilon with SGD": ("train", ["--adam-epsilon", "1e-6", "--out", "{out}"],
+                                        "--adam-epsilon does nothing here"),
+    "train: weight decay 1e6": ("train", ["--optimizer", "adamw", "--weight-decay", "1e6", "--out", "{out}"],
+                                "lr x weight_decay must be <= 0.01"),
     "best_beta: a file": ("best_beta", ["{file}"], "is a file, not a sweep folder"),
     "best_beta: export to a 0-byte file": ("best_beta", ["{out}", "--export", "{file}"],
                                           "is a file, not a folder; nothing was written"),
@@ -362,6 +384,20 @@ def test_train_sample_and_best_beta_are_one_line_and_create_nothing(case, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"] and not (tmp_path / "a-file").read_bytes()
+
+
+def test_a_ctrl_c_is_exit_130_without_a_traceback(bundled_model):
+    """A command interrupted at its work (sample here; every command's main has the same handler, alliter.cli.command;
+    train, sweep and study say how to go on: their own tests)."""
+    code = ("import sys; from alliter.cli import run; from alliter.sample import main; print('ready', flush=True); "
+            "run(lambda: main(sys.argv[1:]))")
+    child = subprocess.Popen([sys.executable, "-c", code, str(bundled_model), "--n", "1000"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    time.sleep(1.0)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "Traceback" not in err and err.strip().endswith("interrupted"), err[-2000:]
 
 
 def test_what_a_careless_user_gives_that_can_be_taken_is_taken_as_meant(tmp_path, broken_models):
