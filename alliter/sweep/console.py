@@ -1,23 +1,31 @@
-"""The console a person watches while a sweep runs: one line per trial, at most 100 columns, with the figures that
-matter (the knob's value, the seed, generations done of all, the latest evaluation: its generations, alliteration,
-distinct-2 as a share of the unmodified model's and fluency gap; the verdict so far), under a header. On a terminal the lines are redrawn in
-place; piped into a file or another program, a trial's line is printed when something but its generation counter
-changes (a new evaluation, a verdict, its state), and every line once at the end. The full table stays in each trial's
-metrics.jsonl and TensorBoard. A Ray Tune ProgressReporter, so the grids, the search and the study show the same."""
+"""The console a person watches while a sweep runs: one line per trial under a header, with the figures that matter
+(the knob's value, the seed, generations done of all, the latest evaluation: its generations, alliteration, distinct-2
+as a share of the unmodified model's and fluency gap; the verdict so far). On a terminal the lines fit its width (the
+least needed columns go first where it is narrower than 100) and are redrawn in place, unless something else wrote to
+it since the last draw (Ray's log lines, a warning): then the table is drawn again below, not over them. Piped into a
+file or another program, the lines are 100 columns at most, and a trial's line is printed when something but its
+generation counter changes (a new evaluation, a verdict, its state), and every line once at the end. The full table
+stays in each trial's metrics.jsonl and TensorBoard. A Ray Tune ProgressReporter, so the grids, the search and the
+study show the same."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
 import time
 from typing import Any, TextIO
 
 from ray import tune
 
-WIDTH = 100
+WIDTH = 100  # a piped console's lines, and a terminal's at most
 STATES = {"PENDING": "waiting", "RUNNING": "running", "PAUSED": "paused", "TERMINATED": "done", "ERROR": "error"}
 
-
 COLUMNS = ("generations", "state", "point", "alliteration", "distinct-2", "fluency")  # after the value (and seed)
+# where a terminal is narrower than the table: the headers shortened, then these columns left out, in this order (the
+# value and the verdict stay)
+SHORT = {"generations": "gens", "alliteration": "allit", "distinct-2": "d-2", "beta now": "now"}
+DROPPED_FIRST = ("point", "fluency", "state", "distinct-2", "beta now", "alliteration", "generations", "seed")
 
 
 def _number(value: Any) -> float | None:
@@ -45,16 +53,47 @@ def trial_cells(trial: Any, seeds: bool, targets: bool) -> list[str]:
     return cells
 
 
-def table_lines(trials: list, seeds: bool) -> list[str]:
-    """The header and a line per trial, each at most WIDTH columns."""
+def table_lines(trials: list, seeds: bool, width: int = WIDTH) -> list[str]:
+    """The header and a line per trial, each at most `width` columns: the columns of DROPPED_FIRST left out, in
+    order, until the table fits, and what still does not fit cut."""
     targets = any(t.config.get("kl_target") is not None for t in trials)
     header = ["target" if targets else "beta", *(["beta now"] if targets else []), *(["seed"] if seeds else []),
               *COLUMNS, "verdict"]
-    rows = [trial_cells(t, seeds, targets) for t in sorted(trials, key=order)]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    left = {0, header.index("state"), len(header) - 1}  # text left, numbers right
-    return [(" ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             .rstrip()[:WIDTH]) for row in [header, *rows]]
+    rows = [header, *(trial_cells(t, seeds, targets) for t in sorted(trials, key=order))]
+    lines = _aligned(rows)
+    for name in DROPPED_FIRST:
+        if max(len(line) for line in lines) <= width:
+            break
+        i = header.index(name) if name in header else None
+        if i is not None:
+            header = header[:i] + header[i + 1:]
+            rows = [row[:i] + row[i + 1:] for row in rows[1:]]
+            rows = [header, *rows]
+        lines = _aligned([[SHORT.get(h, h) for h in header], *rows[1:]])
+    return [line[:width] for line in lines]
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    header = rows[0]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    left = {0, len(header) - 1} | ({header.index("state")} if "state" in header else set())  # text left, numbers right
+    return [" ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            .rstrip() for row in rows]
+
+
+class _Watched:
+    """sys.stdout or sys.stderr, passed through, telling the console when something else wrote to the terminal."""
+
+    def __init__(self, inner: TextIO, console: "Console"):
+        self._inner, self._console = inner, console
+
+    def write(self, text: str) -> int:
+        if text:
+            self._console.overwritten = True
+        return self._inner.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class Console(tune.ProgressReporter):
@@ -65,9 +104,17 @@ class Console(tune.ProgressReporter):
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.refresh_seconds = refresh_seconds
+        self.overwritten = False  # something else wrote to the terminal since the last draw
         self._drawn = 0  # lines drawn last time (a terminal's redraw moves up over them)
         self._last = 0.0
-        self._printed: dict[str, str] = {}  # trial id -> its last printed change (piped)
+        self._printed: dict[str, tuple] = {}  # trial id -> its last printed change (piped)
+        self._watching: list[tuple[Any, str, Any]] = []
+
+    def width(self) -> int:
+        """A terminal's columns (WIDTH at most: a line then never wraps), else WIDTH."""
+        if not self.tty:
+            return WIDTH
+        return max(10, min(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns - 1))
 
     def should_report(self, trials: list, done: bool = False) -> bool:
         if done:
@@ -78,25 +125,51 @@ class Console(tune.ProgressReporter):
 
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
         self._last = time.monotonic()
-        header, *lines = table_lines(trials, self.seeds)
+        header, *lines = table_lines(trials, self.seeds, self.width())
         if self.tty:
-            up = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+            self._watch()
+            up = f"\x1b[{self._drawn}F\x1b[J" if self._drawn and not self.overwritten else ""
             self.stream.write(up + "\n".join([header, *lines]) + "\n")
-            self._drawn = len(lines) + 1
-        else:
-            if not self._printed:
-                self.stream.write(header + "\n")
-            for trial, line in zip(sorted(trials, key=order), lines):
-                if done or self._printed.get(trial.trial_id) != _change(trial):
-                    self.stream.write(line + "\n")
-                    self._printed[trial.trial_id] = _change(trial)
+            self.stream.flush()
+            self._drawn, self.overwritten = len(lines) + 1, False
+            if done:
+                self._unwatch()
+            return
+        if not self._printed:
+            self.stream.write(header + "\n")
+        for trial, line in zip(sorted(trials, key=order), lines):
+            if done or self._printed.get(trial.trial_id) != _change(trial):
+                self.stream.write(line + "\n")
+                self._printed[trial.trial_id] = _change(trial)
         self.stream.flush()
+
+    def _watch(self) -> None:
+        """From the first draw on a terminal: whatever else writes to it (print, Ray's worker logs, a logging handler
+        of stdout or stderr) marks the table overwritten, so the next draw goes below instead of up over it."""
+        if self._watching:
+            return
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            self._watching.append((sys, name, stream))
+            setattr(sys, name, _Watched(stream, self))
+        loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(v, logging.Logger))]
+        for handler in {h for lg in loggers for h in lg.handlers if isinstance(h, logging.StreamHandler)}:
+            if handler.stream in (self._watching[0][2], self._watching[1][2]):
+                self._watching.append((handler, "stream", handler.stream))
+                handler.stream = _Watched(handler.stream, self)
+
+    def _unwatch(self) -> None:
+        for owner, name, stream in reversed(self._watching):
+            setattr(owner, name, stream)
+        self._watching = []
 
 
 def _change(trial: Any) -> tuple:
-    """What of a trial counts as a change when piped: all but its generation counter."""
+    """What of a trial counts as a change when piped: all but its generation counter (NaN, a kept trial's failed_at,
+    reads as None: NaN equals nothing, not even itself)."""
     r = trial.last_result or {}
-    return trial.status, r.get("point"), r.get("verdict"), r.get("failed_at")
+    return trial.status, _number(r.get("point")), r.get("verdict"), _number(r.get("failed_at"))
 
 
 def order(trial: Any) -> tuple:

@@ -641,13 +641,18 @@ def trial_cause(result: Any) -> str:
 def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Outcome:
     """Print the trials' table, the figures and what to run next; keep the figures in sweep.json."""
     df = results.get_dataframe()
-    names = {"config/kl_target": "target", "config/beta": "beta", "config/seed": "seed", "generations": "generations",
-             "point_alliteration": "alliteration", "diversity_kept": "distinct-2 kept", "fluency_gap": "fluency",
-             "kl_penalty_mean": "kl_penalty", "verdict": "verdict"}  # at the last report: 100 columns at most
-    cols = [c for c in names if c in df.columns and (c != "config/kl_target" or df[c].notna().any())]
+    targets = "config/kl_target" in df.columns and df["config/kl_target"].notna().any()
+    # at the last report, in the console's units: 100 columns at most (a KL-target trial: its start and its beta now)
+    shown = {"config/kl_target": ("target", "{:g}"), "config/beta": ("start beta" if targets else "beta", "{:g}"),
+             "beta": ("beta now", "{:.3g}"), "config/seed": ("seed", "{:.0f}"), "generations": ("generations", "{:.0f}"),
+             "point_alliteration": ("alliteration", "{:.1f}"), "diversity_kept": ("distinct-2 kept", "{:.0%}"),
+             "fluency_gap": ("fluency", "{:+.2f}"), "kl_penalty_mean": ("kl_penalty", "{:.3g}"), "verdict": ("verdict", "{}")}
+    cols = [c for c in shown if c in df.columns and (targets or c not in ("config/kl_target", "beta"))]
     if cols:
-        print(df[cols].rename(columns=names).sort_values([names[c] for c in cols[:2]])
-              .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        table = df[cols].sort_values(cols[:2])
+        for c in cols:
+            table[c] = [shown[c][1].format(v) if not (isinstance(v, float) and math.isnan(v)) else "-" for v in table[c]]
+        print(table.rename(columns={c: shown[c][0] for c in cols}).to_string(index=False))
     errors = [r for r in results if r.error]
     # Tune's saved state tells an interrupted sweep: trials still RUNNING or PENDING, or a search not ended
     unfinished = sum(t["status"] not in ("TERMINATED", "ERROR") for t in store.sweep_trials(plan.exp_path) or [])
