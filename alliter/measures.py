@@ -5,6 +5,7 @@ the model card and the trackers. Torch-free and pandas-free: the trainer, the ev
 
 from __future__ import annotations
 
+import gzip
 import math
 import re
 from collections import Counter
@@ -85,11 +86,13 @@ def group_measures(texts: Sequence[str], bleu: Any = None) -> dict[str, float]:
     }
 
 
-def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None) -> dict[str, float]:
+def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None,
+                   base_texts: Sequence[str] | None = None) -> dict[str, float]:
     """The measures of an evaluation (alliter.train.evaluate's stories, in sample order): alliteration (mean raw
     reward), the diversity measures (`group_measures` per group of `group_size`, then their mean; with a `bleu()`,
     self-BLEU too), repeated 4-grams per text, fluency (the unmodified model's mean token cross-entropy, story by
-    story, then the mean) and the per-token KL estimate (CE_ref - CE_policy, which can be negative)."""
+    story, then the mean), the per-token KL estimate (CE_ref - CE_policy, which can be negative), and the measures of
+    the stories together against the unmodified model's (`base_texts`, its evaluation's: `pooled_measures`)."""
     texts = [s["text"] for s in stories]
     groups = groups_of(texts, group_size)
     n = len(stories)
@@ -107,20 +110,29 @@ def point_measures(stories: Sequence[dict], group_size: int, bleu: Any = None) -
         "kl": mean(s["ce_ref"] - s["ce_policy"] for s in stories),
         "new_tokens": mean(s["new_tokens"] for s in stories),
         "samples": float(n),
+        **pooled_measures(texts, base_texts),
     }
 
 
 def evaluation_measures(stories: Iterable[dict], group_size: int, bleu: Any = None) -> list[dict[str, float]]:
     """The measures of each evaluation among `stories` (rows of an evaluations.jsonl: "generations", "sample", ...),
-    one point per generations, in order: the trainer's points and best_beta's alike."""
+    one point per generations, in order, each against the first (the unmodified model's): the trainer's points and
+    best_beta's alike."""
     by_point: dict[int, list[dict]] = {}
     for story in stories:
         by_point.setdefault(int(story["generations"]), []).append(story)
-    return [{"generations": g, **point_measures(sorted(s, key=lambda x: x["sample"]), group_size, bleu)}
-            for g, s in sorted(by_point.items())]
+    points = [sorted(s, key=lambda x: x["sample"]) for _, s in sorted(by_point.items())]
+    base = [s["text"] for s in points[0]] if points else []
+    return [{"generations": g, **point_measures(s, group_size, bleu, base)} for g, s in zip(sorted(by_point), points)]
 
+
+# --- measures of a point's stories together (a reader sees one word in every story; a group's measures do not) ---
 
 OVERUSE_MIN_RATE = 0.2  # a word counts as over-used only if a point uses it at least once in 5 stories
+OVERUSE_MIN_LETTERS = 4  # ... and it has at least 4 letters ("the", "and", "a" shift with any style)
+OVERUSE_PSEUDO_USES = 3  # added to the unmodified model's uses of every word (Laplace smoothing), so that no ratio
+# rests on a base of 0, 1 or 2 uses: the unmodified bundled model against itself, 21 evaluation seeds of 50 stories
+# each, every pair: up to 12x with 1 added, at most 4.0x with 3 (README, "What kept means")
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
@@ -129,19 +141,66 @@ def word_counts(texts: Sequence[str]) -> Counter:
     return Counter(w for t in texts for w in WORD.findall(t.lower()))
 
 
-def overused_words(texts: Sequence[str], base_texts: Sequence[str], top: int = 5) -> list[list]:
-    """The words the texts use more often than `base_texts` (the unmodified model's) do, most over-used first:
-    (word, uses per text, times the base's rate), for words used at least OVERUSE_MIN_RATE per text. A word the base
-    never used counts as used once there: "tall" 12 times in 60 stories and never before is 12x."""
+def overused_words(texts: Sequence[str], base_texts: Sequence[str], top: int | None = 5) -> list[list]:
+    """The words of OVERUSE_MIN_LETTERS letters or more that the texts use more often than `base_texts` (the
+    unmodified model's stories) do, most over-used first: [word, uses per text, times the base's rate, uses, the
+    base's uses], for words used at least OVERUSE_MIN_RATE per text; the base's uses of a word are smoothed by
+    OVERUSE_PSEUDO_USES ("tree" 150 times in 50 stories, 9 times in the base's 50: 12.5x; "trip" 12 times, never in
+    the base: 4x)."""
     counts, base = word_counts(texts), word_counts(base_texts)
     n, n0 = max(len(texts), 1), max(len(base_texts), 1)
-    rows = [[w, c / n, (c / n) / (max(base[w], 1) / n0)] for w, c in counts.items() if c / n >= OVERUSE_MIN_RATE]
+    rows = [[w, c / n, (c / n) / ((base[w] + OVERUSE_PSEUDO_USES) / n0), c, base[w]] for w, c in counts.items()
+            if len(w) >= OVERUSE_MIN_LETTERS and c / n >= OVERUSE_MIN_RATE]
     return sorted((r for r in rows if r[2] > 1), key=lambda r: (-r[2], r[0]))[:top]  # lists: as JSON keeps them
 
 
-def overuse_text(words: list[list]) -> str:
-    """`"tree" 3.6 a story (27x)`, ...: how a report and a model card say over_used words."""
-    return ", ".join(f'"{w}" {rate:.2g} a story ({ratio:.0f}x)' for w, rate, ratio in words) or "none"
+def top_overuse(texts: Sequence[str], base_texts: Sequence[str]) -> float:
+    """How many times as often as the unmodified model the texts use their most over-used word (overused_words); 1
+    when they over-use none."""
+    words = overused_words(texts, base_texts, top=1)
+    return words[0][2] if words else 1.0
+
+
+def word_js(texts: Sequence[str], base_texts: Sequence[str]) -> float:
+    """The Jensen-Shannon divergence, in bits, between the word distributions (every word) of the texts and of the
+    base's: 0 for the same distribution, 1 for no word in common. Each is compared with the mixture of the two,
+    which holds every word of either: no smoothing is needed. 50 stories against 50 others of the same model sit
+    near 0.15 bits (sampling alone)."""
+    p, q = word_counts(texts), word_counts(base_texts)
+    np_, nq = sum(p.values()), sum(q.values())
+    if not np_ or not nq:
+        return math.nan
+    total = 0.0
+    for w in p.keys() | q.keys():
+        a, b = p[w] / np_, q[w] / nq
+        m = (a + b) / 2
+        total += (a * math.log2(a / m) if a else 0.0) + (b * math.log2(b / m) if b else 0.0)
+    return total / 2
+
+
+def compression_ratio(texts: Sequence[str]) -> float:
+    """The texts' bytes over their gzip-compressed bytes, all of a point's stories together: 3.2 for the unmodified
+    bundled model's 50 stories, 45 for a collapsed policy's (repeats compress)."""
+    raw = "\n".join(texts).encode()
+    return len(raw) / len(gzip.compress(raw, mtime=0)) if raw else math.nan
+
+
+def pooled_measures(texts: Sequence[str], base_texts: Sequence[str] | None = None) -> dict[str, float]:
+    """The measures of all of a point's stories together, against the unmodified model's (`base_texts`; None: the
+    point's own, the unmodified model's point itself): its most over-used word's ratio, the divergence of its word
+    distribution, the compression ratio and distinct-2 of the stories pooled."""
+    base = texts if base_texts is None else base_texts
+    return {"top_overuse": top_overuse(texts, base), "word_js": word_js(texts, base),
+            "compression": compression_ratio(texts), "pooled_distinct_2": distinct_n(texts, 2)}
+
+
+def overuse_text(words: list[list], stories: int | None = None) -> str:
+    """`"tree" 3 a story (12x; 150 uses against 9)`, ...: how a report and a model card say over-used words, those
+    used at least twice as often as by the unmodified model (`stories`: how many of its stories the uses are of)."""
+    shown = [w for w in words if w[2] >= 2]
+    of = f" in {stories} of its stories" if stories else ""
+    return ", ".join(f'"{w[0]}" {w[1]:.2g} a story ({w[2]:.0f}x' + (f"; {w[3]} uses against {w[4]}{of})" if len(w) > 3
+                                                                  else ")") for w in shown) or "none (no word 2x or more)"
 
 
 # --- the registry: every measure of a point, named once -----------------------------------------------------------
@@ -185,6 +244,13 @@ MEASURES = (
             "fluency: mean token cross-entropy of the stories under the unmodified model (nats)"),
     Measure("kl", None, "KL per token", "KL estimate per token (CE unmodified - CE this model, on its stories)"),
     Measure("new_tokens", "mean_new_tokens", "new tokens"),
+    Measure("top_overuse", None, "most over-used word (x)",
+            "most over-used word: how many times as often as the unmodified model the stories use their most over-used "
+            "word of 4+ letters (used in at least 1 of 5 stories)"),
+    Measure("word_js", None, "word JS (bits)",
+            "Jensen-Shannon divergence of the stories' word distribution from the unmodified model's (bits)"),
+    Measure("compression", None, "gzip ratio", "compression ratio of all the stories together (gzip)"),
+    Measure("pooled_distinct_2", None, "pooled distinct-2", "distinct-2 of all the stories together"),
 )
 BY_NAME = {m.name: m for m in MEASURES}
 POINT_MEASURES = tuple(m.name for m in MEASURES)

@@ -8,8 +8,13 @@ unmodified model's:
   of the unmodified model's;
 - *degenerate* (non-words): its diversity holds, but its fluency, the unmodified model's mean token
   cross-entropy of its stories, is more than `fluency_margin` nats above the unmodified model's own stories';
+- *narrowed* (one topic): its stories read as fluent and as varied within a group, but together they use one word
+  of 4+ letters more than `max_overuse` times as often as the unmodified model's stories do (alliter.measures'
+  top_overuse: "the tree" in most stories);
 - *kept* otherwise.
-Non-words are all distinct, so distinct-n alone calls gibberish diverse: the fluency check is what catches it.
+Non-words are all distinct, so distinct-n alone calls gibberish diverse: the fluency check is what catches it. A
+story about a tree has few repeated pairs, and 50 stories about trees share a word, not pairs: distinct-n, measured
+inside a group, calls a one-topic policy as varied as the unmodified model, and the over-use check is what catches it.
 
 A trial has failed at its first point that is not kept, and stays failed. A point is *stable* when it is kept and
 so is the trial's next evaluated point: the best point is chosen among stable points only, so it is never the last
@@ -37,10 +42,12 @@ from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.config import DEFAULT_WINDOW
 
-KEPT, COLLAPSED, DEGENERATE = "kept", "collapsed", "degenerate"
+KEPT, COLLAPSED, DEGENERATE, NARROWED = "kept", "collapsed", "degenerate", "narrowed"
+FAILED = (COLLAPSED, DEGENERATE, NARROWED)
 DEFAULT_MEASURE = "distinct_2"
 DEFAULT_SHARE = 0.8
 DEFAULT_FLUENCY_MARGIN = 0.3
+DEFAULT_MAX_OVERUSE = 5.0
 
 # a training group's column -> the point measure it stands for (training points, the fallback)
 TRAINING_MEASURES = {m.group: m.name for m in M.MEASURES if m.group}
@@ -70,7 +77,7 @@ class Judgement:
     diversity_kept: list[float]
     fluency_gap: list[float]
     failed_at: int | None = None  # the first generation whose point is not kept
-    failed_as: str | None = None  # its verdict: collapsed or degenerate
+    failed_as: str | None = None  # its verdict: collapsed, degenerate or narrowed
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -101,6 +108,10 @@ class CollapseRule:
     fluency_margin: float = DEFAULT_FLUENCY_MARGIN
     """A point whose stories' mean token cross-entropy under the unmodified model is more than this many nats
     above the unmodified model's own stories' is degenerate (non-words); see README, "What kept means"."""
+    max_overuse: float = DEFAULT_MAX_OVERUSE
+    """A point whose stories together use a word of 4+ letters (in at least 1 of 5 stories) more than this many times
+    as often as the unmodified model's is narrowed (one topic; the unmodified model against itself reaches 4x, README,
+    "What kept means"); 0: no such check."""
     window: int = DEFAULT_WINDOW
     """Generations of a training point (trials without evaluations) and of the final window of the training
     measures in best_beta's table."""
@@ -118,18 +129,25 @@ class CollapseRule:
             raise AlliterError(f"diversity_share must be in (0, 1], got {self.diversity_share}")
         if not (math.isfinite(self.fluency_margin) and self.fluency_margin >= 0):
             raise AlliterError(f"fluency_margin must be a finite number of nats >= 0, got {self.fluency_margin}")
+        if not (math.isfinite(self.max_overuse) and (self.max_overuse == 0 or self.max_overuse > 1)):
+            raise AlliterError(f"max_overuse must be a ratio above 1 (a word used this many times as often as by the "
+                               f"unmodified model), or 0 for no check, got {self.max_overuse}")
         if self.window < 1:
             raise AlliterError(f"window must be at least 1 generation, got {self.window}")
         if not 0 <= self.max_collapse_rate < 1:
             raise AlliterError(f"max_collapse_rate must be in [0, 1), got {self.max_collapse_rate}")
 
     def judge(self, point: dict[str, Any], baseline: dict[str, Any]) -> str:
-        """kept, collapsed (diversity under the share) or degenerate (fluency over the margin)."""
+        """kept, collapsed (diversity under the share), degenerate (fluency over the margin) or narrowed (a word
+        over-used past max_overuse; a point measured before alliter had it: not judged so)."""
         d, d0 = diversity(point, self.diversity_measure), diversity(baseline, self.diversity_measure)
         if d < self.diversity_share * d0:
             return COLLAPSED
         if point["fluency"] - baseline["fluency"] > self.fluency_margin:
             return DEGENERATE
+        overuse = point.get("top_overuse")
+        if self.max_overuse and overuse is not None and not _isnan(overuse) and overuse > self.max_overuse:
+            return NARROWED
         return KEPT
 
     def judge_trial(self, points: Sequence[dict[str, Any]]) -> Judgement:
@@ -155,8 +173,10 @@ class CollapseRule:
         return bool(failed) and sum(failed) / len(failed) > self.max_collapse_rate + 1e-12
 
     def describe(self) -> str:
-        return (f"{self.diversity_measure} under {self.diversity_share:.0%} of the unmodified model's (collapsed), or "
-                f"fluency more than {self.fluency_margin:g} nats worse than its (degenerate)")
+        return (f"{self.diversity_measure} under {self.diversity_share:.0%} of the unmodified model's (collapsed), "
+                f"fluency more than {self.fluency_margin:g} nats worse than its (degenerate)"
+                + (f", or a word used more than {self.max_overuse:g}x as often as by it (narrowed)" if self.max_overuse
+                   else ""))
 
 
 def seeds_failed_at(failed_at: Sequence[float], max_collapse_rate: float) -> float:

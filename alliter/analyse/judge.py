@@ -100,7 +100,11 @@ def trial_points(trial: Trial, groups: pd.DataFrame, cfg: AnalysisConfig, bleu: 
     if len(trial.evaluations):
         return M.evaluation_measures(trial.evaluations.to_dict("records"), trial.group_size, bleu), "evaluation"
     rows = groups[groups["trial"] == trial.name].sort_values("generations").to_dict("records")
-    return training_points(rows, cfg.window), "training"
+    points = training_points(rows, cfg.window)
+    base = trial.stories(0, cfg.window)["text"].tolist()
+    for point in points if base else []:  # the window's texts together, against the first group's
+        point.update(M.pooled_measures(trial.stories(point["generations"], cfg.window)["text"].tolist(), base))
+    return points, "training"
 
 
 def point_frame(trials: list[Trial], groups: pd.DataFrame, cfg: AnalysisConfig) -> tuple[pd.DataFrame, dict[str, Judgement]]:
@@ -259,7 +263,8 @@ def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial],
     return {
         "overused": M.overused_words(texts, base),  # pooled over the value's seeds
         "knob": knob, "value": value, knob: value, "beta": beta, "generations": g, "alliteration": row["alliteration"], "diversity": row["diversity"],
-        "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "trials": int(row["trials"]),
+        "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "top_overuse": row["top_overuse"],
+        "trials": int(row["trials"]),
         "stable_trials": int(row["stable_trials"]), "next": later[0] if later else None,
         "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"],
         "source": ", ".join(sorted(set(mine["source"]))),

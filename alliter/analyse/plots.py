@@ -61,16 +61,17 @@ def _figure(width: float = 8, height: float = 4.8, rows: int = 1, cols: int = 1)
     return fig, axes
 
 
-def _legend(ax: Any, source: Any = None, title: str = BETA.legend) -> None:
+def _legend(ax: Any, source: Any = None, title: str = BETA.legend) -> Any:
     """The legend to the right of ax, with source's entries (default: ax's)."""
     handles, labels = (source or ax).get_legend_handles_labels()
-    ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9,
+                     frameon=False)
 
 
 def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
     """Per beta: its points' alliteration, diversity share and fluency gap by generations, the mean over its
     trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
-    columns = ["alliteration", "diversity_kept", "fluency_gap"]
+    columns = ["alliteration", "diversity_kept", "fluency_gap", "top_overuse"]
     curves = {}
     for beta, p in result.points.groupby(result.knob):
         curves[beta] = _mean_and_se(p.groupby("generations")[columns])
@@ -79,16 +80,17 @@ def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
 
 def plot_evaluations(result: Analysis, path: Path) -> None:
     """The points the rule judges, along training: alliteration, diversity as a share of the unmodified model's,
-    and the fluency gap, with the rule's two limits and the best point."""
+    the fluency gap and the most over-used word, with the rule's three limits and the best point."""
     cfg, s = result.cfg, result.summary
     colours = beta_colours(list(s[result.knob]))
     curves = point_curves(result)
-    fig, axes = _figure(15, 4.6, 1, 3)
+    fig, axes = _figure(13, 9, 2, 2)
     measure = MEASURE_LABELS[cfg.diversity_measure]
     panels = [("alliteration", "alliteration (mean raw reward)", "Alliteration"),
               ("diversity_kept", f"{measure}, share of the unmodified model's", f"Diversity ({measure})"),
-              ("fluency_gap", "nats over the unmodified model's own stories", "Fluency: cross-entropy under the unmodified model")]
-    for ax, (column, ylabel, title) in zip(axes[0], panels):
+              ("fluency_gap", "nats over the unmodified model's own stories", "Fluency: cross-entropy under the unmodified model"),
+              ("top_overuse", "times the unmodified model's rate", "The most over-used word (4+ letters)")]
+    for ax, (column, ylabel, title) in zip(axes.flat, panels):
         for beta, curve in curves.items():
             _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, KNOBS[result.knob].label(beta))
             ax.scatter(curve.index, curve[column], color=colours[beta], s=10)
@@ -97,20 +99,34 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
             ax.set_ylim(0, 1.25)
         if column == "fluency_gap":
             ax.axhline(cfg.fluency_margin, color="black", ls="--", lw=1, label=f"rule: +{cfg.fluency_margin:g} nats")
-        if column != "diversity_kept":  # linear near the rule's limits, logarithmic past them (collapses reach +4, 95)
+        if column == "top_overuse":
+            if cfg.max_overuse:
+                ax.axhline(cfg.max_overuse, color="black", ls="--", lw=1, label=f"rule: {cfg.max_overuse:g}x")
+            _ratio_axis(ax)
+        elif column != "diversity_kept":  # linear near the rule's limits, logarithmic past them (collapses reach +4, 95)
             _symlog(ax, 1.0 if column == "fluency_gap" else 10.0,
-                    [-0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4] if column == "fluency_gap" else [0, 2, 4, 6, 8, 10, 20, 50, 100])
+                    [-0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4] if column == "fluency_gap" else
+                    [0, 2, 4, 6, 8, 10, 20, 50, 100, 200])
         p = result.best_point
         if p is not None and p[column] is not None:
             ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["value"]], edgecolor="black",
                        zorder=5, label=f"best point: {KNOBS[result.knob].label(p['value'])}, {p['generations']} gens")
         ax.set(xlabel="generations", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-    _legend(axes[0][2], title=KNOBS[result.knob].legend)
+    _legend(axes[0][1], title=KNOBS[result.knob].legend)
     source = "evaluations" if (s["source"] == "evaluation").all() else "evaluations (training windows where a trial has none)"
     fig.suptitle(f"The points the rule judges: {source}, mean over seeds with one standard error")
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
+
+
+def _ratio_axis(ax: Any, axis: str = "y") -> None:
+    """A logarithmic axis of ratios, ticked 1x, 2x, 5x, 10x, ..."""
+    getattr(ax, f"set_{axis}scale")("log")
+    low, high = getattr(ax, f"get_{axis}lim")()
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if low <= t <= high * 1.01]
+    getattr(ax, f"set_{axis}ticks")(ticks, [f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
 
 
 def _symlog(ax: Any, linear_up_to: float, ticks: list[float]) -> None:
@@ -229,10 +245,13 @@ def plot_diversity(result: Analysis, path: Path) -> None:
 
 
 def plot_pareto(result: Analysis, path: Path) -> None:
+    """Alliteration against diversity: each value's final point against its distinct-2 (the Pareto front, the
+    choice), and every evaluated point against its most over-used word (the trade-off a reader sees: how much
+    alliteration a policy gets before its stories narrow to one word)."""
     cfg, s = result.cfg, result.summary
     colours = beta_colours(list(s[result.knob]))
     measure = MEASURE_LABELS[cfg.diversity_measure]
-    fig, axes = _figure(8, 5.5)
+    fig, axes = _figure(15, 6, 1, 2)
     ax = axes[0][0]
     threshold = s["diversity_threshold"].mean()
     ax.axhspan(0, threshold, color="red", alpha=0.07, label="collapsed (under the threshold)")
@@ -254,10 +273,33 @@ def plot_pareto(result: Analysis, path: Path) -> None:
     if result.choice is not None:
         ax.scatter(result.choice["alliteration"], result.choice["diversity"], s=380, facecolor="none",
                    edgecolor="black", lw=2, label=f"choice: {KNOBS[result.knob].label(result.choice['value'])}", zorder=5)
-    ax.set(xlabel=f"alliteration (mean raw reward, last {cfg.window} generations)",
-           ylabel=f"{measure} (last {cfg.window} generations)",
-           title=f"Alliteration against diversity, by {KNOBS[result.knob].symbol}")
+    ax.set(xlabel="alliteration (mean raw reward) at its final point", ylabel=f"{measure} at its final point",
+           title=f"Each {KNOBS[result.knob].symbol}'s final point: alliteration against {measure}")
     ax.set_ylim(0, 1.12)  # room for the labels of betas that keep all their diversity
     ax.grid(alpha=0.3)
-    _legend(ax, title=KNOBS[result.knob].legend)
+    ax = axes[0][1]
+    points = result.points[result.points["generations"] > 0]
+    for value, p in points.groupby(result.knob):
+        ax.scatter(p["alliteration"], p["top_overuse"], s=18, color=colours[value], alpha=0.8, lw=0)
+    if cfg.max_overuse:
+        ax.axhspan(cfg.max_overuse, max(cfg.max_overuse * 2, points["top_overuse"].max() * 1.2 if len(points) else 1),
+                   color="red", alpha=0.07, label=f"narrowed: a word over {cfg.max_overuse:g}x")
+        ax.axhline(cfg.max_overuse, color="black", ls="--", lw=1)
+    base = result.points[result.points["generations"] == 0]
+    ax.scatter(base["alliteration"].mean(), 1.0, marker="X", s=110, color="black", label="unmodified model", zorder=6)
+    p = result.best_point
+    if p is not None:
+        ax.scatter(p["alliteration"], p["top_overuse"], marker="*", s=260, color=colours[p["value"]],
+                   edgecolor="black", zorder=5, label=f"best point: {KNOBS[result.knob].label(p['value'])}, "
+                                                       f"{p['generations']} gens")
+    _ratio_axis(ax)
+    ax.set(xlabel="alliteration (mean raw reward) of the point's stories",
+           ylabel="its most over-used word, times the unmodified model's rate",
+           title="Every evaluated point: alliteration against its most over-used word")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9, frameon=False)  # this panel's marks, inside
+    handles, labels = axes[0][0].get_legend_handles_labels()  # the values, and the first panel's marks, on the right
+    fig.legend(handles, labels, title=KNOBS[result.knob].legend, loc="upper left", bbox_to_anchor=(1.0, 0.95),
+               fontsize=9, frameon=False)
+    fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")

@@ -16,6 +16,7 @@ from alliter.analyse.frontier import frontier_fits
 from alliter.analyse.judge import Analysis, plain
 from alliter.analyse.names import MEASURE_LABELS, reward_label
 from alliter.knob import BETA, KNOBS
+from alliter.rule import FAILED
 from alliter.analyse.plots import (
     PLOTS, plot_curve, plot_diversity, plot_evaluations, plot_frontier, plot_letters, plot_pareto,
 )
@@ -30,6 +31,7 @@ TABLE = {
     "self_bleu": "self_bleu",
     "rep_4grams": "repeated_4grams",
     "div_kept": "diversity_kept",
+    "overuse": "top_overuse",
     "fluency": "fluency_gap",
     "kl_penalty": "kl_penalty",
     "top_letters": "top_letters",
@@ -57,6 +59,7 @@ def display_frame(result: Analysis) -> pd.DataFrame:
     t[knob] = t[knob].map(lambda b: f"{b:g}")
     t["gens"] = t["gens"].map(lambda g: f"{g:.0f}")
     t["div_kept"] = t["div_kept"].map(_fmt(".0%"))
+    t["overuse"] = t["overuse"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}x")
     for col in ("alliteration", "gain", "distinct_1", "distinct_2", "unique", "self_bleu", "rep_4grams"):
         if col in t:
             t[col] = t[col].map(_fmt(".2f"))
@@ -87,8 +90,9 @@ def _table_key(result: Analysis) -> str:
     where = "its final evaluation" if evaluated else "its final point (an evaluation, else its last training window)"
     beta = ("; beta: where the controller left it, beta_range: its range along training"
             if KNOBS[result.knob] is not BETA else "")
-    return (f"\n(alliteration to fluency: each {KNOBS[result.knob].symbol} at {where}; fluency: nats over the unmodified "
-            f"model's own stories; kl_penalty: the training groups' over the last {result.cfg.window} generations{beta})")
+    return (f"\n(alliteration to fluency: each {KNOBS[result.knob].symbol} at {where}; overuse: its most over-used word, "
+            f"times the unmodified model's rate; fluency: nats over the unmodified model's own stories; kl_penalty: the "
+            f"training groups' over the last {result.cfg.window} generations{beta})")
 
 
 def _fmt(spec: str) -> Any:
@@ -109,11 +113,12 @@ def _seeds_kept(row: Any) -> str:
 
 def _failure(row: Any, measure: str, seeds: bool) -> str:
     """How a failed value failed: where, as what, and by how much at its final point."""
-    what = "degenerated (non-words)" if row.failed_as == "degenerate" else "collapsed"
+    what = {"degenerate": "degenerated (non-words)", "narrowed": "narrowed (one topic)"}.get(row.failed_as, "collapsed")
     when = (f"{what} in {row.failed_seeds} of {row.trials} seeds" if seeds
             else f"{what} at {row.failed_at:.0f} generations")
-    by = (f"fluency {row.fluency_gap:+.2f} nats over the unmodified model's" if row.failed_as == "degenerate"
-          else f"{measure} {row.diversity:.2f}, {row.diversity_kept:.0%} of the unmodified model's")
+    by = {"degenerate": f"fluency {row.fluency_gap:+.2f} nats over the unmodified model's",
+          "narrowed": f"its most over-used word {row.top_overuse:.0f}x as often as in the unmodified model's stories"
+          }.get(row.failed_as, f"{measure} {row.diversity:.2f}, {row.diversity_kept:.0%} of the unmodified model's")
     return f"{when}: {by}"
 
 
@@ -128,6 +133,7 @@ def reason(result: Analysis) -> str:
     rule = (
         f"among the {noun} whose every evaluation kept {measure} at or above {cfg.diversity_share:.0%} of the "
         f"unmodified model's and fluency within {cfg.fluency_margin:g} nats of it"
+        + (f", and over-used no word more than {cfg.max_overuse:g}x" if cfg.max_overuse else "")
         + (f", in all but {cfg.max_collapse_rate:.0%} of their seeds" if cfg.max_collapse_rate > 0 else
            ", in every seed" if seeds else "")
     )
@@ -135,7 +141,7 @@ def reason(result: Analysis) -> str:
         lines = ["choice: none - no trial has a point to judge yet (no evaluation after generation 0, no training "
                  "window)."]
     elif c is None:
-        lines = [f"choice: none - every one collapsed or degenerated ({cfg.rule().describe()}). Try "
+        lines = [f"choice: none - every one failed the rule ({cfg.rule().describe()}). Try "
                  + f"{'larger' if KNOBS[knob].safer == 'higher' else 'smaller'} {noun}, an earlier point (below), or a "
                  "looser rule."]
     else:
@@ -150,10 +156,10 @@ def reason(result: Analysis) -> str:
         if c["verdict"] == "under-optimised":
             lines.append("  It barely raised alliteration over the unmodified model: train longer"
                          + (" or with a smaller beta." if KNOBS[knob] is BETA and c["value"] > 0 else "."))
-        for other in s[s["verdict"].isin(["collapsed", "degenerate"]) & (s["alliteration"] > c["alliteration"])].itertuples():
+        for other in s[s["verdict"].isin(FAILED) & (s["alliteration"] > c["alliteration"])].itertuples():
             lines.append(f"  {name(getattr(other, knob))} reached more alliteration "
                          f"({_pm(other.alliteration, other.alliteration_se)}) but {_failure(other, measure, seeds)}.")
-        runners = s[~s["verdict"].isin(["collapsed", "degenerate", "dropped"]) & ~s["chosen"]]
+        runners = s[~s["verdict"].isin([*FAILED, "dropped"]) & ~s["chosen"]]
         runners = runners.sort_values("alliteration", ascending=False)
         if seeds and len(runners):
             r = runners.iloc[0]

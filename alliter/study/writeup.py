@@ -18,10 +18,10 @@ from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Tabl
 from alliter.analyse.judge import Analysis, analyse
 from alliter.analyse.report import write_outputs
 from alliter.knob import KNOBS
+from alliter.rule import FAILED
 from alliter.schema import read_json
 from alliter.study.run import STUDY_FILE, wall_text
 
-FAILED = ("collapsed", "degenerate")
 
 
 def _list(values: list[float]) -> str:

@@ -36,13 +36,13 @@ from alliter import storage as store
 from alliter.cli import AlliterError
 from alliter.config import TrainConfig, check_value
 from alliter.knob import BETA, KNOBS, Knob
-from alliter.rule import COLLAPSED, DEGENERATE, KEPT, CollapseRule
+from alliter.rule import FAILED, KEPT, CollapseRule
 from alliter.schema import DROPPED, SEARCH_FILE, STOP_FILE, stop_record
 from alliter.sweep.trial import trial_dirname
 
 log = logging.getLogger("alliter")
 
-JUDGED = (KEPT, COLLAPSED, DEGENERATE)  # the outcomes that are a verdict on the beta (not dropped, not errored)
+JUDGED = (KEPT, *FAILED)  # the outcomes that are a verdict on the beta (not dropped, not errored)
 EXPAND = 10.0  # the ladder's step when the bracket is open on one side
 MIN_BETA = 1e-3  # below this a beta is as good as 0: a search that keeps everything down to it stops
 

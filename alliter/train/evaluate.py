@@ -127,19 +127,19 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig, rule: CollapseRule) ->
         settings = dict(samples=samples, seed=cfg.eval_seed, group_size=cfg.group_size, max_length=cfg.max_length,
                         top_k=cfg.top_k, temperature=cfg.temperature, fast=cfg.fast, reward=load_reward(cfg.reward))
         bleu = M.bleu()
-        points = []
-        for model in (policy, reference):
-            stories = evaluate_prompts(model, reference, tokenizer, cfg.eval_prompts, eos, **settings)
-            points.append((M.point_measures(stories, cfg.group_size, bleu), stories))
+        base_stories = evaluate_prompts(reference, reference, tokenizer, cfg.eval_prompts, eos, **settings)
+        stories = evaluate_prompts(policy, reference, tokenizer, cfg.eval_prompts, eos, **settings)
     finally:
         torch.set_num_threads(threads)
-    (point, stories), (unmodified, base_stories) = points
+    base_texts = [s["text"] for s in base_stories]
+    point = M.point_measures(stories, cfg.group_size, bleu, base_texts)
+    unmodified = M.point_measures(base_stories, cfg.group_size, bleu)
     judgement = rule.judge_trial([{"generations": 0, **unmodified}, {"generations": 1, **point}])
     return {
         "samples": samples, "seed": cfg.eval_seed, "verdict": judgement.verdicts[1], "point": point,
         "unmodified": unmodified, "diversity_kept": judgement.diversity_kept[1], "fluency_gap": judgement.fluency_gap[1],
         "stories": [s["text"] for s in stories[:3]],
-        "overused": M.overused_words([s["text"] for s in stories], [s["text"] for s in base_stories]),
+        "overused": M.overused_words([s["text"] for s in stories], base_texts),
     }
 
 

@@ -20,7 +20,8 @@ from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.config import TrainConfig
 from alliter.schema import (
-    ATTEMPT_FILES, CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, REWARD_FILE, append_jsonl, read_text, write_atomic,
+    ATTEMPT_FILES, CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, REWARD_FILE, append_jsonl, read_jsonl,
+    read_text, write_atomic,
 )
 from alliter.train.evaluate import evaluate_prompts, evaluation_points
 from alliter.train.model import load_models
@@ -72,6 +73,7 @@ class Trainer:
         self.group = 0
         self.resumed_at: int | None = None
         self.points: list[dict[str, float]] = []  # the measures of each evaluation so far, in order
+        self.base_texts: list[str] = []  # the stories of the evaluation at generation 0 (the unmodified model's)
         self.eval_seconds = 0.0  # this process's time in evaluations (the sweep prints what they cost)
         self._writer: SummaryWriter | None = None
         (self.run_dir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -250,7 +252,9 @@ class Trainer:
             temperature=cfg.temperature, fast=cfg.fast, reward=self.reward,
         )
         append_jsonl(self.run_dir / EVALUATIONS_FILE, [{"generations": self.generations, **s} for s in stories])
-        point = {"generations": self.generations, **M.point_measures(stories, cfg.group_size),
+        if not self.points:  # the unmodified model's: what every later point's stories are measured against
+            self.base_texts = [s["text"] for s in stories]
+        point = {"generations": self.generations, **M.point_measures(stories, cfg.group_size, None, self.base_texts),
                  "seconds": time.perf_counter() - start}
         self.points.append(point)
         self.eval_seconds += point["seconds"]
@@ -349,6 +353,7 @@ class Trainer:
         for name in (GENERATIONS_FILE, METRICS_FILE, EVALUATIONS_FILE):
             write_atomic(self.run_dir / name, state.get(name, ""))  # a checkpoint of before evaluations: none
         self.points = evaluation_points(self.run_dir / EVALUATIONS_FILE, self.cfg.group_size)
+        self.base_texts = [s["text"] for s in read_jsonl(self.run_dir / EVALUATIONS_FILE) if s.get("generations") == 0]
         drop_snapshots_after(self.run_dir, self.generations)
 
 
