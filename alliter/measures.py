@@ -198,7 +198,7 @@ def overuse_text(words: list[list], stories: int | None = None) -> str:
     """`"tree" 3 a story (12x; 150 uses against 9)`, ...: how a report and a model card say over-used words, those
     used at least twice as often as by the unmodified model (`stories`: how many of its stories the uses are of)."""
     shown = [w for w in words if w[2] >= 2]
-    of = f" in {stories} of its stories" if stories else ""
+    of = f" in {stories} stories of the unmodified model" if stories else ""
     return ", ".join(f'"{w[0]}" {w[1]:.2g} a story ({w[2]:.0f}x' + (f"; {w[3]} uses against {w[4]}{of})" if len(w) > 3
                                                                   else ")") for w in shown) or "none (no word 2x or more)"
 

@@ -22,7 +22,8 @@ def test_overused_words_count_4_letter_words_against_the_base_with_three_uses_ad
     # "there": once a story in both, 3 base uses: (6 / 6) / ((3 + 3) / 6) = 1x: not over-used; "took" 1 / (3/6) = 2x
     assert [w[0] for w in words] == ["tree", "took"] and words[1][2] == 2.0
     assert M.top_overuse(TREE, BASE) == 8.0 and M.top_overuse(BASE, BASE) == 1.0
-    assert M.overuse_text(words) == '"tree" 4 a story (8x; 24 uses against 0), "took" 1 a story (2x; 6 uses against 0)'
+    assert M.overuse_text(words, 6) == ('"tree" 4 a story (8x; 24 uses against 0 in 6 stories of the unmodified model), '
+                                       '"took" 1 a story (2x; 6 uses against 0 in 6 stories of the unmodified model)')
 
 
 def test_a_word_used_in_fewer_than_one_story_of_five_is_not_counted():

@@ -293,8 +293,8 @@ fraction and self-BLEU are per group of {cfg.group_size} stories, then averaged.
 | --- | --- | --- |
 {rows}
 
-Words it uses more often than the unmodified model, in these stories (those used at least once in 5 stories, with
-how many times as often): {M.overuse_text(ev.get('overused', []))}.
+Words of 4+ letters it uses more often than the unmodified model, in these stories (those used at least once in 5
+stories, with how many times as often; the unmodified model's uses smoothed by 3): {M.overuse_text(ev.get('overused', []), ev['samples'])}.
 
 Three of its stories:
 

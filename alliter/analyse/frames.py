@@ -336,9 +336,22 @@ def _means(groups: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return groups.groupby(by, sort=True).agg(generations=("generations", "max"), **agg)
 
 
-def window_frame(groups: pd.DataFrame, window: int, knob: str) -> pd.DataFrame:
-    """Per (knob, window end): the training measures over the window's groups, averaged over trials of a value."""
+def window_frame(groups: pd.DataFrame, window: int, knob: str, trials: list[Trial] = ()) -> pd.DataFrame:
+    """Per (knob, window end): the training measures over the window's groups, and the measures of the window's
+    texts together against the trial's unmodified model's stories (alliter.measures.pooled_measures; its evaluation
+    at generation 0, else its first group), averaged over trials of a value."""
     tiled = groups.assign(window=(np.ceil(groups["generations"] / window) * window).astype(int))
-    per_trial = _means(tiled, [knob, "trial", "window"]).reset_index().drop(columns="trial")
-    per_value = per_trial.groupby([knob, "window"])
+    per_trial = _means(tiled, [knob, "trial", "window"]).reset_index()
+    pooled = []
+    for t in trials:
+        base = t.stories(0, window)["text"].tolist()
+        g = t.generations
+        if not base or not len(g):
+            continue
+        ends = (np.floor(g["generation"] / window) * window + window).astype(int)  # generation i is in (end - w, end]
+        pooled += [{"trial": t.name, "window": end, **M.pooled_measures(chunk["text"].tolist(), base)}
+                   for end, chunk in g.groupby(ends)]
+    if pooled:
+        per_trial = per_trial.merge(pd.DataFrame(pooled), on=["trial", "window"], how="left")
+    per_value = per_trial.drop(columns="trial").groupby([knob, "window"])
     return per_value.mean().assign(generations=per_value["generations"].max()).reset_index()

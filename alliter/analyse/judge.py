@@ -261,7 +261,7 @@ def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial],
     texts = [e for t in trials if t.name in names for e in _stories(t, g)]
     base = [e for t in trials if t.name in names for e in _stories(t, 0)]
     return {
-        "overused": M.overused_words(texts, base),  # pooled over the value's seeds
+        "overused": M.overused_words(texts, base), "stories": len(texts),  # pooled over the value's seeds
         "knob": knob, "value": value, knob: value, "beta": beta, "generations": g, "alliteration": row["alliteration"], "diversity": row["diversity"],
         "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "top_overuse": row["top_overuse"],
         "trials": int(row["trials"]),
@@ -304,7 +304,7 @@ def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
     groups, generations = group_frame(trials, cfg.diversity_measure)
     points, judgements = point_frame(trials, groups, cfg)
     knob = sweep_knob(trials)
-    windows = window_frame(groups, cfg.window, knob)
+    windows = window_frame(groups, cfg.window, knob, trials)
     summary = summary_frame(trials, groups, points, judgements, cfg)
     letters = letter_frame(trials, knob, cfg.window)
     per_value = letters[letters["row"] != UNMODIFIED].set_index(knob)

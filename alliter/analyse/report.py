@@ -176,7 +176,8 @@ def reason(result: Analysis) -> str:
         seeds_line = f" in {p['stable_trials']} of {p['trials']} seeds" if p["trials"] > 1 else ""
         fails = f"; {name(p['value'])} fails at {p['failed_at']:.0f} generations" if p["failed_at"] else ""
         at_beta = f" (its beta there: {p['beta']:.3g})" if KNOBS[knob] is not BETA else ""
-        overuse = (f" Its stories over-use {M.overuse_text(p['overused'])} against the unmodified model's."
+        overuse = (f" Its stories over-use {M.overuse_text(p['overused'], p.get('stories'))} against the unmodified "
+                   "model's (3 uses added to each word's)."
                    if p.get("overused") else "")
         lines.append(
             f"best point (the default export): {name(p['value'])} at {p['generations']} generations{at_beta}, the stable point "

@@ -37,7 +37,7 @@ CHECKPOINT_FORMAT = 1
 # the HParams dashboard's columns: the settings a sweep varies, and the evaluation measures they are judged by
 HPARAMS = ("beta", "kl_target", "seed", "recipe", "lr", "optimizer", "max_grad_norm", "normalize_advantages", "kl_loss",
            "kl_estimator", "kl_reduction", "kl_min_beta")
-HPARAM_METRICS = ("eval/alliteration", "eval/distinct_2", "eval/fluency", "eval/kl")
+HPARAM_METRICS = ("eval/alliteration", "eval/distinct_2", "eval/top_overuse", "eval/fluency", "eval/kl")
 
 
 class NonFiniteLossError(AlliterError):
