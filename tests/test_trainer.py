@@ -159,6 +159,9 @@ def test_resume_can_extend_a_finished_run(tmp_path):
         (["--beta", "inf"], "beta must be a finite number >= 0"),
         (["--group-size", "1"], "group_size must be an integer >= 2 and <= 1024, got 1 (leave-one-out needs others)"),
         (["--model", "/no/such/model/folder"], "--model PATH"),
+        (["--entropy-coef", "-1"], "entropy_coef must be a finite number >= 0 and <= 10, got -1"),
+        (["--darling-memory", "2"], "--darling-memory does nothing here: it is DARLING's, and --darling is off"),
+        (["--entropy-target", "6.5", "--entropy-coef-step", "1e-3"], "entropy_target 6.5 is not under 6.24 nats"),
     ],
 )
 def test_bad_input_is_one_line_and_deletes_nothing(tmp_path, args, message):
