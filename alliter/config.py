@@ -411,8 +411,8 @@ class TrainConfig:
         out = []
         if self.entropy_target is not None:
             out.append(f"an entropy bonus, its coefficient from {self.entropy_coef:g} moved by "
-                       f"{self.entropy_coef_step:g} a group toward an entropy of {self.entropy_target:g} nats per token "
-                       "(Skywork-OR1)")
+                       f"{self.entropy_coef_step:g} a group toward an entropy of {self.entropy_target:g} nats per "
+                       "token (Skywork-OR1)")
         elif self.entropy_coef:
             out.append(f"an entropy bonus of {self.entropy_coef:g} x the policy's token-mean entropy")
         if self.darling:

@@ -192,7 +192,8 @@ def test_each_knob_makes_the_update_its_definition_says(knobs, tmp_path, bundled
     diversity = None
     if trainer.cfg.darling:  # the partition is alliter.measures' (its own test: by hand, below)
         diversity = torch.tensor(M.darling_diversity([r["text"] for r in records], memory), dtype=torch.float64)
-        assert len(memory) == 10 * trainer.cfg.darling_memory and [r["diversity"] for r in records] == diversity.tolist()
+        assert [r["diversity"] for r in records] == diversity.tolist()
+        assert len(memory) == 10 * trainer.cfg.darling_memory
     expected, loss, norm, entropy = independent_update(before, reference, tokens, lengths, len(trainer.prompt_ids), raw,
                                                        5.0, trainer.cfg, coef, diversity)
     assert metrics["loss"] == pytest.approx(loss, rel=1e-9, abs=1e-12)

@@ -294,3 +294,29 @@ def check_remedy_metrics(knobs: dict, metrics: list[dict], records: list[dict]) 
             assert m["raw_reward_mean"] == pytest.approx(sum(r["raw_reward"] for r in group) / 10)  # the task's
     if knobs.get("ref_sync_every"):  # the reset at 20, 40, 60: the generation of the last before each group
         assert [m["ref_synced_at"] for m in metrics] == [0, 0, 20, 20, 40, 40, 60, 60]
+
+
+def test_with_reference_resets_fluency_stays_the_unmodified_model_s(tmp_path, bundled_model):
+    """Resets move the KL's reference only: the evaluations' fluency (ce_ref, what the rule and the export judge) is
+    measured under the unmodified model, which no reset touches."""
+    from transformers import AutoModelForCausalLM
+
+    from alliter.train.evaluate import evaluate_prompts
+
+    cfg = TrainConfig(beta=1.0, threads=1, max_generations=30, ref_sync_every=10, snapshot_every=30, eval_samples=5)
+    trainer = Trainer(cfg, tmp_path)
+    for _ in trainer.groups():
+        pass
+    m, cfg = trainer.m, trainer.cfg
+    unmodified = AutoModelForCausalLM.from_pretrained(bundled_model).state_dict()
+    assert all(torch.equal(v, m.original.state_dict()[k]) for k, v in unmodified.items())
+    assert trainer.ref_synced_at == 30 and not torch.equal(m.reference.lm_head.weight, m.original.lm_head.weight)
+    settings = dict(samples=5, seed=cfg.eval_seed, group_size=10, max_length=100, top_k=50, temperature=1.0,
+                    reward=trainer.reward)
+
+    def fluency(model) -> list[float]:
+        stories = evaluate_prompts(m.policy, model, m.tokenizer, cfg.eval_prompts, m.eos_ids, **settings)
+        return [s["ce_ref"] for s in stories]
+
+    written = [s["ce_ref"] for s in read_jsonl(tmp_path / "evaluations.jsonl") if s["generations"] == 30]
+    assert written == fluency(m.original) and written != fluency(m.reference)

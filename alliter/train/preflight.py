@@ -103,8 +103,8 @@ def check_entropy_target(target: float, vocabulary: int, name: str) -> None:
     most = math.log(vocabulary)
     if target >= most:
         raise AlliterError(f"entropy_target {target:g} is not under {most:.3g} nats, the entropy of the uniform "
-                           f"distribution over the {vocabulary} tokens of {name}'s vocabulary: the policy can never reach "
-                           f"it; pass a target under {most:.3g}")
+                           f"distribution over the {vocabulary} tokens of {name}'s vocabulary: the policy can never "
+                           f"reach it; pass a target under {most:.3g}")
 
 
 def check_trial(cfg: TrainConfig) -> dict[str, Any]:

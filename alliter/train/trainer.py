@@ -38,8 +38,8 @@ from alliter.train.snapshots import drop_snapshots_after, save_snapshot, write_m
 CHECKPOINT_FORMAT = 1
 # the HParams dashboard's columns: the settings a sweep varies, and the evaluation measures they are judged by
 HPARAMS = ("beta", "kl_target", "seed", "recipe", "lr", "optimizer", "max_grad_norm", "normalize_advantages", "kl_loss",
-           "kl_estimator", "kl_reduction", "kl_min_beta", "entropy_coef", "entropy_target", "entropy_coef_step", "darling",
-           "darling_memory", "ref_sync_every", "ref_sync_alpha")
+           "kl_estimator", "kl_reduction", "kl_min_beta", "entropy_coef", "entropy_target", "entropy_coef_step",
+           "darling", "darling_memory", "ref_sync_every", "ref_sync_alpha")
 HPARAM_METRICS = ("eval/alliteration", "eval/distinct_2", "eval/fluency", "eval/kl")
 
 
@@ -193,8 +193,8 @@ class Trainer:
         the group that reaches or crosses a multiple of ref_sync_every (TRL's sync at the end of a step)."""
         cfg = self.cfg
         if cfg.entropy_target is not None:
-            self.entropy_coef, self.entropy_on = entropy_controller(self.entropy_coef, entropy.item(), cfg.entropy_target,
-                                                                    cfg.entropy_coef_step)
+            self.entropy_coef, self.entropy_on = entropy_controller(self.entropy_coef, entropy.item(),
+                                                                    cfg.entropy_target, cfg.entropy_coef_step)
         if cfg.darling_memory:
             self.darling_memory.append(texts)
         every = cfg.ref_sync_every
