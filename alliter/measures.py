@@ -1,7 +1,8 @@
 """The measures of a group of texts: diversity (distinct-n, the unique fraction, self-BLEU, repetition inside a
 text), an evaluation's measures (`point_measures`; `evaluation_measures` for each point of a trial), the words a
-point over-uses, and the registry (`MEASURES`) that names each measure once for the rule, the frames, the report,
-the model card and the trackers. Torch-free and pandas-free: the trainer, the evaluation and best_beta measure alike."""
+point over-uses, DARLING's lexical partition (`darling_diversity`: --darling's reward), and the registry (`MEASURES`)
+that names each measure once for the rule, the frames, the report, the model card and the trackers. Torch-free and
+pandas-free: the trainer, the evaluation and best_beta measure alike."""
 
 from __future__ import annotations
 
