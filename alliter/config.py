@@ -58,6 +58,9 @@ MAX_SEED = 2**32 - 1
 MAX_EVAL_SAMPLES = 1000
 MAX_THREADS = 1024
 MAX_PROMPTS = 10_000
+MAX_ENTROPY_COEF = 10.0
+MAX_ENTROPY_TARGET = 15.0
+MAX_DARLING_MEMORY = 1000
 BOUNDS = {  # why no value past the upper bound can be sane
     "kl_min_beta": "the beta the controller starts at: a floor above it would jump there at the first group",
     "beta": "100x the coarse grid's largest: past it the KL term outweighs any reward a text can earn by orders of "
@@ -82,12 +85,22 @@ BOUNDS = {  # why no value past the upper bound can be sane
     "threads": "torch threads of one trial",
     "prompts": "a trial samples one prompt a group (200 groups in 2000 generations): more are never used, and the "
                "file travels to every trial",
+    "entropy_coef": "10,000x verl's default (0.001) and 2,000x Skywork-OR1's largest (0.005): past it the bonus, up to "
+                    "10 x ln(vocabulary) nats (62 on the bundled model), outweighs the policy gradient of any reward "
+                    "here and drives the policy to uniform noise",
+    "entropy_coef_step": "a step of the largest sane coefficient (10) a group",
+    "entropy_target": "nats per token: the uniform distribution over 3.3 million tokens, more than any vocabulary "
+                      "(Llama 3's 128,256: 11.8 nats)",
+    "darling_memory": "the stories of 1000 groups (10,000 at K=10), each compared with every sample of every group",
+    "ref_sync_every": "a reset past a million generations never comes",
+    "ref_sync_alpha": "past 1 the reference would overshoot the policy, away from the model it started from",
 }
 LOW_BOUNDS = {  # why no value under the lower bound can be
     "temperature": "below 0.01 sampling is greedy, and float32 logits overflow",
     "lr": "below 1e-9 a step changes no float32 weight (a weight of 0.02 resolves 2e-9)",
     "max_grad_norm": "0 is no clip; a clip under 0.001 shrinks every step to almost nothing",
     "group_size": "leave-one-out needs others",
+    "ref_sync_alpha": "0 never moves the reference; leave --ref-sync-every out instead",
 }
 
 
@@ -198,6 +211,35 @@ class TrainConfig:
     """The policy-gradient loss: mean (the study's: the sum over the group of advantage x the sample's mean token
     cross-entropy, prompt included) or sum (TRL's: the mean over the group of advantage x the sample's negative
     log-probability summed over the completion's tokens); default: the recipe's."""
+    entropy_coef: float = 0.0
+    """An entropy bonus: the loss minus this x the policy's entropy (of its whole next-token distribution, in nats,
+    averaged over every completion token of the group: verl's entropy_coeff with loss_agg_mode token-mean, OpenRLHF's
+    entropy_loss_coef), from the logits the scoring forward makes anyway; with --entropy-target, the coefficient's
+    start. 0: none (the study's)."""
+    entropy_target: float | None = None
+    """Skywork-OR1's adaptive entropy control (arXiv 2505.22312; EntController in their verl): after every group the
+    coefficient moves by --entropy-coef-step, up while the group's entropy (nats per token) is under this target, down
+    otherwise, never below 0; the bonus acts only in a group after one under the target, as theirs. Default: a fixed
+    coefficient."""
+    entropy_coef_step: float | None = None
+    """The adaptive entropy coefficient's step per group (Skywork-OR1's delta_ent_coef, 1e-4 in their runs); with
+    --entropy-target."""
+    darling: bool = False
+    """DARLING's diversity-aware reward (Li et al. 2025, arXiv 2509.02534), with a lexical partition: each sample's raw
+    reward times its diversity, the share of the other samples that are not alike it (two stories are alike when
+    they share a topic word: one of 4+ letters that each uses at least twice; alliter.measures.darling_diversity).
+    The KL term is added after; the evaluations keep the task's reward."""
+    darling_memory: int = 0
+    """--darling compares each sample with the stories of this many groups before its own too (0: its group only), so
+    that a topic the policy adopts across groups is seen."""
+    ref_sync_every: int = 0
+    """Reset the KL's reference to the policy every this many generations (at the group that reaches or crosses a
+    multiple; TRL's sync_ref_model and ref_model_sync_steps, from TR-DPO, arXiv 2404.09656; ProRL's reference
+    resets, arXiv 2505.24864); 0: never (the study's frozen reference). Fluency, the evaluations and the rule keep
+    measuring against the unmodified model."""
+    ref_sync_alpha: float = 1.0
+    """A reset makes the reference alpha x policy + (1 - alpha) x reference (TRL's ref_model_mixup_alpha); 1: a copy
+    of the policy (ProRL's hard reset)."""
     prompt: str = "Once upon a time"
     """The prompt every sample continues."""
     prompts: str | None = field(default=None, metadata={"flag_type": read_prompts, "metavar": "FILE"})
@@ -293,6 +335,14 @@ class TrainConfig:
         if self.lr is not None and self.lr * self.weight_decay > MAX_DECAY_PER_GROUP:
             raise AlliterError(f"lr x weight_decay must be <= {MAX_DECAY_PER_GROUP:g}, got {_shown(self.lr)} x "
                                f"{_shown(self.weight_decay)} ({BOUNDS['lr x weight_decay']})")
+        within("entropy_coef", self.entropy_coef, 0, MAX_ENTROPY_COEF)
+        if self.entropy_target is not None:
+            within("entropy_target", self.entropy_target, 0, MAX_ENTROPY_TARGET, low_open=True)
+        if self.entropy_coef_step is not None:
+            within("entropy_coef_step", self.entropy_coef_step, 0, MAX_ENTROPY_COEF, low_open=True)
+        within("darling_memory", self.darling_memory, 0, MAX_DARLING_MEMORY)
+        within("ref_sync_every", self.ref_sync_every, 0, MAX_GENERATIONS)
+        within("ref_sync_alpha", self.ref_sync_alpha, 0, 1, low_open=True)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise AlliterError(f"device must be auto, cpu or cuda, got {self.device!r}")
         self.check_knobs_act()
@@ -353,7 +403,26 @@ class TrainConfig:
         return (f"recipe {self.recipe}{' (TRL 1.16 RLOOTrainer)' if self.recipe == 'trl' else ''}: {optimizer} at {lr}, {clip}, "
                 f"the KL ({self.kl_estimator}) in {where}, {reduction}; the loss {loss}"
                 + ("; advantages normalised" if self.normalize_advantages else "")
+                + "".join(f"; {remedy}" for remedy in self.remedies())
                 + (f" (knobs given: {', '.join(given)})" if given else ""))
+
+    def remedies(self) -> list[str]:
+        """The remedies against a reward hack that are on, in words (describe_recipe)."""
+        out = []
+        if self.entropy_target is not None:
+            out.append(f"an entropy bonus, its coefficient from {self.entropy_coef:g} moved by "
+                       f"{self.entropy_coef_step:g} a group toward an entropy of {self.entropy_target:g} nats per "
+                       "token (Skywork-OR1)")
+        elif self.entropy_coef:
+            out.append(f"an entropy bonus of {self.entropy_coef:g} x the policy's token-mean entropy")
+        if self.darling:
+            memory = f" and the {self.darling_memory} groups before" if self.darling_memory else ""
+            out.append(f"each raw reward x its diversity among its group{memory} (DARLING, topic words)")
+        if self.ref_sync_every:
+            alpha = self.ref_sync_alpha
+            to = "the policy" if alpha == 1 else f"{alpha:g} x the policy + {1 - alpha:g} x itself"
+            out.append(f"the KL's reference reset to {to} every {self.ref_sync_every} generations")
+        return out
 
     @property
     def prompt_list(self) -> list[str]:
@@ -391,7 +460,18 @@ ACTS_ONLY: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
               "--search --search-targets), or leave it out")
        for name in ("kl_horizon", "kl_clip", "kl_min_beta")},
     **{name: (_kl_term, "at beta 0 (and no KL target) there is no KL term; pass a beta above 0, or leave it out")
-       for name in ("kl_estimator", "kl_reduction", "kl_loss")},
+       for name in ("kl_estimator", "kl_reduction", "kl_loss", "ref_sync_every")},
+    "entropy_target": (lambda cfg: cfg.entropy_coef_step is not None,
+                       "it is the adaptive entropy control's target, and no step is set; pass --entropy-coef-step "
+                       "(Skywork-OR1's: 1e-4), or leave it out"),
+    "entropy_coef_step": (lambda cfg: cfg.entropy_target is not None,
+                          "it is the adaptive entropy control's step, and no target is set; pass --entropy-target "
+                          "(nats per token), or leave it out"),
+    "darling_memory": (lambda cfg: cfg.darling,
+                       "it is DARLING's, and --darling is off; pass --darling, or leave it out"),
+    "ref_sync_alpha": (lambda cfg: cfg.ref_sync_every > 0,
+                       "it mixes the reference at its resets, and there are none; pass --ref-sync-every N, or leave it "
+                       "out"),
 }
 
 

@@ -1,7 +1,8 @@
 """The measures of a group of texts: diversity (distinct-n, the unique fraction, self-BLEU, repetition inside a
 text), an evaluation's measures (`point_measures`; `evaluation_measures` for each point of a trial), the words a
-point over-uses, and the registry (`MEASURES`) that names each measure once for the rule, the frames, the report,
-the model card and the trackers. Torch-free and pandas-free: the trainer, the evaluation and best_beta measure alike."""
+point over-uses, DARLING's lexical partition (`darling_diversity`: --darling's reward), and the registry (`MEASURES`)
+that names each measure once for the rule, the frames, the report, the model card and the trackers. Torch-free and
+pandas-free: the trainer, the evaluation and best_beta measure alike."""
 
 from __future__ import annotations
 
@@ -201,6 +202,39 @@ def overuse_text(words: list[list], stories: int | None = None) -> str:
     of = f" in {stories} stories of the unmodified model" if stories else ""
     return ", ".join(f'"{w[0]}" {w[1]:.2g} a story ({w[2]:.0f}x' + (f"; {w[3]} uses against {w[4]}{of})" if len(w) > 3
                                                                   else ")") for w in shown) or "none (no word 2x or more)"
+
+
+# --- DARLING's partition, lexical: which stories are "alike" (--darling; alliter.train.trainer) ----------------------
+
+TOPIC_MIN_LETTERS = 4  # "tree", "tall", "lily": short function words ("the", "was", "and") are never a topic
+TOPIC_MIN_USES = 2  # a word a story uses once is a passing word, twice or more is what it is about
+
+
+def topic_words(text: str) -> frozenset[str]:
+    """A story's topic words: its lower-case words (`WORD`: letters, an apostrophe inside) of TOPIC_MIN_LETTERS
+    letters or more (the apostrophe not counted) that it uses TOPIC_MIN_USES times or more."""
+    counts = Counter(w for w in WORD.findall(text.lower()) if len(w) - w.count("'") >= TOPIC_MIN_LETTERS)
+    return frozenset(w for w, n in counts.items() if n >= TOPIC_MIN_USES)
+
+
+def alike(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Two stories (their `topic_words`) are alike when they share a topic word: each uses it at least twice.
+    DARLING's partition function (Li et al. 2025, arXiv 2509.02534, a learned classifier of semantic equivalence)
+    made lexical, so that a policy that writes "the tree" into every story finds every story alike."""
+    return not a.isdisjoint(b)
+
+
+def darling_diversity(texts: Sequence[str], memory: Sequence[str] = ()) -> list[float]:
+    """Each text's diversity: the share of the others (the rest of `texts`, and every story of `memory`: the last
+    groups') that are not `alike` it, in [0, 1]; DARLING's Div(y_i) = 1/(n-1) sum_{j != i} 1[y_i, y_j not alike].
+    1 for a group of one with no memory (nothing to be alike)."""
+    topics = [topic_words(t) for t in texts]
+    pool = [topic_words(t) for t in memory]
+    out = []
+    for i, mine in enumerate(topics):
+        others = [t for j, t in enumerate(topics) if j != i] + pool
+        out.append(sum(not alike(mine, t) for t in others) / len(others) if others else 1.0)
+    return out
 
 
 # --- the registry: every measure of a point, named once -----------------------------------------------------------

@@ -65,9 +65,14 @@ METRIC_NAMES = ("generations", "group", "beta", "raw_reward_mean", "raw_reward_m
                 "advantage_std", "loss", "grad_norm", "distinct_1", "distinct_2", "unique_fraction", "mean_new_tokens", "seconds_per_group",
                 "generations_per_second")
 # kl_completion_sum_mean: the group's KL in TRL's units (k1 summed over the completion's tokens), whatever the recipe;
-# with a gradient clip (--max-grad-norm), also grad_norm_clipped: the norm after it
+# with a gradient clip (--max-grad-norm), also grad_norm_clipped: the norm after it; with a remedy against a reward
+# hack (README, "Which recipe holds"), its state: entropy, entropy_coef (the bonus's coefficient) and, with
+# --entropy-target, entropy_coef_applied (the one this group's loss used: 0 where the control had the bonus off);
+# darling_diversity_mean and darling_memory_stories (the earlier groups' stories compared with, --darling-memory);
+# ref_synced_at (the generation of the reference's last reset before the group, 0: none yet)
 EVALUATION_FIELDS = ("generations", "sample", "text", "raw_reward", "new_tokens", "ce_policy", "ce_ref")
-# with --prompts, generations.jsonl's and evaluations.jsonl's records also say their "prompt"
+# with --prompts, generations.jsonl's and evaluations.jsonl's records also say their "prompt"; with --darling,
+# generations.jsonl's their "diversity" (raw_reward stays the task's: reward = raw_reward x diversity + the KL term)
 # stop.json's `stopped`: the trial failed the rule (alliter.rule), or a search no longer needed its beta
 FAILED, DROPPED = "failed", "dropped"
 

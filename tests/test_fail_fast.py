@@ -135,6 +135,14 @@ CASES = {
                                           "seed"),
     "--report-seconds with a tracker": (["--report-seconds", "5", "--mlflow", "sqlite:///{out}/m.db"],
                                         "--report-seconds does nothing with a tracker"),
+    "an entropy target without its step": (["--entropy-target", "2"], "--entropy-target does nothing here: it is the "
+                                           "adaptive entropy control's target, and no step is set"),
+    "an entropy step without its target": (["--entropy-coef-step", "1e-4"], "--entropy-coef-step does nothing here"),
+    "DARLING's memory without DARLING": (["--darling-memory", "3"], "--darling-memory does nothing here: it is "
+                                         "DARLING's, and --darling is off"),
+    "a reference mix without resets": (["--ref-sync-alpha", "0.5"], "--ref-sync-alpha does nothing here"),
+    "reference resets when every beta is 0": (["--betas", "0", "--ref-sync-every", "200"], "--ref-sync-every does "
+                                              "nothing here: at beta 0"),
     # a value that wrecks the run
     "AdamW's epsilon 1e300": (["--optimizer", "adamw", "--adam-epsilon", "1e300"], "adam_epsilon must be a finite "
                               "number > 0 and <= 1, got 1e+300 (AdamW divides each step by sqrt(v) + epsilon"),
@@ -147,6 +155,16 @@ CASES = {
                                       "kl_horizon must be an integer >= 1 and <= 1000000"),
     "a KL target past TRL's units' bound": (["--recipe", "trl", "--betas", "0.5", "--kl-targets", "2000"],
                                             "kl_target must be a finite number > 0 and <= 1000"),
+    "an entropy bonus of 100": (["--entropy-coef", "100"], "entropy_coef must be a finite number >= 0 and <= 10, got "
+                                "100 (10,000x verl's default"),
+    "a negative entropy bonus": (["--entropy-coef", "-0.01"], "entropy_coef must be a finite number >= 0"),
+    "an entropy target the policy cannot reach": (["--entropy-target", "7", "--entropy-coef-step", "1e-4"],
+                                                  "entropy_target 7 is not under 6.24 nats, the entropy of the uniform "
+                                                  "distribution over the 512 tokens"),
+    "a DARLING memory of a million groups": (["--darling", "--darling-memory", "1000000"],
+                                             "darling_memory must be an integer >= 0 and <= 1000"),
+    "a reference mix of 0": (["--ref-sync-every", "200", "--ref-sync-alpha", "0"], "ref_sync_alpha must be a finite "
+                             "number > 0 and <= 1, got 0 (0 never moves the reference"),
     # a flag abbreviated
     "--max-gen for --max-generations": (["--max-gen", "40"], "unrecognized arguments: --max-gen 40"),
     "--see for --seeds": (["--see", "3"], "unrecognized arguments: --see 3"),
@@ -183,6 +201,13 @@ MEANT = {
                                                             lambda plan: plan.betas[0] == 0),
     "AdamW's knobs under TRL's recipe": (["--recipe", "trl", "--betas", "1", "--weight-decay", "0.01"],
                                          lambda plan: plan.base.optimizer == "adamw"),
+    "an entropy target with its step": (["--betas", "1", "--entropy-target", "2", "--entropy-coef-step", "1e-4"],
+                                        lambda plan: plan.base.entropy_target == 2 and plan.base.entropy_coef_step),
+    "DARLING's memory with DARLING": (["--betas", "1", "--darling", "--darling-memory", "3"],
+                                      lambda plan: plan.base.darling and plan.base.darling_memory == 3),
+    "reference resets in a grid whose betas are not all 0": (["--grid", "coarse", "--ref-sync-every", "200",
+                                                              "--ref-sync-alpha", "0.5"],
+                                                             lambda plan: plan.base.ref_sync_every == 200),
 }
 
 

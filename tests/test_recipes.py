@@ -96,3 +96,28 @@ def test_a_resumed_adamw_trial_equals_an_uninterrupted_one(tmp_path, tiny_gpt_ne
     rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
              for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("part", "whole")]
     assert rows[0] == rows[1] and rows[0][-1]["grad_norm_clipped"] <= 1.0
+
+
+def test_each_remedy_is_named_in_the_update_s_words_and_the_hparams():
+    """The sweep's header, the report and a model card say which remedies a trial ran with (describe_recipe), and
+    TensorBoard's HParams dashboard has a column for each of their knobs; the default names none."""
+    from alliter.train.trainer import HPARAMS
+
+    remedies = {"entropy_coef": 0.01, "entropy_target": 2.0, "entropy_coef_step": 1e-4, "darling": True,
+                "darling_memory": 3, "ref_sync_every": 200, "ref_sync_alpha": 0.5}
+    assert set(remedies) <= set(HPARAMS)
+    default = TrainConfig(beta=1.0).resolved().describe_recipe()
+    assert not any(word in default for word in ("entropy bonus", "DARLING", "reference reset"))
+    words = {
+        "entropy bonus": ({"entropy_coef": 0.01}, "an entropy bonus of 0.01 x the policy's token-mean entropy"),
+        "adaptive": ({"entropy_target": 2.0, "entropy_coef_step": 1e-4}, "an entropy bonus, its coefficient from 0 "
+                     "moved by 0.0001 a group toward an entropy of 2 nats per token (Skywork-OR1)"),
+        "darling": ({"darling": True, "darling_memory": 3}, "each raw reward x its diversity among its group and the 3 "
+                    "groups before (DARLING, topic words)"),
+        "resets": ({"ref_sync_every": 200}, "the KL's reference reset to the policy every 200 generations"),
+        "soft resets": ({"ref_sync_every": 200, "ref_sync_alpha": 0.5}, "the KL's reference reset to 0.5 x the policy "
+                        "+ 0.5 x itself every 200 generations"),
+    }
+    for knobs, said in words.values():
+        described = TrainConfig(beta=1.0, **knobs).resolved().describe_recipe()
+        assert described.startswith(default) and f"; {said}" in described

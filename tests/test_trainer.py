@@ -159,6 +159,9 @@ def test_resume_can_extend_a_finished_run(tmp_path):
         (["--beta", "inf"], "beta must be a finite number >= 0"),
         (["--group-size", "1"], "group_size must be an integer >= 2 and <= 1024, got 1 (leave-one-out needs others)"),
         (["--model", "/no/such/model/folder"], "--model PATH"),
+        (["--entropy-coef", "-1"], "entropy_coef must be a finite number >= 0 and <= 10, got -1"),
+        (["--darling-memory", "2"], "--darling-memory does nothing here: it is DARLING's, and --darling is off"),
+        (["--entropy-target", "6.5", "--entropy-coef-step", "1e-3"], "entropy_target 6.5 is not under 6.24 nats"),
     ],
 )
 def test_bad_input_is_one_line_and_deletes_nothing(tmp_path, args, message):
@@ -224,3 +227,96 @@ def test_config_validation_messages():
         TrainConfig(group_size=0).validate()
     with pytest.raises(AlliterError, match="lr"):
         TrainConfig(lr=-1.0).resolved()
+
+
+# --- the remedies against a reward hack (issue 41): their state survives a kill -------------------------------------
+
+REMEDIES = {
+    "adaptive entropy bonus": {"entropy_coef": 0.05, "entropy_target": 1.2, "entropy_coef_step": 0.02},
+    "DARLING with a memory": {"darling": True, "darling_memory": 2},
+    "reference resets": {"ref_sync_every": 20, "ref_sync_alpha": 0.5},
+}
+
+
+@pytest.mark.parametrize("knobs", list(REMEDIES.values()), ids=list(REMEDIES))
+def test_a_resumed_trial_with_a_remedy_equals_an_uninterrupted_one(knobs, tmp_path, bundled_model):
+    """In float64 (the same on every CPU): a trial killed two groups past its checkpoint (records, a snapshot and an
+    evaluation past it) and resumed from it writes what an uninterrupted one writes, and ends with the same policy,
+    reference and remedy state: the entropy coefficient and its switch checkpointed, DARLING's memory rebuilt from
+    the records the checkpoint put back, the moving reference's weights checkpointed."""
+    cfg = TrainConfig(beta=1.0, dtype="float64", threads=1, max_generations=80, snapshot_every=40, eval_samples=5,
+                      checkpoint_every=3, **knobs)
+    whole = Trainer(cfg, tmp_path / "whole")
+    for _ in whole.groups():
+        pass
+    killed = Trainer(cfg, tmp_path / "part")
+    for metrics in killed.groups():
+        if killed.checkpoint_due:
+            killed.save_checkpoint(tmp_path / "part" / "checkpoint.pt")
+        if metrics["group"] == 4:
+            break
+    killed.close()
+    resumed = Trainer(cfg, tmp_path / "part")
+    resumed.load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert resumed.generations == 30
+    for _ in resumed.groups():
+        pass
+    for name in ("generations.jsonl", "evaluations.jsonl"):
+        assert (tmp_path / "part" / name).read_text() == (tmp_path / "whole" / name).read_text()
+    timing = {"seconds_per_group", "generations_per_second"}
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("part", "whole")]
+    assert rows[0] == rows[1]
+    for model in ("policy", "reference", "original"):
+        a, b = getattr(whole.m, model).state_dict(), getattr(resumed.m, model).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), model
+    assert (resumed.entropy_coef, resumed.entropy_on, resumed.ref_synced_at) == (whole.entropy_coef, whole.entropy_on,
+                                                                                  whole.ref_synced_at)
+    assert list(resumed.darling_memory) == list(whole.darling_memory)
+    check_remedy_metrics(knobs, rows[1], read_jsonl(tmp_path / "whole" / "generations.jsonl"))
+
+
+def check_remedy_metrics(knobs: dict, metrics: list[dict], records: list[dict]) -> None:
+    """Each remedy's state, group by group in metrics.jsonl, as its definition moves it."""
+    if "entropy_target" in knobs:  # Skywork-OR1's control: up under the target, down over it; the bonus on only under
+        coefs, entropies = [m["entropy_coef"] for m in metrics], [m["entropy"] for m in metrics]
+        target, step = knobs["entropy_target"], knobs["entropy_coef_step"]
+        assert coefs[0] == knobs["entropy_coef"] and metrics[0]["entropy_coef_applied"] == coefs[0]
+        for before, after, entropy, m in zip(coefs, coefs[1:], entropies, metrics[1:]):
+            assert after == pytest.approx(max(before + (step if entropy < target else -step), 0.0), abs=1e-15)
+            assert m["entropy_coef_applied"] == (after if entropy < target else 0.0)
+        assert len(set(coefs)) > 3
+    if knobs.get("darling"):
+        assert [m["darling_memory_stories"] for m in metrics] == [0, 10] + [20] * 6
+        for m in metrics:
+            group = [r for r in records if r["group"] == m["group"]]
+            assert m["darling_diversity_mean"] == pytest.approx(sum(r["diversity"] for r in group) / 10)
+            assert m["raw_reward_mean"] == pytest.approx(sum(r["raw_reward"] for r in group) / 10)  # the task's
+    if knobs.get("ref_sync_every"):  # the reset at 20, 40, 60: the generation of the last before each group
+        assert [m["ref_synced_at"] for m in metrics] == [0, 0, 20, 20, 40, 40, 60, 60]
+
+
+def test_with_reference_resets_fluency_stays_the_unmodified_model_s(tmp_path, bundled_model):
+    """Resets move the KL's reference only: the evaluations' fluency (ce_ref, what the rule and the export judge) is
+    measured under the unmodified model, which no reset touches."""
+    from transformers import AutoModelForCausalLM
+
+    from alliter.train.evaluate import evaluate_prompts
+
+    cfg = TrainConfig(beta=1.0, threads=1, max_generations=30, ref_sync_every=10, snapshot_every=30, eval_samples=5)
+    trainer = Trainer(cfg, tmp_path)
+    for _ in trainer.groups():
+        pass
+    m, cfg = trainer.m, trainer.cfg
+    unmodified = AutoModelForCausalLM.from_pretrained(bundled_model).state_dict()
+    assert all(torch.equal(v, m.original.state_dict()[k]) for k, v in unmodified.items())
+    assert trainer.ref_synced_at == 30 and not torch.equal(m.reference.lm_head.weight, m.original.lm_head.weight)
+    settings = dict(samples=5, seed=cfg.eval_seed, group_size=10, max_length=100, top_k=50, temperature=1.0,
+                    reward=trainer.reward)
+
+    def fluency(model) -> list[float]:
+        stories = evaluate_prompts(m.policy, model, m.tokenizer, cfg.eval_prompts, m.eos_ids, **settings)
+        return [s["ce_ref"] for s in stories]
+
+    written = [s["ce_ref"] for s in read_jsonl(tmp_path / "evaluations.jsonl") if s["generations"] == 30]
+    assert written == fluency(m.original) and written != fluency(m.reference)

@@ -1,7 +1,9 @@
-"""Loading the policy, its frozen reference and the tokenizer with `from_pretrained`."""
+"""Loading the policy, its reference (frozen, or reset along the trial: --ref-sync-every), the unmodified model and
+the tokenizer with `from_pretrained`."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -22,10 +24,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch
 class Models:
     policy: PreTrainedModel
     reference: PreTrainedModel
+    """The KL term's reference: the unmodified model, or with --ref-sync-every the one its resets move."""
     tokenizer: PreTrainedTokenizerBase
     eos_ids: list[int]
     """Every id that ends a story (the tokenizer's and the generation config's end-of-text)."""
     device: torch.device
+    original: PreTrainedModel
+    """The unmodified model, always frozen, that fluency is measured under: the reference itself unless resets move
+    the reference (then a copy of its own, so that the default trial holds no third model)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -39,7 +45,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_models(cfg: TrainConfig) -> Models:
-    """Policy (trainable), reference (frozen copy) and tokenizer, for a resolved config."""
+    """Policy (trainable), reference (frozen copy), the unmodified model and tokenizer, for a resolved config."""
     hf_logging.disable_progress_bar()  # a bar per load, six trials at once, drowns the progress table
     check_model(cfg)  # a damaged folder in one line, not the library's traceback
     device = pick_device(cfg.device)
@@ -59,7 +65,8 @@ def load_models(cfg: TrainConfig) -> Models:
     # eval mode: no dropout, so policy and reference agree exactly before the first update
     policy.to(device).eval()
     reference.to(device).eval().requires_grad_(False)
-    return Models(policy, reference, tokenizer, end_ids(tokenizer, policy), device)
+    original = copy.deepcopy(reference) if cfg.ref_sync_every else reference
+    return Models(policy, reference, tokenizer, end_ids(tokenizer, policy), device, original)
 
 
 def end_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:

@@ -4,7 +4,7 @@ that the reward imports.
 
 The sweep's driver runs `check_trial` in a subprocess (`run_preflight`), so that it finds in a few seconds, in one
 line, what every trial would otherwise find inside Ray, once per retry, while the driver itself never imports
-torch. The trainer runs the same `check_prompt` on what it loaded.
+torch. The trainer runs the same `check_prompt` (and `check_entropy_target`) on what it loaded.
 
     python -m alliter.train.preflight < config.json     # {"ok": {...}} or {"error": "one line"} on stdout
 """
@@ -12,6 +12,7 @@ torch. The trainer runs the same `check_prompt` on what it loaded.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -96,6 +97,16 @@ def check_prompt(prompt: str, prompt_tokens: int, max_length: int, model: Any, n
                            f"pass --max-length {most} or less")
 
 
+def check_entropy_target(target: float, vocabulary: int, name: str) -> None:
+    """An --entropy-target the policy's entropy can reach: under ln(vocabulary), the uniform distribution's (else the
+    adaptive coefficient only ever grows)."""
+    most = math.log(vocabulary)
+    if target >= most:
+        raise AlliterError(f"entropy_target {target:g} is not under {most:.3g} nats, the entropy of the uniform "
+                           f"distribution over the {vocabulary} tokens of {name}'s vocabulary: the policy can never "
+                           f"reach it; pass a target under {most:.3g}")
+
+
 def check_trial(cfg: TrainConfig) -> dict[str, Any]:
     """Load what a trial loads, but the weights, and check it; AlliterError in one line. Returns what was found."""
     from transformers import AutoConfig, AutoTokenizer
@@ -122,6 +133,8 @@ def check_trial(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.top_k > vocabulary:
         raise AlliterError(f"top_k {cfg.top_k} is more than the {vocabulary} tokens of {cfg.model}'s vocabulary; pass "
                            f"--top-k {vocabulary} or less (0 turns the top-k filter off)")
+    if cfg.entropy_target is not None:
+        check_entropy_target(cfg.entropy_target, getattr(config, "vocab_size", 0) or vocabulary, cfg.model)
     # imports a user's file (a syntax error, a missing function) and calls it once: a reward that returns no
     # number for every text, or raises, shows here
     load_reward(cfg.reward)(cfg.prompt_list[:1])

@@ -1,5 +1,6 @@
-"""The pieces of the RLOO update: per-token negative log-likelihoods and their reductions, the KL estimates, the
-leave-one-out advantage, the loss, the KL-target controller."""
+"""The pieces of the RLOO update: per-token negative log-likelihoods (and entropies) and their reductions, the KL
+estimates, the leave-one-out advantage, the loss, the KL-target controller; the remedies' entropy controller and
+reference reset."""
 
 from __future__ import annotations
 
@@ -14,14 +15,27 @@ def token_nll(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tenso
     """Each target token's negative log-likelihood, [K, width - 1] (entry t: token t + 1 given the tokens before it),
     in one forward pass over the padded batch (`fast`: alliter's own forward where it applies, else the model's);
     `width` is the longest sample's length. Entries past a sample's length are meaningless: reduce them with a
-    mask (`sample_mask`)."""
+    mask (`target_mask`)."""
+    return token_scores(model, tokens, lengths, fast)[0]
+
+
+def token_scores(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor, fast: bool = True,
+                 entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`token_nll`, and (`entropy`) from the same logits each position's entropy of the model's whole next-token
+    distribution in nats, [K, width - 1] (entry t: the distribution token t + 1 is drawn from), else None."""
     width = int(lengths.max())
     forward = sequence_logits if fast else (lambda m, ids: m(ids).logits)
     logits = forward(model, tokens[:, :width])[:, :-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 stays
     k, n, vocab = logits.shape
     # over the vocabulary as the last, contiguous dim: several times faster than over transposed logits
-    return F.cross_entropy(logits.reshape(k * n, vocab), tokens[:, 1:width].reshape(k * n), reduction="none").view(k, n)
+    nll = F.cross_entropy(logits.reshape(k * n, vocab), tokens[:, 1:width].reshape(k * n), reduction="none").view(k, n)
+    return nll, token_entropy(logits) if entropy else None
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(z) - sum softmax(z) z over the last dim (verl's entropy_from_logits), differentiable."""
+    return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
 
 
 def target_mask(lengths: torch.Tensor, width: int, start: int = 1) -> torch.Tensor:
@@ -74,6 +88,26 @@ def kl_controller(beta: float, kl: float, target: float, horizon: int, clip: flo
     controller: e = clip(kl / target - 1, -clip, clip), beta <- beta * (1 + e * group_size / horizon)."""
     error = min(max(kl / target - 1.0, -clip), clip)
     return beta * (1.0 + error * group_size / horizon)
+
+
+def entropy_controller(coef: float, entropy: float, target: float, step: float) -> tuple[float, bool]:
+    """Skywork-OR1's adaptive entropy control (arXiv 2505.22312; EntController in their verl's core_algos.py): from a
+    group's entropy, the next group's coefficient, raised by `step` while the entropy is under the target and lowered
+    otherwise, never below 0 (their min_ent_coef; no ceiling here), and whether the next group's loss has the bonus
+    at all: only while the entropy is under the target (their entropy_loss_enabled)."""
+    under = entropy < target
+    return max(coef + step if under else coef - step, 0.0), under
+
+
+@torch.no_grad()
+def sync_reference(reference: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
+    """reference <- alpha x policy + (1 - alpha) x reference, parameter by parameter (TRL's SyncRefModelCallback,
+    TR-DPO's soft update); alpha 1 copies the policy."""
+    for ref, live in zip(reference.parameters(), policy.parameters(), strict=True):
+        if alpha == 1.0:
+            ref.copy_(live)
+        else:
+            ref.mul_(1.0 - alpha).add_(live, alpha=alpha)
 
 
 def rloo_loss(ce_policy: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:

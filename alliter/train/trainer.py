@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,9 +26,10 @@ from alliter.schema import (
 )
 from alliter.train.evaluate import evaluate_prompts, evaluation_points
 from alliter.train.model import load_models
-from alliter.train.preflight import check_prompt
+from alliter.train.preflight import check_entropy_target, check_prompt
 from alliter.train.rloo import (
-    kl_controller, kl_tokens, leave_one_out_advantage, normalized, reduce_tokens, rloo_loss, target_mask, token_nll,
+    entropy_controller, kl_controller, kl_tokens, leave_one_out_advantage, normalized, reduce_tokens, rloo_loss,
+    sync_reference, target_mask, token_nll, token_scores,
 )
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths
 from alliter.train.reward import Reward, load_reward
@@ -36,7 +38,8 @@ from alliter.train.snapshots import drop_snapshots_after, save_snapshot, write_m
 CHECKPOINT_FORMAT = 1
 # the HParams dashboard's columns: the settings a sweep varies, and the evaluation measures they are judged by
 HPARAMS = ("beta", "kl_target", "seed", "recipe", "lr", "optimizer", "max_grad_norm", "normalize_advantages", "kl_loss",
-           "kl_estimator", "kl_reduction", "kl_min_beta")
+           "kl_estimator", "kl_reduction", "kl_min_beta", "entropy_coef", "entropy_target", "entropy_coef_step",
+           "darling", "darling_memory", "ref_sync_every", "ref_sync_alpha")
 HPARAM_METRICS = ("eval/alliteration", "eval/distinct_2", "eval/top_overuse", "eval/fluency", "eval/kl")
 
 
@@ -60,6 +63,8 @@ class Trainer:
         self.prompt_tokens = [self.m.tokenizer(p, return_tensors="pt").input_ids[0].to(self.m.device) for p in self.prompts]
         for prompt, ids in zip(self.prompts, self.prompt_tokens):
             check_prompt(prompt, len(ids), cfg.max_length, self.m.policy.config, cfg.model)
+        if cfg.entropy_target is not None:
+            check_entropy_target(cfg.entropy_target, self.m.policy.get_output_embeddings().weight.shape[0], cfg.model)
         self.prompt_index = 0  # the prompt of the group being sampled
         self.prompt_ids = self.prompt_tokens[0]
         try:  # only once the trial can run: a refused one leaves nothing
@@ -69,6 +74,11 @@ class Trainer:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.beta = cfg.beta  # the next group's KL coefficient: fixed, or the KL-target controller's state
+        # the remedies' state (each checkpointed or rebuilt on a resume): the entropy bonus's coefficient and whether
+        # the next group has it, the stories of DARLING's last groups, the generation of the reference's last reset
+        self.entropy_coef, self.entropy_on = cfg.entropy_coef, True
+        self.darling_memory: deque[list[str]] = deque(maxlen=cfg.darling_memory)
+        self.ref_synced_at = 0
         self.generations = 0  # the study's step counter: generations so far
         self.group = 0
         self.resumed_at: int | None = None
@@ -107,13 +117,18 @@ class Trainer:
         texts = decode_texts(m.tokenizer, tokens, lengths)
         scores = self.reward(texts)
         raw = torch.tensor(scores, dtype=torch.float64, device=m.device)
+        diversity = self.diversity(texts)  # --darling: each sample's share of unlike stories, else None
+        task = raw if diversity is None else raw * diversity
 
-        nll = token_nll(m.policy, tokens, lengths, cfg.fast)  # with gradient: the loss (and a KL in the loss)
+        # with gradient: the loss (and a KL in the loss); the entropy bonus's entropies from the same logits
+        nll, entropies = token_scores(m.policy, tokens, lengths, cfg.fast, entropy=self.entropy_bonus)
         with torch.inference_mode():  # cheaper than no_grad per op; the reference never enters the graph
             nll_ref = token_nll(m.reference, tokens, lengths, cfg.fast)
+            # fluency is the unmodified model's: a forward of its own only where resets move the reference
+            nll_orig = nll_ref if m.original is m.reference else token_nll(m.original, tokens, lengths, cfg.fast)
         width = nll.shape[1] + 1
         whole, completion = target_mask(lengths, width), target_mask(lengths, width, start=prompt_len)
-        ce_policy, ce_ref = reduce_tokens(nll, whole, "mean"), reduce_tokens(nll_ref, whole, "mean")  # the study's CE
+        ce_policy, ce_ref = reduce_tokens(nll, whole, "mean"), reduce_tokens(nll_orig, whole, "mean")  # the study's CE
         kl_mask = whole if cfg.kl_reduction == "mean" else completion
         if cfg.kl_estimator == "k1":  # linear: the reduced difference is the difference of the reductions (the study's)
             kl = reduce_tokens(nll_ref, kl_mask, cfg.kl_reduction) - reduce_tokens(nll, kl_mask, cfg.kl_reduction)
@@ -121,7 +136,7 @@ class Trainer:
             kl = reduce_tokens(kl_tokens(nll, nll_ref, cfg.kl_estimator), kl_mask, cfg.kl_reduction)
         kl_penalty = (-kl.detach()).double()  # the study's KL term, CE_policy - CE_ref: minus the KL estimate
         beta = self.beta
-        rewards = raw if cfg.kl_loss else raw + beta * kl_penalty
+        rewards = task if cfg.kl_loss else task + beta * kl_penalty
         advantage = leave_one_out_advantage(rewards)
         if cfg.normalize_advantages:
             advantage = normalized(advantage)
@@ -131,6 +146,9 @@ class Trainer:
             loss = rloo_loss(reduce_tokens(nll, completion, "sum"), advantage.to(nll.dtype)) / cfg.group_size
         if cfg.kl_loss:
             loss = loss + beta * (kl.sum() if cfg.loss_reduction == "mean" else kl.mean())
+        entropy = None if entropies is None else (entropies * completion).sum() / completion.sum()  # verl's token-mean
+        if entropy is not None:
+            loss = loss - self.entropy_coef_applied * entropy
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -148,15 +166,50 @@ class Trainer:
             if cfg.kl_min_beta is not None:
                 self.beta = max(self.beta, cfg.kl_min_beta)
         trl_kl = reduce_tokens(nll_ref, completion, "sum") - reduce_tokens(nll.detach(), completion, "sum")
-        return self._record(texts, scores, raw, lengths - prompt_len, ce_policy, ce_ref, kl_penalty, trl_kl, beta,
-                            rewards, advantage, loss, grad_norm, start)
+        recorded = self._record(texts, scores, raw, lengths - prompt_len, ce_policy, ce_ref, kl_penalty, trl_kl, beta,
+                                rewards, advantage, loss, grad_norm, start, diversity, entropy)
+        self._advance_remedies(texts, entropy)
+        return recorded
+
+    # --- the remedies against a reward hack (off by default) ---------------------------------------------------------
+
+    @property
+    def entropy_bonus(self) -> bool:
+        return self.cfg.entropy_coef > 0 or self.cfg.entropy_target is not None
+
+    @property
+    def entropy_coef_applied(self) -> float:
+        """The coefficient of this group's entropy bonus: the controller's, where it has the bonus on."""
+        return self.entropy_coef if self.entropy_on else 0.0
+
+    def diversity(self, texts: list[str]) -> torch.Tensor | None:
+        """--darling: each text's share of unlike stories among its group and DARLING's memory, else None."""
+        if not self.cfg.darling:
+            return None
+        memory = [text for group in self.darling_memory for text in group]
+        return torch.tensor(M.darling_diversity(texts, memory), dtype=torch.float64, device=self.m.device)
+
+    def _advance_remedies(self, texts: list[str], entropy: torch.Tensor | None) -> None:
+        """After the step (the counters advanced): the entropy controller, DARLING's memory, the reference's reset at
+        the group that reaches or crosses a multiple of ref_sync_every (TRL's sync at the end of a step)."""
+        cfg = self.cfg
+        if cfg.entropy_target is not None:
+            self.entropy_coef, self.entropy_on = entropy_controller(self.entropy_coef, entropy.item(),
+                                                                    cfg.entropy_target, cfg.entropy_coef_step)
+        if cfg.darling_memory:
+            self.darling_memory.append(texts)
+        every = cfg.ref_sync_every
+        if every and self.generations // every > (self.generations - cfg.group_size) // every:
+            sync_reference(self.m.reference, self.m.policy, cfg.ref_sync_alpha)
+            self.ref_synced_at = self.generations
 
     def _record(self, texts: list[str], scores: list[float], raw: torch.Tensor, new_tokens: torch.Tensor,
                 ce_policy: torch.Tensor, ce_ref: torch.Tensor, kl_penalty: torch.Tensor, trl_kl: torch.Tensor,
                 beta: float, rewards: torch.Tensor, advantage: torch.Tensor, loss: torch.Tensor,
-                grad_norm: torch.Tensor, start: float) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                grad_norm: torch.Tensor, start: float, diversity: torch.Tensor | None = None,
+                entropy: torch.Tensor | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """The group's metrics (metrics.jsonl, Tune, TensorBoard) and its records (generations.jsonl); the counters
-        advance."""
+        advance. The remedies' own (alliter.schema) only where they are on."""
         cfg = self.cfg
         first = self.generations
         self.generations += cfg.group_size
@@ -184,6 +237,15 @@ class Trainer:
         }
         if cfg.max_grad_norm:
             metrics["grad_norm_clipped"] = min(metrics["grad_norm"], cfg.max_grad_norm)
+        if entropy is not None:  # the entropy and the coefficients this group's loss used
+            metrics.update(entropy=entropy.item(), entropy_coef=self.entropy_coef)
+            if cfg.entropy_target is not None:
+                metrics["entropy_coef_applied"] = self.entropy_coef_applied
+        if diversity is not None:
+            metrics.update(darling_diversity_mean=diversity.mean().item(),
+                           darling_memory_stories=sum(len(group) for group in self.darling_memory))
+        if cfg.ref_sync_every:
+            metrics["ref_synced_at"] = self.ref_synced_at  # the reference this group's KL was measured against
         records = [
             {
                 "generation": first + i,
@@ -203,6 +265,9 @@ class Trainer:
         if len(self.prompts) > 1:
             for record in records:
                 record["prompt"] = self.prompts[self.prompt_index]
+        if diversity is not None:  # raw_reward stays the task's: reward = raw_reward x diversity (+ the KL term)
+            for record, share in zip(records, diversity.tolist()):
+                record["diversity"] = share
         return metrics, records
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -247,7 +312,7 @@ class Trainer:
         cfg, m = self.cfg, self.m
         start = time.perf_counter()
         stories = evaluate_prompts(
-            m.policy, m.reference, m.tokenizer, cfg.eval_prompts, m.eos_ids, samples=cfg.eval_samples,
+            m.policy, m.original, m.tokenizer, cfg.eval_prompts, m.eos_ids, samples=cfg.eval_samples,
             seed=cfg.eval_seed, group_size=cfg.group_size, max_length=cfg.max_length, top_k=cfg.top_k,
             temperature=cfg.temperature, fast=cfg.fast, reward=self.reward,
         )
@@ -334,6 +399,10 @@ class Trainer:
             METRICS_FILE: read_text(self.run_dir / METRICS_FILE),
             EVALUATIONS_FILE: read_text(self.run_dir / EVALUATIONS_FILE),
         }
+        if self.entropy_bonus:
+            state.update(entropy_coef=self.entropy_coef, entropy_on=self.entropy_on)
+        if self.cfg.ref_sync_every:  # the moving reference: a resume measures the KL against it, not the original
+            state.update(reference=self.m.reference.state_dict(), ref_synced_at=self.ref_synced_at)
         if self._writer is not None:
             self._writer.flush()
         write_atomic(path, lambda tmp: torch.save(state, tmp))
@@ -355,6 +424,17 @@ class Trainer:
         self.points = evaluation_points(self.run_dir / EVALUATIONS_FILE, self.cfg.group_size)
         self.base_texts = [s["text"] for s in read_jsonl(self.run_dir / EVALUATIONS_FILE) if s.get("generations") == 0]
         drop_snapshots_after(self.run_dir, self.generations)
+        self.entropy_coef = float(state.get("entropy_coef", self.cfg.entropy_coef))
+        self.entropy_on = bool(state.get("entropy_on", True))
+        if self.cfg.ref_sync_every and "reference" in state:
+            self.m.reference.load_state_dict(state["reference"])
+            self.ref_synced_at = int(state["ref_synced_at"])
+        self.darling_memory.clear()
+        if self.cfg.darling_memory:  # DARLING's memory: the stories of its last groups, from the records put back
+            by_group: dict[int, list[str]] = {}
+            for record in read_jsonl(self.run_dir / GENERATIONS_FILE):
+                by_group.setdefault(int(record["group"]), []).append(record["text"])
+            self.darling_memory.extend(by_group[g] for g in sorted(by_group)[-self.cfg.darling_memory:])
 
 
 def make_optimizer(policy: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
