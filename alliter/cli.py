@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import shutil
 import sys
 import textwrap
 from dataclasses import fields
@@ -29,13 +30,21 @@ class InactiveFlag(AlliterError):
         self.flag = flag
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help as wide as the terminal, 100 columns when it goes to a file or a pipe (argparse's fallback, 80, leaves
+    56 for the help of each flag); the description as written."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=shutil.get_terminal_size((100, 24)).columns - 2)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose errors (an unknown flag, a value of the wrong type) are one line and exit status 2,
     as every other error of a command line, not the whole usage; a flag is taken only as written in full (argparse
     would read `--grid` as `--grid-generations`, and `--max-gen` past a check of the flags by name)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, allow_abbrev=False, **kwargs)
+        super().__init__(*args, allow_abbrev=False, **{"formatter_class": HelpFormatter, **kwargs})
 
     def error(self, message: str) -> NoReturn:
         raise AlliterError(f"{message} (see {self.prog} --help)")
@@ -124,7 +133,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
             type=kind,
             default=argparse.SUPPRESS,
             **({"nargs": "?", "const": True} if kind is _parse_bool else {}),  # bare --flag means true
-            metavar=f.metadata.get("metavar", f.name.upper() if kind is not _parse_bool else "{true,false}"),
+            metavar=f.metadata.get("metavar", f.name.upper() if kind is not _parse_bool else "true|false"),
             help=docs.get(f.name, "") + ("" if "default" in docs.get(f.name, "") else f" (default: {f.default})"),
         )
 

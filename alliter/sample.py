@@ -10,7 +10,6 @@ their end-of-text) with the settings the policy was trained with; the raw reward
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -98,8 +97,7 @@ def stories(model: Any, tokenizer: Any, settings: dict[str, Any], n: int, seed: 
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m alliter.sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m alliter.sample", description=__doc__)
     parser.add_argument("dir", metavar="DIR", help="an exported model folder, or a trial folder with --generations")
     parser.add_argument("--generations", type=int, help="a trial folder's snapshot at this many generations")
     parser.add_argument("--n", type=int, default=5, help="stories to print (default: 5)")

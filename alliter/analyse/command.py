@@ -4,7 +4,6 @@ import one way: this one imports them, report and export import judge, judge imp
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -52,7 +51,6 @@ def fetch_snapshots(trial: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="python analysis/best_beta.py", description=judge.__doc__, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "results", nargs="?", metavar="RESULTS_DIR",

@@ -14,7 +14,7 @@ when interrupted (Ctrl-C; `--resume` continues it).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 from typing import Sequence
 
@@ -76,9 +76,24 @@ def plan_steps(cfg: StudyConfig, passthrough: list[str], storage: str, name: str
     return flags
 
 
+def passed_on() -> str:
+    """--help's list of the sweep's flags the study passes on to every step (those the steps do not set)."""
+    import textwrap
+
+    from alliter.config import TrainConfig
+    from alliter.rule import CollapseRule
+    from alliter.sweep.run import SweepConfig
+
+    flags = [f"--{f.name.replace('_', '-')}" for cls in (SweepConfig, CollapseRule, TrainConfig)
+             for f in dataclasses.fields(cls)]
+    shown = [f for f in flags if f not in STEP_FLAGS and f not in ("--beta", "--precision", "--budget")]
+    return "flags passed on to every step's sweep (alliter sweep --help says what each does):\n" + textwrap.fill(
+        " ".join(shown), width=98, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False)
+
+
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="alliter study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="alliter study", description=__doc__, epilog=passed_on())
     add_config_flags(parser, StudyConfig)
     args, passthrough = parser.parse_known_args(argv)
     cfg = StudyConfig(**given_config_values(args, StudyConfig))

@@ -15,7 +15,6 @@ Exit status: 0 when every trial finished, 1 when a trial errored, 2 for a bad fl
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Sequence
@@ -28,8 +27,7 @@ from alliter.sweep.run import SweepConfig, run_sweep
 
 def parse(argv: Sequence[str] | None) -> tuple[SweepConfig, TrainConfig, CollapseRule, set[str]]:
     """The sweep's flags: its config, the trials' config, the rule, and the names of the flags given."""
-    parser = ArgumentParser(prog="python tune_jobs/sweep.py", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python tune_jobs/sweep.py", description=__doc__)
     add_config_flags(parser, SweepConfig)
     add_config_flags(parser, CollapseRule)
     add_config_flags(parser, TrainConfig, skip=["beta"])

@@ -10,7 +10,6 @@ setting (one line, nothing created), 130 interrupted (the line says how to resum
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -34,8 +33,7 @@ def progress_line(m: dict[str, float], max_generations: int) -> str:
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m alliter.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m alliter.train", description=__doc__)
     parser.add_argument("--out", required=True, help="run directory (created; never emptied)")
     parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     parser.add_argument("--quiet", action="store_true", help="no per-group line")
