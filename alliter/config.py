@@ -61,6 +61,7 @@ MAX_PROMPTS = 10_000
 MAX_ENTROPY_COEF = 10.0
 MAX_ENTROPY_TARGET = 15.0
 MAX_DARLING_MEMORY = 1000
+MAX_OVERUSE_CAP = 1000.0
 BOUNDS = {  # why no value past the upper bound can be sane
     "kl_min_beta": "the beta the controller starts at: a floor above it would jump there at the first group",
     "beta": "100x the coarse grid's largest: past it the KL term outweighs any reward a text can earn by orders of "
@@ -92,6 +93,8 @@ BOUNDS = {  # why no value past the upper bound can be sane
     "entropy_target": "nats per token: the uniform distribution over 3.3 million tokens, more than any vocabulary "
                       "(Llama 3's 128,256: 11.8 nats)",
     "darling_memory": "the stories of 1000 groups (10,000 at K=10), each compared with every sample of every group",
+    "overuse_memory": "the stories of 1000 groups (10,000 at K=10), counted again at every group",
+    "overuse_cap": "a word used 1000 times as often as by the unmodified model is a collapse; above it nothing is damped",
     "ref_sync_every": "a reset past a million generations never comes",
     "ref_sync_alpha": "past 1 the reference would overshoot the policy, away from the model it started from",
 }
@@ -232,6 +235,15 @@ class TrainConfig:
     darling_memory: int = 0
     """--darling compares each sample with the stories of this many groups before its own too (0: its group only), so
     that a topic the policy adopts across groups is seen."""
+    overuse_cap: float = 0.0
+    """Damp the reward of a sample that uses an over-used word: its task reward (after --darling's factor) times
+    min(1, cap / r), r how many times as often as the unmodified model the last --overuse-memory groups use the
+    sample's most over-used word of 4+ letters (the rule's measure of a narrowed point, alliter.measures, against the
+    unmodified model's stories of the evaluation at generation 0, 3 uses added); 0: off. Under the rule's
+    --max-overuse (5), a word is damped before its points are called narrowed."""
+    overuse_memory: int = 20
+    """--overuse-cap counts a word's recent use over this many groups, this one included (a word the policy adopts
+    across groups is seen, where a group of 10 shows it in a few stories)."""
     ref_sync_every: int = 0
     """Reset the KL's reference to the policy every this many generations (at the group that reaches or crosses a
     multiple; TRL's sync_ref_model and ref_model_sync_steps, from TR-DPO, arXiv 2404.09656; ProRL's reference
@@ -341,6 +353,11 @@ class TrainConfig:
         if self.entropy_coef_step is not None:
             within("entropy_coef_step", self.entropy_coef_step, 0, MAX_ENTROPY_COEF, low_open=True)
         within("darling_memory", self.darling_memory, 0, MAX_DARLING_MEMORY)
+        if self.overuse_cap:
+            within("overuse_cap", self.overuse_cap, 1, MAX_OVERUSE_CAP, low_open=True)
+        else:
+            within("overuse_cap", self.overuse_cap, 0, None)
+        within("overuse_memory", self.overuse_memory, 1, MAX_DARLING_MEMORY)
         within("ref_sync_every", self.ref_sync_every, 0, MAX_GENERATIONS)
         within("ref_sync_alpha", self.ref_sync_alpha, 0, 1, low_open=True)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -418,6 +435,9 @@ class TrainConfig:
         if self.darling:
             memory = f" and the {self.darling_memory} groups before" if self.darling_memory else ""
             out.append(f"each raw reward x its diversity among its group{memory} (DARLING, topic words)")
+        if self.overuse_cap:
+            out.append(f"each reward x min(1, {self.overuse_cap:g} / the over-use of its most over-used word over the "
+                       f"last {self.overuse_memory} groups)")
         if self.ref_sync_every:
             alpha = self.ref_sync_alpha
             to = "the policy" if alpha == 1 else f"{alpha:g} x the policy + {1 - alpha:g} x itself"
@@ -469,6 +489,11 @@ ACTS_ONLY: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
                           "(nats per token), or leave it out"),
     "darling_memory": (lambda cfg: cfg.darling,
                        "it is DARLING's, and --darling is off; pass --darling, or leave it out"),
+    "overuse_memory": (lambda cfg: cfg.overuse_cap > 0,
+                       "it is the over-use damping's, and --overuse-cap is off; pass --overuse-cap, or leave it out"),
+    "overuse_cap": (lambda cfg: cfg.eval_samples > 0 and cfg.snapshot_every > 0,
+                    "it measures over-use against the unmodified model's stories of the evaluation at generation 0, "
+                    "and evaluations are off; pass --eval-samples N (and --snapshot-every N), or leave it out"),
     "ref_sync_alpha": (lambda cfg: cfg.ref_sync_every > 0,
                        "it mixes the reference at its resets, and there are none; pass --ref-sync-every N, or leave it "
                        "out"),

@@ -179,6 +179,19 @@ def word_js(texts: Sequence[str], base_texts: Sequence[str]) -> float:
     return total / 2
 
 
+def recent_overuse(texts: Sequence[str], pool: Sequence[str], base_texts: Sequence[str]) -> list[float]:
+    """Each text's most over-used word: the highest ratio, among its words of OVERUSE_MIN_LETTERS letters or more, of
+    the word's uses per story in `pool` (the recent samples) to its uses per story in `base_texts` (the unmodified
+    model's, OVERUSE_PSEUDO_USES added, as overused_words); 1 at least. What --overuse-cap damps by."""
+    counts, base = word_counts(pool), word_counts(base_texts)
+    n, n0 = max(len(pool), 1), max(len(base_texts), 1)
+    out = []
+    for text in texts:
+        words = {w for w in WORD.findall(text.lower()) if len(w) >= OVERUSE_MIN_LETTERS}
+        out.append(max([1.0, *((counts[w] / n) / ((base[w] + OVERUSE_PSEUDO_USES) / n0) for w in words)]))
+    return out
+
+
 def compression_ratio(texts: Sequence[str]) -> float:
     """The texts' bytes over their gzip-compressed bytes, all of a point's stories together: 3.2 for the unmodified
     bundled model's 50 stories, 45 for a collapsed policy's (repeats compress)."""

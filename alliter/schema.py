@@ -69,10 +69,11 @@ METRIC_NAMES = ("generations", "group", "beta", "raw_reward_mean", "raw_reward_m
 # hack (README, "Which recipe holds"), its state: entropy, entropy_coef (the bonus's coefficient) and, with
 # --entropy-target, entropy_coef_applied (the one this group's loss used: 0 where the control had the bonus off);
 # darling_diversity_mean and darling_memory_stories (the earlier groups' stories compared with, --darling-memory);
-# ref_synced_at (the generation of the reference's last reset before the group, 0: none yet)
+# overuse_damping_mean (--overuse-cap's factors, averaged over the group); ref_synced_at (the generation of the reference's last reset before the group, 0: none yet)
 EVALUATION_FIELDS = ("generations", "sample", "text", "raw_reward", "new_tokens", "ce_policy", "ce_ref")
 # with --prompts, generations.jsonl's and evaluations.jsonl's records also say their "prompt"; with --darling,
-# generations.jsonl's their "diversity" (raw_reward stays the task's: reward = raw_reward x diversity + the KL term)
+# generations.jsonl's their "diversity", with --overuse-cap their "damping" (raw_reward stays the task's: reward =
+# raw_reward x diversity x damping + the KL term)
 # stop.json's `stopped`: the trial failed the rule (alliter.rule), or a search no longer needed its beta
 FAILED, DROPPED = "failed", "dropped"
 

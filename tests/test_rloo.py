@@ -169,6 +169,9 @@ KNOBS = [
     {"darling": True},
     {"darling": True, "darling_memory": 1, "kl_loss": True},
     {"ref_sync_every": 10, "ref_sync_alpha": 0.5},
+    # the over-use damping (a cap low enough to damp the bundled model's own words), with DARLING
+    {"overuse_cap": 1.2, "overuse_memory": 2, "eval_samples": 50, "snapshot_every": 1000},
+    {"overuse_cap": 1.2, "darling": True, "eval_samples": 50, "snapshot_every": 1000},
 ]
 
 
@@ -179,23 +182,33 @@ def test_each_knob_makes_the_update_its_definition_says(knobs, tmp_path, bundled
     from alliter.config import TrainConfig
     from alliter.train.trainer import Trainer
 
-    cfg = TrainConfig(beta=5.0, dtype="float64", threads=1, max_generations=20, eval_samples=0, snapshot_every=0,
-                      lr=0.05, **knobs)
+    cfg = TrainConfig(**{"beta": 5.0, "dtype": "float64", "threads": 1, "max_generations": 20, "eval_samples": 0,
+                         "snapshot_every": 0, "lr": 0.05, **knobs})
     trainer = Trainer(cfg, tmp_path)
+    if trainer.evaluating:
+        trainer.evaluate()  # the unmodified model's stories: what --overuse-cap measures over-use against
     first, _ = trainer.step()  # the first group: the policy moves (and the remedies' state with it)
     tokens = trainer.sample()
     lengths = sequence_lengths(tokens, len(trainer.prompt_ids), trainer.m.eos_ids)
     before, reference = copy.deepcopy(trainer.m.policy), copy.deepcopy(trainer.m.reference)
     coef, memory = trainer.entropy_coef_applied, [t for group in trainer.darling_memory for t in group]
+    recent = [t for group in trainer.overuse_memory for t in group]
     metrics, records = trainer.update(tokens)
     raw = torch.tensor([r["raw_reward"] for r in records], dtype=torch.float64)
-    diversity = None
+    texts = [r["text"] for r in records]
+    factor = None  # what the task reward is multiplied by: DARLING's diversity, the over-use damping
     if trainer.cfg.darling:  # the partition is alliter.measures' (its own test: by hand, below)
-        diversity = torch.tensor(M.darling_diversity([r["text"] for r in records], memory), dtype=torch.float64)
-        assert [r["diversity"] for r in records] == diversity.tolist()
+        factor = torch.tensor(M.darling_diversity(texts, memory), dtype=torch.float64)
+        assert [r["diversity"] for r in records] == factor.tolist()
         assert len(memory) == 10 * trainer.cfg.darling_memory
+    if trainer.cfg.overuse_cap:  # the ratio is alliter.measures' (its own test: by hand, below)
+        ratios = M.recent_overuse(texts, recent + texts, trainer.base_texts)
+        damping = torch.tensor([min(1.0, 1.2 / r) for r in ratios], dtype=torch.float64)
+        assert [r["damping"] for r in records] == damping.tolist() and damping.min() < 1  # it did damp
+        assert len(recent) == 10 * min(1, trainer.cfg.overuse_memory - 1)  # the first group, where it is remembered
+        factor = damping if factor is None else factor * damping
     expected, loss, norm, entropy = independent_update(before, reference, tokens, lengths, len(trainer.prompt_ids), raw,
-                                                       5.0, trainer.cfg, coef, diversity)
+                                                       5.0, trainer.cfg, coef, factor)
     assert metrics["loss"] == pytest.approx(loss, rel=1e-9, abs=1e-12)
     assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-9)
     for got, want in zip(trainer.m.policy.parameters(), expected):
@@ -203,12 +216,12 @@ def test_each_knob_makes_the_update_its_definition_says(knobs, tmp_path, bundled
     if knobs.get("max_grad_norm"):
         assert norm > 0.05 and metrics["grad_norm_clipped"] == 0.05  # it did clip
     if knobs.get("kl_loss"):
-        task = [r["raw_reward"] * r.get("diversity", 1.0) for r in records]
+        task = [r["raw_reward"] * r.get("diversity", 1.0) * r.get("damping", 1.0) for r in records]
         assert [r["reward"] for r in records] == pytest.approx(task, rel=1e-12)  # the KL is in the loss, not the reward
-    elif "darling" in knobs:  # raw_reward stays the task's; the reward is it times the diversity, then the KL term
-        assert all(r["reward"] == pytest.approx(r["raw_reward"] * r["diversity"] + 5.0 * r["kl_penalty"], rel=1e-12)
-                   for r in records)
-        assert any(r["diversity"] < 1 for r in records) and any(r["raw_reward"] > 0 for r in records)
+    elif "darling" in knobs or "overuse_cap" in knobs:  # raw_reward stays the task's; x the factors, + the KL term
+        assert all(r["reward"] == pytest.approx(r["raw_reward"] * r.get("diversity", 1.0) * r.get("damping", 1.0)
+                                                + 5.0 * r["kl_penalty"], rel=1e-12) for r in records)
+        assert any(r.get("diversity", r.get("damping")) < 1 for r in records) and any(r["raw_reward"] > 0 for r in records)
     if "entropy_coef" in knobs:  # the group's entropy; the coefficient as the control left it after group 1, whose
         # entropy (the bundled model's: about 1.2 nats) was under the target 6 (a step up) and over 0.5 (the bonus off)
         assert metrics["entropy"] == pytest.approx(entropy, rel=1e-9) and 0.5 < first["entropy"] < 6
@@ -237,6 +250,15 @@ def check_reference_reset(trainer, reference_before, tokens, lengths, records, a
 
 
 # --- the remedies' pieces, by hand ------------------------------------------------------------------------------------
+
+
+def test_recent_overuse_by_hand():
+    """A text's most over-used word: the recent pool's uses per story over the unmodified model's (3 uses added)."""
+    base = ["a dog ran home"] * 4 + ["the cat sat"] * 4  # 8 stories: "home" 4 uses, "tree" none
+    pool = ["the tree was tall", "the tree fell", "a dog ran home", "a tree and a tree"]  # 4 stories: "tree" 4 uses
+    # "tree": (4 / 4) / ((0 + 3) / 8) = 8/3; "tall": (1 / 4) / (3 / 8) = 2/3; "home": (1 / 4) / (7 / 8) = 2/7
+    assert M.recent_overuse(["the tree was tall", "a dog ran home", "a cat"], pool, base) == \
+        pytest.approx([8 / 3, 1.0, 1.0])
 
 
 def test_darling_partition_and_diversity_by_hand():

@@ -235,6 +235,7 @@ REMEDIES = {
     "adaptive entropy bonus": {"entropy_coef": 0.05, "entropy_target": 1.2, "entropy_coef_step": 0.02},
     "DARLING with a memory": {"darling": True, "darling_memory": 2},
     "reference resets": {"ref_sync_every": 20, "ref_sync_alpha": 0.5},
+    "over-use damping": {"overuse_cap": 1.5, "overuse_memory": 3, "eval_samples": 50},  # a base the cap can rest on
 }
 
 
@@ -244,8 +245,8 @@ def test_a_resumed_trial_with_a_remedy_equals_an_uninterrupted_one(knobs, tmp_pa
     evaluation past it) and resumed from it writes what an uninterrupted one writes, and ends with the same policy,
     reference and remedy state: the entropy coefficient and its switch checkpointed, DARLING's memory rebuilt from
     the records the checkpoint put back, the moving reference's weights checkpointed."""
-    cfg = TrainConfig(beta=1.0, dtype="float64", threads=1, max_generations=80, snapshot_every=40, eval_samples=5,
-                      checkpoint_every=3, **knobs)
+    cfg = TrainConfig(**{"beta": 1.0, "dtype": "float64", "threads": 1, "max_generations": 80, "snapshot_every": 40,
+                         "eval_samples": 5, "checkpoint_every": 3, **knobs})
     whole = Trainer(cfg, tmp_path / "whole")
     for _ in whole.groups():
         pass
@@ -273,6 +274,7 @@ def test_a_resumed_trial_with_a_remedy_equals_an_uninterrupted_one(knobs, tmp_pa
     assert (resumed.entropy_coef, resumed.entropy_on, resumed.ref_synced_at) == (whole.entropy_coef, whole.entropy_on,
                                                                                   whole.ref_synced_at)
     assert list(resumed.darling_memory) == list(whole.darling_memory)
+    assert list(resumed.overuse_memory) == list(whole.overuse_memory) and resumed.base_texts == whole.base_texts
     check_remedy_metrics(knobs, rows[1], read_jsonl(tmp_path / "whole" / "generations.jsonl"))
 
 
@@ -292,6 +294,11 @@ def check_remedy_metrics(knobs: dict, metrics: list[dict], records: list[dict]) 
             group = [r for r in records if r["group"] == m["group"]]
             assert m["darling_diversity_mean"] == pytest.approx(sum(r["diversity"] for r in group) / 10)
             assert m["raw_reward_mean"] == pytest.approx(sum(r["raw_reward"] for r in group) / 10)  # the task's
+    if knobs.get("overuse_cap"):  # each group's factors, and some under 1
+        for m in metrics:
+            group = [r for r in records if r["group"] == m["group"]]
+            assert m["overuse_damping_mean"] == pytest.approx(sum(r["damping"] for r in group) / 10)
+        assert min(r["damping"] for r in records) < 1
     if knobs.get("ref_sync_every"):  # the reset at 20, 40, 60: the generation of the last before each group
         assert [m["ref_synced_at"] for m in metrics] == [0, 0, 20, 20, 40, 40, 60, 60]
 

@@ -39,7 +39,7 @@ CHECKPOINT_FORMAT = 1
 # the HParams dashboard's columns: the settings a sweep varies, and the evaluation measures they are judged by
 HPARAMS = ("beta", "kl_target", "seed", "recipe", "lr", "optimizer", "max_grad_norm", "normalize_advantages", "kl_loss",
            "kl_estimator", "kl_reduction", "kl_min_beta", "entropy_coef", "entropy_target", "entropy_coef_step",
-           "darling", "darling_memory", "ref_sync_every", "ref_sync_alpha")
+           "darling", "darling_memory", "overuse_cap", "overuse_memory", "ref_sync_every", "ref_sync_alpha")
 HPARAM_METRICS = ("eval/alliteration", "eval/distinct_2", "eval/top_overuse", "eval/fluency", "eval/kl")
 
 
@@ -78,6 +78,7 @@ class Trainer:
         # the next group has it, the stories of DARLING's last groups, the generation of the reference's last reset
         self.entropy_coef, self.entropy_on = cfg.entropy_coef, True
         self.darling_memory: deque[list[str]] = deque(maxlen=cfg.darling_memory)
+        self.overuse_memory: deque[list[str]] = deque(maxlen=cfg.overuse_memory - 1)  # and this group: the pool
         self.ref_synced_at = 0
         self.generations = 0  # the study's step counter: generations so far
         self.group = 0
@@ -118,7 +119,9 @@ class Trainer:
         scores = self.reward(texts)
         raw = torch.tensor(scores, dtype=torch.float64, device=m.device)
         diversity = self.diversity(texts)  # --darling: each sample's share of unlike stories, else None
+        damping = self.damping(texts)  # --overuse-cap: each sample's factor for its most over-used word, else None
         task = raw if diversity is None else raw * diversity
+        task = task if damping is None else task * damping
 
         # with gradient: the loss (and a KL in the loss); the entropy bonus's entropies from the same logits
         nll, entropies = token_scores(m.policy, tokens, lengths, cfg.fast, entropy=self.entropy_bonus)
@@ -167,7 +170,7 @@ class Trainer:
                 self.beta = max(self.beta, cfg.kl_min_beta)
         trl_kl = reduce_tokens(nll_ref, completion, "sum") - reduce_tokens(nll.detach(), completion, "sum")
         recorded = self._record(texts, scores, raw, lengths - prompt_len, ce_policy, ce_ref, kl_penalty, trl_kl, beta,
-                                rewards, advantage, loss, grad_norm, start, diversity, entropy)
+                                rewards, advantage, loss, grad_norm, start, diversity, entropy, damping)
         self._advance_remedies(texts, entropy)
         return recorded
 
@@ -189,6 +192,16 @@ class Trainer:
         memory = [text for group in self.darling_memory for text in group]
         return torch.tensor(M.darling_diversity(texts, memory), dtype=torch.float64, device=self.m.device)
 
+    def damping(self, texts: list[str]) -> torch.Tensor | None:
+        """--overuse-cap: each text's min(1, cap / its most over-used word's ratio over the recent groups and this
+        one, against the unmodified model's evaluation stories), else None."""
+        if not self.cfg.overuse_cap:
+            return None
+        pool = [text for group in self.overuse_memory for text in group] + texts
+        ratios = M.recent_overuse(texts, pool, self.base_texts)
+        return torch.tensor([min(1.0, self.cfg.overuse_cap / r) for r in ratios], dtype=torch.float64,
+                            device=self.m.device)
+
     def _advance_remedies(self, texts: list[str], entropy: torch.Tensor | None) -> None:
         """After the step (the counters advanced): the entropy controller, DARLING's memory, the reference's reset at
         the group that reaches or crosses a multiple of ref_sync_every (TRL's sync at the end of a step)."""
@@ -198,6 +211,8 @@ class Trainer:
                                                                     cfg.entropy_target, cfg.entropy_coef_step)
         if cfg.darling_memory:
             self.darling_memory.append(texts)
+        if cfg.overuse_cap:
+            self.overuse_memory.append(texts)
         every = cfg.ref_sync_every
         if every and self.generations // every > (self.generations - cfg.group_size) // every:
             sync_reference(self.m.reference, self.m.policy, cfg.ref_sync_alpha)
@@ -207,7 +222,8 @@ class Trainer:
                 ce_policy: torch.Tensor, ce_ref: torch.Tensor, kl_penalty: torch.Tensor, trl_kl: torch.Tensor,
                 beta: float, rewards: torch.Tensor, advantage: torch.Tensor, loss: torch.Tensor,
                 grad_norm: torch.Tensor, start: float, diversity: torch.Tensor | None = None,
-                entropy: torch.Tensor | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                entropy: torch.Tensor | None = None, damping: torch.Tensor | None = None,
+                ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """The group's metrics (metrics.jsonl, Tune, TensorBoard) and its records (generations.jsonl); the counters
         advance. The remedies' own (alliter.schema) only where they are on."""
         cfg = self.cfg
@@ -244,6 +260,8 @@ class Trainer:
         if diversity is not None:
             metrics.update(darling_diversity_mean=diversity.mean().item(),
                            darling_memory_stories=sum(len(group) for group in self.darling_memory))
+        if damping is not None:
+            metrics["overuse_damping_mean"] = damping.mean().item()
         if cfg.ref_sync_every:
             metrics["ref_synced_at"] = self.ref_synced_at  # the reference this group's KL was measured against
         records = [
@@ -268,6 +286,9 @@ class Trainer:
         if diversity is not None:  # raw_reward stays the task's: reward = raw_reward x diversity (+ the KL term)
             for record, share in zip(records, diversity.tolist()):
                 record["diversity"] = share
+        if damping is not None:  # ... x damping
+            for record, factor in zip(records, damping.tolist()):
+                record["damping"] = factor
         return metrics, records
 
     # --- the loop ----------------------------------------------------------------------------------
@@ -429,12 +450,15 @@ class Trainer:
         if self.cfg.ref_sync_every and "reference" in state:
             self.m.reference.load_state_dict(state["reference"])
             self.ref_synced_at = int(state["ref_synced_at"])
-        self.darling_memory.clear()
-        if self.cfg.darling_memory:  # DARLING's memory: the stories of its last groups, from the records put back
-            by_group: dict[int, list[str]] = {}
+        # DARLING's memory and the over-use damping's: the stories of their last groups, from the records put back
+        by_group: dict[int, list[str]] = {}
+        if self.cfg.darling_memory or self.cfg.overuse_cap:
             for record in read_jsonl(self.run_dir / GENERATIONS_FILE):
                 by_group.setdefault(int(record["group"]), []).append(record["text"])
-            self.darling_memory.extend(by_group[g] for g in sorted(by_group)[-self.cfg.darling_memory:])
+        for memory in (self.darling_memory, self.overuse_memory):
+            memory.clear()
+            if memory.maxlen:
+                memory.extend(by_group[g] for g in sorted(by_group)[-memory.maxlen:])
 
 
 def make_optimizer(policy: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
