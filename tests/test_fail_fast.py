@@ -161,6 +161,12 @@ CASES = {
     "an entropy target the policy cannot reach": (["--entropy-target", "7", "--entropy-coef-step", "1e-4"],
                                                   "entropy_target 7 is not under 6.24 nats, the entropy of the uniform "
                                                   "distribution over the 512 tokens"),
+    "the over-use damping's memory without a cap": (["--overuse-memory", "5"], "--overuse-memory does nothing here: "
+                                                    "it is the over-use damping's"),
+    "the over-use damping without evaluations": (["--overuse-cap", "3", "--eval-samples", "0"],
+                                                 "--overuse-cap does nothing here: it measures over-use against the "
+                                                 "unmodified model's stories of the evaluation at generation 0"),
+    "an over-use cap under 1": (["--overuse-cap", "0.5"], "overuse_cap must be a finite number > 1 and <= 1000"),
     "a DARLING memory of a million groups": (["--darling", "--darling-memory", "1000000"],
                                              "darling_memory must be an integer >= 0 and <= 1000"),
     "a reference mix of 0": (["--ref-sync-every", "200", "--ref-sync-alpha", "0"], "ref_sync_alpha must be a finite "
