@@ -75,10 +75,12 @@ def evaluate(
             ce_policy = -(logprobs * mask).sum(1) / mask.sum(1)
     texts = decode_texts(tokenizer, tokens, lengths)
     new_tokens = (lengths - len(prompt_ids)).tolist()
+    # scored a training group's worth at a time: a reward of the group (novel-alliteration) sees what a group is
+    scores = [s for i in range(0, samples, group_size) for s in reward(texts[i : i + group_size])]
     return [
         {"sample": i, "text": text, "raw_reward": score, "new_tokens": int(new_tokens[i]),
          "ce_policy": float(ce_policy[i]), "ce_ref": float(ce_ref[i])}
-        for i, (text, score) in enumerate(zip(texts, reward(texts)))
+        for i, (text, score) in enumerate(zip(texts, scores))
     ]
 
 

@@ -2,6 +2,7 @@
 
     --reward alliteration                 # the study's (the default): adjacent word pairs with the same first letter
     --reward rare-alliteration            # each such pair weighted by how rarely its letter starts a word
+    --reward novel-alliteration           # each such pair paid by how few of the group's stories use its words
     --reward path/to/my_reward.py:score   # a function of a file: score(texts: list[str]) -> list[float]
     --reward my_package.rewards:score     # a function of an importable module
 
@@ -21,12 +22,14 @@ import math
 import numbers
 import string
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from alliter import measures as M
 from alliter.cli import AlliterError, one_line
 
 LETTER_WEIGHTS = Path(__file__).parent / "letter_weights.json"  # made by bench/letter_weights.py (its provenance)
@@ -70,9 +73,27 @@ def alliteration(texts: Sequence[str]) -> list[int]:
     return [raw_reward(t) for t in texts]
 
 
+def _word(token: str) -> str:
+    """A token of text.split() as a word: lower case, letters (and an apostrophe inside), punctuation dropped."""
+    found = M.WORD.findall(token.lower())
+    return found[0] if found else token.lower()
+
+
+def novel_alliteration(texts: Sequence[str]) -> list[float]:
+    """The study's alliterating pairs, each counted once a story and paid by how few of the group's stories use its
+    words: a pair pays 1 / the number of the group's stories whose alliterating pairs use its most used word of 4+
+    letters (a pair of shorter words pays 1). "the tall tree" in every story of a group pays a tenth of it in one: a
+    policy earns by alliterating with words the rest of the group does not, not by one word in every story."""
+    pairs = [{(_word(a), _word(b)) for a, b in zip(t.split(), t.split()[1:]) if a[0].lower() == b[0].lower()}
+             for t in texts]
+    users = Counter(w for story in pairs for w in {w for pair in story for w in pair if len(w) >= 4})
+    return [float(sum(1 / max([users[w] for w in pair if len(w) >= 4] or [1]) for pair in story)) for story in pairs]
+
+
 BUILTINS: dict[str, Callable[[Sequence[str]], Sequence[float]]] = {
     "alliteration": alliteration,
     "rare-alliteration": rare_alliteration,
+    "novel-alliteration": novel_alliteration,
 }
 
 
