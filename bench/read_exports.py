@@ -13,10 +13,11 @@ in alliter.json, loaded the same way), it prints:
 - novel words: the share of the stories' words (lower-case letter runs) that the unmodified model never wrote in
   `--vocabulary-stories` (2000) stories of its own, sampled the same way with another seed;
 - distinct-2 over all the stories together, and the mean raw reward (the study's alliteration count);
-- the words it over-uses: those it uses at least once in 5 stories, with how many times as often as the unmodified
-  model's stories do (alliter.measures.overused_words);
-- the goals: fluency within 0.25 nats, at most twice the novel-word share, at least 80% of the distinct-2, at least
-  1 more raw reward than the unmodified model, and no word used more than 5 times as often.
+- the words it over-uses: those of 4+ letters it uses at least once in 5 stories, with how many times as often as
+  the unmodified model's stories do (alliter.measures.overused_words: the rule's measure, 3 uses added to each of the
+  unmodified model's words), and its most over-used word's ratio against the 2000 stories of the vocabulary too;
+- the goals (issue 41's): fluency within 0.25 nats, at most twice the novel-word share, at least 85% of the
+  distinct-2, at least 1 more raw reward than the unmodified model, and no word used more than 5 times as often.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def pooled_distinct_2(texts: list[str]) -> float:
     return M.distinct_n(texts, 2)
 
 
-def measure(texts: list[str], reference, tokenizer, vocabulary: set[str], base_texts: list[str]) -> dict:
+def measure(texts: list[str], reference, tokenizer, vocabulary: set[str], base_texts: list[str],
+            many: list[str]) -> dict:
     ws = words(texts)
     overused = M.overused_words(texts, base_texts)
     return {
@@ -87,7 +89,8 @@ def measure(texts: list[str], reference, tokenizer, vocabulary: set[str], base_t
         "distinct_2": pooled_distinct_2(texts),
         "raw_reward": sum(raw_reward(t) for t in texts) / len(texts),
         "overuse": overused[0][2] if overused else 1.0,
-        "overused": M.overuse_text(overused[:3]),
+        "overused": M.overuse_text(overused[:3], len(base_texts)),
+        "overuse_many": M.top_overuse(texts, many),
     }
 
 
@@ -109,33 +112,36 @@ def main() -> None:
     prompt = infos[0]["prompt"]
     reference, tokenizer = load(base)
     reference.generation_config = AutoModelForCausalLM.from_pretrained(args.folders[0]).generation_config
-    vocabulary = set(words(sample(reference, tokenizer, prompt, args.vocabulary_stories, args.seed + 1)))
+    many = sample(reference, tokenizer, prompt, args.vocabulary_stories, args.seed + 1)
+    vocabulary = set(words(many))
     base_texts = sample(reference, tokenizer, prompt, args.n, args.seed)
-    rows = [("unmodified model", "-", measure(base_texts, reference, tokenizer, vocabulary, base_texts), [])]
+    rows = [("unmodified model", "-", measure(base_texts, reference, tokenizer, vocabulary, base_texts, many), [])]
     for folder, info in zip(args.folders, infos):
         model, tok = load(folder)
         texts = sample(model, tok, prompt, args.n, args.seed)
         point = f"beta={info['beta']:g} at {info['generations']}"
-        rows.append((folder, point, measure(texts, reference, tokenizer, vocabulary, base_texts), texts[: args.stories]))
+        rows.append((folder, point, measure(texts, reference, tokenizer, vocabulary, base_texts, many),
+                     texts[: args.stories]))
 
     base_m = rows[0][2]
     print(f"{args.n} stories each from generate (seed {args.seed}); vocabulary: {len(vocabulary)} words of "
           f"{args.vocabulary_stories} stories of the unmodified model ({base})\n")
     print("| folder | point | fluency (CE under the unmodified model) | novel words | distinct-2 | raw reward | "
-          "over-used words | goal |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"over-used words | top ratio against {args.vocabulary_stories} stories | goal |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for folder, point, m, _ in rows:
         misses = [] if folder == "unmodified model" else [
             name for name, ok in (
                 ("fluency", m["fluency"] <= base_m["fluency"] + 0.25),
                 ("novel words", m["novel_words"] <= 2 * base_m["novel_words"]),
-                ("distinct-2", m["distinct_2"] >= 0.8 * base_m["distinct_2"]),
+                ("distinct-2", m["distinct_2"] >= 0.85 * base_m["distinct_2"]),
                 ("raw reward", m["raw_reward"] >= base_m["raw_reward"] + 1),
                 ("over-use", m["overuse"] <= 5),
             ) if not ok]
         goal = "-" if folder == "unmodified model" else ("met" if not misses else "missed: " + ", ".join(misses))
         print(f"| {folder} | {point} | {m['fluency']:.2f} | {m['novel_words']:.1%} | {m['distinct_2']:.2f} | "
-              f"{m['raw_reward']:.1f} | {m['overused'] if folder != 'unmodified model' else '-'} | {goal} |")
+              f"{m['raw_reward']:.1f} | {m['overused'] if folder != 'unmodified model' else '-'} | "
+              f"{m['overuse_many']:.1f}x | {goal} |")
         if args.json:
             print(json.dumps({"folder": folder, "point": point, **m}), file=sys.stderr)
     for folder, point, _, texts in rows:
