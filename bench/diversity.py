@@ -107,7 +107,7 @@ def main() -> None:
           "arms):\n", flush=True)
     subprocess.run([sys.executable, str(ROOT / "bench" / "read_exports.py"), "--stories", "0", *exports], check=True)
     last = min(list(results.values())[-1][0].trials, key=lambda t: t.seed)
-    print(f"\nthree stories of the last arm at the end (seed 0, its evaluation):")
+    print("\nthree stories of the last arm at the end (seed 0, its evaluation):")
     for text in last.stories(args.generations)["text"].head(3):
         print(f"\n{text}")
     print(f"\nwall time of the whole benchmark: {time.perf_counter() - started:.0f} s")
