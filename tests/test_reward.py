@@ -82,7 +82,7 @@ def test_letter_counts_and_their_entropy():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("alliterations", "--reward takes alliteration, rare-alliteration, path/to/file.py:function"),
+    ("alliterations", "--reward takes alliteration, rare-alliteration, novel-alliteration, path/to/file.py:function"),
     ("file.py", "--reward takes"),
     ("file.py:", "--reward takes"),
     ("my-module:score", "is neither a .py file nor a module name"),

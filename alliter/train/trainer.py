@@ -455,9 +455,9 @@ class Trainer:
         if self.cfg.darling_memory or self.cfg.overuse_cap:
             for record in read_jsonl(self.run_dir / GENERATIONS_FILE):
                 by_group.setdefault(int(record["group"]), []).append(record["text"])
-        for memory in (self.darling_memory, self.overuse_memory):
+        for memory, used in ((self.darling_memory, self.cfg.darling_memory), (self.overuse_memory, self.cfg.overuse_cap)):
             memory.clear()
-            if memory.maxlen:
+            if used and memory.maxlen:
                 memory.extend(by_group[g] for g in sorted(by_group)[-memory.maxlen:])
 
 
