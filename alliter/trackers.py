@@ -265,11 +265,14 @@ def log_choice_wandb(project: str, group: str, result: Any, out: Path, written: 
     """One W&B run of the group: the summary table, the plots, and a table of the best point's stories."""
     import wandb
 
-    here = out / "wandb"  # W&B's run (it adds wandb/ to dir), staging and logs: beside the analysis, not in $HOME
+    # W&B's run (it adds wandb/ to its folder), staging and logs beside the analysis, not in $HOME or the folder the
+    # command runs in, unless the user's own W&B settings say where
+    here = out / "wandb"
     for name, folder in (("WANDB_DATA_DIR", here / "data"), ("WANDB_CACHE_DIR", here / "cache")):
         os.environ.setdefault(name, str(folder))
     out.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis", dir=str(out),
+    run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis",
+                     dir=os.environ.get("WANDB_DIR") or str(out),
                      config={"knob": result.knob, "recipe": result.recipe.recipe, "choice": result.choice,
                              "best_point": result.best_point})
     try:

@@ -232,34 +232,32 @@ def test_a_tracker_that_cannot_work_is_one_line_before_ray_starts(case, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old-mlruns"]  # nothing written
 
 
-def test_best_beta_logs_to_a_folder_as_a_sqlite_store_in_it_and_writes_nothing_elsewhere(tmp_path, monkeypatch,
-                                                                                          capsys):
+def test_best_beta_logs_to_a_folder_as_a_sqlite_store_in_it_and_writes_nothing_elsewhere(tmp_path):
     """MLflow 3 refuses a folder as its file store: --mlflow FOLDER keeps the runs in FOLDER/mlflow.db, the artifacts in
-    FOLDER/artifacts, and says so in one line; W&B's run, its staging and logs go beside the analysis."""
+    FOLDER/artifacts, and says so in one line; W&B's run, its staging and logs go beside the analysis (the command in
+    a process of its own, run from an empty folder with an empty $HOME: W&B keeps its settings per process)."""
+    import random
+
     from mlflow.tracking import MlflowClient
 
-    from alliter.analyse.command import main as best_beta_main
     from helpers import varied_groups, write_trial
-
-    import random
 
     rng = random.Random(5)
     for beta in (0.0, 10.0):
         write_trial(tmp_path / "sweep" / f"beta={beta:g}_x", beta, varied_groups(rng, 20, 2))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    assert best_beta_main([str(tmp_path / "sweep"), "--mlflow", "runs", "--wandb", "p", "--json"]) == 0
-    out = capsys.readouterr()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path / "home"), **WANDB_OFFLINE)
+    res = subprocess.run([*BEST_BETA, str(tmp_path / "sweep"), "--mlflow", "runs", "--wandb", "p", "--json"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
     assert f"mlflow: --mlflow runs is a folder, and MLflow 3 keeps runs in a database: they go to sqlite:///{tmp_path}" \
-        in out.err
+        in res.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sweep")
     (run,) = client.search_runs([experiment.experiment_id])
-    assert float(run.data.params["choice.beta"]) == json.loads(out.out)["choice"]["beta"]
+    assert float(run.data.params["choice.beta"]) == json.loads(res.stdout)["choice"]["beta"]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"report.html", "summary.csv"}
     assert (tmp_path / "runs" / "artifacts").is_dir()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "sweep"]  # no ./mlruns, no ./wandb, nothing in $HOME
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "runs", "sweep"]  # no ./mlruns, no ./wandb
+    assert not [p for p in (tmp_path / "home").rglob("*") if "wandb" in p.name]  # W&B's data and logs not in $HOME
     assert list((tmp_path / "sweep" / "analysis" / "wandb").glob("offline-run-*"))
