@@ -27,7 +27,8 @@ from alliter.analyse.judge import Analysis, analyse
 from alliter.cli import AlliterError
 from alliter.rule import FAILED
 from alliter.schema import RESULTS_DIR, SWEEP_STATS_FILE, read_json, write_atomic
-from alliter.sweep.run import check_name
+from alliter.sweep.console import say
+from alliter.sweep.run import STUDY_STEP, check_name
 from alliter.sweep.search import bracket
 
 SWEEP = [sys.executable, "-m", "alliter", "sweep"]  # the installed package's sweep, from wherever the study runs
@@ -159,8 +160,8 @@ class Study:
                 record["flags"] = command[len(SWEEP):]
             record["status"] = "running"
             self.save()
-            print(f"\nalliter study {self.folder.name}, step {STEPS.index(step) + 1} of {len(STEPS)} ({step}): "
-                  f"alliter sweep {shlex.join(command[len(SWEEP):])}", flush=True)
+            say(f"\nalliter study {self.folder.name}, step {STEPS.index(step) + 1} of {len(STEPS)} ({step}): "
+                f"alliter sweep {shlex.join(command[len(SWEEP):])}")
             start = time.perf_counter()
             code, interrupted = run_step(command)
             record["wall_seconds"] = record.get("wall_seconds", 0.0) + time.perf_counter() - start
@@ -168,12 +169,11 @@ class Study:
             record["status"] = "finished" if code == 0 and stats.get("status") == "finished" else "interrupted"
             self.save()
             if interrupted:
-                print(f"alliter study: interrupted in step {step}; continue with: {self.resume_command}",
-                      file=sys.stderr)
+                say(f"alliter study: interrupted in step {step}; continue with: {self.resume_command}", file=sys.stderr)
                 return 130
             if record["status"] != "finished":
-                print(f"alliter study: step {step} did not finish (exit status {code}); once its cause is fixed, "
-                      f"continue with: {self.resume_command}", file=sys.stderr)
+                say(f"alliter study: step {step} did not finish (exit status {code}); once its cause is fixed, "
+                    f"continue with: {self.resume_command}", file=sys.stderr)
                 return 130 if code == 130 else 1
         return 0
 
@@ -181,7 +181,7 @@ class Study:
 def run_step(command: list[str]) -> tuple[int, bool]:
     """A step's sweep in a process group of its own, a Ctrl-C of the study passed on to it once (Tune stops a sweep
     with its last save on the first, without it on a second): (the sweep's exit status, whether a Ctrl-C came)."""
-    child = subprocess.Popen(command, start_new_session=True)
+    child = subprocess.Popen(command, start_new_session=True, env={**os.environ, STUDY_STEP: "1"})
     interrupted = False
 
     def forward(*_: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import textwrap
 import time
 from typing import Any, TextIO
 
@@ -79,6 +80,20 @@ def _aligned(rows: list[list[str]]) -> list[str]:
     left = {0, len(header) - 1} | ({header.index("state")} if "state" in header else set())  # text left, numbers right
     return [" ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
             .rstrip() for row in rows]
+
+
+def console_width() -> int:
+    """The width of what a command prints: the terminal's (WIDTH at most), else WIDTH."""
+    return max(10, min(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns - 1)) if sys.stdout.isatty() else WIDTH
+
+
+def say(text: str, file: TextIO | None = None, indent: int = 2) -> None:
+    """A line of a command's own, folded to the console's width (the rest of each line indented): a command, a
+    path or an update in words never runs past the table's edge."""
+    width = console_width()
+    lines = [textwrap.fill(line, width, subsequent_indent=" " * indent, break_long_words=True, break_on_hyphens=False)
+             if len(line) > width else line for line in text.split("\n")]
+    print("\n".join(lines), file=file or sys.stdout, flush=True)
 
 
 class _Watched:

@@ -33,7 +33,7 @@ from alliter.measures import TRAINER_DIVERSITY
 from alliter.rule import CollapseRule
 from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE
 from alliter.sweep import cluster, trial
-from alliter.sweep.console import Console
+from alliter.sweep.console import Console, say
 from alliter.sweep.grids import MAX_TRIALS, compact, grid_betas, knob_values, parse_seeds
 from alliter.sweep.search import BetaSearch, SearchSettings, SearchStopper
 from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions, text_sha256
@@ -43,6 +43,7 @@ from alliter.train.snapshots import check_disk, snapshot_plan
 
 log = logging.getLogger("alliter")
 
+STUDY_STEP = "ALLITER_STUDY_STEP"  # set by alliter study for its steps' sweeps: it runs what comes next itself
 # the flags a resume takes: where and how the trials run (resources, not the threads: those stay the trials')
 RESUME_FLAGS = {"resume", "name", "storage", "address", "gpus_per_trial", "cpus_per_trial"}
 
@@ -224,7 +225,7 @@ def _check_cluster_fits(required: dict[str, float], address: str | None) -> None
     fits_now = any(cluster.fits(required, node) for node in cluster.node_resources())
     scaler = cluster.find_autoscaler(0 if fits_now else cluster.STATUS_WAIT_S) if address else None  # none if started here
     if scaler:
-        print(scaler.line())
+        say(scaler.line())
     if fits_now:
         return
     types = scaler.node_types if scaler else []
@@ -501,8 +502,10 @@ def connect(plan: Plan) -> tuple[float, int]:
             lambda record: "Token authentication is enabled" not in record.getMessage())
     try:
         runtime_env = {"py_modules": [str(plan.reward_file)]} if plan.reward_file else None
+        # Ray's and Tune's INFO lines (its start, every save of the experiment's state) off the console: its own
+        # warnings and the trials' lines stay
         ray.init(address=plan.address, include_dashboard=False if not plan.address else None, log_to_driver=True,
-                 runtime_env=runtime_env)
+                 runtime_env=runtime_env, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as err:
         raise AlliterError(f"cannot start or join Ray at {plan.address or 'this machine'}: {err}") from None
     gpus = plan.sweep.gpus_per_trial  # the flag, else $ALLITER_GPUS_PER_TRIAL (resolved above)
@@ -591,7 +594,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
     start = time.perf_counter()
     plan = plan_sweep(sweep, base, given, rule)
     if plan.finished:
-        print(f"alliter sweep {plan.name}: nothing to resume, every trial finished (results: {plan.exp_path})")
+        say(f"alliter sweep {plan.name}: nothing to resume, every trial finished (results: {plan.exp_path})")
         return Outcome("nothing", plan.exp_path)
     with store.DriverLock(plan.exp_path):
         if plan.prompts is not None and not plan.sweep.resume:
@@ -607,14 +610,14 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
                     f"{', '.join(f'{b:g}' for b in plan.betas)}")
         else:
             what = f"betas {plan.betas}"
-        print(f"alliter sweep {plan.name}: {'resuming ' if plan.sweep.resume else ''}{what}"
+        say(f"alliter sweep {plan.name}: {'resuming ' if plan.sweep.resume else ''}{what}"
               f"{f', seeds {compact(plan.seeds)}' if plan.options.seed_in_name else ''}, model {plan.base.model}, tokenizer "
               f"{plan.base.tokenizer}, lr {plan.base.lr}, {plan.base.max_generations} generations each, "
               f"{gpus:g} GPU and {plan.sweep.cpus_per_trial:g} CPU per trial")
-        print(f"update: {plan.base.describe_recipe()}")
-        print(f"results: {plan.exp_path}")
+        say(f"update: {plan.base.describe_recipe()}")
+        say(f"results: {plan.exp_path}")
         if plan.snapshots:
-            print(plan.snapshots)
+            say(plan.snapshots)
         tuner = build_tuner(plan, gpus)
         skip_tunes_callback_census()
         ray_start = time.perf_counter() - start  # Ray's own start (and the checks): paid once per driver
@@ -622,7 +625,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
         try:
             results = tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stops without its last save
-            print(f"\ninterrupted; continue it with: {plan.resume_command}", file=sys.stderr)
+            say(f"\ninterrupted; continue it with: {plan.resume_command}", file=sys.stderr)
             return Outcome("interrupted", plan.exp_path)
         stats = {**sweep_stats(results, fit_started, time.perf_counter() - fit_start, slots),
                  "ray_start_seconds": ray_start}
@@ -658,24 +661,24 @@ def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Ou
     unfinished = sum(t["status"] not in ("TERMINATED", "ERROR") for t in store.sweep_trials(plan.exp_path) or [])
     searching = plan.settings is not None and not (store.read_json(store.join(plan.exp_path, SEARCH_FILE)) or {}).get("finished")
     status = "interrupted" if unfinished or (searching and not errors) else "errored" if errors else "finished"
-    print(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of groups / {stats['slots']} "
+    say(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of groups / {stats['slots']} "
           f"trial slots x {stats['wall_seconds']:.0f} s of Tune; Ray's start and checks: {stats['ray_start_seconds']:.0f} s)")
     if stats["eval_seconds"]:
         share = stats["eval_seconds"] / (stats["wall_seconds"] * stats["slots"])
-        print(f"evaluations: {stats['eval_seconds']:.0f} s, {share:.0%} of the trial slots' time (--eval-samples sets "
+        say(f"evaluations: {stats['eval_seconds']:.0f} s, {share:.0%} of the trial slots' time (--eval-samples sets "
               "their size, 0 turns them off)")
     quoted = shlex.quote(plan.exp_path)  # a URI's query string holds '&'
-    print(f"results:     {plan.exp_path}")
-    print(f"tensorboard: tensorboard --logdir {quoted}")
+    say(f"results:     {plan.exp_path}")
+    say(f"tensorboard: tensorboard --logdir {quoted}")
     for r in errors:
-        print(f"  ERROR in {Path(r.path).name}: {trial_cause(r)}", file=sys.stderr)
-    if status == "finished":
-        print(f"next:        python analysis/best_beta.py {quoted}")
+        say(f"  ERROR in {Path(r.path).name}: {trial_cause(r)}", file=sys.stderr, indent=4)
+    if status == "finished" and not os.environ.get(STUDY_STEP):  # a study's step: the study analyses it itself
+        say(f"next:        python analysis/best_beta.py {quoted}")
     elif status == "errored":
-        print(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with: "
+        say(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with: "
               f"{plan.resume_command}", file=sys.stderr)
     else:
-        print(f"interrupted with {unfinished} trial(s) unfinished; continue it with: {plan.resume_command}",
+        say(f"interrupted with {unfinished} trial(s) unfinished; continue it with: {plan.resume_command}",
               file=sys.stderr)
     path = store.join(plan.exp_path, SWEEP_STATS_FILE)
     earlier = store.read_json(path) or {}
