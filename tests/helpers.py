@@ -127,6 +127,14 @@ def sweep(*args: str, env: dict | None = None, timeout: float = 300, fault: str 
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def printed_command(text: str, after: str) -> str:
+    """The command a command printed on the line after the one ending in `after` ("continue it with:"), its folds
+    (a backslash at a line's end) joined as a shell joins them."""
+    lines = text.replace(" \\\n", " ").splitlines()
+    i = next(i for i, line in enumerate(lines) if line.rstrip().endswith(after))
+    return " ".join(lines[i + 1].split())
+
+
 def sweep_main(*args: str) -> subprocess.CompletedProcess:
     """tune_jobs/sweep.py's main() in this process: for errors that come before Ray starts."""
     spec = importlib.util.spec_from_file_location("sweep_cli", SWEEP[1])

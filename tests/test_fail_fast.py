@@ -26,7 +26,7 @@ from alliter.sample import main as sample_main
 from alliter.storage import DriverLock
 from alliter.testing import build_tiny_gpt_neo
 from alliter.train.__main__ import main as train_main
-from helpers import local_gpus, sweep, sweep_main, trial_states, varied_groups, write_trial
+from helpers import local_gpus, printed_command, sweep, sweep_main, trial_states, varied_groups, write_trial
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zer
     assert "Traceback" not in res.stderr  # the cause's line, without Ray's traceback above it (error.txt has it)
     hint = next(line for line in res.stderr.splitlines() if "trial(s) errored" in line)
     assert hint.startswith("2 trial(s) errored (above)") and "next:" not in res.stdout
-    command = hint.split("run them again with: ")[1]
+    command = printed_command(res.stderr, "run them again with:")
     # the command that tests/test_resume.py runs as printed after a Ctrl-C
     assert command == f"python tune_jobs/sweep.py --resume --name nan --storage {tmp_path}"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SWEEP, check_mlflow_runs, digest, generation_indices, sweep, sweep_main
+from helpers import SWEEP, check_mlflow_runs, digest, generation_indices, printed_command, sweep, sweep_main
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +52,8 @@ def interrupted(tmp_path_factory, tiny_gpt_neo) -> Interrupted:
     out, err = driver.communicate(timeout=120)
     lock_left = (exp / "driver.lock").exists()
     hint = next((line for line in err.splitlines() if line.startswith("interrupted with ")), "")
-    assert "continue it with: " in hint, err[-2000:]
-    resumed = sweep(*shlex.split(hint.split("continue it with: ")[1])[2:])
+    assert hint.endswith("continue it with:"), err[-2000:]
+    resumed = sweep(*shlex.split(printed_command(err, "continue it with:"))[2:])
     return Interrupted(exp, mlflow, driver.returncode, out, err, lock_left, resumed)
 
 

@@ -21,7 +21,9 @@ from alliter.analyse.document import to_html, to_markdown
 from alliter.analyse.judge import analyse
 from alliter.study.run import STEPS, STUDY_FILE, failed_betas, fine_betas
 from alliter.study.writeup import build
-from helpers import COLLAPSED, K, ONE_AT_A_TIME, REPO, generation_indices, varied_text, write_trial
+from helpers import (
+    COLLAPSED, K, ONE_AT_A_TIME, REPO, generation_indices, printed_command, varied_text, write_trial,
+)
 from raycluster import RayCluster
 
 STUDY = [sys.executable, str(REPO / "tune_jobs" / "study.py")]
@@ -218,14 +220,13 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_p
     out, err = interrupt_when(study, lambda: step_status(folder, "coarse") == "finished")  # between two steps
     assert study.returncode == 130, err[-3000:]
     assert step_status(folder, "coarse") == "finished" and step_status(folder, "extended") is None, err[-3000:]
-    assert f"continue with: alliter study --resume --name s --storage {tmp_path}" in err or \
-        f"continue it with: alliter study --resume --name s --storage {tmp_path}" in err, err[-3000:]
+    assert printed_command(err, "with:") == f"alliter study --resume --name s --storage {tmp_path}", err[-3000:]
 
     study = subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ray_head.env)
     out, err = interrupt_when(study, lambda: bool(list((folder / "fine").glob("beta=*/checkpoint_*"))))  # in a step
     assert study.returncode == 130, err[-3000:]
     assert step_status(folder, "fine") == "interrupted" and "step 1 of 4" not in out
-    assert "continue with: alliter study --resume --name s" in err
+    assert printed_command(err, "continue with:") == f"alliter study --resume --name s --storage {tmp_path}"
 
     res = subprocess.run(resume, capture_output=True, text=True, timeout=600, env=ray_head.env)
     assert res.returncode == 0, res.stderr[-3000:]

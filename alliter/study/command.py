@@ -15,6 +15,7 @@ when interrupted (Ctrl-C; `--resume` continues it).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 from typing import Sequence
 
@@ -24,6 +25,7 @@ from alliter.cli import (
 from alliter.study.run import (
     PLANNED_BETA, PLANNED_FINE, STEPS, StudyConfig, new_study_folder, open_study, resumed_folder, step_flags, study_root,
 )
+from alliter.sweep.console import say_command
 
 STEP_FLAGS = {"--grid", "--betas", "--seeds", "--max-generations", "--name", "--storage", "--resume", "--search",
               "--kl-targets", "--kl-target", "--search-targets", "--search-start"}  # what the steps set themselves
@@ -118,9 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             md, page = write(study.folder)
     except KeyboardInterrupt:
-        where = f"continue it with: alliter study --resume --name {folder.name} --storage {root}" if folder.exists() \
-            else "nothing to resume"
-        print(f"\ninterrupted; {where}", file=sys.stderr)
+        if folder.exists():
+            say_command("\ninterrupted; continue it with:",
+                        f"alliter study --resume --name {shlex.quote(folder.name)} --storage {shlex.quote(str(root))}",
+                        file=sys.stderr)
+        else:
+            print("\ninterrupted before the study started; nothing to resume", file=sys.stderr)
         return 130
     print(f"\nthe study's write-up: {page} (and {md.name}); its sweeps and their analyses in {study.folder}")
     return 0

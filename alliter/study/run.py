@@ -27,7 +27,7 @@ from alliter.analyse.judge import Analysis, analyse
 from alliter.cli import AlliterError
 from alliter.rule import FAILED
 from alliter.schema import RESULTS_DIR, SWEEP_STATS_FILE, read_json, write_atomic
-from alliter.sweep.console import say
+from alliter.sweep.console import say, say_command
 from alliter.sweep.run import STUDY_STEP, check_name
 from alliter.sweep.search import bracket
 
@@ -169,11 +169,12 @@ class Study:
             record["status"] = "finished" if code == 0 and stats.get("status") == "finished" else "interrupted"
             self.save()
             if interrupted:
-                say(f"alliter study: interrupted in step {step}; continue with: {self.resume_command}", file=sys.stderr)
+                say_command(f"alliter study: interrupted in step {step}; continue with:", self.resume_command,
+                            file=sys.stderr)
                 return 130
             if record["status"] != "finished":
-                say(f"alliter study: step {step} did not finish (exit status {code}); once its cause is fixed, "
-                    f"continue with: {self.resume_command}", file=sys.stderr)
+                say_command(f"alliter study: step {step} did not finish (exit status {code}); once its cause is fixed, "
+                            "continue with:", self.resume_command, file=sys.stderr)
                 return 130 if code == 130 else 1
         return 0
 

@@ -87,13 +87,27 @@ def console_width() -> int:
     return max(10, min(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns - 1)) if sys.stdout.isatty() else WIDTH
 
 
-def say(text: str, file: TextIO | None = None, indent: int = 2) -> None:
-    """A line of a command's own, folded to the console's width (the rest of each line indented): a command, a
-    path or an update in words never runs past the table's edge."""
+def say(text: str, file: TextIO | None = None, indent: int = 2, shell: bool = False) -> None:
+    """A line of a command's own, folded to the console's width (the rest of each line indented) at its spaces, a
+    word never cut: an update in words or a path never runs past the table's edge. `shell`: the line ends in a
+    command, folded with a backslash at each break, so that it still pastes into a shell as one."""
     width = console_width()
-    lines = [textwrap.fill(line, width, subsequent_indent=" " * indent, break_long_words=True, break_on_hyphens=False)
-             if len(line) > width else line for line in text.split("\n")]
+    lines = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            lines.append(line)
+            continue
+        folded = textwrap.wrap(line, width - (2 if shell else 0), subsequent_indent=" " * indent,
+                               break_long_words=False, break_on_hyphens=False)
+        lines.append((" \\\n" if shell else "\n").join(folded))
     print("\n".join(lines), file=file or sys.stdout, flush=True)
+
+
+def say_command(prose: str, command: str, file: TextIO | None = None) -> None:
+    """`prose` ("... continue it with:"), then the command on a line of its own, folded with backslashes where it is
+    wider than the console: it pastes into a shell as it is."""
+    say(prose, file=file)
+    say(f"  {command}", file=file, indent=4, shell=True)
 
 
 class _Watched:

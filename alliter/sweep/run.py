@@ -33,7 +33,7 @@ from alliter.measures import TRAINER_DIVERSITY
 from alliter.rule import CollapseRule
 from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE
 from alliter.sweep import cluster, trial
-from alliter.sweep.console import Console, say
+from alliter.sweep.console import Console, say, say_command
 from alliter.sweep.grids import MAX_TRIALS, compact, grid_betas, knob_values, parse_seeds
 from alliter.sweep.search import BetaSearch, SearchSettings, SearchStopper
 from alliter.sweep.trial import FATAL, OPTIONS_KEY, NoRetry, TrialOptions, text_sha256
@@ -625,7 +625,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = ()
         try:
             results = tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stops without its last save
-            say(f"\ninterrupted; continue it with: {plan.resume_command}", file=sys.stderr)
+            say_command("\ninterrupted; continue it with:", plan.resume_command, file=sys.stderr)
             return Outcome("interrupted", plan.exp_path)
         stats = {**sweep_stats(results, fit_started, time.perf_counter() - fit_start, slots),
                  "ray_start_seconds": ray_start}
@@ -669,17 +669,17 @@ def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Ou
               "their size, 0 turns them off)")
     quoted = shlex.quote(plan.exp_path)  # a URI's query string holds '&'
     say(f"results:     {plan.exp_path}")
-    say(f"tensorboard: tensorboard --logdir {quoted}")
+    say(f"tensorboard: tensorboard --logdir {quoted}", shell=True)
     for r in errors:
         say(f"  ERROR in {Path(r.path).name}: {trial_cause(r)}", file=sys.stderr, indent=4)
     if status == "finished" and not os.environ.get(STUDY_STEP):  # a study's step: the study analyses it itself
-        say(f"next:        python analysis/best_beta.py {quoted}")
+        say(f"next:        python analysis/best_beta.py {quoted}", shell=True)
     elif status == "errored":
-        say(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with: "
-              f"{plan.resume_command}", file=sys.stderr)
+        say_command(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with:",
+                    plan.resume_command, file=sys.stderr)
     else:
-        say(f"interrupted with {unfinished} trial(s) unfinished; continue it with: {plan.resume_command}",
-              file=sys.stderr)
+        say_command(f"interrupted with {unfinished} trial(s) unfinished; continue it with:", plan.resume_command,
+                    file=sys.stderr)
     path = store.join(plan.exp_path, SWEEP_STATS_FILE)
     earlier = store.read_json(path) or {}
     sessions = [*earlier.pop("earlier", []), earlier] if earlier else []  # a resume keeps the figures of before
