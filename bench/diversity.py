@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from alliter import measures as M  # noqa: E402
 from alliter.analyse.judge import Analysis, AnalysisConfig, analyse  # noqa: E402
 from alliter.train.reward import raw_reward  # noqa: E402
-from sweeps import add_long_run_flags, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
+from sweeps import add_long_run_flags, export_seed0, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
 
 # the configuration that holds (README, "Which recipe holds"): AdamW with a clip, and the KL-target controller with a
 # floor at its start and a short horizon
@@ -95,14 +95,7 @@ def main() -> None:
     for arm, (new, old) in results.items():
         print("\n".join(arm_rows(arm, new, old, walls[arm], args.generations)))
 
-    exports = []
-    for i, (arm, (new, _)) in enumerate(results.items()):
-        value = min(t.value for t in new.trials if t.seed == 0)
-        folder = storage / f"export-arm{i}"
-        subprocess.run([sys.executable, str(ROOT / "analysis" / "best_beta.py"), str(storage / f"arm{i}"), "--out",
-                        str(storage / f"analysis-arm{i}"), "--export", str(folder), "--export-at",
-                        f"{value:g}:{args.generations}", "--force"], check=True, capture_output=True)
-        exports.append(str(folder))
+    exports = export_seed0(storage, [f"arm{i}" for i in range(len(results))], args.generations)
     print(f"\nthe seed-0 policies at the end, exported and read (export-arm0 .. {len(exports) - 1}, in the order of the "
           "arms):\n", flush=True)
     subprocess.run([sys.executable, str(ROOT / "bench" / "read_exports.py"), "--stories", "0", *exports], check=True)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from alliter import measures as M  # noqa: E402
 from alliter.analyse.judge import Analysis, analyse  # noqa: E402
-from sweeps import add_long_run_flags, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
+from sweeps import add_long_run_flags, export_seed0, sweeps_folder, timed_sweep  # noqa: E402 (bench/sweeps.py)
 
 STUDY = ["--betas", "50"]  # the 3-seed fine grid's choice (README, "KL-target mode")
 TARGET = ["--betas", "50", "--kl-targets", "0.03", "--max-grad-norm", "20"]  # the probe: no failure to 7000
@@ -111,14 +111,7 @@ def main() -> None:
         print("\n".join(arm_rows(arm, result, walls[arm], args.generations)))
     print(f"\nthe rule's last point: {last_point_check(list(results.values()) + [trl])}")
 
-    exports = []
-    for i, (arm, result) in enumerate(results.items()):
-        value = min(t.value for t in result.trials if t.seed == 0)
-        folder = storage / f"export-arm{i}"
-        subprocess.run([sys.executable, str(ROOT / "analysis" / "best_beta.py"), str(storage / f"arm{i}"), "--out",
-                        str(storage / f"analysis-arm{i}"), "--export", str(folder), "--export-at",
-                        f"{value:g}:{args.generations}", "--force"], check=True, capture_output=True)
-        exports.append(str(folder))
+    exports = export_seed0(storage, [f"arm{i}" for i in range(len(results))], args.generations)
     print("\nthe seed-0 policies at the end, exported and read (export-arm0 .. 3, in the order of the arms):\n", flush=True)
     subprocess.run([sys.executable, str(ROOT / "bench" / "read_exports.py"), *exports], check=True)
     last = min(results["best"].trials, key=lambda t: t.seed)

@@ -66,6 +66,20 @@ def timed_sweep(storage: Path, name: str, args: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def export_seed0(storage: Path, arms: list[str], generations: int) -> list[str]:
+    """Each arm's (a sweep folder under `storage`) seed-0 policy at `generations`, exported by best_beta.py
+    (`--export-at`, `--force`: whatever the rule says of it) to storage/export-ARM; the folders."""
+    exports = []
+    for arm in arms:
+        value = min(t.value for t in analyse(storage / arm).trials if t.seed == 0)
+        folder = storage / f"export-{arm}"
+        subprocess.run([sys.executable, str(ROOT / "analysis" / "best_beta.py"), str(storage / arm), "--out",
+                        str(storage / f"analysis-{arm}"), "--export", str(folder), "--export-at",
+                        f"{value:g}:{generations}", "--force"], check=True, capture_output=True)
+        exports.append(str(folder))
+    return exports
+
+
 def run_mode(mode: str, storage: Path, extra: list[str]) -> dict:
     wall = timed_sweep(storage, mode, [*MODES[mode], *extra])
     exp = storage / mode
