@@ -34,8 +34,8 @@ from sweeps import add_long_run_flags, export_seed0, sweeps_folder, timed_sweep 
 # floor at its start and a short horizon
 HOLDS = ["--optimizer", "adamw", "--lr", "1e-4", "--max-grad-norm", "1", "--betas", "60", "--kl-targets", "0.1",
          "--kl-min-beta", "60", "--kl-horizon", "30"]
-# the same controller, looser: a KL target twice as high, beta floored at 30
-LOOSE = ["--optimizer", "adamw", "--lr", "1e-4", "--max-grad-norm", "1", "--betas", "30", "--kl-targets", "0.2",
+# the same controller, looser: a KL target 1.5x as high, beta floored at 30
+LOOSE = ["--optimizer", "adamw", "--lr", "1e-4", "--max-grad-norm", "1", "--betas", "30", "--kl-targets", "0.15",
          "--kl-min-beta", "30", "--kl-horizon", "30"]
 ARMS = {
     "holds": HOLDS,
@@ -43,8 +43,9 @@ ARMS = {
                               "0.001"],
     "holds + DARLING": [*HOLDS, "--darling", "--darling-memory", "10"],
     "holds + reference resets": [*HOLDS, "--ref-sync-every", "1000", "--ref-sync-alpha", "0.6"],
-    "holds + over-use damping": [*HOLDS, "--overuse-cap", "2"],
-    "winner": [*LOOSE, "--reward", "novel-alliteration", "--overuse-cap", "2"],
+    "holds + over-use damping": [*HOLDS, "--overuse-cap", "1.5"],
+    "holds + novel-alliteration": [*HOLDS, "--reward", "novel-alliteration"],
+    "winner": [*LOOSE, "--reward", "novel-alliteration", "--overuse-cap", "1.5"],
 }
 
 
