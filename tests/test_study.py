@@ -234,8 +234,8 @@ def test_a_tiny_study_runs_end_to_end_and_resumes_where_it_was_interrupted(tmp_p
     assert {s["status"] for s in state["steps"].values()} == {"finished"}
     assert state["steps"]["coarse"]["flags"][:4] == ["--grid", "coarse", "--max-generations", "20"]
     assert state["steps"]["fine"]["flags"][1] == ",".join(f"{b:g}" for b in state["placement"]["betas"])
-    assert state["steps"]["holds"]["flags"][:4] == ["--betas", f"{state['extended_beta']:g}", "--kl-min-beta",
-                                                    f"{state['extended_beta']:g}"]
+    half = float(f"{state['extended_beta'] / 2:.2g}")  # the recipe that holds starts and floors beta at half the choice
+    assert state["steps"]["holds"]["flags"][:4] == ["--betas", f"{half:g}", "--kl-min-beta", f"{half:g}"]
     assert "step 1 of 4" not in res.stdout  # the finished coarse grid is not run again
     fine = analyse(folder / "fine")
     assert sorted(t.value for t in fine.trials) == state["placement"]["betas"]

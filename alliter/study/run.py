@@ -35,9 +35,11 @@ SWEEP = [sys.executable, "-m", "alliter", "sweep"]  # the installed package's sw
 STUDY_FILE = "study.json"
 STEPS = ("coarse", "fine", "extended", "holds")
 FINE_VALUES = 8  # the fine grid: 8 betas evenly between the coarse bracket's ends (10 and 100: 20, 30, ..., 90)
-# the recipe that holds (README, "Which recipe holds"): AdamW with a clip, and the KL-target controller floored at its
-# start beta (the fine grid's choice), with a short horizon
-HOLDS = ["--optimizer", "adamw", "--lr", "1e-4", "--max-grad-norm", "1", "--kl-targets", "0.1", "--kl-horizon", "30"]
+# the recipe that holds (README, "Which recipe holds", bench/diversity.py's winner): AdamW with a clip; the KL-target
+# controller with a short horizon, beta started and floored at half the fine grid's choice (the winner's 30, half the
+# 60 the fine grid chose); the reward novel-alliteration, each sample's damped by its most over-used word
+HOLDS = ["--optimizer", "adamw", "--lr", "1e-4", "--max-grad-norm", "1", "--kl-targets", "0.15", "--kl-horizon", "30",
+         "--reward", "novel-alliteration", "--overuse-cap", "1.5"]
 # what the later steps are checked with before the first runs (their own come from the steps before them): the
 # reference study's fine grid and a beta of it
 PLANNED_FINE = [float(b) for b in range(20, 100, 10)]
@@ -110,7 +112,8 @@ def step_flags(step: str, cfg: "StudyConfig", fine: list[float], beta: float) ->
         return ["--betas", ",".join(f"{v:g}" for v in fine), *grid]
     if step == "extended":
         return ["--betas", f"{beta:g}", *gens]
-    return ["--betas", f"{beta:g}", "--kl-min-beta", f"{beta:g}", *HOLDS, *gens]
+    floor = float(f"{beta / 2:.2g}")
+    return ["--betas", f"{floor:g}", "--kl-min-beta", f"{floor:g}", *HOLDS, *gens]
 
 
 @dataclass
