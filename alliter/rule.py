@@ -47,7 +47,7 @@ FAILED = (COLLAPSED, DEGENERATE, NARROWED)
 DEFAULT_MEASURE = "distinct_2"
 DEFAULT_SHARE = 0.8
 DEFAULT_FLUENCY_MARGIN = 0.3
-DEFAULT_MAX_OVERUSE = 5.0
+DEFAULT_MAX_OVERUSE = 6.0
 
 # a training group's column -> the point measure it stands for (training points, the fallback)
 TRAINING_MEASURES = {m.group: m.name for m in M.MEASURES if m.group}
@@ -110,8 +110,8 @@ class CollapseRule:
     above the unmodified model's own stories' is degenerate (non-words); see README, "What kept means"."""
     max_overuse: float = DEFAULT_MAX_OVERUSE
     """A point whose stories together use a word of 4+ letters (in at least 1 of 5 stories) more than this many times
-    as often as the unmodified model's is narrowed (one topic; the unmodified model against itself reaches 4x, README,
-    "What kept means"); 0: no such check."""
+    as often as the unmodified model's is narrowed (one topic; the unmodified model against itself reaches 4x, a one-topic
+    policy 12x and more: README, "What kept means"); 0: no such check."""
     window: int = DEFAULT_WINDOW
     """Generations of a training point (trials without evaluations) and of the final window of the training
     measures in best_beta's table."""

@@ -55,7 +55,7 @@ def point(top_overuse: float, distinct_2: float = 0.6, fluency: float = 1.2, gen
 
 def test_a_point_that_over_uses_a_word_past_the_bound_is_narrowed_the_others_kept():
     rule, base = CollapseRule(), point(1.0)
-    assert rule.judge(point(5.5), base) == NARROWED and rule.judge(point(4.9), base) == KEPT
+    assert rule.judge(point(6.5), base) == NARROWED and rule.judge(point(5.9), base) == KEPT
     assert rule.judge(point(50.0, distinct_2=0.1), base) == COLLAPSED  # collapse is said first
     assert CollapseRule(max_overuse=0).judge(point(50.0), base) == KEPT  # 0: no such check
     assert rule.judge({**point(1.0), "top_overuse": math.nan}, base) == KEPT  # a point of before the measure
