@@ -222,6 +222,13 @@ class TrainConfig:
     """alliter's own decode loop and training forward (alliter.train.fast) where the architecture allows (Llama,
     GPT-Neo), else the library's; false: the library's generate and forward everywhere (same numbers, within float
     tolerance, and another draw of the samples)."""
+    compile: bool = False
+    """Compile the fast path's decode step and its scoring forward and backward with torch.compile (Inductor; on a
+    CPU it needs a C++ compiler), for Llama in float32 or float64 (alliter.train.fast.compiled): every group has
+    the trial's shapes, compiled once per process and kept in alliter's Inductor cache (~/.cache/alliter/inductor,
+    or $TORCHINDUCTOR_CACHE_DIR). The same draw and the same numbers within float rounding (float64: to 1e-9), so
+    a float32 trial's samples drift from the default's after a while; off by default for that reason. Evaluations
+    stay on the eager fast path."""
     eval_samples: int = 50
     """Stories sampled from the policy to evaluate it, before the first update and at every snapshot (the points
     best_beta judges and exports); 0: no evaluations (best_beta then judges on the training groups)."""
@@ -278,6 +285,8 @@ class TrainConfig:
                 raise AlliterError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         within("adam_epsilon", self.adam_epsilon, 0, None, low_open=True)
         within("weight_decay", self.weight_decay, 0, None)
+        if self.compile and not self.fast:
+            raise AlliterError("compile compiles the fast path: drop --fast false, or --compile")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise AlliterError(f"device must be auto, cpu or cuda, got {self.device!r}")
         return self

@@ -94,7 +94,7 @@ class Trainer:
             self.prompt_index = random.randrange(len(self.prompts))
             self.prompt_ids = self.prompt_tokens[self.prompt_index]
         return sample_group(m.policy, self.prompt_ids, cfg.group_size, cfg.max_length, cfg.top_k, cfg.temperature,
-                            m.eos_ids, fast=cfg.fast)
+                            m.eos_ids, fast=cfg.fast, compile=cfg.compile)
 
     def update(self, tokens: torch.Tensor, start: float | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """The RLOO update on a sampled group: rewards, leave-one-out advantages, one optimiser step."""
@@ -106,9 +106,9 @@ class Trainer:
         scores = self.reward(texts)
         raw = torch.tensor(scores, dtype=torch.float64, device=m.device)
 
-        nll = token_nll(m.policy, tokens, lengths, cfg.fast)  # with gradient: the loss (and a KL in the loss)
+        nll = token_nll(m.policy, tokens, lengths, cfg.fast, cfg.compile)  # with gradient: the loss (and a KL in it)
         with torch.inference_mode():  # cheaper than no_grad per op; the reference never enters the graph
-            nll_ref = token_nll(m.reference, tokens, lengths, cfg.fast)
+            nll_ref = token_nll(m.reference, tokens, lengths, cfg.fast, cfg.compile)
         width = nll.shape[1] + 1
         whole, completion = target_mask(lengths, width), target_mask(lengths, width, start=prompt_len)
         ce_policy, ce_ref = reduce_tokens(nll, whole, "mean"), reduce_tokens(nll_ref, whole, "mean")  # the study's CE

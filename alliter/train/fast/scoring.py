@@ -25,6 +25,14 @@ def sequence_logits(model: torch.nn.Module, tokens: Tensor) -> Tensor:
     return model(tokens).logits
 
 
+def nll_of_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """Each target's negative log-likelihood [K, N] from logits [K, N, V], in float32 or float64 (bf16 -> f32)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    k, n, vocab = logits.shape
+    # over the vocabulary as the last, contiguous dim: several times faster than over transposed logits
+    return F.cross_entropy(logits.reshape(k * n, vocab), targets.reshape(k * n), reduction="none").view(k, n)
+
+
 _CHUNK = 32  # at most this many queries per attention chunk (T=100: four chunks of 25)
 
 
@@ -100,7 +108,49 @@ def softmax_backward(grad: Tensor, p: Tensor) -> Tensor:
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """LlamaRMSNorm's result (float32 statistics, weight in the input dtype), with torch's fused kernel:
     bitwise the module's output, in fewer ops forward and backward."""
-    return weight * F.rms_norm(x.float(), x.shape[-1:], None, eps).to(x.dtype)
+    return weight * rms_norm_float32(x, eps).to(x.dtype)
+
+
+def rms_norm_float32(x: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last dim, in float32 whatever x's dtype, as LlamaRMSNorm computes it.
+    Compiled on a float64 model, aten's own kernels run it (`_rms_norm_aten`): a float32 mean rounds by its order of
+    summation, Inductor's differs from aten's, and the compiled path would lose the eager path's float64 exactness
+    there alone."""
+    if x.dtype == torch.float64 and torch.compiler.is_compiling():
+        return _rms_norm_aten(x, eps)
+    return F.rms_norm(x.float(), x.shape[-1:], None, eps)
+
+
+@torch.library.custom_op("alliter::rms_norm_float32", mutates_args=())
+def _rms_norm_aten(x: Tensor, eps: float) -> Tensor:
+    return F.rms_norm(x.float(), x.shape[-1:], None, eps)
+
+
+@_rms_norm_aten.register_fake
+def _(x: Tensor, eps: float) -> Tensor:
+    return torch.empty_like(x, dtype=torch.float32)
+
+
+@torch.library.custom_op("alliter::rms_norm_float32_backward", mutates_args=())
+def _rms_norm_aten_backward(grad: Tensor, x: Tensor, eps: float) -> Tensor:
+    with torch.enable_grad():  # the gradient eager autograd takes through x.float() and F.rms_norm
+        xf = x.detach().float().requires_grad_()
+        (grad_x,) = torch.autograd.grad(F.rms_norm(xf, xf.shape[-1:], None, eps), xf, grad)
+    return grad_x.to(x.dtype)
+
+
+@_rms_norm_aten_backward.register_fake
+def _(grad: Tensor, x: Tensor, eps: float) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _save_rms_norm_input(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+    ctx.eps = inputs[1]
+
+
+_rms_norm_aten.register_autograd(lambda ctx, grad: (_rms_norm_aten_backward(grad, ctx.saved_tensors[0], ctx.eps), None),
+                                 setup_context=_save_rms_norm_input)
 
 
 def llama_inputs(model, length: int) -> dict:
