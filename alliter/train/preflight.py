@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,16 @@ def check_prompt(prompt: str, prompt_tokens: int, max_length: int, model: Any, n
                            f"pass --max-length {most} or less")
 
 
+def check_compiler(cfg: TrainConfig) -> None:
+    """--compile needs the C++ compiler that Inductor runs (its $CXX, else g++; clang++ on macOS)."""
+    if not cfg.compile:
+        return
+    cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    if shutil.which(cxx) is None:
+        raise AlliterError(f"--compile needs a C++ compiler for Inductor's code, and {cxx!r} is not on this machine: "
+                           "install one (apt-get install g++) or set CXX, or drop --compile")
+
+
 def check_trial(cfg: TrainConfig) -> dict[str, Any]:
     """Load what a trial loads, but the weights, and check it; AlliterError in one line. Returns what was found."""
     from transformers import AutoConfig, AutoTokenizer
@@ -103,6 +114,7 @@ def check_trial(cfg: TrainConfig) -> dict[str, Any]:
 
     cfg = cfg.resolved()
     check_model(cfg)
+    check_compiler(cfg)
     try:
         config = AutoConfig.from_pretrained(cfg.model)
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -24,7 +24,7 @@ from alliter.schema import (
 )
 from alliter.train.evaluate import evaluate_prompts, evaluation_points
 from alliter.train.model import load_models
-from alliter.train.preflight import check_prompt
+from alliter.train.preflight import check_compiler, check_prompt
 from alliter.train.rloo import (
     kl_controller, kl_tokens, leave_one_out_advantage, normalized, reduce_tokens, rloo_loss, target_mask, token_nll,
 )
@@ -52,6 +52,7 @@ class Trainer:
             raise AlliterError(f"{self.run_dir} is a file, not a run folder; pass another --out")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        check_compiler(cfg)
         self.reward = reward or load_reward(cfg.reward)
         self.m = load_models(cfg)
         self.optimizer = make_optimizer(self.m.policy, cfg)

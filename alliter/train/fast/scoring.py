@@ -64,38 +64,77 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, window: int 
 
 def attention_chunk(q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> Tensor:
     """One chunk of attention, transposed: [N, D, R] for q [N, R, D], k_t and v_t [N, D, Tk], mask [R, Tk] (0 or
-    -inf). Eager, `_AttentionChunk` with its backward laid out for MKL; compiled, the same products as plain ops,
-    whose backward AOTAutograd derives (an autograd.Function in the graph would keep it out of AOTAutograd's cache,
-    and the compiled forward would be traced again in every process)."""
-    if not torch.compiler.is_compiling():
-        return _AttentionChunk.apply(q, k_t, v_t, mask, scale)
-    p = torch.softmax(torch.baddbmm(mask, q, k_t, alpha=scale), -1).to(v_t.dtype)
-    return torch.bmm(v_t, p.transpose(1, 2))
+    -inf), with a backward whose four products all have D on their short (row) side: MKL computes [R x T] @ [T x D]
+    several times slower than [D x T] @ [T x R] when D is as small as Llama-260K's 8. Eager, an autograd.Function;
+    compiled, the same forward and backward as a custom operator (`_chunk_op`), which Inductor calls as it is: the
+    backward autograd would derive from plain products has that slow layout, and an autograd.Function in a graph
+    keeps it out of AOTAutograd's cache (the forward would be traced again in every process)."""
+    if torch.compiler.is_compiling():
+        return _chunk_op(q, k_t, v_t, mask, scale)[0]
+    return _AttentionChunk.apply(q, k_t, v_t, mask, scale)
+
+
+def _chunk_forward(q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """(the output [N, D, R], the probabilities [N, R, Tk], which the backward reads)."""
+    p = torch.softmax(torch.baddbmm(mask, q, k_t, alpha=scale), -1).to(v_t.dtype)  # [N, R, Tk]
+    return torch.bmm(v_t, p.transpose(1, 2)), p
+
+
+def _chunk_backward(grad_o_t: Tensor, q: Tensor, k_t: Tensor, v_t: Tensor, p: Tensor,
+                    scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of q, k_t and v_t."""
+    grad_v_t = torch.bmm(grad_o_t, p)  # [N, D, Tk]
+    grad_p = torch.bmm(grad_o_t.transpose(1, 2), v_t)  # [N, R, Tk]
+    grad_s = softmax_backward(grad_p.to(p.dtype), p) * scale
+    grad_k_t = torch.bmm(q.transpose(1, 2), grad_s.to(q.dtype))  # [N, D, Tk]
+    grad_q = torch.bmm(k_t, grad_s.transpose(1, 2).to(q.dtype)).transpose(1, 2)  # [N, R, D]
+    return grad_q, grad_k_t, grad_v_t
 
 
 class _AttentionChunk(torch.autograd.Function):
-    """One chunk of attention, returning the output transposed, [N, D, R], with a backward whose four
-    products all have D on their short (row) side: MKL computes [R x T] @ [T x D] several times slower than
-    [D x T] @ [T x R] when D is as small as Llama-260K's 8."""
-
     @staticmethod
     def forward(ctx, q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> Tensor:
-        # q [N, R, D], k_t and v_t [N, D, Tk], mask [R, Tk] (0 or -inf)
-        p = torch.softmax(torch.baddbmm(mask, q, k_t, alpha=scale), -1)  # [N, R, Tk]
-        p = p.to(v_t.dtype)
+        o_t, p = _chunk_forward(q, k_t, v_t, mask, scale)
         ctx.save_for_backward(q, k_t, v_t, p)
         ctx.scale = scale
-        return torch.bmm(v_t, p.transpose(1, 2))  # [N, D, R]
+        return o_t
 
     @staticmethod
     def backward(ctx, grad_o_t: Tensor):
-        q, k_t, v_t, p = ctx.saved_tensors
-        grad_v_t = torch.bmm(grad_o_t, p)  # [N, D, Tk]
-        grad_p = torch.bmm(grad_o_t.transpose(1, 2), v_t)  # [N, R, Tk]
-        grad_s = softmax_backward(grad_p.to(p.dtype), p) * ctx.scale
-        grad_k_t = torch.bmm(q.transpose(1, 2), grad_s.to(q.dtype))  # [N, D, Tk]
-        grad_q = torch.bmm(k_t, grad_s.transpose(1, 2).to(q.dtype)).transpose(1, 2)  # [N, R, D]
-        return grad_q, grad_k_t, grad_v_t, None, None
+        return *_chunk_backward(grad_o_t, *ctx.saved_tensors, ctx.scale), None, None
+
+
+@torch.library.custom_op("alliter::attention_chunk", mutates_args=())
+def _chunk_op(q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    return _chunk_forward(q, k_t, v_t, mask, scale)
+
+
+@_chunk_op.register_fake
+def _(q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    n, r, d = q.shape
+    return v_t.new_empty(n, d, r), v_t.new_empty(n, r, k_t.shape[2])
+
+
+@torch.library.custom_op("alliter::attention_chunk_backward", mutates_args=())
+def _chunk_op_backward(grad_o_t: Tensor, q: Tensor, k_t: Tensor, v_t: Tensor, p: Tensor,
+                       scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _chunk_backward(grad_o_t, q, k_t, v_t, p, scale)
+
+
+@_chunk_op_backward.register_fake
+def _(grad_o_t: Tensor, q: Tensor, k_t: Tensor, v_t: Tensor, p: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    n, r, d = q.shape
+    return q.new_empty(n, d, r).transpose(1, 2), k_t.new_empty(k_t.shape), v_t.new_empty(v_t.shape)  # as made
+
+
+def _save_chunk(ctx, inputs, output) -> None:
+    q, k_t, v_t, _, scale = inputs
+    ctx.save_for_backward(q, k_t, v_t, output[1])
+    ctx.scale = scale
+
+
+_chunk_op.register_autograd(lambda ctx, grad_o_t, _: (*_chunk_op_backward(grad_o_t, *ctx.saved_tensors, ctx.scale),
+                                                      None, None), setup_context=_save_chunk)
 
 
 def softmax_backward(grad: Tensor, p: Tensor) -> Tensor:
@@ -133,10 +172,13 @@ def _(x: Tensor, eps: float) -> Tensor:
 
 @torch.library.custom_op("alliter::rms_norm_float32_backward", mutates_args=())
 def _rms_norm_aten_backward(grad: Tensor, x: Tensor, eps: float) -> Tensor:
-    with torch.enable_grad():  # the gradient eager autograd takes through x.float() and F.rms_norm
-        xf = x.detach().float().requires_grad_()
-        (grad_x,) = torch.autograd.grad(F.rms_norm(xf, xf.shape[-1:], None, eps), xf, grad)
-    return grad_x.to(x.dtype)
+    """The gradient eager autograd takes through x.float() and F.rms_norm (x * rsqrt(mean(x^2) + eps)), op for op
+    as its backward functions compute it (tests/test_compiled.py holds them bitwise equal)."""
+    h = x.float()
+    r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    grad_r = (grad * h).sum(-1, keepdim=True)  # MulBackward0, to r's shape
+    grad_sq = (-0.5 * grad_r * r.pow(3)).expand_as(h) / h.shape[-1]  # RsqrtBackward0, MeanBackward1
+    return (grad * r + grad_sq * (2.0 * h.pow(1))).to(x.dtype)  # MulBackward0 and PowBackward0, summed
 
 
 @_rms_norm_aten_backward.register_fake
