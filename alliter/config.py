@@ -224,11 +224,11 @@ class TrainConfig:
     tolerance, and another draw of the samples)."""
     compile: bool = False
     """Compile the fast path's decode step and its scoring forward and backward with torch.compile (Inductor; on a
-    CPU it needs a C++ compiler), for Llama in float32 or float64 (alliter.train.fast.compiled): every group has
-    the trial's shapes, compiled once per process and kept in alliter's Inductor cache (~/.cache/alliter/inductor,
-    or $TORCHINDUCTOR_CACHE_DIR). The same draw and the same numbers within float rounding (float64: to 1e-9), so
-    a float32 trial's samples drift from the default's after a while; off by default for that reason. Evaluations
-    stay on the eager fast path."""
+    CPU it needs a C++ compiler), for Llama in float32 or float64 (alliter.train.fast.compiled): every group has the
+    trial's shapes, compiled once per process and kept in alliter's Inductor cache (~/.cache/alliter/inductor, or
+    $TORCHINDUCTOR_CACHE_DIR), so a trial's first group takes seconds, minutes the first time on a machine. The same
+    draw and the same numbers within float rounding (float64: to 1e-9), so a float32 trial's samples part from the
+    default's after a while: off by default for that reason. Evaluations stay on the eager fast path."""
     eval_samples: int = 50
     """Stories sampled from the policy to evaluate it, before the first update and at every snapshot (the points
     best_beta judges and exports); 0: no evaluations (best_beta then judges on the training groups)."""
