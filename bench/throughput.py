@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="also time the coarse grid as a user runs it, without and with --compile")
     ap.add_argument("--grid-rounds", type=int, default=1, help="coarse grids of each kind, alternating (default 1)")
     ap.add_argument("--grid-extra", default="", help="flags for every coarse grid, separated by commas")
+    ap.add_argument("--grid-keep", metavar="FOLDER",
+                    help="keep the coarse grids in FOLDER (eager-N, compile-N; python bench/golden.py FOLDER/compile-0)")
     ap.add_argument("--build-33m-shape", metavar="FOLDER", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.build_33m_shape:
@@ -353,7 +355,8 @@ def coarse_grid(args: argparse.Namespace) -> None:
 
     extra = [f for f in args.grid_extra.split(",") if f]
     walls: dict[str, list[float]] = {"eager fast path": [], "--compile": []}
-    with tempfile.TemporaryDirectory(prefix="alliter-bench-grids-") as storage:
+    with tempfile.TemporaryDirectory(prefix="alliter-bench-grids-") as scratch:
+        storage = args.grid_keep or scratch
         for r in range(args.grid_rounds):
             for arm, flags in (("eager fast path", []), ("--compile", ["--compile"])):
                 wall = timed_sweep(Path(storage), f"{arm.strip('-').split()[0]}-{r}", ["--grid", "coarse", *flags, *extra])
