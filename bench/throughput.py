@@ -48,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alliter.train.reward import raw_reward  # noqa: E402
 from alliter.config import TrainConfig  # noqa: E402
 from alliter.train.rloo import leave_one_out_advantage  # noqa: E402
+from alliter.cli import AlliterError  # noqa: E402
 from alliter.train.fast import compiled  # noqa: E402
+from alliter.train.preflight import check_compiler  # noqa: E402
 from alliter.train.trainer import Trainer  # noqa: E402
 
 SHAPE_33M = "tinystories-33m-shape"
@@ -266,6 +268,11 @@ def main(argv: list[str] | None = None) -> None:
         rss_fast = peak_rss_mib()
         cuda_fast = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         paths = {"reference per-sample loop": None, "batched, library path": None, "alliter (fast path)": fast}
+        try:
+            check_compiler(TrainConfig(compile=not args.no_compile))
+        except AlliterError as err:
+            print(f"leaving out the compiled path: {err}")
+            args.no_compile = True
         if not args.no_compile:
             if args.cold_cache:
                 os.environ[compiled.CACHE_ENV] = str(tmp / "inductor")
