@@ -196,12 +196,13 @@ def profile_groups(trainer: Trainer, groups: int, device: torch.device, count_op
     return medians
 
 
-def print_profile(eager: dict[str, list[float]], ours: dict[str, list[float]], groups: int) -> None:
+def print_profile(eager: dict[str, list[float]], ours: dict[str, list[float]] | None, groups: int) -> None:
     print(f"profile of a group (median of {groups} groups a path; aten ops: the operators the eager path dispatches):")
-    print("  phase                             eager ms   aten ops   --compile ms   eager / compiled")
+    compiled_head = "   --compile ms   eager / compiled" if ours else ""
+    print("  phase                             eager ms   aten ops" + compiled_head)
     for name in (*PHASES, "rest", "group"):
-        (e, n), (c,) = eager[name], ours[name][:1]
-        print(f"  {name:32s} {e:9.1f} {n:10d} {c:14.1f} {e / c if c else float('nan'):14.2f}x")
+        (e, n), c = eager[name], ours[name][0] if ours else None
+        print(f"  {name:32s} {e:9.1f} {n:10d}" + (f" {c:14.1f} {e / c if c else float('nan'):14.2f}x" if ours else ""))
 
 
 def device_name(device: torch.device) -> str:
@@ -233,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="also time the coarse grid as a user runs it, without and with --compile")
     ap.add_argument("--grid-rounds", type=int, default=1, help="coarse grids of each kind, alternating (default 1)")
     ap.add_argument("--grid-extra", default="", help="flags for every coarse grid, separated by commas")
-    ap.add_argument("--grid-keep", metavar="FOLDER",
-                    help="keep the coarse grids in FOLDER (eager-N, compile-N; python bench/golden.py FOLDER/compile-0)")
+    ap.add_argument("--grid-keep", metavar="FOLDER", help="keep the coarse grids in FOLDER (eager-N, compile-N), for "
+                    "python bench/golden.py FOLDER/compile-0")
     ap.add_argument("--build-33m-shape", metavar="FOLDER", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.build_33m_shape:
@@ -335,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{statistics.median(ref.cpu) / statistics.median(fast.cpu):.1f}x (median cpu)"
             )
         print(f"alliter vs the batched library path: {statistics.median(plain.wall) / fast_med:.2f}x (median wall)")
-        first = f"first group of a trial (its warm-up): alliter {fast.warmup:.4f} s, batched library path {plain.warmup:.4f} s"
+        first = (f"first group of a trial (its warm-up): alliter {fast.warmup:.4f} s, "
+                 f"batched library path {plain.warmup:.4f} s")
         if not args.no_compile:
             comp_med = statistics.median(comp.wall)
             print(f"alliter --compile vs alliter (fast path): {fast_med / comp_med:.2f}x (median wall), "
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         if cuda_fast is not None:
             print(f"peak CUDA memory allocated by alliter's trial: {cuda_fast:.0f} MiB")
         if profiles:
-            print_profile(profiles["eager"], profiles.get("compiled", profiles["eager"]), groups)
+            print_profile(profiles["eager"], profiles.get("compiled"), groups)
     if args.coarse_grid:
         coarse_grid(args)
 
@@ -366,7 +368,8 @@ def coarse_grid(args: argparse.Namespace) -> None:
         storage = args.grid_keep or scratch
         for r in range(args.grid_rounds):
             for arm, flags in (("eager fast path", []), ("--compile", ["--compile"])):
-                wall = timed_sweep(Path(storage), f"{arm.strip('-').split()[0]}-{r}", ["--grid", "coarse", *flags, *extra])
+                name = f"{arm.strip('-').split()[0]}-{r}"  # eager-0, compile-0, ...
+                wall = timed_sweep(Path(storage), name, ["--grid", "coarse", *flags, *extra])
                 walls[arm].append(wall)
                 print(f"  coarse grid, {arm}: {wall:.0f} s", flush=True)
     base = statistics.median(walls["eager fast path"])

@@ -175,8 +175,9 @@ def test_the_cache_folder_is_alliters_unless_the_user_names_one(tmp_path, monkey
     got = compiled.cache_dir()
     if given:
         assert got == tmp_path / given
-    else:  # alliter's, a folder per version of the fast path's code
-        assert got.parent == tmp_path / "xdg" / "alliter" / "inductor" and len(got.name) == 16
+    else:  # alliter's, a folder per version of the compiled code and per instruction set
+        assert got.parent == tmp_path / "xdg" / "alliter" / "inductor"
+        assert got.name.endswith(f"-{torch.backends.cpu.get_cpu_capability()}") and len(got.name.split("-")[0]) == 16
 
 
 # --- what needs no compilation -------------------------------------------------------------------------------

@@ -40,16 +40,18 @@ CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor's own variable: set, it wins o
 
 def cache_dir() -> Path:
     """Where the compiled code is kept: $TORCHINDUCTOR_CACHE_DIR if the user set it, else alliter's folder under the
-    user's cache, ($XDG_CACHE_HOME or ~/.cache)/alliter/inductor/SOURCE, shared by every trial and run on this
+    user's cache, ($XDG_CACHE_HOME or ~/.cache)/alliter/inductor/SOURCE-CPU, shared by every trial and run on this
     machine (Inductor's own default is a folder of /tmp, which a reboot empties). SOURCE is a digest of this file and
-    scoring.py: Inductor's keys hold the graphs, not what alliter's custom operators promise of their outputs."""
+    scoring.py: Inductor's keys hold the graphs, not what alliter's custom operators promise of their outputs. CPU is
+    the kernels' instruction set (AVX512, AVX2, DEFAULT; ATEN_CPU_CAPABILITY picks another): code compiled for one
+    and loaded for another from one folder gave wrong tokens here (torch 2.13), so each has its own."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     given = os.environ.get(CACHE_ENV)
     if given and os.path.abspath(given) != os.path.abspath(default_cache_dir()):  # torch sets its default there too
         return Path(given)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alliter" / "inductor"
-    return base / _SOURCE
+    return base / f"{_SOURCE}-{torch.backends.cpu.get_cpu_capability()}"
 
 
 def _digest(*names: str) -> str:
@@ -125,8 +127,9 @@ def generate_group(model: torch.nn.Module, prompt_ids: Tensor, group_size: int, 
         pos = torch.tensor([p], device=device)
         step = compiled(llama_step)
         for _ in range(max_length - 1 - p):
-            step(tok, pos, out, u_at, keys, values, weights, dec.embed, dec.lm, rope, dec.c, hidden=dec.h, n_kv=dec.n_kv,
-                 g=dec.g, d=dec.d, inter=dec.gate.shape[1], top_k=top_k, temperature=temperature, eps=dec.eps)
+            step(tok, pos, out, u_at, keys, values, weights, dec.embed, dec.lm, rope, dec.c, hidden=dec.h,
+                 n_kv=dec.n_kv, g=dec.g, d=dec.d, inter=dec.gate.shape[1], top_k=top_k, temperature=temperature,
+                 eps=dec.eps)
     return out.clone()
 
 
@@ -139,9 +142,9 @@ def llama_step(tok: Tensor, pos: Tensor, out: Tensor, u_at: Tensor, keys: list[T
 
     `keys` and `values` hold a layer's each as [B, Hkv, D, max_length] (the products run along positions; one
     tensor each, so that a position is written in place); `weights` the layers' matrices of `_Llama` (fused,
-    folded, each [in, out] and contiguous, which MKL multiplies faster than its transpose for 10 rows), flat; `rope` its rotation factors as [cos, sin] of [max_length, Hkv, g + 1, D/2]; `c`
-    its RMSNorm constant. Positions after pos are masked out of the attention, so that every step has the same
-    shapes."""
+    folded, each [in, out] and contiguous, which MKL multiplies faster than its transpose for 10 rows), flat; `rope`
+    its rotation factors as [cos, sin] of [max_length, Hkv, g + 1, D/2]; `c` its RMSNorm constant. Positions after
+    pos are masked out of the attention, so that every step has the same shapes."""
     b, length = tok.shape[0], keys[0].shape[-1]
     n_qk = n_kv * (g + 1)
     x = embed.index_select(0, tok)
