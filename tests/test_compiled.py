@@ -36,6 +36,7 @@ PROMPT = torch.tensor([268, 294, 221, 85, 80, 79, 78, 263, 257, 73, 277])  # "On
 ENDED = [LENGTH, 30, LENGTH, 12, LENGTH, 25, LENGTH, LENGTH, 19, LENGTH]  # lengths as if some samples ended early
 TIGHT = dict(rtol=1e-9, atol=1e-12)
 
+
 def compiles(test):
     """A test that compiles: slow (six graphs, two to five minutes compiled cold on 2 busy cores, one from the
     cache), and only where Inductor has a C++ compiler."""
