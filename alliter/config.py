@@ -288,6 +288,13 @@ class TrainConfig:
     """alliter's own decode loop and training forward (alliter.train.fast) where the architecture allows (Llama,
     GPT-Neo), else the library's; false: the library's generate and forward everywhere (same numbers, within float
     tolerance, and another draw of the samples)."""
+    compile: bool = False
+    """Compile the fast path's decode step and its scoring forward and backward with torch.compile (Inductor; on a
+    CPU it needs a C++ compiler), for Llama in float32 or float64 (alliter.train.fast.compiled): every group has the
+    trial's shapes, compiled once per process and kept in alliter's Inductor cache (~/.cache/alliter/inductor, or
+    $TORCHINDUCTOR_CACHE_DIR), so a trial's first group takes seconds, minutes the first time on a machine. The same
+    draw and the same numbers within float rounding (float64: to 1e-9), so a float32 trial's samples part from the
+    default's after a while: off by default for that reason. Evaluations stay on the eager fast path."""
     eval_samples: int = 50
     """Stories sampled from the policy to evaluate it, before the first update and at every snapshot (the points
     best_beta judges and exports); 0: no evaluations (best_beta then judges on the training groups)."""
@@ -360,6 +367,8 @@ class TrainConfig:
         within("overuse_memory", self.overuse_memory, 1, MAX_DARLING_MEMORY)
         within("ref_sync_every", self.ref_sync_every, 0, MAX_GENERATIONS)
         within("ref_sync_alpha", self.ref_sync_alpha, 0, 1, low_open=True)
+        if self.compile and not self.fast:
+            raise AlliterError("compile compiles the fast path: drop --fast false, or --compile")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise AlliterError(f"device must be auto, cpu or cuda, got {self.device!r}")
         self.check_knobs_act()

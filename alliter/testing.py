@@ -18,12 +18,10 @@ CORPUS = [
 ]
 
 
-def build_tiny_gpt_neo(path: Path, seed: int = 0) -> Path:
-    """A randomly initialised GPT-Neo (the study's architecture) with a ~300-token byte-level BPE, saved to path."""
-    import numpy as np
-    import torch
+def _tiny_tokenizer():
+    """A ~300-token byte-level BPE trained on CORPUS, its end-of-text <|endoftext|>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -32,7 +30,26 @@ def build_tiny_gpt_neo(path: Path, seed: int = 0) -> Path:
         vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(CORPUS * 10, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def _numpy_init(model, std: float, seed: int) -> None:
+    """Every matrix drawn from a normal of this std by NumPy (the same bits on every CPU); the rest as built."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.from_numpy(rng.normal(0.0, std, tuple(param.shape))))
+
+
+def build_tiny_gpt_neo(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised GPT-Neo (the study's architecture) with a ~300-token byte-level BPE, saved to path."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    fast = _tiny_tokenizer()
     eos = fast.eos_token_id
     cfg = GPTNeoConfig(
         vocab_size=len(fast), max_position_embeddings=128, hidden_size=32, num_layers=2, num_heads=2,
@@ -40,11 +57,27 @@ def build_tiny_gpt_neo(path: Path, seed: int = 0) -> Path:
         bos_token_id=eos, eos_token_id=eos, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
     )
     model = GPTNeoForCausalLM(cfg)
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():  # GPT-Neo's own init (normal, std initializer_range) for every matrix, drawn by NumPy
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.from_numpy(rng.normal(0.0, cfg.initializer_range, tuple(param.shape))))
+    _numpy_init(model, cfg.initializer_range, seed)  # GPT-Neo's own init (normal, std initializer_range)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def build_tiny_llama(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised Llama of the bundled model's kind (grouped-query attention, head size 8, tied
+    embeddings) with 2 layers of width 32 and the tiny GPT-Neo's tokenizer, saved to path: what the compiled path's
+    tests compile in seconds (its compile time grows with the layers)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = _tiny_tokenizer()
+    eos = fast.eos_token_id
+    cfg = LlamaConfig(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, tie_word_embeddings=True,
+        bos_token_id=eos, eos_token_id=eos,
+    )
+    model = LlamaForCausalLM(cfg)
+    _numpy_init(model, 0.1, seed)  # wider than Llama's 0.02, so that the samples are not near uniform
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path

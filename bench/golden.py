@@ -1,6 +1,7 @@
 """The goldens that are exact on one kind of CPU only, checked on this one, and the tiny sweep's golden written.
 
     python bench/golden.py --trials          # the float32 default trials of tests/golden/trials.json, run here
+    python bench/golden.py --trials --compile    # the same trials on the compiled path (--compile)
     python tune_jobs/sweep.py --grid coarse --name coarse && python bench/golden.py results/coarse
     python bench/golden.py --write-tiny      # tests/golden/tiny_sweep.json, from the code checked out
 
@@ -48,8 +49,9 @@ def check_sweep(sweep: Path) -> int:
     return 1 if bad else 0
 
 
-def check_trials() -> int:
-    """Every case of trials.json (float32, the default, and float64) run here, one thread, as the golden was made."""
+def check_trials(compile: bool = False) -> int:
+    """Every case of trials.json (float32, the default, and float64) run here, one thread, as the golden was made;
+    with `compile`, on the compiled path. A trial that differs says after how many generations."""
     from alliter.config import TrainConfig
     from alliter.train.trainer import Trainer
 
@@ -58,13 +60,15 @@ def check_trials() -> int:
     bad = 0
     for case in golden["trials"]:
         with tempfile.TemporaryDirectory() as run:
-            trainer = Trainer(TrainConfig(beta=case["beta"], dtype=case["dtype"], threads=1,
+            trainer = Trainer(TrainConfig(beta=case["beta"], dtype=case["dtype"], threads=1, compile=compile,
                                           max_generations=case["max_generations"]), run)
             for _ in trainer.groups():
                 pass
-            same = texts_digest(texts(Path(run) / "generations.jsonl")) == case["sha256"]
+            got = texts(Path(run) / "generations.jsonl")
+            same = texts_digest(got) == case["sha256"]
         bad += not same
-        print(f"  {case['dtype']} beta={case['beta']:g}: {'the same' if same else 'DIFFERENT'}")
+        where = "" if same or "first" not in case else f" (first generation {'the same' if got[0] == case['first'] else 'different'})"
+        print(f"  {case['dtype']} beta={case['beta']:g}: {'the same' if same else 'DIFFERENT'}{where}")
     return 1 if bad else 0
 
 
@@ -88,12 +92,13 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", nargs="?", type=Path, help="a coarse-grid sweep's folder to check")
     parser.add_argument("--trials", action="store_true", help="run and check the default trials of trials.json")
+    parser.add_argument("--compile", action="store_true", help="--trials on the compiled path (TrainConfig.compile)")
     parser.add_argument("--write-tiny", action="store_true", help="write tests/golden/tiny_sweep.json")
     args = parser.parse_args()
     if args.write_tiny:
         return write_tiny()
     if args.trials:
-        return check_trials()
+        return check_trials(args.compile)
     if args.sweep is None:
         parser.error("pass a sweep's folder, --trials or --write-tiny")
     return check_sweep(args.sweep)

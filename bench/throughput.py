@@ -1,18 +1,25 @@
 """Seconds per RLOO group, side by side in one process on one model: the study's per-sample loop, the
-batched trainer on the library's path (`--fast false`: its `generate` and forward), and alliter's path (the batched
-trainer with its own KV-cache decode loop and scoring forward).
+batched trainer on the library's path (`--fast false`: its `generate` and forward), alliter's path (the batched
+trainer with its own KV-cache decode loop and scoring forward), and alliter's path compiled (`--compile`).
 
     python bench/throughput.py                                  # the bundled stories260k, 1 thread
+    python bench/throughput.py --profile                        # and where a group's time goes, eager and compiled
+    python bench/throughput.py --cold-cache                     # the compiled path's first group from an empty cache
+    python bench/throughput.py --coarse-grid                    # and the coarse grid's wall time without/with --compile
     python bench/throughput.py --model tinystories-33m-shape    # TinyStories-33M's shape, random weights
     python bench/throughput.py --groups 3 --ref-groups 1        # a smoke test (CI)
 
-Each path runs one warm-up group (printed: a trial's start-up cost), then `--groups` timed groups
-(`--ref-groups` for the per-sample loop),
-in interleaved rounds (one reference group, then a few of each batched path), so that a busy neighbour
+Each path runs one warm-up group (printed: a trial's start-up cost; the compiled path's includes its compilation,
+from alliter's Inductor cache unless `--cold-cache`), then `--groups` timed groups (`--ref-groups` for the per-sample
+loop), in interleaved rounds (one reference group, then a few of each batched path), so that a busy neighbour
 on a shared machine slows every path alike. alliter's trial is loaded and run first, so that the peak
 resident memory printed after its first groups is that of one trial (policy, reference, optimizer,
 tokenizer, a group's activations); the high-water mark only grows after it. Times are wall-clock per
 group (median and best); the ratios divide the reference loop's median by each path's median.
+
+`--coarse-grid` then runs `tune_jobs/sweep.py --grid coarse` as a user runs it (bench/sweeps.py), without and with
+`--compile`, alternating for `--grid-rounds` rounds; the compiled sweeps find the graphs this process compiled in the
+cache.
 
 The per-sample loop is the reference study's: for each of the K samples, `generate` one sample
 (top-k 50, temperature 1, max_length 100), score it alone with `model(seq, labels=seq).loss` for policy
@@ -36,10 +43,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from alliter.train.reward import raw_reward  # noqa: E402
 from alliter.config import TrainConfig  # noqa: E402
 from alliter.train.rloo import leave_one_out_advantage  # noqa: E402
+from alliter.cli import AlliterError  # noqa: E402
+from alliter.train.fast import compiled  # noqa: E402
+from alliter.train.preflight import check_compiler  # noqa: E402
 from alliter.train.trainer import Trainer  # noqa: E402
 
 SHAPE_33M = "tinystories-33m-shape"
@@ -123,53 +134,75 @@ def reference_group(trainer: Trainer) -> None:
     trainer.optimizer.step()
 
 
-def profile_groups(trainer: Trainer, groups: int, device: torch.device) -> None:
-    """Where alliter's group spends its time: the trainer's pieces timed by wrapping the functions it calls
-    (backward, clipping, the SGD step and the metrics are the remainder), then torch's op profile."""
+PHASES = ("decode (sample_group)", "policy forward (token_nll)", "reference forward (token_nll)", "backward")
+
+
+def profile_groups(trainer: Trainer, groups: int, device: torch.device, count_ops: bool) -> dict[str, list[float]]:
+    """Where a group's time goes: per phase (PHASES, then the rest: rewards, texts, clipping, the SGD step, the
+    metrics), its median milliseconds over `groups` groups, timed by wrapping the functions the trainer calls; with
+    `count_ops`, also the aten ops each phase dispatches in one more group (counting slows them, so apart)."""
     import alliter.train.trainer as T
-    from torch.profiler import profile
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     spent: dict[str, float] = {}
-    originals = {name: getattr(T, name) for name in ("sample_group", "sequence_ce", "decode_texts")}
+    ops: dict[str, int] = {}
+    phase = ["rest"]
 
-    def timed(name, fn):
+    def timed(fn, name=None):
         def wrapper(*a, **kw):
+            label = name or (PHASES[1] if a[0] is trainer.m.policy else PHASES[2])
+            phase[0] = label
             sync(device)
             start = time.perf_counter()
-            out = fn(*a, **kw)
-            sync(device)
-            label = name
-            if name == "sequence_ce":
-                policy = a[0] is trainer.m.policy
-                label = "policy forward (sequence_ce)" if policy else "reference forward (sequence_ce)"
-            spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
-            return out
+            try:
+                return fn(*a, **kw)
+            finally:
+                sync(device)
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+                phase[0] = "rest"
         return wrapper
 
-    for name, fn in originals.items():
-        labels = {"sample_group": "sampling (sample_group)", "decode_texts": "detokenise"}
-        setattr(T, name, timed(labels.get(name, name), fn))
+    class CountOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops[phase[0]] = ops.get(phase[0], 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    originals = {"sample_group": T.sample_group, "token_nll": T.token_nll}
+    backward = torch.Tensor.backward
+    T.sample_group, T.token_nll = timed(T.sample_group, PHASES[0]), timed(T.token_nll)
+    torch.Tensor.backward = timed(backward, PHASES[3])
+    table: dict[str, list[float]] = {name: [] for name in (*PHASES, "rest", "group")}
     try:
-        trainer.step()
-        spent.clear()
-        sync(device)
-        start = time.perf_counter()
         for _ in range(groups):
+            spent.clear()
+            sync(device)
+            start = time.perf_counter()
             trainer.step()
-        sync(device)
-        total = time.perf_counter() - start
+            total = time.perf_counter() - start
+            for name in PHASES:
+                table[name].append(spent.get(name, 0.0))
+            table["rest"].append(total - sum(spent.values()))
+            table["group"].append(total)
+        if count_ops:
+            with CountOps():
+                trainer.step()
     finally:
-        for name, fn in originals.items():
-            setattr(T, name, fn)
-    print(f"profile of alliter's group ({groups} groups, {total / groups * 1000:.1f} ms per group):")
-    for label, sec in sorted(spent.items(), key=lambda kv: -kv[1]):
-        print(f"  {label:34s} {sec / groups * 1000:7.1f} ms  {100 * sec / total:5.1f}%")
-    rest = total - sum(spent.values())
-    print(f"  {'backward, clip, SGD step, rewards':34s} {rest / groups * 1000:7.1f} ms  {100 * rest / total:5.1f}%")
-    with profile() as prof:
-        trainer.step()
-    print("torch ops of one group, by self CPU time:")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        T.sample_group, T.token_nll = originals["sample_group"], originals["token_nll"]
+        torch.Tensor.backward = backward
+    medians = {name: [statistics.median(v) * 1000] for name, v in table.items()}
+    if count_ops:
+        for name in medians:
+            medians[name].append(sum(ops.values()) if name == "group" else ops.get(name, 0))
+    return medians
+
+
+def print_profile(eager: dict[str, list[float]], ours: dict[str, list[float]] | None, groups: int) -> None:
+    print(f"profile of a group (median of {groups} groups a path; aten ops: the operators the eager path dispatches):")
+    compiled_head = "   --compile ms   eager / compiled" if ours else ""
+    print("  phase                             eager ms   aten ops" + compiled_head)
+    for name in (*PHASES, "rest", "group"):
+        (e, n), c = eager[name], ours[name][0] if ours else None
+        print(f"  {name:32s} {e:9.1f} {n:10d}" + (f" {c:14.1f} {e / c if c else float('nan'):14.2f}x" if ours else ""))
 
 
 def device_name(device: torch.device) -> str:
@@ -194,6 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip-reference", action="store_true", help="leave out the per-sample loop")
     ap.add_argument("--profile", action="store_true", help="also print where alliter's group spends its time")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled path")
+    ap.add_argument("--cold-cache", action="store_true",
+                    help="compile into an empty Inductor cache (the first group's cost on a fresh machine)")
+    ap.add_argument("--coarse-grid", action="store_true",
+                    help="also time the coarse grid as a user runs it, without and with --compile")
+    ap.add_argument("--grid-rounds", type=int, default=1, help="coarse grids of each kind, alternating (default 1)")
+    ap.add_argument("--grid-extra", default="", help="flags for every coarse grid, separated by commas")
+    ap.add_argument("--grid-keep", metavar="FOLDER", help="keep the coarse grids in FOLDER (eager-N, compile-N), for "
+                    "python bench/golden.py FOLDER/compile-0")
     ap.add_argument("--build-33m-shape", metavar="FOLDER", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.build_33m_shape:
@@ -213,11 +255,12 @@ def main(argv: list[str] | None = None) -> None:
             model = args.model
         rss_start = peak_rss_mib()
 
-        def trainer(fast: bool, name: str) -> Trainer:
-            cfg = TrainConfig(model=model, fast=fast, threads=args.threads, device=args.device, dtype=args.dtype)
+        def trainer(name: str, fast: bool = True, compile: bool = False) -> Trainer:
+            cfg = TrainConfig(model=model, fast=fast, compile=compile, threads=args.threads, device=args.device,
+                              dtype=args.dtype)
             return Trainer(cfg, tmp / name)
 
-        fast_trainer = trainer(True, "fast")
+        fast_trainer = trainer("fast")
         device = fast_trainer.m.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -225,23 +268,44 @@ def main(argv: list[str] | None = None) -> None:
         fast(2)  # the warm-up and one group: this process's peak memory is now one trial's
         rss_fast = peak_rss_mib()
         cuda_fast = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        plain_trainer = trainer(False, "plain")
-        plain = Timer(plain_trainer.step, device)
-        ref = Timer(lambda: reference_group(plain_trainer), device)
+        paths = {"reference per-sample loop": None, "batched, library path": None, "alliter (fast path)": fast}
+        try:
+            check_compiler(TrainConfig(compile=not args.no_compile))
+        except AlliterError as err:
+            print(f"leaving out the compiled path: {err}")
+            args.no_compile = True
+        if not args.no_compile:
+            if args.cold_cache:
+                os.environ[compiled.CACHE_ENV] = str(tmp / "inductor")
+            from torch._dynamo.utils import counters
+
+            comp_trainer = trainer("compiled", compile=True)
+            paths["alliter --compile"] = comp = Timer(comp_trainer.step, device)
+            comp(2)
+            rss_comp = peak_rss_mib()
+            found, missed = (counters["inductor"][f"fxgraph_cache_{k}"] for k in ("hit", "miss"))
+            cache_state = f"{found} graphs found in the cache, {missed} compiled, in {compiled.cache_dir()}"
+        plain_trainer = trainer("plain", fast=False)
+        paths["batched, library path"] = plain = Timer(plain_trainer.step, device)
+        paths["reference per-sample loop"] = ref = Timer(lambda: reference_group(plain_trainer), device)
         plain()
         if not args.skip_reference:
             ref()
         # interleaved rounds, so that a busy neighbour on a shared machine slows every path alike
+        batched = [t for name, t in paths.items() if name != "reference per-sample loop"]
         rounds = max(1, groups // 4 if args.skip_reference else ref_groups)
         per_round = -(-groups // rounds)
         for r in range(rounds):
             if not args.skip_reference and r < ref_groups:
                 ref()
-            plain(min(per_round, groups - len(plain.wall)))
-            fast(min(per_round, groups - len(fast.wall)))
+            for t in batched:
+                t(min(per_round, groups - len(t.wall)))
         rss_end = peak_rss_mib()
+        profiles = {}
         if args.profile:
-            profile_groups(fast_trainer, groups, device)
+            profiles["eager"] = profile_groups(fast_trainer, groups, device, count_ops=True)
+            if not args.no_compile:
+                profiles["compiled"] = profile_groups(comp_trainer, groups, device, count_ops=False)
 
         cfg, m = plain_trainer.cfg, plain_trainer.m
         k = cfg.group_size
@@ -254,8 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         ref_med = statistics.median(ref.wall) if ref.wall else None
         print("  path                         wall s/group   (best)   cpu s/group  generations/s  vs reference")
-        paths = (("reference per-sample loop", ref), ("batched, library path", plain), ("alliter (fast path)", fast))
-        for name, t in paths:
+        for name, t in paths.items():
             if not t.wall:
                 continue
             med = statistics.median(t.wall)
@@ -273,16 +336,48 @@ def main(argv: list[str] | None = None) -> None:
                 f"{statistics.median(ref.cpu) / statistics.median(fast.cpu):.1f}x (median cpu)"
             )
         print(f"alliter vs the batched library path: {statistics.median(plain.wall) / fast_med:.2f}x (median wall)")
-        print(
-            f"first group of a trial (its warm-up; nothing is compiled): alliter {fast.warmup:.4f} s, "
-            f"batched library path {plain.warmup:.4f} s"
-        )
+        first = (f"first group of a trial (its warm-up): alliter {fast.warmup:.4f} s, "
+                 f"batched library path {plain.warmup:.4f} s")
+        if not args.no_compile:
+            comp_med = statistics.median(comp.wall)
+            print(f"alliter --compile vs alliter (fast path): {fast_med / comp_med:.2f}x (median wall), "
+                  f"{statistics.median(fast.cpu) / statistics.median(comp.cpu):.2f}x (median cpu)"
+                  + (f"; vs the reference loop: {ref_med / comp_med:.1f}x" if ref_med else ""))
+            first += f", alliter --compile {comp.warmup:.2f} s (compilation included: {cache_state})"
+        print(first)
         print(
             f"peak RSS: {rss_start:.0f} MiB before loading, {rss_fast:.0f} MiB after alliter's first groups "
-            f"(one trial), {rss_end:.0f} MiB at the end (three paths)"
+            f"(one trial)" + ("" if args.no_compile else f", {rss_comp:.0f} MiB after --compile's")
+            + f", {rss_end:.0f} MiB at the end (all paths)"
         )
         if cuda_fast is not None:
             print(f"peak CUDA memory allocated by alliter's trial: {cuda_fast:.0f} MiB")
+        if profiles:
+            print_profile(profiles["eager"], profiles.get("compiled"), groups)
+    if args.coarse_grid:
+        coarse_grid(args)
+
+
+def coarse_grid(args: argparse.Namespace) -> None:
+    """The coarse grid as a user runs it (its own process and Ray), without and with --compile, alternating."""
+    from sweeps import timed_sweep
+
+    extra = [f for f in args.grid_extra.split(",") if f]
+    walls: dict[str, list[float]] = {"eager fast path": [], "--compile": []}
+    with tempfile.TemporaryDirectory(prefix="alliter-bench-grids-") as scratch:
+        storage = args.grid_keep or scratch
+        for r in range(args.grid_rounds):
+            for arm, flags in (("eager fast path", []), ("--compile", ["--compile"])):
+                name = f"{arm.strip('-').split()[0]}-{r}"  # eager-0, compile-0, ...
+                wall = timed_sweep(Path(storage), name, ["--grid", "coarse", *flags, *extra])
+                walls[arm].append(wall)
+                print(f"  coarse grid, {arm}: {wall:.0f} s", flush=True)
+    base = statistics.median(walls["eager fast path"])
+    print(f"coarse grid ({args.grid_rounds} of each, alternating; wall time with Python's and Ray's start; "
+          f"--compile from alliter's Inductor cache, {compiled.cache_dir()}):")
+    for arm, w in walls.items():
+        print(f"  {arm:16s} {statistics.median(w):6.0f} s  ({', '.join(f'{x:.0f}' for x in w)})  "
+              f"{statistics.median(w) / base:.2f} of the eager grid's")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,16 @@ def check_entropy_target(target: float, vocabulary: int, name: str) -> None:
                            f"reach it; pass a target under {most:.3g}")
 
 
+def check_compiler(cfg: TrainConfig) -> None:
+    """--compile needs the C++ compiler that Inductor runs (its $CXX, else g++; clang++ on macOS)."""
+    if not cfg.compile:
+        return
+    cxx = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    if shutil.which(cxx) is None:
+        raise AlliterError(f"--compile needs a C++ compiler for Inductor's code, and {cxx!r} is not on this machine: "
+                           "install one (apt-get install g++) or set CXX, or drop --compile")
+
+
 def check_trial(cfg: TrainConfig) -> dict[str, Any]:
     """Load what a trial loads, but the weights, and check it; AlliterError in one line. Returns what was found."""
     from transformers import AutoConfig, AutoTokenizer
@@ -114,6 +125,7 @@ def check_trial(cfg: TrainConfig) -> dict[str, Any]:
 
     cfg = cfg.resolved()
     check_model(cfg)
+    check_compiler(cfg)
     try:
         config = AutoConfig.from_pretrained(cfg.model)
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -5,32 +5,34 @@ reference reset."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from alliter.train.fast.scoring import sequence_logits
+from alliter.train.fast import compiled
+from alliter.train.fast.scoring import nll_of_logits, sequence_logits
 
 
-def token_nll(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def token_nll(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor, fast: bool = True,
+              compile: bool = False) -> torch.Tensor:
     """Each target token's negative log-likelihood, [K, width - 1] (entry t: token t + 1 given the tokens before it),
     in one forward pass over the padded batch (`fast`: alliter's own forward where it applies, else the model's);
-    `width` is the longest sample's length. Entries past a sample's length are meaningless: reduce them with a
+    `width` is the longest sample's length, or with `compile` (where it applies: alliter.train.fast.compiled) all
+    the tokens', so that every group has one shape. Entries past a sample's length are meaningless: reduce them with a
     mask (`target_mask`)."""
-    return token_scores(model, tokens, lengths, fast)[0]
+    return token_scores(model, tokens, lengths, fast, compile=compile)[0]
 
 
 def token_scores(model: PreTrainedModel, tokens: torch.Tensor, lengths: torch.Tensor, fast: bool = True,
-                 entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 entropy: bool = False, compile: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`token_nll`, and (`entropy`) from the same logits each position's entropy of the model's whole next-token
-    distribution in nats, [K, width - 1] (entry t: the distribution token t + 1 is drawn from), else None."""
+    distribution in nats, [K, width - 1] (entry t: the distribution token t + 1 is drawn from), else None. The
+    compiled forward gives the NLLs alone: with the entropy bonus, the eager one runs."""
+    if compile and not entropy and fast and compiled.applies(model, tokens.shape[1]):
+        return compiled.token_nll(model, tokens), None
     width = int(lengths.max())
     forward = sequence_logits if fast else (lambda m, ids: m(ids).logits)
     logits = forward(model, tokens[:, :width])[:, :-1]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32, f64 stays
-    k, n, vocab = logits.shape
-    # over the vocabulary as the last, contiguous dim: several times faster than over transposed logits
-    nll = F.cross_entropy(logits.reshape(k * n, vocab), tokens[:, 1:width].reshape(k * n), reduction="none").view(k, n)
-    return nll, token_entropy(logits) if entropy else None
+    nll = nll_of_logits(logits, tokens[:, 1:width])
+    return nll, token_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32))) if entropy else None
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:

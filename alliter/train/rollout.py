@@ -7,6 +7,7 @@ import logging
 import torch
 from transformers import PreTrainedModel
 
+from alliter.train.fast import compiled
 from alliter.train.fast.sampling import fast_generate_group
 from alliter.train.fast.support import unsupported_reason
 
@@ -41,6 +42,7 @@ def sample_group(
     eos_ids: list[int],
     fast: bool = True,
     logprobs: bool = False,
+    compile: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """K sampled continuations of the prompt as [K, max_length] token ids (prompt included).
 
@@ -48,11 +50,14 @@ def sample_group(
     With `fast`, alliter's own KV-cache decode loop (`alliter.train.fast`) samples where it supports the
     architecture (Llama, GPT-Neo); elsewhere the library's `generate` does, and the log says so once.
     With `logprobs`, (tokens, the fast path's log-probabilities of each token after the first, or None where
-    the library's generate sampled).
+    the library's generate sampled). With `compile` (and not `logprobs`), the compiled decode step where it applies
+    (`alliter.train.fast.compiled`): the same draw, within float rounding.
     """
     if fast:
         reason = unsupported_reason(model, max_length)
         if reason is None:
+            if compile and not logprobs and compiled.applies(model, max_length):
+                return compiled.generate_group(model, prompt_ids, group_size, max_length, top_k, temperature)
             return fast_generate_group(model, prompt_ids, group_size, max_length, top_k, temperature,
                                                logprobs=logprobs)
         if reason not in _fallbacks_logged:

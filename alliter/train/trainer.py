@@ -26,7 +26,7 @@ from alliter.schema import (
 )
 from alliter.train.evaluate import evaluate_prompts, evaluation_points
 from alliter.train.model import load_models
-from alliter.train.preflight import check_entropy_target, check_prompt
+from alliter.train.preflight import check_compiler, check_entropy_target, check_prompt
 from alliter.train.rloo import (
     entropy_controller, kl_controller, kl_tokens, leave_one_out_advantage, normalized, reduce_tokens, rloo_loss,
     sync_reference, target_mask, token_nll, token_scores,
@@ -56,6 +56,7 @@ class Trainer:
             raise AlliterError(f"{self.run_dir} is a file, not a run folder; pass another --out")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        check_compiler(cfg)
         self.reward = reward or load_reward(cfg.reward)
         self.m = load_models(cfg)
         self.optimizer = make_optimizer(self.m.policy, cfg)
@@ -107,7 +108,7 @@ class Trainer:
             self.prompt_index = random.randrange(len(self.prompts))
             self.prompt_ids = self.prompt_tokens[self.prompt_index]
         return sample_group(m.policy, self.prompt_ids, cfg.group_size, cfg.max_length, cfg.top_k, cfg.temperature,
-                            m.eos_ids, fast=cfg.fast)
+                            m.eos_ids, fast=cfg.fast, compile=cfg.compile)
 
     def update(self, tokens: torch.Tensor, start: float | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """The RLOO update on a sampled group: rewards, leave-one-out advantages, one optimiser step."""
@@ -124,11 +125,13 @@ class Trainer:
         task = task if damping is None else task * damping
 
         # with gradient: the loss (and a KL in the loss); the entropy bonus's entropies from the same logits
-        nll, entropies = token_scores(m.policy, tokens, lengths, cfg.fast, entropy=self.entropy_bonus)
+        nll, entropies = token_scores(m.policy, tokens, lengths, cfg.fast, entropy=self.entropy_bonus,
+                                      compile=cfg.compile)
         with torch.inference_mode():  # cheaper than no_grad per op; the reference never enters the graph
-            nll_ref = token_nll(m.reference, tokens, lengths, cfg.fast)
+            nll_ref = token_nll(m.reference, tokens, lengths, cfg.fast, cfg.compile)
             # fluency is the unmodified model's: a forward of its own only where resets move the reference
-            nll_orig = nll_ref if m.original is m.reference else token_nll(m.original, tokens, lengths, cfg.fast)
+            nll_orig = nll_ref if m.original is m.reference else token_nll(m.original, tokens, lengths, cfg.fast,
+                                                                           cfg.compile)
         width = nll.shape[1] + 1
         whole, completion = target_mask(lengths, width), target_mask(lengths, width, start=prompt_len)
         ce_policy, ce_ref = reduce_tokens(nll, whole, "mean"), reduce_tokens(nll_orig, whole, "mean")  # the study's CE

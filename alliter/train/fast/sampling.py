@@ -11,7 +11,8 @@ a sample's first end-of-text are arbitrary, and callers cut at `alliter.train.ro
 
 Why not the library's StaticCache with `torch.compile`: the compiled decode step is compiled again per process and
 per shape, i.e. per trial, and on a CPU that takes longer than a trial of the bundled model runs; this eager loop
-needs no warm-up.
+needs no warm-up. alliter's own compiled step (`--compile`, alliter.train.fast.compiled) takes tensors only, so that
+one compilation serves every trial of a process, and keeps it in a cache that later processes read.
 """
 
 from __future__ import annotations

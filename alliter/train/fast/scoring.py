@@ -25,6 +25,14 @@ def sequence_logits(model: torch.nn.Module, tokens: Tensor) -> Tensor:
     return model(tokens).logits
 
 
+def nll_of_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """Each target's negative log-likelihood [K, N] from logits [K, N, V], in float32 or float64 (bf16 -> f32)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    k, n, vocab = logits.shape
+    # over the vocabulary as the last, contiguous dim: several times faster than over transposed logits
+    return F.cross_entropy(logits.reshape(k * n, vocab), targets.reshape(k * n), reduction="none").view(k, n)
+
+
 _CHUNK = 32  # at most this many queries per attention chunk (T=100: four chunks of 25)
 
 
@@ -48,35 +56,85 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, window: int 
         allowed = (back >= 0) if window is None else (back >= 0) & (back < window)
         mask = torch.zeros(back.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
         qc = q4[:, :, s:e].reshape(b * n_kv, g * (e - s), d)
-        o_t = _AttentionChunk.apply(qc, kT[:, :, ks:e], vT[:, :, ks:e], mask.repeat(g, 1), scale)
+        o_t = attention_chunk(qc, kT[:, :, ks:e], vT[:, :, ks:e], mask.repeat(g, 1), scale)
         outs.append(o_t.view(b * n_kv, d, g, e - s))
     # [B * Hkv, D, g, T] -> [B, T, Hkv, g, D] -> [B, T, Hq * D]
     return torch.cat(outs, 3).view(b, n_kv, d, g, t).permute(0, 4, 1, 3, 2).reshape(b, t, n_q * d)
 
 
-class _AttentionChunk(torch.autograd.Function):
-    """One chunk of attention, returning the output transposed, [N, D, R], with a backward whose four
-    products all have D on their short (row) side: MKL computes [R x T] @ [T x D] several times slower than
-    [D x T] @ [T x R] when D is as small as Llama-260K's 8."""
+def attention_chunk(q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """One chunk of attention, transposed: [N, D, R] for q [N, R, D], k_t and v_t [N, D, Tk], mask [R, Tk] (0 or
+    -inf), with a backward whose four products all have D on their short (row) side: MKL computes [R x T] @ [T x D]
+    several times slower than [D x T] @ [T x R] when D is as small as Llama-260K's 8. Eager, an autograd.Function;
+    compiled, the same forward and backward as a custom operator (`_chunk_op`), which Inductor calls as it is: the
+    backward autograd would derive from plain products has that slow layout, and an autograd.Function in a graph
+    keeps it out of AOTAutograd's cache (the forward would be traced again in every process)."""
+    if torch.compiler.is_compiling():
+        return _chunk_op(q, k_t, v_t, mask, scale)[0]
+    return _AttentionChunk.apply(q, k_t, v_t, mask, scale)
 
+
+def _chunk_forward(q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """(the output [N, D, R], the probabilities [N, R, Tk], which the backward reads)."""
+    p = torch.softmax(torch.baddbmm(mask, q, k_t, alpha=scale), -1).to(v_t.dtype)  # [N, R, Tk]
+    return torch.bmm(v_t, p.transpose(1, 2)), p
+
+
+def _chunk_backward(grad_o_t: Tensor, q: Tensor, k_t: Tensor, v_t: Tensor, p: Tensor,
+                    scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients of q, k_t and v_t."""
+    grad_v_t = torch.bmm(grad_o_t, p)  # [N, D, Tk]
+    grad_p = torch.bmm(grad_o_t.transpose(1, 2), v_t)  # [N, R, Tk]
+    grad_s = softmax_backward(grad_p.to(p.dtype), p) * scale
+    grad_k_t = torch.bmm(q.transpose(1, 2), grad_s.to(q.dtype))  # [N, D, Tk]
+    grad_q = torch.bmm(k_t, grad_s.transpose(1, 2).to(q.dtype)).transpose(1, 2)  # [N, R, D]
+    return grad_q, grad_k_t, grad_v_t
+
+
+class _AttentionChunk(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> Tensor:
-        # q [N, R, D], k_t and v_t [N, D, Tk], mask [R, Tk] (0 or -inf)
-        p = torch.softmax(torch.baddbmm(mask, q, k_t, alpha=scale), -1)  # [N, R, Tk]
-        p = p.to(v_t.dtype)
+        o_t, p = _chunk_forward(q, k_t, v_t, mask, scale)
         ctx.save_for_backward(q, k_t, v_t, p)
         ctx.scale = scale
-        return torch.bmm(v_t, p.transpose(1, 2))  # [N, D, R]
+        return o_t
 
     @staticmethod
     def backward(ctx, grad_o_t: Tensor):
-        q, k_t, v_t, p = ctx.saved_tensors
-        grad_v_t = torch.bmm(grad_o_t, p)  # [N, D, Tk]
-        grad_p = torch.bmm(grad_o_t.transpose(1, 2), v_t)  # [N, R, Tk]
-        grad_s = softmax_backward(grad_p.to(p.dtype), p) * ctx.scale
-        grad_k_t = torch.bmm(q.transpose(1, 2), grad_s.to(q.dtype))  # [N, D, Tk]
-        grad_q = torch.bmm(k_t, grad_s.transpose(1, 2).to(q.dtype)).transpose(1, 2)  # [N, R, D]
-        return grad_q, grad_k_t, grad_v_t, None, None
+        return *_chunk_backward(grad_o_t, *ctx.saved_tensors, ctx.scale), None, None
+
+
+@torch.library.custom_op("alliter::attention_chunk", mutates_args=())
+def _chunk_op(q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    return _chunk_forward(q, k_t, v_t, mask, scale)
+
+
+@_chunk_op.register_fake
+def _(q: Tensor, k_t: Tensor, v_t: Tensor, mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    n, r, d = q.shape
+    return v_t.new_empty(n, d, r), v_t.new_empty(n, r, k_t.shape[2])
+
+
+@torch.library.custom_op("alliter::attention_chunk_backward", mutates_args=())
+def _chunk_op_backward(grad_o_t: Tensor, q: Tensor, k_t: Tensor, v_t: Tensor, p: Tensor,
+                       scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _chunk_backward(grad_o_t, q, k_t, v_t, p, scale)
+
+
+@_chunk_op_backward.register_fake
+def _(grad_o_t: Tensor, q: Tensor, k_t: Tensor, v_t: Tensor, p: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    n, r, d = q.shape
+    return q.new_empty(n, d, r).transpose(1, 2), k_t.new_empty(k_t.shape), v_t.new_empty(v_t.shape)  # as made
+
+
+def _save_chunk(ctx, inputs, output) -> None:
+    q, k_t, v_t, _, scale = inputs
+    ctx.save_for_backward(q, k_t, v_t, output[1])
+    ctx.scale = scale
+
+
+_chunk_op.register_autograd(lambda ctx, grad_o_t, _: (*_chunk_op_backward(grad_o_t, *ctx.saved_tensors, ctx.scale),
+                                                      None, None), setup_context=_save_chunk)
 
 
 def softmax_backward(grad: Tensor, p: Tensor) -> Tensor:
@@ -86,44 +144,113 @@ def softmax_backward(grad: Tensor, p: Tensor) -> Tensor:
     return torch._softmax_backward_data(grad, p, -1, p.dtype)
 
 
-def _rms_norm(x: Tensor, norm) -> Tensor:
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """LlamaRMSNorm's result (float32 statistics, weight in the input dtype), with torch's fused kernel:
     bitwise the module's output, in fewer ops forward and backward."""
-    return norm.weight * F.rms_norm(x.float(), x.shape[-1:], None, norm.variance_epsilon).to(x.dtype)
+    return weight * rms_norm_float32(x, eps).to(x.dtype)
 
 
-def _llama_sequence(model, ids: Tensor) -> Tensor:
+def rms_norm_float32(x: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last dim, in float32 whatever x's dtype, as LlamaRMSNorm computes it.
+    Compiled on a float64 model, aten's own kernels run it (`_rms_norm_aten`): a float32 mean rounds by its order of
+    summation, Inductor's differs from aten's, and the compiled path would lose the eager path's float64 exactness
+    there alone."""
+    if x.dtype == torch.float64 and torch.compiler.is_compiling():
+        return _rms_norm_aten(x, eps)
+    return F.rms_norm(x.float(), x.shape[-1:], None, eps)
+
+
+@torch.library.custom_op("alliter::rms_norm_float32", mutates_args=())
+def _rms_norm_aten(x: Tensor, eps: float) -> Tensor:
+    return F.rms_norm(x.float(), x.shape[-1:], None, eps)
+
+
+@_rms_norm_aten.register_fake
+def _(x: Tensor, eps: float) -> Tensor:
+    return torch.empty_like(x, dtype=torch.float32)
+
+
+@torch.library.custom_op("alliter::rms_norm_float32_backward", mutates_args=())
+def _rms_norm_aten_backward(grad: Tensor, x: Tensor, eps: float) -> Tensor:
+    """The gradient eager autograd takes through x.float() and F.rms_norm (x * rsqrt(mean(x^2) + eps)), op for op
+    as its backward functions compute it (tests/test_compiled.py holds them bitwise equal)."""
+    h = x.float()
+    r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    grad_r = (grad * h).sum(-1, keepdim=True)  # MulBackward0, to r's shape
+    grad_sq = (-0.5 * grad_r * r.pow(3)).expand_as(h) / h.shape[-1]  # RsqrtBackward0, MeanBackward1
+    return (grad * r + grad_sq * (2.0 * h.pow(1))).to(x.dtype)  # MulBackward0 and PowBackward0, summed
+
+
+@_rms_norm_aten_backward.register_fake
+def _(grad: Tensor, x: Tensor, eps: float) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _save_rms_norm_input(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+    ctx.eps = inputs[1]
+
+
+_rms_norm_aten.register_autograd(lambda ctx, grad: (_rms_norm_aten_backward(grad, ctx.saved_tensors[0], ctx.eps), None),
+                                 setup_context=_save_rms_norm_input)
+
+
+def llama_inputs(model, length: int) -> dict:
+    """What `llama_logits` reads of a LlamaForCausalLM, for sequences of `length` tokens: its live parameters
+    (differentiable), its shape and the rotary factors, as tensors and numbers only (so that a compiled forward
+    serves every model of the same shape)."""
     inner, cfg = model.model, model.config
-    b, t = ids.shape
     a0 = inner.layers[0].self_attn
-    n_q, n_kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, a0.head_dim
+    w0 = inner.embed_tokens.weight
+    cos, sin = inner.rotary_emb(w0[None, :1], position_ids=torch.arange(length, device=w0.device)[None])
+    layers = [(layer.input_layernorm.weight, layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
+               layer.self_attn.v_proj.weight, layer.self_attn.o_proj.weight, layer.post_attention_layernorm.weight,
+               layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight, layer.mlp.down_proj.weight)
+              for layer in inner.layers[: cfg.num_hidden_layers]]
+    return dict(embed=w0, layers=layers, norm=inner.norm.weight, lm=model.lm_head.weight, cos=cos, sin=sin,
+                padding_idx=inner.embed_tokens.padding_idx, eps=inner.norm.variance_epsilon,
+                n_q=cfg.num_attention_heads, n_kv=cfg.num_key_value_heads, d=a0.head_dim, scaling=a0.scaling)
+
+
+def llama_logits(ids: Tensor, embed: Tensor, layers: list, norm: Tensor, lm: Tensor, cos: Tensor, sin: Tensor, *,
+                 padding_idx: int | None, eps: float, n_q: int, n_kv: int, d: int, scaling: float) -> Tensor:
+    """LlamaForCausalLM's logits [B, T, V] from `llama_inputs`: the model's formulas, fused (see sequence_logits).
+    Compiled (`torch.compiler.is_compiling()`), the rotation is written in real arithmetic, which Inductor
+    generates code for (complex numbers it leaves to eager kernels); eager, it is one complex product."""
+    b, t = ids.shape
     n_qk, half = n_q + n_kv, d // 2
     dev = ids.device
-    x = inner.embed_tokens(ids)
-    cos, sin = inner.rotary_emb(x, position_ids=torch.arange(t, device=dev)[None])  # [1, T, D], halves layout
+    x = F.embedding(ids, embed, padding_idx)
     complex_ok = x.dtype in (torch.float32, torch.float64)
     if complex_ok:
         # rotation as one complex product: q and k rows in interleaved pairs (q.k unchanged when both move alike)
-        cis = torch.complex(cos[0, :, :half], sin[0, :, :half])[None, :, None, :]  # [1, T, 1, D/2]
+        c, s = cos[0, :, :half][None, :, None, :], sin[0, :, :half][None, :, None, :]  # [1, T, 1, D/2]
+        cis = None if torch.compiler.is_compiling() else torch.complex(c, s)
         pair = torch.arange(d, device=dev).view(2, half).t().reshape(-1)
         rows = torch.cat([(torch.arange(n_qk, device=dev)[:, None] * d + pair).reshape(-1),
                           torch.arange(n_qk * d, (n_qk + n_kv) * d, device=dev)])
-    for layer in inner.layers[: cfg.num_hidden_layers]:
-        a, m = layer.self_attn, layer.mlp
-        w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+    for w_in, wq, wk, wv, wo, w_post, w_gate, w_up, w_down in layers:
+        w_qkv = torch.cat([wq, wk, wv])
         if complex_ok:
-            qkv = F.linear(_rms_norm(x, layer.input_layernorm), w_qkv.index_select(0, rows))
-            qk = torch.view_as_complex(qkv[..., : n_qk * d].unflatten(-1, (n_qk, half, 2)))
-            qk = torch.view_as_real(qk * cis).flatten(-2)  # [B, T, Hq + Hkv, D]
+            qkv = F.linear(_rms_norm(x, w_in, eps), w_qkv.index_select(0, rows))
+            if cis is not None:
+                qk = torch.view_as_complex(qkv[..., : n_qk * d].unflatten(-1, (n_qk, half, 2)))
+                qk = torch.view_as_real(qk * cis).flatten(-2)  # [B, T, Hq + Hkv, D]
+            else:
+                re, im = qkv[..., : n_qk * d].unflatten(-1, (n_qk, half, 2)).unbind(-1)
+                qk = torch.stack([re * c - im * s, re * s + im * c], -1).flatten(-2)
             q, k = qk[:, :, :n_q].transpose(1, 2), qk[:, :, n_q:].transpose(1, 2)
         else:  # no complex half-precision: the library's formula
-            qkv = F.linear(_rms_norm(x, layer.input_layernorm), w_qkv)
+            qkv = F.linear(_rms_norm(x, w_in, eps), w_qkv)
             q, k = (z.view(b, t, -1, d).transpose(1, 2) for z in qkv[..., : n_qk * d].split([n_q * d, n_kv * d], -1))
-            c, s_ = cos[:, None], sin[:, None]
-            q, k = q * c + rotate_half(q) * s_, k * c + rotate_half(k) * s_
+            c4, s4 = cos[:, None], sin[:, None]
+            q, k = q * c4 + rotate_half(q) * s4, k * c4 + rotate_half(k) * s4
         v = qkv[..., n_qk * d :].view(b, t, n_kv, d).transpose(1, 2)
-        x = x + a.o_proj(causal_attention(q, k, v, a.scaling, None))
-        w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight])
-        gate, up = F.linear(_rms_norm(x, layer.post_attention_layernorm), w_gu).chunk(2, -1)
-        x = x + m.down_proj(m.act_fn(gate) * up)
-    return model.lm_head(_rms_norm(x, inner.norm))
+        x = x + F.linear(causal_attention(q, k, v, scaling, None), wo)
+        gate, up = F.linear(_rms_norm(x, w_post, eps), torch.cat([w_gate, w_up])).chunk(2, -1)
+        x = x + F.linear(F.silu(gate) * up, w_down)
+    return F.linear(_rms_norm(x, norm, eps), lm)
+
+
+def _llama_sequence(model, ids: Tensor) -> Tensor:
+    return llama_logits(ids, **llama_inputs(model, ids.shape[1]))
