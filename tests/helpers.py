@@ -127,6 +127,18 @@ def sweep(*args: str, env: dict | None = None, timeout: float = 300, fault: str 
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def unfolded(text: str) -> list[str]:
+    """A command's lines with the console's folds undone (a folded line goes on indented, or after a backslash):
+    what a test matches does not depend on how long the paths of this machine are."""
+    lines: list[str] = []
+    for line in text.replace(" \\\n", " ").splitlines():
+        if lines and line.startswith("  ") and not line.strip().startswith(("python ", "alliter ")) and lines[-1]:
+            lines[-1] = f"{lines[-1]} {line.strip()}"
+        else:
+            lines.append(line)
+    return lines
+
+
 def printed_command(text: str, after: str) -> str:
     """The command a command printed on the line after the one ending in `after` ("continue it with:"), its folds
     (a backslash at a line's end) joined as a shell joins them."""

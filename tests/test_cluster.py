@@ -33,7 +33,7 @@ from raycluster import (
     resource_flags,
 )
 from helpers import (
-    FAULT_ENV, FAULTY_SWEEP, generation_indices, result_rows, sweep, sweep_main, trial_dir, trial_states,
+    FAULT_ENV, FAULTY_SWEEP, generation_indices, result_rows, sweep, sweep_main, trial_dir, trial_states, unfolded,
 )
 
 yaml = pytest.importorskip("yaml")
@@ -261,7 +261,7 @@ def test_autoscaler_adds_gpu_workers_for_pending_trials_and_removes_them_when_id
         watcher.join()
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count("the trials wait for the autoscaler") == 1  # said once
-    assert [line for line in res.stdout.splitlines() if line.startswith("autoscaler:")] == [
+    assert [line for line in unfolded(res.stdout) if line.startswith("autoscaler:")] == [
         "autoscaler: the one that publishes Ray's autoscaling status (its nodes' types: ray.head.default); it may "
         "add nodes of the types in its config (not published with the status)"]
     added = watcher.workers("gpu_worker")

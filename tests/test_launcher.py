@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import generation_indices, trial_dir, trial_states
+from helpers import generation_indices, trial_dir, trial_states, unfolded
 from raycluster import RAY, ROOT, SETUP_SCRIPT, cluster_exports, free_port, process_name, session_pids
 from sshserver import SSHServer, cmdline, environ, missing
 
@@ -338,7 +338,7 @@ def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(ssh_
                   "--gpus-per-trial 0 --address auto --name launcher", env=env, log=log, timeout=480)
     times["ray exec"] = time.time() - started
     assert res.returncode == 0, log.read_text()[-5000:]
-    said = [line.strip() for line in res.stdout.splitlines() if line.strip().startswith("autoscaler:")]
+    said = [line.strip() for line in unfolded(res.stdout) if line.strip().startswith("autoscaler:")]
     assert said == [f"autoscaler: the cluster launcher's, from {home / 'ray_bootstrap_config.yaml'} (provider local); "
                     "it may add no node"], said
     exp = home / "results" / "launcher"  # ALLITER_STORAGE=~/results: the sweep's default --storage

@@ -26,7 +26,7 @@ import pytest
 from alliter import storage as store
 from alliter.cli import AlliterError
 from raycluster import free_port, kill_session
-from helpers import ONE_AT_A_TIME, SWEEP, run_trial, sweep, sweep_main
+from helpers import ONE_AT_A_TIME, SWEEP, run_trial, sweep, sweep_main, unfolded
 
 BUCKET = "alliter-test"
 S3_ENV = {
@@ -176,7 +176,8 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     query_storage = f"s3://{BUCKET}/alliter-results?endpoint_override=127.0.0.1:{s3_server}&scheme=http"
     res = sweep("--storage", query_storage, "--resume", env=env)  # one at a time still: Tune's saved config
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"results: s3://{BUCKET}/alliter-results/{name}?endpoint_override=" in res.stdout
+    assert any(line.startswith(f"results: s3://{BUCKET}/alliter-results/{name}?endpoint_override=")
+               for line in unfolded(res.stdout))
 
     exp = f"{root}/{name}"
     files = bucket_files(fs, exp)

@@ -16,7 +16,7 @@ from alliter.rule import CollapseRule
 from alliter.train.evaluate import evaluation_points
 from helpers import (
     METRIC_NAMES, ONE_AT_A_TIME, SWEEP, best_beta as run_best_beta, digest, generation_indices, local_gpus,
-    read_jsonl, result_rows, sweep, sweep_main, trial_dir, trial_states, tune_betas,
+    read_jsonl, result_rows, sweep, sweep_main, trial_dir, trial_states, tune_betas, unfolded,
 )
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def test_killed_trial_worker_is_restarted_from_its_checkpoint(faulty):
     assert sorted(p.name for p in (trial / "snapshots").glob("*.safetensors")) == [
         f"generations={g:06d}.safetensors" for g in (40, 80, 120, 150)]
     assert "snapshots: every 40 generations, 4 per trial x 122.6 KB (float32) = 490.5 KB per trial, 2.0 MB for 4 " \
-           "trials" in res.stdout
+           "trials" in unfolded(res.stdout)
 
 
 def test_a_retried_trial_has_every_generation_once(faulty):

@@ -677,6 +677,8 @@ def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Ou
     elif status == "errored":
         say_command(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with:",
                     plan.resume_command, file=sys.stderr)
+    elif os.environ.get(STUDY_STEP):  # the study says how to continue it, its own command
+        say(f"interrupted with {unfinished} trial(s) unfinished", file=sys.stderr)
     else:
         say_command(f"interrupted with {unfinished} trial(s) unfinished; continue it with:", plan.resume_command,
                     file=sys.stderr)
