@@ -142,6 +142,12 @@ def word_counts(texts: Sequence[str]) -> Counter:
     return Counter(w for t in texts for w in WORD.findall(t.lower()))
 
 
+def overuse_ratio(uses: int, stories: int, base_uses: int, base_stories: int) -> float:
+    """How many times as often a word is used per story as by the unmodified model, its uses there smoothed by
+    OVERUSE_PSEUDO_USES: no ratio rests on a count of zero."""
+    return (uses / max(stories, 1)) / ((base_uses + OVERUSE_PSEUDO_USES) / max(base_stories, 1))
+
+
 def overused_words(texts: Sequence[str], base_texts: Sequence[str], top: int | None = 5) -> list[list]:
     """The words of OVERUSE_MIN_LETTERS letters or more that the texts use more often than `base_texts` (the
     unmodified model's stories) do, most over-used first: [word, uses per text, times the base's rate, uses, the
@@ -150,7 +156,7 @@ def overused_words(texts: Sequence[str], base_texts: Sequence[str], top: int | N
     the base: 4x)."""
     counts, base = word_counts(texts), word_counts(base_texts)
     n, n0 = max(len(texts), 1), max(len(base_texts), 1)
-    rows = [[w, c / n, (c / n) / ((base[w] + OVERUSE_PSEUDO_USES) / n0), c, base[w]] for w, c in counts.items()
+    rows = [[w, c / n, overuse_ratio(c, n, base[w], n0), c, base[w]] for w, c in counts.items()
             if len(w) >= OVERUSE_MIN_LETTERS and c / n >= OVERUSE_MIN_RATE]
     return sorted((r for r in rows if r[2] > 1), key=lambda r: (-r[2], r[0]))[:top]  # lists: as JSON keeps them
 
@@ -188,8 +194,14 @@ def recent_overuse(texts: Sequence[str], pool: Sequence[str], base_texts: Sequen
     out = []
     for text in texts:
         words = {w for w in WORD.findall(text.lower()) if len(w) >= OVERUSE_MIN_LETTERS}
-        out.append(max([1.0, *((counts[w] / n) / ((base[w] + OVERUSE_PSEUDO_USES) / n0) for w in words)]))
+        out.append(max([1.0, *(overuse_ratio(counts[w], n, base[w], n0) for w in words)]))
     return out
+
+
+def word_share(pairs: Sequence[tuple[str, str]], word: str) -> float:
+    """The share of word pairs (alliterating ones: how much of the reward one word brings) that hold `word`."""
+    held = sum(any(word in WORD.findall(w.lower()) for w in pair) for pair in pairs)
+    return held / len(pairs) if pairs else math.nan
 
 
 def compression_ratio(texts: Sequence[str]) -> float:

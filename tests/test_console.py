@@ -42,19 +42,31 @@ def test_every_line_fits_100_columns_and_says_what_matters():
                                     "94.8", "1%", "+4.28", "degenerate", "at", "1000"]
 
 
-def test_piped_it_prints_a_line_only_when_something_but_the_counter_changes():
+def test_piped_it_prints_a_line_per_trial_per_evaluation_verdict_or_error():
     out = io.StringIO()
     console = Console(seeds=False, stream=out)
     group = trials()[:2]
-    assert console.should_report(group)
+    fresh = {"generations": 0}
+    for trial in group:
+        trial.status, trial.last_result, trial.later = "PENDING", fresh, trial.last_result
+    console.report(group, done=False)
+    group[0].status = "RUNNING"
+    assert not console.should_report(group)  # waiting, then running: no news
+    assert out.getvalue().splitlines()[0].split()[0] == "beta" and len(out.getvalue().splitlines()) == 1
+    for trial in group:
+        trial.status, trial.last_result = "RUNNING", trial.later
     console.report(group, done=False)
     assert len(out.getvalue().splitlines()) == 3  # the header and two lines
     group[0].last_result = {**group[0].last_result, "generations": 1300}
-    assert not console.should_report(group)  # the counter alone
+    group[1].status = "TERMINATED"
+    assert not console.should_report(group)  # the counter alone, done
     group[0].last_result = {**group[0].last_result, "point": 1400, "point_alliteration": 90.0}
     assert console.should_report(group)
-    console.report(group, done=False)
+    console.report(group, done=True)
     assert out.getvalue().splitlines()[-1].split()[:2] == ["0", "1300/7000"] and len(out.getvalue().splitlines()) == 4
+    group[1].status = "ERROR"
+    console.report(group, done=True)
+    assert out.getvalue().splitlines()[-1].split()[:3] == ["0.01", "1234/7000", "error"]
 
 
 class Terminal(io.StringIO):

@@ -3,9 +3,6 @@ colours of the betas, the reward's axis (a value of the sweep's knob is named by
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
 from alliter import measures as M
@@ -32,15 +29,12 @@ def diversity_panels(rule_measure: str) -> list[str]:
 
 
 def beta_colours(betas: list[float]) -> dict[float, tuple]:
-    """Colours in log-beta order, red (low) to violet (high); beta 0 sits a decade under the smallest
-    positive beta. The coarse grid 0, 0.01 .. 100 gets exactly red, orange, yellow, green, blue, violet."""
+    """Colours in beta order, red (low) to violet (high), evenly spaced by rank: the coarse grid 0, 0.01 .. 100 gets
+    exactly red, orange, yellow, green, blue, violet, and the fine grid's 60, 70, 80, 90 are as far apart as 20 and
+    30 (by log-beta they crowd into the violet end)."""
     betas = sorted(set(betas))
-    positive = [b for b in betas if b > 0]
-    zero_at = math.log10(min(positive)) - 1 if positive else 0.0
-    x = np.array([math.log10(b) if b > 0 else zero_at for b in betas])
-    span = x.max() - x.min()
     cmap = LinearSegmentedColormap.from_list("study", STUDY_COLOURS)
-    return {b: cmap(float((v - x.min()) / span) if span else 0.0) for b, v in zip(betas, x)}
+    return {b: cmap(i / (len(betas) - 1) if len(betas) > 1 else 0.0) for i, b in enumerate(betas)}
 
 
 def reward_label(result: Analysis) -> str:

@@ -106,7 +106,7 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
         elif column != "diversity_kept":  # linear near the rule's limits, logarithmic past them (collapses reach +4, 95)
             _symlog(ax, 1.0 if column == "fluency_gap" else 10.0,
                     [-0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4] if column == "fluency_gap" else
-                    [0, 2, 4, 6, 8, 10, 20, 50, 100, 200])
+                    [0, 2, 4, 6, 8, 10, 15, 20, 30, 50, 100, 200])
         p = result.best_point
         if p is not None and p[column] is not None:
             ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["value"]], edgecolor="black",
@@ -116,6 +116,41 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
     _legend(axes[0][1], title=KNOBS[result.knob].legend)
     source = "evaluations" if (s["source"] == "evaluation").all() else "evaluations (training windows where a trial has none)"
     fig.suptitle(f"The points the rule judges: {source}, mean over seeds with one standard error")
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_recipes(results: dict[str, Analysis], path: Path) -> None:
+    """Recipes side by side on the same axes (alliter study's recipe and the recipe that holds): their evaluations'
+    alliteration and most over-used word, the KL and beta along training; each seed thin, the mean over seeds thick."""
+    fig, axes = _figure(13, 8.5, 2, 2)
+    colours = dict(zip(results, ["tab:red", "tab:blue", "tab:green", "tab:purple"]))
+    panels = [("alliteration", "alliteration (mean raw reward)", "Alliteration (evaluations)"),
+              ("top_overuse", "times the unmodified model's rate", "The most over-used word (evaluations)"),
+              ("kl", "nats a token, a running mean", "KL from the unmodified model (training groups)"),
+              ("beta", "beta", "beta (moved by a KL target's controller, if any)")]
+    for ax, (column, ylabel, title) in zip(axes.flat, panels):
+        for name, result in results.items():
+            if column in ("kl", "beta"):
+                groups = result.groups.assign(kl=-result.groups["kl_penalty_mean"])
+                per_seed = groups.pivot_table(index="generations", columns="trial", values=column)
+                step = float(np.median(np.diff(per_seed.index))) if len(per_seed) > 1 else 1.0
+                per_seed = per_seed.rolling(max(1, round(result.cfg.window / step)), min_periods=1).mean()
+            else:
+                per_seed = result.points.pivot_table(index="generations", columns="trial", values=column)
+            for seed in per_seed:
+                ax.plot(per_seed.index, per_seed[seed], color=colours[name], lw=0.7, alpha=0.45)
+            ax.plot(per_seed.index, per_seed.mean(axis=1), color=colours[name], lw=2.2,
+                    label=f"{name} (mean of {per_seed.shape[1]} seeds)")
+        if column == "top_overuse":
+            rule = next(iter(results.values())).cfg.max_overuse
+            if rule:
+                ax.axhline(rule, color="black", ls="--", lw=1, label=f"rule: {rule:g}x")
+            _ratio_axis(ax)
+        ax.set(xlabel="generations", ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+    _legend(axes[0][1], title="recipe")
+    fig.suptitle("The recipes side by side: each seed thin, their mean thick")
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
 

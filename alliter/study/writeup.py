@@ -1,9 +1,11 @@
-"""The study's write-up, study.md and study.html, in the order of the reference study's note, every sentence made
-from the data of the study's four sweeps: the coarse grid (which betas collapsed and when, which held, the last two
-evaluation stories of each), the conclusion it allows (where the balanced beta lies), the fine grid placed there (its
-choice and how sure it is against the next), the extended run of the choice (when it collapsed, in how many seeds, a
-story before and after), the recipe that holds beside the study's, which letters alliterate and which words it
-over-uses, and what the numbers cannot say."""
+"""The study's write-up, study.md and study.html, every sentence made from the data of the study's four sweeps. First
+the findings (the choice and where to stop, how long the study's recipe holds, the recipe that holds and what it
+writes, each with its spread over seeds and over the last evaluations) and the thresholds behind their words; then,
+in the order of the reference study's note: the coarse grid (which betas failed and when, which held, the last two
+evaluation stories of each), the conclusion it allows, the fine grid placed there (its choice and how sure it is),
+the extended run of the choice (when it failed, in how many seeds, a story before and after), the recipe that holds
+side by side with the study's (alliter.study.evidence), which letters alliterate and which words it over-uses, and
+what the numbers cannot say."""
 
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Tabl
 from alliter.analyse.judge import Analysis, analyse
 from alliter.analyse.report import write_outputs
 from alliter.knob import KNOBS
+from alliter.analyse.plots import plot_recipes
 from alliter.rule import FAILED
 from alliter.schema import read_json
+from alliter.study.evidence import LARGELY, LAST, end_of, kl_frame, overuse_at, side_by_side, spread, what_changed
 from alliter.study.run import STUDY_FILE, wall_text
-
 
 
 def _list(values: list[float]) -> str:
@@ -111,6 +114,17 @@ def how_sure(result: Analysis) -> str:
                                                          if apart else "within their standard errors: as good."))
 
 
+def failures(result: Analysis) -> list[tuple[int, int, str]]:
+    """(seed, generations, verdict) of each trial's first point that is not kept, in seed order."""
+    out = []
+    for trial in sorted(result.trials, key=lambda t: t.seed):
+        mine = result.points[result.points["trial"] == trial.name].sort_values("generations")
+        failed = mine[mine["verdict"] != "kept"]
+        if len(failed):
+            out.append((trial.seed, int(failed["generations"].iloc[0]), str(failed["verdict"].iloc[0])))
+    return out
+
+
 def seeds_verdict(result: Analysis, end: int) -> tuple[str, list[Block]]:
     """An extended run's verdict over its seeds, and a story before and after each seed's failure (or at its end)."""
     points, blocks, lines = result.points, [], []
@@ -147,6 +161,105 @@ def overuse_line(result: Analysis, end: int) -> str:
     return M.overuse_text(words[:4]) if words else "no word"
 
 
+def _kl_at(result: Analysis, value: float, generations: int) -> float:
+    """The KL (nats a token) of a value's trials over the window up to `generations`."""
+    kl = kl_frame(result)
+    names = {t.name for t in result.trials if t.value == value}
+    s = spread(kl[kl["trial"].isin(names)], "kl", generations, last=result.cfg.window)
+    return s.mean if s else math.nan
+
+
+def choice_finding(result: Analysis, grid: str) -> str:
+    """The choice and the point to stop at, with the choice's spread over its last evaluations."""
+    c, p = result.choice, result.best_point
+    if c is None:
+        return f"**No choice**: no beta of the {grid} held to its end."
+    value = c["value"]
+    mine = result.points[result.points[result.knob] == value]
+    s = spread(mine, "alliteration", int(c["point"]))
+    seeds = int(c["trials"])
+    text = (f"**The choice**: beta {value:g}, the {grid}'s: the highest alliteration among its betas kept to their "
+            f"end ({seeds} seed{'s' if seeds > 1 else ''} each). At its end ({c['point']:.0f} generations) it "
+            f"alliterates {c['alliteration']:.1f}, the unmodified model {c['alliteration_baseline']:.1f}"
+            + (f"; over its last {LAST} generations' evaluations, {s.text()}" if s else "") + ".")
+    if p is not None:
+        text += (f" **Where to stop** (best_beta's export: the best point kept there and at its next evaluation): "
+                 f"beta {p['value']:g} at {p['generations']} generations, alliteration {p['alliteration']:.1f}, "
+                 f"distinct-2 {p['diversity_kept']:.0%} of the unmodified model's, its most over-used word "
+                 f"{p['top_overuse']:.1f}x, KL {_kl_at(result, p['value'], p['generations']):.3f} nats a token.")
+    return text
+
+
+def extended_finding(result: Analysis, beta: float, end: int, fine: Analysis | None) -> str:
+    """How long the study's recipe holds: its failures over the seeds."""
+    failed, n = failures(result), len(result.trials)
+    text = f"**How long the study's recipe holds**: beta {beta:g} to {end} generations, {n} seeds: "
+    if failed:
+        text += (f"it failed in {len(failed)} of {n} (" + ", ".join(f"seed {s} {v} at {g}" for s, g, v in failed)
+                 + f" generations); kept to the end in {n - len(failed)}.")
+    else:
+        text += "kept to the end in every seed."
+    same = fine is not None and any(t.value == beta and t.seed == 0 for t in fine.trials) and \
+        any(t.seed == 0 for t in result.trials)
+    if same:
+        grid_end = max(t.done for t in fine.trials if t.value == beta)
+        text += (f" (Its seed 0 is the fine grid's trial of beta {beta:g} run on: the same seed, so the same first "
+                 f"{grid_end} generations.)")
+    return text
+
+
+def holds_finding(result: Analysis, study: Analysis | None, end: int) -> str:
+    """The recipe that holds (the word only where it is kept to the end in every seed), what changed, its end."""
+    failed, n = failures(result), len(result.trials)
+    e, over = end_of(result, end), overuse_at(result, end)
+    changes = what_changed(study, result) if study is not None else []
+    name = "The recipe that holds" if not failed else "The recipe meant to hold"
+    text = (f"**{name}**" + (f" ({len(changes)} knobs changed at once: {'; '.join(changes)})" if changes else "")
+            + f": kept to {end} generations in {n - len(failed)} of {n} seeds"
+            + (" (" + ", ".join(f"seed {s} {v} at {g}" for s, g, v in failed) + ")" if failed else "") + ".")
+    if e["alliteration"] is not None:
+        text += f" Over its last {LAST} generations it alliterates {e['alliteration'].text()}"
+        if e["kl"] is not None:
+            text += f", at a KL of {e['kl'].text(3)} nats a token with beta {e['beta'].text(0)}"
+        text += "."
+    if over is not None:
+        text += (f" At {end} its most over-used word is {over.text()}"
+                 + (": it alliterates largely through that word." if over.largely else "."))
+    return text
+
+
+def findings(results: dict[str, Analysis], state: dict[str, Any], end: int) -> list[Block]:
+    """The first screen: the choice and where to stop, how long the study's recipe holds, the recipe that holds
+    and a story of it, then the thresholds behind the words."""
+    items = []
+    grid = next((name for name in ("fine", "coarse") if name in results), None)
+    if grid is not None:
+        items.append(choice_finding(results[grid], f"{grid} grid"))
+    if "extended" in results:
+        items.append(extended_finding(results["extended"], state.get("extended_beta", 0.0), end, results.get("fine")))
+    if "holds" in results:
+        items.append(holds_finding(results["holds"], results.get("extended"), end))
+    blocks: list[Block] = [Heading("Findings"), Bullets(items)]
+    last = next((name for name in ("holds", "extended") if name in results), None)
+    if last is not None:
+        trial = min(results[last].trials, key=lambda t: t.seed)
+        blocks += [Heading("What it writes at the end", 3), *_stories(results[last], trial, _last_point(trial), 1)]
+    first = next(iter(results.values()), None)
+    if first is not None:
+        cfg = first.cfg
+        blocks.append(Text(
+            f"How the words are used. *Kept*: a point the rule passes ({cfg.rule().describe()}). *Holds*: kept at "
+            f"every evaluation to the end, in every seed. *Balanced* (the grids' tables): kept to the end with an "
+            f"alliteration gain of at least {cfg.under_optimised_share:.0%} of the best kept beta's and at least "
+            f"{cfg.min_gain:g}, else *under-optimised*: a ranking of point estimates, not a test (with one seed there "
+            f"is no interval). *Largely through a word*: at least {LARGELY:.0%} of the alliterating pairs hold it. A "
+            f"trial's end is the mean of its evaluations over its last {LAST} generations, a recipe's the mean of its "
+            f"seeds' with their range and that of the single evaluations. An over-use ratio adds "
+            f"{M.OVERUSE_PSEUDO_USES} uses to the unmodified model's count of every word: no ratio rests on a count "
+            f"of zero (a word it never wrote, used once a story, reads {M.overuse_ratio(50, 50, 0, 50):.0f}x)."))
+    return blocks
+
+
 def letters_line(result: Analysis, sweep: str) -> str:
     letters = result.letters
     rows = letters[letters["row"] != "unmodified"] if len(letters) else letters
@@ -177,6 +290,7 @@ def build(folder: Path) -> list[Block]:
              f"{wall_text(total)} of wall time ("
              + ", ".join(f"{n} {wall_text(s.get('wall_seconds', math.nan))}" for n, s in steps.items()) + "). "
              + (f"The update: {first.recipe.describe_recipe()}." if first else "")),
+        *findings(results, state, end),
     ]
     if "coarse" in results:
         c = results["coarse"]
@@ -203,12 +317,24 @@ def build(folder: Path) -> list[Block]:
         h = results["holds"]
         text, stories = seeds_verdict(h, end)
         blocks += [Heading("4. The recipe that holds, beside the study's"),
-                   Text(f"The update: {h.recipe.describe_recipe()}"
+                   Text(f"Its update: {h.recipe.describe_recipe()}"
                         + (f"; KL target {h.trials[0].kl_target:g}, beta started at and floored at "
                            f"{h.recipe.kl_min_beta:g}" if h.trials[0].kl_target is not None
-                           and h.recipe.kl_min_beta is not None else "") + f". {text}"),
-                   Image(outs["holds"] / "evaluations.png", "the recipe that holds: evaluations"),
-                   Heading("Its stories at the end", 3), *stories]
+                           and h.recipe.kl_min_beta is not None else "") + f". {text}")]
+        if "extended" in results:
+            recipes = {"the study's recipe": results["extended"], "the recipe that holds": h}
+            grid_end = max((t.done for t in results.get("fine", h).trials), default=0)
+            table, level = side_by_side(recipes, sorted({grid_end, end // 2, end}), end)
+            changes = what_changed(results["extended"], h)
+            plot_recipes(recipes, folder / "analysis" / "recipes.png")
+            blocks += [Text(f"What changed from the study's recipe: {len(changes)} knobs at once, so nothing here says "
+                            "which of them does what:"), Bullets(changes),
+                       Text(f"Side by side at equal generations, and at equal alliteration (the first evaluation at "
+                            f"which the mean over seeds reaches {level:.1f}, the lower of the two recipes' peaks): the "
+                            f"mean over seeds, their range in brackets; KL and beta over the {h.cfg.window} "
+                            "generations up to the point."),
+                       Table(table), Image(folder / "analysis" / "recipes.png", "the two recipes on the same axes")]
+        blocks += [Heading("Its stories at the end", 3), *stories]
     last = next((name for name in ("holds", "extended", "fine") if name in results), None)
     if last is not None:
         sweep = {"holds": "the recipe that holds", "extended": "the extended run", "fine": "the fine grid"}[last]
@@ -220,7 +346,20 @@ def build(folder: Path) -> list[Block]:
                                    f"recipe's stories over-use {overuse_line(results[name], end)} against the "
                                    "unmodified model's (words used at least once in 5 stories)."))
     blocks += [Heading("6. What the numbers cannot say"), Bullets(caveats(results, state))]
-    return blocks
+    return _once(blocks)
+
+
+def _once(blocks: list[Block]) -> list[Block]:
+    """Each story once: the extended run's seed 0 is the fine grid's trial run on, and shares its stories."""
+    seen: set[str] = set()
+    out = []
+    for b in blocks:
+        if isinstance(b, Story):
+            if b.text in seen:
+                continue
+            seen.add(b.text)
+        out.append(b)
+    return out
 
 
 def caveats(results: dict[str, Analysis], state: dict[str, Any]) -> list[str]:
@@ -246,11 +385,13 @@ def caveats(results: dict[str, Analysis], state: dict[str, Any]) -> list[str]:
     for name in ("extended", "holds"):
         if name in results:
             end = int(state.get("config", {}).get("extended_generations", 7000))
-            words = M.overused_words(_texts(results[name], end), _texts(results[name], 0))
-            if words and words[0][2] > 5:
-                out.append(f"The {'study' if name == 'extended' else 'holding'} recipe meets the reward largely "
-                           f"through \"{words[0][0]}\" ({words[0][2]:.0f}x the unmodified model's use), which the "
-                           "rule's distinct-2 and fluency do not catch.")
+            over = overuse_at(results[name], end)
+            if over is not None and over.ratio >= 2:
+                out.append(f"At {end} generations the {'study' if name == 'extended' else 'holding'} recipe's stories "
+                           f"over-use {over.text()}"
+                           + (": it alliterates largely through that word" if over.largely else "")
+                           + ". Distinct-2 and fluency, inside a group of stories, do not see a word that many stories "
+                           "share; the rule's over-use bound does, past its threshold only.")
     out.append("Every figure is of this model, this reward and these seeds; another model or reward needs its own "
                "study.")
     return out

@@ -3,9 +3,10 @@
 as a share of the unmodified model's and fluency gap; the verdict so far). On a terminal the lines fit its width (the
 least needed columns go first where it is narrower than 100) and are redrawn in place, unless something else wrote to
 it since the last draw (Ray's log lines, a warning): then the table is drawn again below, not over them. Piped into a
-file or another program, the lines are 100 columns at most, and a trial's line is printed when something but its
-generation counter changes (a new evaluation, a verdict, its state), and every line once at the end. The full table
-stays in each trial's metrics.jsonl and TensorBoard. A Ray Tune ProgressReporter, so the grids, the search and the
+file or another program, the lines are 100 columns at most, the header is printed once and a trial's line when it
+has a new evaluation, a new verdict or an error: at most one line per trial per evaluation (its counter, waiting,
+running and done are no news in a log; the sweep's end table follows). The full table stays in each trial's
+metrics.jsonl and TensorBoard. A Ray Tune ProgressReporter, so the grids, the search and the
 study show the same."""
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class Console(tune.ProgressReporter):
         self._drawn = 0  # lines drawn last time (a terminal's redraw moves up over them)
         self._last = 0.0
         self._printed: dict[str, tuple] = {}  # trial id -> its last printed change (piped)
+        self._header = False
         self._watching: list[tuple[Any, str, Any]] = []
 
     def width(self) -> int:
@@ -150,7 +152,7 @@ class Console(tune.ProgressReporter):
             return True
         if self.tty:
             return time.monotonic() - self._last >= self.refresh_seconds
-        return any(self._printed.get(t.trial_id) != _change(t) for t in trials)
+        return any(self._printed.get(t.trial_id, NO_NEWS) != _change(t) for t in trials)
 
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
         self._last = time.monotonic()
@@ -164,10 +166,11 @@ class Console(tune.ProgressReporter):
             if done:
                 self._unwatch()
             return
-        if not self._printed:
+        if not self._header:
             self.stream.write(header + "\n")
+            self._header = True
         for trial, line in zip(sorted(trials, key=order), lines):
-            if done or self._printed.get(trial.trial_id) != _change(trial):
+            if self._printed.get(trial.trial_id, NO_NEWS) != _change(trial):
                 self.stream.write(line + "\n")
                 self._printed[trial.trial_id] = _change(trial)
         self.stream.flush()
@@ -195,10 +198,13 @@ class Console(tune.ProgressReporter):
 
 
 def _change(trial: Any) -> tuple:
-    """What of a trial counts as a change when piped: all but its generation counter (NaN, a kept trial's failed_at,
-    reads as None: NaN equals nothing, not even itself)."""
+    """What of a trial is news when piped: its latest evaluation, its verdict, an error; not its counter nor its
+    waiting, running or done (NaN, a kept trial's failed_at, reads as None: NaN equals nothing, not even itself)."""
     r = trial.last_result or {}
-    return trial.status, _number(r.get("point")), r.get("verdict"), _number(r.get("failed_at"))
+    return _number(r.get("point")), r.get("verdict"), _number(r.get("failed_at")), trial.status == "ERROR"
+
+
+NO_NEWS = (None, None, None, False)  # a trial not started, or started with nothing to say yet
 
 
 def order(trial: Any) -> tuple:

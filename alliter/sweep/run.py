@@ -672,12 +672,14 @@ def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Ou
     say(f"tensorboard: tensorboard --logdir {quoted}", shell=True)
     for r in errors:
         say(f"  ERROR in {Path(r.path).name}: {trial_cause(r)}", file=sys.stderr, indent=4)
-    if status == "finished" and not os.environ.get(STUDY_STEP):  # a study's step: the study analyses it itself
-        say(f"next:        python analysis/best_beta.py {quoted}", shell=True)
+    study_step = bool(os.environ.get(STUDY_STEP))  # the study analyses its steps and says how to continue itself
+    if status == "finished":
+        if not study_step:
+            say(f"next:        python analysis/best_beta.py {quoted}", shell=True)
     elif status == "errored":
         say_command(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with:",
                     plan.resume_command, file=sys.stderr)
-    elif os.environ.get(STUDY_STEP):  # the study says how to continue it, its own command
+    elif study_step:
         say(f"interrupted with {unfinished} trial(s) unfinished", file=sys.stderr)
     else:
         say_command(f"interrupted with {unfinished} trial(s) unfinished; continue it with:", plan.resume_command,

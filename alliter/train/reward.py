@@ -44,6 +44,12 @@ def raw_reward(text: str) -> int:
     return sum(a[0].lower() == b[0].lower() for a, b in zip(words, words[1:]))
 
 
+def alliterating_pairs(text: str) -> list[tuple[str, str]]:
+    """The adjacent word pairs that raw_reward counts."""
+    words = text.split()
+    return [(a, b) for a, b in zip(words, words[1:]) if a[0].lower() == b[0].lower()]
+
+
 def alliterating_letters(text: str) -> list[str]:
     """The first letter of each adjacent word pair that alliterates (letters only, lower case)."""
     words = text.split()

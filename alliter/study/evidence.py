@@ -1,0 +1,180 @@
+"""What the write-up claims, with its spread: a trial's end is its evaluations over its last LAST generations (not one
+point), a recipe's is the mean of its seeds' ends with their range; an over-used word is said with its counts, per
+seed, and the share of the alliterating pairs it brings; two recipes are put side by side on the same measures at
+equal generations and at equal alliteration, with what changed between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from alliter import measures as M
+from alliter.analyse.judge import Analysis
+from alliter.train.reward import alliterating_pairs
+
+LAST = 1500  # generations: a trial's end is the mean of its evaluations over its last LAST generations
+LARGELY = 0.5  # a recipe alliterates "largely through" a word when at least this share of its pairs hold it
+# what a trial's config differs in and the reader is not told as a change of recipe
+NOT_A_CHANGE = {"seed", "max_generations", "beta", "name", "storage", "checkpoint_every", "snapshot_every"}
+
+
+@dataclass
+class Spread:
+    """A measure at the end of a recipe's trials: the mean over its seeds of each seed's mean over the window, the
+    seeds' range and the range of the single evaluations in the window."""
+
+    mean: float
+    seed_low: float
+    seed_high: float
+    seeds: int
+    low: float
+    high: float
+
+    def text(self, digits: int = 1, unit: str = "") -> str:
+        f = lambda v: f"{v:.{digits}f}{unit}"  # noqa: E731
+        within = f"single evaluations {f(self.low)} to {f(self.high)}"
+        if self.seeds == 1:
+            return f"{f(self.mean)} ({within})"
+        return f"{f(self.mean)} (seeds {f(self.seed_low)} to {f(self.seed_high)}; {within})"
+
+
+def spread(frame: pd.DataFrame, column: str, end: int, last: int = LAST) -> Spread | None:
+    """`column` of a frame with a row per (trial, generations) over the generations (end - last, end]."""
+    window = frame[(frame["generations"] > max(0, end - last)) & (frame["generations"] <= end)].dropna(subset=[column])
+    if not len(window):
+        return None
+    per_seed = window.groupby("trial")[column].mean()
+    return Spread(float(per_seed.mean()), float(per_seed.min()), float(per_seed.max()), len(per_seed),
+                  float(window[column].min()), float(window[column].max()))
+
+
+def kl_frame(result: Analysis) -> pd.DataFrame:
+    """Per (trial, group): the KL from the unmodified model, nats a token (the KL penalty's term, sign turned), and
+    beta (a KL target's controller moves it)."""
+    g = result.groups
+    return pd.DataFrame({"trial": g["trial"], "generations": g["generations"], "kl": -g["kl_penalty_mean"],
+                         "beta": g["beta"]})
+
+
+def end_of(result: Analysis, end: int) -> dict[str, Spread | None]:
+    """A recipe's end: alliteration, the most over-used word's ratio and distinct-2 kept over its evaluations, the KL
+    and beta over its training groups."""
+    kl = kl_frame(result)
+    out = {name: spread(result.points, name, end) for name in ("alliteration", "top_overuse", "diversity_kept")}
+    return {**out, "kl": spread(kl, "kl", end), "beta": spread(kl, "beta", end)}
+
+
+def beta_range(result: Analysis, end: int) -> tuple[float, float]:
+    """The lowest and the highest beta of a recipe's groups up to `end`."""
+    kl = kl_frame(result)
+    betas = kl[kl["generations"] <= end]["beta"]
+    return float(betas.min()), float(betas.max())
+
+
+@dataclass
+class Overuse:
+    """A recipe's most over-used word at a point, its seeds' stories pooled: the ratio, its counts and how much of
+    the reward it brings, per seed too."""
+
+    word: str
+    ratio: float
+    uses: int
+    stories: int
+    base_uses: int
+    base_stories: int
+    seed_ratios: list[float]
+    pair_share: float
+    seed_shares: list[float]
+
+    def text(self) -> str:
+        seeds = (f"; by seed {', '.join(f'{r:.0f}x' for r in self.seed_ratios)}" if len(self.seed_ratios) > 1 else "")
+        shares = (f" ({min(self.seed_shares):.0%} to {max(self.seed_shares):.0%} by seed)"
+                  if len(self.seed_shares) > 1 else "")
+        return (f"\"{self.word}\" {self.ratio:.0f}x the unmodified model's rate ({self.uses} uses in {self.stories} "
+                f"stories against {self.base_uses} in its {self.base_stories}, {M.OVERUSE_PSEUDO_USES} added{seeds}); "
+                f"{self.pair_share:.0%} of the alliterating pairs hold it{shares}")
+
+    @property
+    def largely(self) -> bool:
+        return self.pair_share >= LARGELY
+
+
+def overuse_at(result: Analysis, generations: int) -> Overuse | None:
+    """The most over-used word of the stories at `generations`, pooled over the seeds, against their unmodified
+    model's stories (generation 0)."""
+    per_seed = [(list(t.stories(generations, result.cfg.window)["text"]), list(t.stories(0, result.cfg.window)["text"]))
+                for t in result.trials]
+    texts = [s for mine, _ in per_seed for s in mine]
+    base = [s for _, b in per_seed for s in b]
+    words = M.overused_words(texts, base, top=1)
+    if not words:
+        return None
+    word, _, ratio, uses, base_uses = words[0]
+    ratios, shares = [], []
+    for mine, b in per_seed:
+        counts, base_counts = M.word_counts(mine), M.word_counts(b)
+        ratios.append(M.overuse_ratio(counts[word], len(mine), base_counts[word], len(b)))
+        shares.append(M.word_share([p for t in mine for p in alliterating_pairs(t)], word))
+    pairs = [p for t in texts for p in alliterating_pairs(t)]
+    return Overuse(word, ratio, uses, len(texts), base_uses, len(base), ratios, M.word_share(pairs, word), shares)
+
+
+def first_reaching(result: Analysis, alliteration: float) -> int | None:
+    """The first evaluated point at which the mean over a recipe's seeds reaches `alliteration`."""
+    curve = result.points[result.points["generations"] > 0].groupby("generations")["alliteration"].mean()
+    reached = curve[curve >= alliteration]
+    return int(reached.index[0]) if len(reached) else None
+
+
+def what_changed(first: Analysis, second: Analysis) -> list[str]:
+    """The knobs whose values differ between two recipes' trials (their config.json), as `knob: a -> b`."""
+    a, b = first.trials[0].config, second.trials[0].config
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in NOT_A_CHANGE or a.get(key) == b.get(key):
+            continue
+        out.append(f"{key}: {_value(a.get(key))} -> {_value(b.get(key))}")
+    return out
+
+
+def _value(v: Any) -> str:
+    return "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def side_by_side(recipes: dict[str, Analysis], at: list[int], end: int) -> tuple[pd.DataFrame, int | None, float]:
+    """One row per recipe and point (each of `at`, then at equal alliteration): alliteration, the most over-used
+    word, distinct-2 kept, KL and beta, each as the mean over the seeds of the evaluations (groups: a window) around
+    it with the seeds' range. Equal alliteration: the lower of the recipes' peaks (the mean over seeds), and the
+    first point where each reaches it. Returns the table, and that alliteration."""
+    peaks = [r.points[r.points["generations"] > 0].groupby("generations")["alliteration"].mean().max()
+             for r in recipes.values()]
+    level = float(min(peaks)) if peaks else float("nan")
+    rows = []
+    for name, result in recipes.items():
+        points = [(f"{g}", g, min(result.cfg.window, g)) for g in at if g <= end]
+        reached = first_reaching(result, level)
+        if reached is not None:
+            points.append((f"{reached} (alliteration {level:.1f} first reached)", reached, 1))
+        for label, g, last in points:
+            ev = {c: spread(result.points, c, g, last=1) for c in ("alliteration", "top_overuse", "diversity_kept")}
+            kl = kl_frame(result)
+            over = overuse_at(result, g)
+            rows.append({
+                "recipe": name, "generations": label,
+                "alliteration": _seeds(ev["alliteration"], 1),
+                "most over-used word": f"\"{over.word}\" " + _seeds(ev["top_overuse"], 0, "x") if over else "none",
+                "distinct-2 kept": _seeds(ev["diversity_kept"], 2, "", percent=True),
+                "KL (nats a token)": _seeds(spread(kl, "kl", g, last=max(last, result.cfg.window)), 3),
+                "beta": _seeds(spread(kl, "beta", g, last=max(last, result.cfg.window)), 0),
+            })
+    return pd.DataFrame(rows), level
+
+
+def _seeds(s: Spread | None, digits: int, unit: str = "", percent: bool = False) -> str:
+    """A mean and its seeds' range, short: `9.6 (9.0-10.1)`."""
+    if s is None:
+        return "-"
+    f = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.{digits}f}{unit}")
+    return f(s.mean) if s.seeds == 1 or f(s.seed_low) == f(s.seed_high) else f"{f(s.mean)} ({f(s.seed_low)}-{f(s.seed_high)})"
