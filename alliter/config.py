@@ -379,11 +379,15 @@ class TrainConfig:
         its default and its recipe's, or (`given`: the flags typed) given at all."""
         defaults = {f.name: f.default for f in fields(self)}
         recipe = RECIPES.get(self.recipe, {})
-        for name, (acts, what) in ACTS_ONLY.items():
+        for name, (_, what) in ACTS_ONLY.items():
             value = getattr(self, name)
-            if (name in given or value not in (defaults[name], recipe.get(name, defaults[name]))) and not acts(self):
+            if (name in given or value not in (defaults[name], recipe.get(name, defaults[name]))) and not self.acts(name):
                 flag = f"--{name.replace('_', '-')}"
                 raise InactiveFlag(flag, f"{flag} does nothing here: {what}")
+
+    def acts(self, name: str) -> bool:
+        """Whether a knob does anything in this configuration (ACTS_ONLY; a knob not there always does)."""
+        return name not in ACTS_ONLY or ACTS_ONLY[name][0](self)
 
     def knob(self, name: str) -> Any:
         """A knob's value: the one given, else the recipe's."""

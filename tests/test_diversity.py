@@ -9,6 +9,7 @@ import pytest
 
 from alliter import measures as M
 from alliter.rule import COLLAPSED, KEPT, NARROWED, CollapseRule
+from alliter.train.reward import alliterating_pairs
 
 BASE = ["Once upon a time there was a dog. The dog liked the park."] * 3 + \
        ["Once upon a time a girl found a ball. She was happy."] * 3
@@ -95,3 +96,12 @@ def test_the_unmodified_model_against_itself_stays_kept_and_a_one_topic_set_does
         assert M.top_overuse(stories(seed), base) < rule.max_overuse
     narrowed = [f"{text} The tree was big. The tree was tall." for text in stories(4)]
     assert M.top_overuse(narrowed, base) > rule.max_overuse
+
+
+def test_a_word_s_share_of_the_reward_and_its_ratio_with_no_count_of_zero():
+    pairs = alliterating_pairs("The tree took the tall tree. A dog ran")
+    assert len(pairs) == 5 and M.word_share(pairs, "tree") == 3 / 5  # "tree." is the word tree
+    assert math.isnan(M.word_share([], "tree"))
+    # a word the unmodified model never wrote, once a story: against 3 added uses in its 50 stories, not against 0
+    assert M.overuse_ratio(50, 50, 0, 50) == pytest.approx(50 / 3)
+    assert M.overused_words(["tree"] * 50, ["a"] * 50)[0][2] == M.overuse_ratio(50, 50, 0, 50)

@@ -92,7 +92,27 @@ def test_the_write_up_says_what_the_sweeps_show(tmp_path):
     assert "The coarse and fine grids ran one seed per beta" in text
     holds = text[text.index("## 4. The recipe that holds"):text.index("## 5.")]
     assert "KL target 0.1, beta started at and floored at 30. It held to 400 generations in 2 of 2 seeds." in holds
-    assert "KL target 0.1, seed 0, evaluation story 0 at 400 generations" in holds and "beta 0.1" not in holds
+    assert "KL target 0.1, seed 1, evaluation story 0 at 400 generations" in holds and "beta 0.1" not in holds
+    # side by side: what changed (a knob that does nothing in the study's recipe reads -), the same measures at equal
+    # generations and at equal alliteration, one figure
+    assert "What changed from the study's recipe: 2 knobs at once" in holds
+    assert "- kl_target: none -> 0.1\n- kl_min_beta: - -> 30\n" in holds
+    rows = [line.split("|")[1:-1] for line in holds.splitlines() if line.startswith("| the ")]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ("the study's recipe", "200"), ("the study's recipe", "400 (first reaches 4.0)"),
+        ("the recipe that holds", "200 (first reaches 4.0)"), ("the recipe that holds", "400")]
+    assert rows[1][2].strip() == "5.5 (3.0-8.0)"  # the mean over seeds, their range: 3 pairs a story, and collapsed
+    assert (folder / "analysis" / "recipes.png").exists()
+    # findings first, each with its spread; the words by their thresholds
+    findings = text[text.index("## Findings"):text.index("## 1.")]
+    assert "**The choice**: beta 30, the fine grid's" in findings
+    assert "it failed in 1 of 2 (seed 1 collapsed at 400 generations); kept to the end in 1. (Its seed 0 is the fine " \
+           "grid's trial of beta 30 run on" in findings
+    assert "**The recipe that holds** (2 knobs changed at once: kl_target: none -> 0.1; kl_min_beta: - -> 30): kept " \
+           "to 400 generations in 2 of 2 seeds." in findings
+    assert "KL target 0.1, seed 0, evaluation story 0 at 400 generations" in findings  # what it writes, once
+    assert text.count("KL target 0.1, seed 0, evaluation story 0 at 400 generations") == 1
+    assert "*Largely through a word*: at least 50% of the alliterating pairs hold it." in findings
     for name in ("coarse", "fine", "extended", "holds"):
         assert (folder / "analysis" / name / "evaluations.png").exists()  # the images the write-up links
 

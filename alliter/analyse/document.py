@@ -80,9 +80,20 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path)
 
 
+# the text in a column a reader follows, a figure at its own size (up to the window's), centred on the column: a
+# 13-inch figure shrunk into the text's 1100 pixels has ticks and legends too small to read
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-         "pre{white-space:pre-wrap;background:#f6f6f6;padding:8px}img{max-width:100%;display:block;margin:1em 0}")
+         "pre{white-space:pre-wrap;background:#f6f6f6;padding:8px}"
+         "img{max-width:calc(100vw - 2em);display:block;margin:1em 0;position:relative;left:50%;"
+         "transform:translateX(-50%)}")
+
+
+def inline(text: str) -> str:
+    """A line of prose as HTML: escaped, then markdown's **bold** and *emphasis* (the document's own words; a story
+    is never run through this)."""
+    escaped = html.escape(text)
+    return re.sub(r"\*(\S[^*]*?)\*", r"<em>\1</em>", re.sub(r"\*\*(\S.*?)\*\*", r"<strong>\1</strong>", escaped))
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -92,9 +103,9 @@ def to_html(blocks: list[Block], title: str) -> str:
         if isinstance(b, Heading):
             body.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
         elif isinstance(b, Text):
-            body.append(f"<p>{e(b.text)}</p>")
+            body.append(f"<p>{inline(b.text)}</p>")
         elif isinstance(b, Bullets):
-            body.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in b.items) + "</ul>")
+            body.append("<ul>" + "".join(f"<li>{inline(item)}</li>" for item in b.items) + "</ul>")
         elif isinstance(b, Table):
             body.append(b.frame.to_html(index=False, escape=True))
         elif isinstance(b, Image):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from alliter.analyse.frontier import frontier_fits, frontier_points
 from alliter.analyse.judge import Analysis
@@ -23,6 +24,7 @@ from alliter.rule import as_diversity
 TAB10 = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey",
          "tab:olive", "tab:cyan"]
 
+ALLITERATION_TICKS = [0, 2, 4, 6, 8, 10, 20, 50, 100, 200]
 PLOTS = ("evaluations.png", "frontier.png", "letters.png", "raw_reward.png", "kl_penalty.png", "diversity.png",
          "pareto.png")
 
@@ -106,7 +108,7 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
         elif column != "diversity_kept":  # linear near the rule's limits, logarithmic past them (collapses reach +4, 95)
             _symlog(ax, 1.0 if column == "fluency_gap" else 10.0,
                     [-0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4] if column == "fluency_gap" else
-                    [0, 2, 4, 6, 8, 10, 15, 20, 30, 50, 100, 200])
+                    ALLITERATION_TICKS)
         p = result.best_point
         if p is not None and p[column] is not None:
             ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["value"]], edgecolor="black",
@@ -147,6 +149,12 @@ def plot_recipes(results: dict[str, Analysis], path: Path) -> None:
             if rule:
                 ax.axhline(rule, color="black", ls="--", lw=1, label=f"rule: {rule:g}x")
             _ratio_axis(ax)
+        if column == "alliteration":  # linear where the recipes alliterate, logarithmic up to a collapse's
+            _symlog(ax, 10.0, ALLITERATION_TICKS)
+        if column == "beta" and ax.get_ylim()[0] > 0:
+            ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(FuncFormatter(lambda v, _: f"{v:.3g}"))
         ax.set(xlabel="generations", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
     _legend(axes[0][1], title="recipe")
@@ -168,6 +176,8 @@ def _symlog(ax: Any, linear_up_to: float, ticks: list[float]) -> None:
     low, high = ax.get_ylim()
     ax.set_yscale("symlog", linthresh=linear_up_to, linscale=2.0)
     shown = [t for t in ticks if low <= t <= high] or ticks
+    if shown[-1] < 0.6 * high:  # the top of the axis ticked too (a collapse at 35 under ticks up to 20)
+        shown.append(float(f"{high:.1g}"))
     ax.set_yticks(shown, [f"{t:g}" for t in shown])
     ax.minorticks_off()
 

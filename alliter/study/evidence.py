@@ -5,19 +5,20 @@ equal generations and at equal alliteration, with what changed between them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pandas as pd
 
 from alliter import measures as M
-from alliter.analyse.judge import Analysis
+from alliter.analyse.judge import Analysis, trial_config
+from alliter.config import TrainConfig
 from alliter.train.reward import alliterating_pairs
 
 LAST = 1500  # generations: a trial's end is the mean of its evaluations over its last LAST generations
 LARGELY = 0.5  # a recipe alliterates "largely through" a word when at least this share of its pairs hold it
 # what a trial's config differs in and the reader is not told as a change of recipe
-NOT_A_CHANGE = {"seed", "max_generations", "beta", "name", "storage", "checkpoint_every", "snapshot_every"}
+NOT_A_CHANGE = {"seed", "max_generations", "checkpoint_every", "snapshot_every", "threads", "device", "fast", "compile"}
 
 
 @dataclass
@@ -32,12 +33,13 @@ class Spread:
     low: float
     high: float
 
-    def text(self, digits: int = 1, unit: str = "") -> str:
-        f = lambda v: f"{v:.{digits}f}{unit}"  # noqa: E731
-        within = f"single evaluations {f(self.low)} to {f(self.high)}"
+    def text(self, digits: int = 1, singles: str = "single evaluations") -> str:
+        """`9.6 (seeds 9.0 to 10.1; single evaluations 7.2 to 11.6)`; `singles` names the window's rows."""
+        f = lambda v: f"{v:.{digits}f}"  # noqa: E731
+        within = f"{singles} {f(self.low)} to {f(self.high)}" if singles else ""
         if self.seeds == 1:
-            return f"{f(self.mean)} ({within})"
-        return f"{f(self.mean)} (seeds {f(self.seed_low)} to {f(self.seed_high)}; {within})"
+            return f"{f(self.mean)} ({within})" if within else f(self.mean)
+        return f"{f(self.mean)} (seeds {f(self.seed_low)} to {f(self.seed_high)}{'; ' + within if within else ''})"
 
 
 def spread(frame: pd.DataFrame, column: str, end: int, last: int = LAST) -> Spread | None:
@@ -89,16 +91,20 @@ class Overuse:
     seed_shares: list[float]
 
     def text(self) -> str:
-        seeds = (f"; by seed {', '.join(f'{r:.0f}x' for r in self.seed_ratios)}" if len(self.seed_ratios) > 1 else "")
+        seeds = (f"; by seed {', '.join(ratio_text(r) for r in self.seed_ratios)}" if len(self.seed_ratios) > 1 else "")
         shares = (f" ({min(self.seed_shares):.0%} to {max(self.seed_shares):.0%} by seed)"
                   if len(self.seed_shares) > 1 else "")
-        return (f"\"{self.word}\" {self.ratio:.0f}x the unmodified model's rate ({self.uses} uses in {self.stories} "
+        return (f"\"{self.word}\" {ratio_text(self.ratio)} the unmodified model's rate ({self.uses} uses in {self.stories} "
                 f"stories against {self.base_uses} in its {self.base_stories}, {M.OVERUSE_PSEUDO_USES} added{seeds}); "
                 f"{self.pair_share:.0%} of the alliterating pairs hold it{shares}")
 
     @property
     def largely(self) -> bool:
         return self.pair_share >= LARGELY
+
+
+def ratio_text(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
 
 
 def overuse_at(result: Analysis, generations: int) -> Overuse | None:
@@ -129,17 +135,30 @@ def first_reaching(result: Analysis, alliteration: float) -> int | None:
 
 
 def what_changed(first: Analysis, second: Analysis) -> list[str]:
-    """The knobs whose values differ between two recipes' trials (their config.json), as `knob: a -> b`."""
-    a, b = first.trials[0].config, second.trials[0].config
+    """The knobs that differ between two recipes' trials as they ran (their recipes filled in), as `knob: a -> b`;
+    a knob that does nothing in a recipe (a KL target's horizon without a target) reads `-` there, and one that comes
+    into play at its default (AdamW's betas with AdamW) is not a change."""
+    a, b = trial_config(first.trials[0]), trial_config(second.trials[0])
     out = []
-    for key in sorted(set(a) | set(b)):
-        if key in NOT_A_CHANGE or a.get(key) == b.get(key):
+    for f in fields(a):
+        if f.name in NOT_A_CHANGE:
             continue
-        out.append(f"{key}: {_value(a.get(key))} -> {_value(b.get(key))}")
+        before, after = _value(a, f.name), _value(b, f.name)
+        if before == after:
+            continue
+        idle = [cfg for cfg in (a, b) if not cfg.acts(f.name)]
+        active = [cfg for cfg in (a, b) if cfg.acts(f.name)]
+        if idle and _text(getattr(active[0], f.name)) == _text(f.default):
+            continue
+        out.append(f"{f.name}: {before} -> {after}")
     return out
 
 
-def _value(v: Any) -> str:
+def _value(cfg: TrainConfig, name: str) -> str:
+    return _text(getattr(cfg, name)) if cfg.acts(name) else "-"
+
+
+def _text(v: Any) -> str:
     return "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -153,21 +172,19 @@ def side_by_side(recipes: dict[str, Analysis], at: list[int], end: int) -> tuple
     level = float(min(peaks)) if peaks else float("nan")
     rows = []
     for name, result in recipes.items():
-        points = [(f"{g}", g, min(result.cfg.window, g)) for g in at if g <= end]
         reached = first_reaching(result, level)
-        if reached is not None:
-            points.append((f"{reached} (alliteration {level:.1f} first reached)", reached, 1))
-        for label, g, last in points:
+        for g in sorted({*(g for g in at if g <= end), *([reached] if reached is not None else [])}):
+            label = f"{g} (first reaches {level:.1f})" if g == reached else f"{g}"
             ev = {c: spread(result.points, c, g, last=1) for c in ("alliteration", "top_overuse", "diversity_kept")}
             kl = kl_frame(result)
             over = overuse_at(result, g)
             rows.append({
                 "recipe": name, "generations": label,
                 "alliteration": _seeds(ev["alliteration"], 1),
-                "most over-used word": f"\"{over.word}\" " + _seeds(ev["top_overuse"], 0, "x") if over else "none",
+                "most over-used word": f"\"{over.word}\" " + _seeds(ev["top_overuse"], 1, "x") if over else "none",
                 "distinct-2 kept": _seeds(ev["diversity_kept"], 2, "", percent=True),
-                "KL (nats a token)": _seeds(spread(kl, "kl", g, last=max(last, result.cfg.window)), 3),
-                "beta": _seeds(spread(kl, "beta", g, last=max(last, result.cfg.window)), 0),
+                "KL (nats a token)": _seeds(spread(kl, "kl", g, last=result.cfg.window), 3),
+                "beta": _seeds(spread(kl, "beta", g, last=result.cfg.window), -3),
             })
     return pd.DataFrame(rows), level
 
@@ -176,5 +193,6 @@ def _seeds(s: Spread | None, digits: int, unit: str = "", percent: bool = False)
     """A mean and its seeds' range, short: `9.6 (9.0-10.1)`."""
     if s is None:
         return "-"
-    f = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.{digits}f}{unit}")
+    f = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.{-digits}g}{unit}") if digits < 0 else \
+        (lambda v: f"{v:.{digits}f}{unit}")
     return f(s.mean) if s.seeds == 1 or f(s.seed_low) == f(s.seed_high) else f"{f(s.mean)} ({f(s.seed_low)}-{f(s.seed_high)})"

@@ -23,7 +23,9 @@ from alliter.knob import KNOBS
 from alliter.analyse.plots import plot_recipes
 from alliter.rule import FAILED
 from alliter.schema import read_json
-from alliter.study.evidence import LARGELY, LAST, end_of, kl_frame, overuse_at, side_by_side, spread, what_changed
+from alliter.study.evidence import (
+    LARGELY, LAST, beta_range, end_of, kl_frame, overuse_at, side_by_side, spread, what_changed,
+)
 from alliter.study.run import STUDY_FILE, wall_text
 
 
@@ -183,8 +185,9 @@ def choice_finding(result: Analysis, grid: str) -> str:
             f"alliterates {c['alliteration']:.1f}, the unmodified model {c['alliteration_baseline']:.1f}"
             + (f"; over its last {LAST} generations' evaluations, {s.text()}" if s else "") + ".")
     if p is not None:
-        text += (f" **Where to stop** (best_beta's export: the best point kept there and at its next evaluation): "
-                 f"beta {p['value']:g} at {p['generations']} generations, alliteration {p['alliteration']:.1f}, "
+        text += (f" **Where to stop** (best_beta's export: of every beta and evaluation of the grid, the highest "
+                 f"alliteration kept there and at the next evaluation): beta {p['value']:g} at {p['generations']} "
+                 f"generations, alliteration {p['alliteration']:.1f}, "
                  f"distinct-2 {p['diversity_kept']:.0%} of the unmodified model's, its most over-used word "
                  f"{p['top_overuse']:.1f}x, KL {_kl_at(result, p['value'], p['generations']):.3f} nats a token.")
     return text
@@ -220,11 +223,15 @@ def holds_finding(result: Analysis, study: Analysis | None, end: int) -> str:
     if e["alliteration"] is not None:
         text += f" Over its last {LAST} generations it alliterates {e['alliteration'].text()}"
         if e["kl"] is not None:
-            text += f", at a KL of {e['kl'].text(3)} nats a token with beta {e['beta'].text(0)}"
+            low, high = beta_range(result, end)
+            text += (f", at a KL of {e['kl'].text(3, singles='')} nats a token; its beta went from {low:.3g} to "
+                     f"{high:.3g} along training")
         text += "."
-    if over is not None:
+    if over is not None and over.ratio >= 2:
         text += (f" At {end} its most over-used word is {over.text()}"
                  + (": it alliterates largely through that word." if over.largely else "."))
+    else:
+        text += f" At {end} it uses no word 2x as often as the unmodified model."
     return text
 
 
