@@ -644,12 +644,14 @@ def trial_cause(result: Any) -> str:
 def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Outcome:
     """Print the trials' table, the figures and what to run next; keep the figures in sweep.json."""
     df = results.get_dataframe()
+    if "kl_penalty_mean" in df.columns:  # the KL from the unmodified model, nats a token: the penalty's term, turned
+        df["kl"] = -df["kl_penalty_mean"]
     targets = "config/kl_target" in df.columns and df["config/kl_target"].notna().any()
     # at the last report, in the console's units: 100 columns at most (a KL-target trial: its start and its beta now)
     shown = {"config/kl_target": ("target", "{:g}"), "config/beta": ("start beta" if targets else "beta", "{:g}"),
              "beta": ("beta now", "{:.3g}"), "config/seed": ("seed", "{:.0f}"), "generations": ("generations", "{:.0f}"),
              "point_alliteration": ("alliteration", "{:.1f}"), "diversity_kept": ("distinct-2 kept", "{:.0%}"),
-             "fluency_gap": ("fluency", "{:+.2f}"), "kl_penalty_mean": ("kl_penalty", "{:.3g}"), "verdict": ("verdict", "{}")}
+             "fluency_gap": ("fluency", "{:+.2f}"), "kl": ("KL", "{:.3f}"), "verdict": ("verdict", "{}")}
     cols = [c for c in shown if c in df.columns and (targets or c not in ("config/kl_target", "beta"))]
     if cols:
         table = df[cols].sort_values(cols[:2])
