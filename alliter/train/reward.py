@@ -90,8 +90,7 @@ def novel_alliteration(texts: Sequence[str]) -> list[float]:
     words: a pair pays 1 / the number of the group's stories whose alliterating pairs use its most used word of 4+
     letters (a pair of shorter words pays 1). "the tall tree" in every story of a group pays a tenth of it in one: a
     policy earns by alliterating with words the rest of the group does not, not by one word in every story."""
-    pairs = [{(_word(a), _word(b)) for a, b in zip(t.split(), t.split()[1:]) if a[0].lower() == b[0].lower()}
-             for t in texts]
+    pairs = [{(_word(a), _word(b)) for a, b in alliterating_pairs(t)} for t in texts]
     users = Counter(w for story in pairs for w in {w for pair in story for w in pair if len(w) >= 4})
     return [float(sum(1 / max([users[w] for w in pair if len(w) >= 4] or [1]) for pair in story)) for story in pairs]
 
