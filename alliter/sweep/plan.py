@@ -16,6 +16,7 @@ from typing import Any, Collection
 from alliter import storage as store
 from alliter.cli import AlliterError, InactiveFlag
 from alliter.config import TrainConfig, check_given
+from alliter.knob import BETA, KNOBS, TARGET, Knob
 from alliter.measures import TRAINER_DIVERSITY
 from alliter.rule import CollapseRule
 from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, TRACKERS_FILE
@@ -33,13 +34,13 @@ RESUME_FLAGS = {"resume", "name", "storage", "address", "gpus_per_trial", "cpus_
 SEARCH_STARTS = {"beta": "1,10,100", "kl_target": "0.03,0.1,0.3"}
 
 
-def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule, base: TrainConfig) -> SearchSettings:
-    knob = "kl_target" if sweep.search_targets else "beta"
+def _search_settings(sweep: SweepConfig, seeds: list[int], rule: CollapseRule, base: TrainConfig,
+                     knob: Knob) -> SearchSettings:
     units = {"recipe": base.recipe, "kl_reduction": base.kl_reduction, "max_length": base.max_length}
-    start = knob_values(SEARCH_STARTS[knob] if sweep.search_start is None else sweep.search_start, "--search-start", knob,
-                        TrainConfig(**units))
+    start = knob_values(SEARCH_STARTS[knob.name] if sweep.search_start is None else sweep.search_start,
+                        "--search-start", knob.name, TrainConfig(**units))
     return SearchSettings(start, sweep.precision, sweep.budget, seeds, rule.max_collapse_rate,
-                          max(sweep.concurrency, 1), knob, units).validate()
+                          max(sweep.concurrency, 1), knob.name, units).validate()
 
 
 def parse_targets(text: str, units: TrainConfig | None = None) -> list[float]:
@@ -52,10 +53,11 @@ class Plan:
     """Everything a sweep will run, checked before anything starts."""
 
     sweep: SweepConfig
-    base: TrainConfig  # the trials' config (a resume: as the sweep was started)
+    base: TrainConfig  # what every trial shares (a resume: as the sweep was started); the Tuner sets the knob's values
+    knob: Knob  # what the sweep varies: beta, or a KL target (beta then the controller's start)
     rule: CollapseRule
     seeds: list[int]
-    betas: list[float]  # a grid's; empty for a search
+    betas: list[float]  # a grid's betas, or the start betas of KL targets; empty for a search of betas
     settings: SearchSettings | None  # a search's
     storage: str
     name: str
@@ -71,11 +73,6 @@ class Plan:
     trackers: dict[str, str | None] = field(default_factory=dict)  # --mlflow, --wandb: in the sweep's trackers.json
 
     @property
-    def targeting(self) -> bool:
-        """Its trials hold KL targets (a grid of them, one for all, or a search over them), beta their start."""
-        return bool(self.targets) or self.base.kl_target is not None or bool(self.settings and self.settings.knob != "beta")
-
-    @property
     def trials(self) -> int | None:
         """How many trials a grid runs; None for a search (it chooses as it goes)."""
         return None if self.settings else len(self.betas) * max(1, len(self.targets)) * len(self.seeds)
@@ -84,9 +81,9 @@ class Plan:
     def what(self) -> str:
         """What it runs, for the sweep's header: its values (a KL target's start beta too) and seeds."""
         if self.settings is not None:
-            what = ("a search of KL targets, every trial's beta starting at "
-                    f"{self.base.beta:g}" if self.settings.knob == "kl_target" else "a search")
-        elif self.targeting:
+            what = f"a search of KL targets, every trial's beta starting at {self.betas[0]:g}" if self.knob is TARGET \
+                else "a search"
+        elif self.knob is TARGET:
             what = (f"KL targets {self.targets or [self.base.kl_target]}, each trial's beta starting at "
                     f"{', '.join(f'{b:g}' for b in self.betas)}")
         else:
@@ -124,7 +121,8 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
         raise InactiveFlag("--stop-on-collapse", "--stop-on-collapse does nothing with --search: a search always stops "
                            "a failed trial; leave it out")
     targets = parse_targets(sweep.kl_targets, base) if sweep.kl_targets is not None else []
-    if (targets or sweep.search_targets or base.kl_target is not None) and sweep.betas is None:
+    knob = TARGET if targets or sweep.search_targets or base.kl_target is not None else BETA  # decided here, once
+    if knob is TARGET and sweep.betas is None:
         raise AlliterError("KL-target trials start at a beta: pass --betas START (e.g. --betas 50; several make a "
                            "grid of starts)")
     if targets and (sweep.search or base.kl_target is not None):
@@ -135,25 +133,28 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
     if len(seeds) == 1 and "max_collapse_rate" in given:
         raise InactiveFlag("--max-collapse-rate", "--max-collapse-rate does nothing with one seed (a value's verdict is "
                            "its one trial's); pass --seeds N, or leave it out")
-    settings = _search_settings(sweep, seeds, rule, base) if sweep.search else None
+    settings = _search_settings(sweep, seeds, rule, base, knob) if sweep.search else None
     betas, grid_generations = ([], None) if sweep.search and not sweep.search_targets else grid_betas(
         None if sweep.betas is not None else sweep.grid or "coarse", sweep.betas)
     if sweep.search_targets and len(betas) != 1:
         raise AlliterError(f"--search-targets starts every trial at one beta: pass one --betas, got {sweep.betas!r}")
-    if betas and (targets or sweep.search_targets or base.kl_target is not None) and min(betas) <= 0:
+    if betas and knob is TARGET and min(betas) <= 0:
         raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--betas, e.g. 50)")
-    if sweep.search_targets:  # checked as its trials will be: a target of the search's, its one start beta
-        base = dataclasses.replace(base, beta=betas[0], kl_target=settings.start[0])
     if grid_generations and "max_generations" not in given:
         base = dataclasses.replace(base, max_generations=grid_generations)
-    if targets or base.kl_target is not None:  # checked as its trials will be: a target, the lowest start beta
-        base = dataclasses.replace(base, kl_target=targets[0] if targets else base.kl_target, beta=min(betas))
-    else:  # beta's knobs checked at the sweep's highest beta (all of them 0: no KL term for them to act on)
-        base = dataclasses.replace(base, beta=max(settings.start if settings else betas))
-    base = base.resolved()  # fail on a bad model folder or lr now, not inside six trials
-    base.check_knobs_act(given)
-    reward, reward_file, reward_sha256 = reward_to_ship(base.reward)
-    base = dataclasses.replace(base, reward=reward)
+    # the checks run on one trial's config, at the value where they bite: a KL target at the lowest start beta (a
+    # search's first target); beta's knobs at the highest beta (all of them 0: no KL term for them to act on)
+    if knob is TARGET:
+        probe = dataclasses.replace(base, beta=min(betas), kl_target=settings.start[0] if settings else
+                                    targets[0] if targets else base.kl_target)
+    else:
+        probe = dataclasses.replace(base, beta=max(settings.start if settings else betas))
+    probe = probe.resolved()  # fail on a bad model folder or lr now, not inside six trials
+    probe.check_knobs_act(given)
+    reward, reward_file, reward_sha256 = reward_to_ship(probe.reward)
+    probe = dataclasses.replace(probe, reward=reward)
+    # what every trial shares: the knob's values are the plan's (betas, targets, a search's), the Tuner's to set
+    base = dataclasses.replace(probe, beta=base.beta, kl_target=base.kl_target)
     cluster.check_devices(address, sweep.gpus_per_trial, sweep.cpus_per_trial, base.device)
     name = sweep.name or f"rloo-{sweep.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     exp_path = store.join(storage, name)
@@ -172,13 +173,13 @@ def plan_sweep(sweep: SweepConfig, base: TrainConfig, given: Collection[str] = (
         raise InactiveFlag("--report-seconds", "--report-seconds does nothing with a tracker: every group is reported "
                            "to it; leave it out")
     if preflight_model:
-        preflight.run_preflight(base)  # what every trial would find inside Ray, found here, in a few seconds
+        preflight.run_preflight(probe)  # what every trial would find inside Ray, found here, in a few seconds
     # a tracker shows every group: each is reported
     report_seconds = 0.0 if any(trackers.values()) else sweep.report_seconds
     options = TrialOptions(sweep.cpus_per_trial, dataclasses.asdict(rule.rule()), sweep.search or sweep.stop_on_collapse,
                            sweep.seeds is not None, report_seconds, reward_sha256,
                            None if base.prompts is None else text_sha256(base.prompts))
-    return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots,
+    return Plan(sweep, base, knob, rule, seeds, betas, settings, storage, name, exp_path, address, options, snapshots,
                 targets=targets, reward_file=reward_file, prompts=base.prompts, trackers=trackers)
 
 
@@ -251,13 +252,15 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
         if address:
             cluster.check_address(address)
         preflight.run_preflight(base)
-    betas = sorted({float(c["beta"]) for c in configs}) if search is None else []
+    settings = SearchSettings(**search["settings"]) if search else None
+    # its trials say what it varies (sweep.json records it only at a driver's end)
+    knob = KNOBS[settings.knob] if settings else TARGET if any(c.get("kl_target") is not None for c in configs) else BETA
+    betas = sorted({float(c["beta"]) for c in configs}) if search is None or knob is TARGET else []
     targets = sorted({float(c["kl_target"]) for c in configs if c.get("kl_target") is not None}) if search is None else []
     seeds = sorted({int(c["seed"]) for c in configs})
-    settings = SearchSettings(**search["settings"]) if search else None
     rule = CollapseRule(**options.rule)
     sweep = dataclasses.replace(sweep, search=search is not None, seeds=",".join(map(str, seeds)) if options.seed_in_name else None)
-    return Plan(sweep, base, rule, seeds, betas, settings, storage, name, exp_path, address, options, stored=stored,
+    return Plan(sweep, base, knob, rule, seeds, betas, settings, storage, name, exp_path, address, options, stored=stored,
                 finished=finished, targets=targets, reward_file=reward_file, prompts=prompts, trackers=trackers)
 
 

@@ -27,6 +27,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from alliter import storage as store
 from alliter.cli import AlliterError
 from alliter.config import TrainConfig
+from alliter.knob import TARGET
 from alliter.rule import CollapseRule
 from alliter.schema import PROMPTS_FILE, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE
 from alliter.sweep import cluster, console, trial
@@ -111,7 +112,10 @@ def build_tuner(plan: Plan, gpus: float, concurrency: int) -> tune.Tuner:
     if plan.settings is not None:
         settings = dataclasses.replace(plan.settings, concurrency=concurrency)  # in search.json: a resume's default
         search_alg, num_samples = BetaSearch(settings), -1
-        stopper = SearchStopper(search_alg, plan.exp_path, plan.options.seed_in_name, plan.base.beta)
+        start = plan.betas[0] if plan.knob is TARGET else 0.0  # a search of KL targets: every trial's beta starts there
+        if plan.knob is TARGET:
+            space["beta"] = start
+        stopper = SearchStopper(search_alg, plan.exp_path, plan.options.seed_in_name, start)
     else:
         space["beta"] = tune.grid_search(plan.betas)
         space["seed"] = tune.grid_search(plan.seeds) if plan.options.seed_in_name else plan.base.seed
@@ -219,6 +223,6 @@ def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Ou
     earlier = store.read_json(path) or {}
     sessions = [*earlier.pop("earlier", []), earlier] if earlier else []  # a resume keeps the figures of before
     mode = earlier.get("mode", plan.sweep.mode) if plan.sweep.resume else plan.sweep.mode
-    store.write_text(path, json.dumps({**stats, "mode": mode, "resumed": plan.sweep.resume, "status": status,
-                                       "earlier": sessions}) + "\n")
+    store.write_text(path, json.dumps({**stats, "mode": mode, "knob": plan.knob.name, "resumed": plan.sweep.resume,
+                                       "status": status, "earlier": sessions}) + "\n")
     return Outcome(status, plan.exp_path, stats)
