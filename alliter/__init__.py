@@ -8,6 +8,7 @@ The three pipelines, each a package:
 - alliter.analyse   a sweep's folder -> frames -> the rule -> the choice, the report, the exported model
 
 and the leaves they share: config (TrainConfig: every knob, the presets, the grids), knob (what a sweep varies: beta
-or a KL target), rule (what a kept point is), measures (of a group of texts), schema (the run folder's files and records), storage (folders and s3:// URIs),
-cli (flags from dataclasses, the one error handler), sample (stories from a model folder), testing (tiny models).
+or a KL target), rule (what a kept point is), measures (of a group of texts), schema (the run folder's files and
+records), storage (folders and s3:// URIs), cli (flags from dataclasses, the one error handler), sample (stories from a
+model folder), testing (tiny models).
 """
