@@ -3,10 +3,12 @@ point in training) whose policy alliterates and still reads well.
 
 The three pipelines, each a package:
 - alliter.train     one RLOO trial: sample, reward, score, update; evaluations and snapshots of the policy
-- alliter.sweep     many trials on Ray Tune: a grid or a search, seeds, storage, a cluster
+- alliter.sweep     many trials on Ray Tune: config -> plan (every check; the knob it varies) -> run, a grid or a
+                    search, seeds, storage, a cluster
 - alliter.analyse   a sweep's folder -> frames -> the rule -> the choice, the report, the exported model
 
-and the leaves they share: config (TrainConfig: every knob, the presets, the grids), rule (what a kept point is),
-measures (of a group of texts), schema (the run folder's files and records), storage (folders and s3:// URIs),
-cli (flags from dataclasses, the one error handler), sample (stories from a model folder), testing (tiny models).
+and the leaves they share: config (TrainConfig: every knob, the presets, the grids), knob (what a sweep varies: beta
+or a KL target), rule (what a kept point is), measures (of a group of texts), schema (the run folder's files and
+records), storage (folders and s3:// URIs), cli (flags from dataclasses, the one error handler), sample (stories from a
+model folder), testing (tiny models).
 """

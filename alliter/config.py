@@ -307,7 +307,7 @@ class TrainConfig:
         where no value can be sane."""
         within("beta", self.beta, 0, MAX_BETA)
         if self.kl_target is not None:  # nats per token, or per completion when the KL is summed over its tokens
-            summed = self.recipe in RECIPES and self.knob("kl_reduction") == "sum"
+            summed = self.recipe in RECIPES and self.effective("kl_reduction") == "sum"
             within("kl_target", self.kl_target, 0, MAX_KL_TARGET * (self.max_length if summed else 1), low_open=True)
             if self.beta <= 0:
                 raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--beta, e.g. 50)")
@@ -389,8 +389,9 @@ class TrainConfig:
         """Whether a knob does anything in this configuration (ACTS_ONLY; a knob not there always does)."""
         return name not in ACTS_ONLY or ACTS_ONLY[name][0](self)
 
-    def knob(self, name: str) -> Any:
-        """A knob's value: the one given, else the recipe's."""
+    def effective(self, name: str) -> Any:
+        """A field's value as a trial runs it: the one given, else its recipe's (a field a recipe sets is None until
+        given)."""
         value = getattr(self, name)
         return RECIPES[self.recipe][name] if value is None else value
 
@@ -415,7 +416,7 @@ class TrainConfig:
     def with_recipe(self) -> "TrainConfig":
         """The config with its recipe's knobs filled in where they are left out (a trial's config.json of before
         recipes has none: the study's)."""
-        return dataclasses.replace(self, **{name: self.knob(name) for name in RECIPES[self.recipe]})
+        return dataclasses.replace(self, **{name: self.effective(name) for name in RECIPES[self.recipe]})
 
     def describe_recipe(self) -> str:
         """The update in words, for the sweep's header, the report and a model card (a resolved config)."""
@@ -476,7 +477,7 @@ class TrainConfig:
 
 
 def _adamw(cfg: TrainConfig) -> bool:
-    return cfg.knob("optimizer") == "adamw"
+    return cfg.effective("optimizer") == "adamw"
 
 
 def _kl_term(cfg: TrainConfig) -> bool:

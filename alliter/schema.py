@@ -48,7 +48,8 @@ ATTEMPT_FILES = (GENERATIONS_FILE, METRICS_FILE, EVALUATIONS_FILE, STOP_FILE, EV
                  f"{SNAPSHOT_DIR}/generations=*.safetensors")
 
 # a sweep's files, beside Tune's experiment state
-SWEEP_STATS_FILE = "sweep.json"  # its wall time, group time, efficiency, evaluation time, per driver session
+SWEEP_STATS_FILE = "sweep.json"  # its wall time, group time, efficiency, evaluation time, per driver session; its
+# "knob": what it varies, beta or kl_target (alliter.knob; a sweep of before it has none: its trials tell)
 SEARCH_FILE = "search.json"  # a search's path (alliter.sweep.search)
 TRACKERS_FILE = "trackers.json"  # the sweep's --mlflow and --wandb settings: a resume checks them again
 PROMPTS_FILE = "prompts.txt"  # --prompts' text, once per sweep (the trials get it through Tune's object store)

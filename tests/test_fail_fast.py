@@ -220,7 +220,7 @@ MEANT = {
 @pytest.mark.parametrize("case", list(MEANT))
 def test_a_flag_that_acts_in_its_configuration_is_taken(case, tmp_path):
     from alliter.sweep.command import parse
-    from alliter.sweep.run import plan_sweep
+    from alliter.sweep.plan import plan_sweep
 
     args, holds = MEANT[case]
     sweep_config, base, rule, given = parse([*args, "--storage", str(tmp_path)])

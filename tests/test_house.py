@@ -49,18 +49,18 @@ def test_every_private_api_alliter_leans_on_is_still_there():
     """Each one is fenced in one function (with a fallback where one exists); a release that moves one fails here,
     loudly, rather than in a sweep."""
     import torch
-    from ray._private.accelerators import get_accelerator_manager_for_resource  # run._local_gpus
+    from ray._private.accelerators import get_accelerator_manager_for_resource  # cluster.local_gpus
     from ray._private.state import state  # cluster.find_autoscaler: the GCS's cluster config (autoscaler v2)
     from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor  # trackers._wandb_callback_class
     from ray.experimental.internal_kv import _internal_kv_get  # noqa: F401  cluster._autoscaling_status
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # compiled.cache_dir
 
     from alliter import measures as M
-    from alliter.sweep.run import _local_gpus
+    from alliter.sweep.cluster import local_gpus
     from alliter.train.fast.scoring import softmax_backward
 
     assert isinstance(get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators(), int)
-    assert isinstance(_local_gpus(), int)
+    assert isinstance(local_gpus(), int)
     assert isinstance(default_cache_dir(), str)
     assert callable(state.get_cluster_config)
     # the logging actor's run() (wandb.init, the queue, wandb.finish) and the callback's class attribute naming it

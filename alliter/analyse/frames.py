@@ -26,12 +26,13 @@ from alliter.rule import as_diversity
 from alliter.train.reward import describe_reward
 from alliter.schema import (
     CONFIG_FILE, DROPPED, EVALUATIONS_FILE, EXPERIMENT_STATE_GLOB, GENERATIONS_FILE, LEGACY_STOP_FILE, METRICS_FILE,
-    RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, read_json, read_jsonl, read_stop,
+    RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, SWEEP_STATS_FILE, read_json,
+    read_jsonl, read_stop,
 )
 
 # every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
 SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
-               STOP_FILE, LEGACY_STOP_FILE, SEARCH_FILE, REWARD_FILE, EXPERIMENT_STATE_GLOB)
+               STOP_FILE, LEGACY_STOP_FILE, SEARCH_FILE, REWARD_FILE, EXPERIMENT_STATE_GLOB, SWEEP_STATS_FILE)
 
 # training window name -> per-group column; every one is averaged over a window's groups (the registry's names, and
 # the training KL term and the rule's diversity, which no point has)
@@ -55,16 +56,18 @@ class Trial:
     kl_target: float | None = None  # a KL-target trial's target (its beta moved along training)
     reward: dict[str, Any] = field(default_factory=lambda: describe_reward(DEFAULT_REWARD))  # its reward.json
     config: dict[str, Any] = field(default_factory=dict)  # its config.json (else Ray's params.json)
+    swept: str | None = None  # what its sweep recorded varying (sweep.json's knob); None: not recorded
 
     @property
     def knob(self) -> str:
-        """What a sweep of this trial varies: its fixed beta, or its KL target."""
-        return "beta" if self.kl_target is None else "kl_target"
+        """What a sweep of this trial varies: as its sweep recorded, else (a sweep of before, a single run) its
+        fixed beta, or its KL target."""
+        return self.swept or ("beta" if self.kl_target is None else "kl_target")
 
     @property
     def value(self) -> float:
         """The knob's value: the trial's beta, or its KL target."""
-        return self.beta if self.kl_target is None else self.kl_target
+        return self.beta if self.knob == "beta" else self.kl_target
 
     @property
     def label(self) -> str:
@@ -232,6 +235,7 @@ def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
         shown = ", ".join(str(s.relative_to(root)) for s in sweeps[:8]) + (f" and {len(sweeps) - 8} more" if len(sweeps) > 8 else "")
         raise AlliterError(f"{root} holds {len(sweeps)} sweeps ({shown}); best_beta analyses one: pass its folder")
     trials, notes = [], []
+    swept = (read_json(root / SWEEP_STATS_FILE) or {}).get("knob")
     listed = tune_trial_dirs(found[0].parent) if found[0] != root else None
     for gone in sorted(set(listed or {}) - {p.name for p in found}):
         if listed[gone] != "PENDING":  # a pending trial has no folder yet
@@ -249,6 +253,7 @@ def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
             notes.append(f"{err}; left out")
             continue
         notes += trial.notes()
+        trial.swept = swept
         trials.append(trial)
     with_data = [t for t in trials if t.status != "no data"]
     if not with_data:

@@ -44,7 +44,8 @@ def plan_steps(cfg: StudyConfig, passthrough: list[str], storage: str, name: str
     from alliter.config import TrainConfig
     from alliter.rule import CollapseRule
     from alliter.sweep.command import parse
-    from alliter.sweep.run import SweepConfig, plan_sweep
+    from alliter.sweep.config import SweepConfig
+    from alliter.sweep.plan import plan_sweep
     from alliter.train import preflight
 
     groups = flag_groups(passthrough, SweepConfig, CollapseRule, TrainConfig)
@@ -84,7 +85,7 @@ def passed_on() -> str:
 
     from alliter.config import TrainConfig
     from alliter.rule import CollapseRule
-    from alliter.sweep.run import SweepConfig
+    from alliter.sweep.config import SweepConfig
 
     flags = [f"--{f.name.replace('_', '-')}" for cls in (SweepConfig, CollapseRule, TrainConfig)
              for f in dataclasses.fields(cls)]

@@ -28,7 +28,8 @@ from alliter.cli import AlliterError
 from alliter.rule import FAILED
 from alliter.schema import RESULTS_DIR, SWEEP_STATS_FILE, read_json, write_atomic
 from alliter.sweep.console import say, say_command
-from alliter.sweep.run import STUDY_STEP, check_name
+from alliter.sweep.config import STUDY_STEP
+from alliter.sweep.plan import check_name
 from alliter.sweep.search import bracket
 
 SWEEP = [sys.executable, "-m", "alliter", "sweep"]  # the installed package's sweep, from wherever the study runs

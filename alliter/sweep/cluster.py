@@ -1,4 +1,5 @@
-"""Can the Ray cluster run a trial? Its nodes' resources now, and what its autoscaler may add.
+"""Can the Ray cluster run a trial? Checked before Ray starts (the address answers, the machine has the CPUs and GPUs
+a trial asks for) and once connected (a node, or one its autoscaler may add, fits a trial; the trial slots now).
 
 Tune leaves a trial PENDING for as long as no node has its resources, in silence, which is right
 while an autoscaler is adding a node and wrong everywhere else. The autoscaler is found the ways Ray
@@ -13,12 +14,21 @@ its own type, `node_<id>`).
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
+
+from alliter.cli import AlliterError
+from alliter.sweep.console import say
+
+log = logging.getLogger("alliter")
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")  # written by `ray up` on the head node
 AUTOSCALING_STATUS_KEY = "__autoscaling_status"  # ray._private.ray_constants.DEBUG_AUTOSCALING_STATUS
@@ -107,3 +117,84 @@ def _autoscaling_status() -> dict[str, Any] | None:
 
 def describe(required: dict[str, float]) -> str:
     return " and ".join(f"{amount:g} {name}" for name, amount in required.items() if amount > 0) or "nothing"
+
+
+# --- before Ray starts ---------------------------------------------------------------------------------------
+
+
+def check_address(address: str) -> None:
+    """Fail fast, in one line, on a host:port nobody answers on (ray.init would retry for a minute)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise AlliterError(f"--address {address!r} is not host:port, auto or ray://host:port; check --address or "
+                           "RAY_ADDRESS")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as err:
+        raise AlliterError(f"cannot reach a Ray cluster at {address!r} ({err}); check --address or RAY_ADDRESS") from None
+
+
+def local_gpus() -> int | None:
+    """GPUs on this machine by Ray's own count (None: another Ray, that cannot say)."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        return get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+    except Exception:  # noqa: BLE001 - the check after ray.init still runs
+        return None
+
+
+def check_devices(address: str | None, gpus: float | None, cpus: float, device: str) -> None:
+    """The GPUs and CPUs a trial asks for must be here, before a Ray is started on this machine; a trial that asks
+    torch for CUDA must be given a GPU."""
+    cpus_here = None if address else os.cpu_count()
+    if cpus_here and cpus > cpus_here:
+        raise AlliterError(f"--cpus-per-trial {cpus:g}, but this machine has {cpus_here} CPUs and no Ray cluster was "
+                           "given (--address); pass --cpus-per-trial 1")
+    here = None if address else local_gpus()
+    if here is not None and (gpus or 0) > here:
+        raise AlliterError(
+            f"--gpus-per-trial {gpus:g}, but this machine has {here} GPU(s) and no Ray cluster was given (--address); "
+            "pass --gpus-per-trial 0 to run the trials on CPUs"
+        )
+    if device.startswith("cuda") and (gpus == 0 or (gpus is None and here == 0)):
+        raise AlliterError(f"--device {device}, but the trials get no GPU (--gpus-per-trial 0, or none here); "
+                           "pass --gpus-per-trial 1, or --device auto")
+
+
+# --- once connected ------------------------------------------------------------------------------------------
+
+
+def check_fits(required: dict[str, float], address: str | None) -> None:
+    """A trial must fit on a node of the cluster, or on a node its autoscaler may add (then say, once, that
+    the trials wait for it); otherwise Tune would leave every trial PENDING forever, in silence."""
+    fits_now = any(fits(required, node) for node in node_resources())
+    scaler = find_autoscaler(0 if fits_now else STATUS_WAIT_S) if address else None  # none if started here
+    if scaler:
+        say(scaler.line())
+    if fits_now:
+        return
+    types = scaler.node_types if scaler else []
+    if types is None or any(fits(required, t) for t in types):
+        log.warning("alliter: no node of the Ray cluster has %s for a trial yet: the trials wait for the autoscaler "
+                    "to add one (`ray status` shows its progress)%s", describe(required),
+                    "" if types is not None else "; if none of its node types has that, they wait forever")
+        return
+    have = "; ".join(describe({k: n.get(k, 0) for k in required}) for n in node_resources())
+    ray.shutdown()  # nothing was started on the cluster
+    raise AlliterError(
+        f"no node of the Ray cluster at {address or 'this machine'} has {describe(required)} for a trial "
+        f"(its nodes: {have or 'none'}) and {'no autoscaler' if not types else 'no node type of its autoscaler'} can "
+        "add one; lower --gpus-per-trial / --cpus-per-trial (--gpus-per-trial 0 runs on CPUs)"
+    )
+
+
+def trial_slots(cpus: float, gpus: float) -> int:
+    """Trials of `cpus` CPUs and `gpus` GPUs that this Ray cluster runs at once now."""
+    resources = ray.cluster_resources()
+    slots = math.floor(resources.get("CPU", 0) / cpus + 1e-9) if cpus > 0 else 10**6
+    if gpus > 0:
+        slots = min(slots, math.floor(resources.get("GPU", 0) / gpus + 1e-9))
+    return max(1, slots)

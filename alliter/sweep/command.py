@@ -22,7 +22,8 @@ from typing import Sequence
 from alliter.cli import ArgumentParser, add_config_flags, command, given_config_values
 from alliter.config import TrainConfig
 from alliter.rule import CollapseRule
-from alliter.sweep.run import SweepConfig, run_sweep
+from alliter.sweep.config import SweepConfig
+from alliter.sweep.run import run_sweep
 
 
 def parse(argv: Sequence[str] | None) -> tuple[SweepConfig, TrainConfig, CollapseRule, set[str]]:

@@ -7,18 +7,28 @@ file or another program, the lines are 100 columns at most, the header is printe
 has a new evaluation, a new verdict or an error: at most one line per trial per evaluation (its counter, waiting,
 running and done are no news in a log; the sweep's end table follows). The full table stays in each trial's
 metrics.jsonl and TensorBoard. A Ray Tune ProgressReporter, so the grids, the search and the
-study show the same."""
+study show the same. Around the table, the sweep's own lines: its header (say_start) and its end (say_trials, say_end:
+the trials at their last report, the figures, where the results are and what to run next)."""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import shlex
 import shutil
 import sys
 import textwrap
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ray import tune
+
+from alliter.config import TrainConfig
+from alliter.sweep.config import STUDY_STEP
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 WIDTH = 100  # a piped console's lines, and a terminal's at most
 STATES = {"PENDING": "waiting", "RUNNING": "running", "PAUSED": "paused", "TERMINATED": "done", "ERROR": "error"}
@@ -210,3 +220,66 @@ NO_NEWS = (None, None, None, False)  # a trial not started, or started with noth
 def order(trial: Any) -> tuple:
     c = trial.config
     return (c.get("kl_target") or 0.0, c["beta"], c["seed"], trial.trial_id)
+
+
+# --- the sweep's own lines, before and after the table --------------------------------------------------------
+
+
+def say_start(name: str, what: str, base: TrainConfig, gpus: float, cpus: float, exp_path: str, snapshots: str = "",
+              resuming: bool = False) -> None:
+    """The sweep's header: what it runs (`what`: its values and seeds), the model and the update, each trial's
+    resources, where the results go, and the snapshots' disk."""
+    say(f"alliter sweep {name}: {'resuming ' if resuming else ''}{what}, model {base.model}, tokenizer "
+        f"{base.tokenizer}, lr {base.lr}, {base.max_generations} generations each, "
+        f"{gpus:g} GPU and {cpus:g} CPU per trial")
+    say(f"update: {base.describe_recipe()}")
+    say(f"results: {exp_path}")
+    if snapshots:
+        say(snapshots)
+
+
+def say_trials(df: "pd.DataFrame") -> None:
+    """Tune's results at each trial's last report, in the console's units: 100 columns at most (a KL-target trial:
+    its target, its start and its beta now; the KL from the unmodified model, the penalty's term turned)."""
+    if "kl_penalty_mean" in df.columns:
+        df = df.assign(kl=-df["kl_penalty_mean"])
+    targets = "config/kl_target" in df.columns and df["config/kl_target"].notna().any()
+    shown = {"config/kl_target": ("target", "{:g}"), "config/beta": ("start beta" if targets else "beta", "{:g}"),
+             "beta": ("beta now", "{:.3g}"), "config/seed": ("seed", "{:.0f}"), "generations": ("generations", "{:.0f}"),
+             "point_alliteration": ("alliteration", "{:.1f}"), "diversity_kept": ("distinct-2 kept", "{:.0%}"),
+             "fluency_gap": ("fluency", "{:+.2f}"), "kl": ("KL", "{:.3f}"), "verdict": ("verdict", "{}")}
+    cols = [c for c in shown if c in df.columns and (targets or c not in ("config/kl_target", "beta"))]
+    if cols:
+        table = df[cols].sort_values(cols[:2])
+        for c in cols:
+            table[c] = [shown[c][1].format(v) if not (isinstance(v, float) and math.isnan(v)) else "-" for v in table[c]]
+        print(table.rename(columns={c: shown[c][0] for c in cols}).to_string(index=False))
+
+
+def say_end(status: str, stats: dict[str, Any], exp_path: str, errors: list[tuple[str, str]], unfinished: int,
+            resume_command: str) -> None:
+    """The sweep's figures (efficiency, evaluations), where its results are, each errored trial's cause (`errors`:
+    its folder's name and the cause), and what to run next: best_beta, or the command that runs it again."""
+    say(f"\nsweep efficiency: {stats['efficiency']:.2f} ({stats['group_seconds']:.0f} s of groups / {stats['slots']} "
+        f"trial slots x {stats['wall_seconds']:.0f} s of Tune; Ray's start and checks: {stats['ray_start_seconds']:.0f} s)")
+    if stats["eval_seconds"]:
+        share = stats["eval_seconds"] / (stats["wall_seconds"] * stats["slots"])
+        say(f"evaluations: {stats['eval_seconds']:.0f} s, {share:.0%} of the trial slots' time (--eval-samples sets "
+            "their size, 0 turns them off)")
+    quoted = shlex.quote(exp_path)  # a URI's query string holds '&'
+    say(f"results:     {exp_path}")
+    say(f"tensorboard: tensorboard --logdir {quoted}", shell=True)
+    for folder, cause in errors:
+        say(f"  ERROR in {folder}: {cause}", file=sys.stderr, indent=4)
+    study_step = bool(os.environ.get(STUDY_STEP))  # the study analyses its steps and says how to continue itself
+    if status == "finished":
+        if not study_step:
+            say(f"next:        python analysis/best_beta.py {quoted}", shell=True)
+    elif status == "errored":
+        say_command(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with:",
+                    resume_command, file=sys.stderr)
+    elif study_step:
+        say(f"interrupted with {unfinished} trial(s) unfinished", file=sys.stderr)
+    else:
+        say_command(f"interrupted with {unfinished} trial(s) unfinished; continue it with:", resume_command,
+                    file=sys.stderr)
