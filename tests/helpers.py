@@ -127,6 +127,18 @@ def sweep(*args: str, env: dict | None = None, timeout: float = 300, fault: str 
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def assert_resumed_as_whole(part: Path, whole: Path) -> list[dict]:
+    """A trial killed and resumed wrote what one never interrupted did: the same generations and evaluations, byte
+    for byte, and the same metrics but for the timings. Returns the metrics."""
+    for name in ("generations.jsonl", "evaluations.jsonl"):
+        assert (part / name).read_text() == (whole / name).read_text()
+    timing = {"seconds_per_group", "generations_per_second"}
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+             for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (part, whole)]
+    assert rows[0] == rows[1]
+    return rows[0]
+
+
 def unfolded(text: str) -> list[str]:
     """A command's lines with the console's folds undone (a folded line goes on indented, or after a backslash):
     what a test matches does not depend on how long the paths of this machine are."""

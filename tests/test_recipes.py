@@ -3,7 +3,6 @@ a resumed AdamW trial continues exactly."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 from alliter.config import TrainConfig
 from alliter.train.rollout import decode_texts, sequence_lengths
 from alliter.train.trainer import Trainer, make_optimizer
+from helpers import assert_resumed_as_whole
 
 
 def trl_version() -> str | None:
@@ -90,12 +90,8 @@ def test_a_resumed_adamw_trial_equals_an_uninterrupted_one(tmp_path, tiny_gpt_ne
     assert resumed.optimizer.state_dict()["state"]  # AdamW's moments came back
     for _ in resumed.groups():
         pass
-    for name in ("generations.jsonl", "evaluations.jsonl"):
-        assert (tmp_path / "part" / name).read_text() == (tmp_path / "whole" / name).read_text()
-    timing = {"seconds_per_group", "generations_per_second"}
-    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
-             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("part", "whole")]
-    assert rows[0] == rows[1] and rows[0][-1]["grad_norm_clipped"] <= 1.0
+    metrics = assert_resumed_as_whole(tmp_path / "part", tmp_path / "whole")
+    assert metrics[-1]["grad_norm_clipped"] <= 1.0
 
 
 def test_each_remedy_is_named_in_the_update_s_words_and_the_hparams():

@@ -22,7 +22,7 @@ from alliter.config import TrainConfig
 from alliter.train.__main__ import main
 from alliter.train.evaluate import evaluation_points
 from alliter.train.trainer import NonFiniteLossError, Trainer, load_checkpoint_file
-from helpers import METRIC_NAMES, read_jsonl
+from helpers import METRIC_NAMES, assert_resumed_as_whole, read_jsonl
 
 from alliter import schema
 
@@ -262,12 +262,7 @@ def test_a_resumed_trial_with_a_remedy_equals_an_uninterrupted_one(knobs, tmp_pa
     assert resumed.generations == 30
     for _ in resumed.groups():
         pass
-    for name in ("generations.jsonl", "evaluations.jsonl"):
-        assert (tmp_path / "part" / name).read_text() == (tmp_path / "whole" / name).read_text()
-    timing = {"seconds_per_group", "generations_per_second"}
-    rows = [[{k: v for k, v in json.loads(line).items() if k not in timing}
-             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("part", "whole")]
-    assert rows[0] == rows[1]
+    metrics = assert_resumed_as_whole(tmp_path / "part", tmp_path / "whole")
     for model in ("policy", "reference", "original"):
         a, b = getattr(whole.m, model).state_dict(), getattr(resumed.m, model).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), model
@@ -275,7 +270,7 @@ def test_a_resumed_trial_with_a_remedy_equals_an_uninterrupted_one(knobs, tmp_pa
                                                                                   whole.ref_synced_at)
     assert list(resumed.darling_memory) == list(whole.darling_memory)
     assert list(resumed.overuse_memory) == list(whole.overuse_memory) and resumed.base_texts == whole.base_texts
-    check_remedy_metrics(knobs, rows[1], read_jsonl(tmp_path / "whole" / "generations.jsonl"))
+    check_remedy_metrics(knobs, metrics, read_jsonl(tmp_path / "whole" / "generations.jsonl"))
 
 
 def check_remedy_metrics(knobs: dict, metrics: list[dict], records: list[dict]) -> None:

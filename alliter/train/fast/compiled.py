@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alliter.train.fast.decoders import decoder
-from alliter.train.fast.sampling import draw_uniforms, sample_from_logits
+from alliter.train.fast.sampling import sample_from_logits, start_group
 from alliter.train.fast.scoring import llama_inputs, llama_logits, nll_of_logits, rms_norm_float32
 from alliter.train.fast.support import unsupported_reason
 
@@ -103,15 +102,8 @@ def generate_group(model: torch.nn.Module, prompt_ids: Tensor, group_size: int, 
     """K continuations of the prompt as [K, max_length] token ids, as `sampling.fast_generate_group` samples them
     (the same uniforms, the same prefill and first draw), each later step one call of the compiled `llama_step`."""
     with torch.inference_mode():
-        device = model.get_input_embeddings().weight.device
-        prompt = prompt_ids.to(device).view(1, -1)
-        p = prompt.shape[1]
-        if p >= max_length:
-            raise ValueError(f"the prompt has {p} tokens, max_length {max_length} leaves none to generate")
-        dec = decoder(model, group_size, max_length)
-        u = draw_uniforms(max_length - p, group_size, 1, device=device)
-        out = torch.empty(group_size, max_length, dtype=torch.long, device=device)
-        out[:, :p] = prompt
+        prompt, dec, u, out = start_group(model, prompt_ids, group_size, max_length)
+        p, device = prompt.shape[1], prompt.device
         tok = sample_from_logits(dec.prefill(prompt)[-1:].expand(group_size, -1), top_k, temperature, u[0])
         out[:, p] = tok
         # the uniforms by the position of the token they draw, and the prefill's keys and values in static buffers

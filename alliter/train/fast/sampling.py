@@ -76,7 +76,9 @@ def fast_generate_group(
     return (out.clone(), lp.clone()) if logprobs else out.clone()
 
 
-def _generate(model, prompt_ids, group_size, max_length, top_k, temperature, greedy, logprobs=False):
+def start_group(model: torch.nn.Module, prompt_ids: Tensor, group_size: int, max_length: int, greedy: bool = False):
+    """What a group's decode starts from, the eager and the compiled alike: the prompt [1, p], its decoder, the
+    group's uniforms (drawn first, in one call; None when greedy) and the [K, max_length] tokens, the prompt's in."""
     device = model.get_input_embeddings().weight.device
     prompt = prompt_ids.to(device).view(1, -1)
     p = prompt.shape[1]
@@ -86,6 +88,12 @@ def _generate(model, prompt_ids, group_size, max_length, top_k, temperature, gre
     u = None if greedy else draw_uniforms(max_length - p, group_size, 1, device=device)
     out = torch.empty(group_size, max_length, dtype=torch.long, device=device)
     out[:, :p] = prompt
+    return prompt, dec, u, out
+
+
+def _generate(model, prompt_ids, group_size, max_length, top_k, temperature, greedy, logprobs=False):
+    prompt, dec, u, out = start_group(model, prompt_ids, group_size, max_length, greedy)
+    p, device = prompt.shape[1], prompt.device
     first = dec.prefill(prompt, every=logprobs)
     logits = first[-1:].expand(group_size, -1)
     lp = None
