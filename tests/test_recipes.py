@@ -3,7 +3,6 @@ a resumed AdamW trial continues exactly."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
