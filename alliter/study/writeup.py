@@ -18,9 +18,9 @@ import pandas as pd
 from alliter import measures as M
 from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Table, Text, to_html, to_markdown
 from alliter.analyse.judge import Analysis, analyse
+from alliter.analyse.plots import plot_recipes
 from alliter.analyse.report import write_outputs
 from alliter.knob import KNOBS
-from alliter.analyse.plots import plot_recipes
 from alliter.rule import FAILED
 from alliter.schema import read_json
 from alliter.study.evidence import (
