@@ -2,7 +2,9 @@
 `python -m alliter.train`), one row per training group, per text, per evaluation story, and per window.
 
 metrics.jsonl is the per-group record (Ray's result.json is not read: it can hold duplicated rows after a restore),
-generations.jsonl the training texts, evaluations.jsonl the stories of every evaluation (alliter.schema).
+generations.jsonl the training texts, evaluations.jsonl the stories of every evaluation (alliter.schema names
+them, alliter.storage reads them; Tune's saved state and what a trial folder is: alliter.schema, as the sweep reads
+them).
 Diversity is measured group by group: it depends on how many texts it is measured over, and the unmodified
 model's is measured on as many.
 """
@@ -27,7 +29,7 @@ from alliter.schema import (
     RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, SWEEP_STATS_FILE, find_trials,
     newest_sweep, read_stop, tune_trials,
 )
-from alliter.storage import read_json, read_jsonl
+from alliter.storage import read_json, read_jsonl, read_text
 
 # every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
 SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
@@ -188,9 +190,10 @@ def read_trial(path: Path, root: Path) -> Trial:
 
 def _last_line(path: Path) -> str | None:
     """The last non-empty line of a file (a traceback's is the exception), or None without the file."""
-    if not path.exists():
+    text = read_text(path)
+    if text is None:
         return None
-    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[-1] if lines else f"{path.name} is empty")[:200]
 
 
