@@ -128,17 +128,17 @@ def find_trials(root: Path) -> list[Path]:
 
 def tune_trials(exp_path: str | os.PathLike) -> list[dict[str, Any]] | None:
     """The trials of a sweep's newest Tune state (one per driver session; the names sort by time), on a folder or a
-    URI: each {"dir": its folder's name, "status": PENDING, RUNNING, TERMINATED or ERROR, "config"}; None where there
-    is no readable Tune state (single runs of alliter.train, hand-made folders: an unreadable state hides nothing).
-    The sweep's resume and its end read it, and the analysis."""
+    URI: each {"dir": its folder's name, "status": PENDING, RUNNING, TERMINATED or ERROR, "config": its config, {}
+    where the state has none}; None where there is no readable Tune state (single runs of alliter.train, hand-made
+    folders: an unreadable state hides nothing). The sweep's resume and its end read it, and the analysis."""
     states = files(str(exp_path), EXPERIMENT_STATE_GLOB)
     if not states:
         return None
     state = read_json(join(str(exp_path), states[-1][0]))
     try:
         trials = [json.loads(t) for t, _ in (state or {})["trial_data"]]
-        return [{"dir": t["relative_logdir"], "status": t["status"], "config": t["config"]} for t in trials]
-    except (KeyError, TypeError, ValueError):
+        return [{"dir": t["relative_logdir"], "status": t["status"], "config": t.get("config") or {}} for t in trials]
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
