@@ -19,7 +19,8 @@ from transformers.utils import logging as hf_logging
 
 from alliter.cli import AlliterError, ArgumentParser, command, one_line, run
 from alliter.config import MAX_EVAL_SAMPLES, MAX_SEED, TrainConfig, within
-from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE, json_table, read_jsonl
+from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE
+from alliter.storage import json_table, read_jsonl
 from alliter.train.reward import raw_reward
 from alliter.train.model import end_ids, pick_device
 from alliter.train.preflight import check_model_files, check_prompt

@@ -1,5 +1,6 @@
-"""The run folder: the files a trial and a sweep write, the fields of their records, and the helpers that read
-and write them. One home, so that the trainer, the sweep, best_beta and the tests name each thing alike.
+"""The run folder: the files a trial and a sweep write, the fields of their records, and the reading of a record
+(a stop, Tune's saved state, what a trial folder is, the newest sweep), over alliter.storage (the one file layer:
+a folder or a URI). One home, so that the trainer, the sweep, best_beta and the tests name each thing alike.
 
 A trial folder holds
   config.json          the resolved TrainConfig (model, tokenizer and lr as they ran)
@@ -22,9 +23,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from alliter.cli import AlliterError
+from alliter.storage import files, filesystem, folders, join, read_json, read_text
 
 # a trial's files
 CONFIG_FILE = "config.json"
@@ -79,75 +80,7 @@ EVALUATION_FIELDS = ("generations", "sample", "text", "raw_reward", "new_tokens"
 FAILED, DROPPED = "failed", "dropped"
 
 
-# --- reading and writing -------------------------------------------------------------------------------------
-
-
-def read_text(path: Path) -> str:
-    """A file's text, "" when it is not there."""
-    return path.read_text(encoding="utf-8") if path.exists() else ""
-
-
-def write_atomic(path: Path, content: str | Callable[[str], None], tmp_dir: Path | None = None) -> None:
-    """Write a file whole or not at all: through a temporary file (in `tmp_dir`, else beside it), renamed. `content`
-    is the text, or a function that writes the file at the path it is given."""
-    tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        if callable(content):
-            content(str(tmp))
-        else:
-            tmp.write_text(content, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
-def read_jsonl(path: Path, damaged: list[str] | None = None) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines file. A torn last line (a trial still writing it) is skipped; any other line that is
-    not a JSON object is skipped too, and named in `damaged`: a damaged line loses that line, not the file."""
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    rows, bad = [], []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        elif i != len(lines) - 1 or line.rstrip().endswith("}"):
-            bad.append(i + 1)
-    if bad and damaged is not None:
-        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        damaged.append(f"{path.name}: line{'s' if len(bad) > 1 else ''} {shown} damaged (not JSON); left out")
-    return rows
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's table; None when it is not there, not JSON or not a table."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def json_table(path: Path) -> dict[str, Any] | None:
-    """A JSON file's table, None when it is not there; AlliterError in one line when it is there but damaged (a file
-    a command cannot go on without: a trial's config, an export's card)."""
-    if not path.exists():
-        return None
-    value = read_json(path)
-    if value is None:
-        raise AlliterError(f"{path} is damaged (not a JSON table); restore it, or write it again")
-    return value
+# --- a record read ------------------------------------------------------------------------------------------
 
 
 def stop_record(stopped: str, why: str, generations: int | None) -> str:
@@ -160,7 +93,70 @@ def read_stop(folder: Path) -> dict[str, Any] | None:
     stop = read_json(folder / STOP_FILE)
     if stop is not None:
         return stop
-    legacy = read_text(folder / LEGACY_STOP_FILE).strip()
+    legacy = (read_text(folder / LEGACY_STOP_FILE) or "").strip()
     if not legacy:
         return None
     return {"stopped": DROPPED if legacy.startswith("not needed") else FAILED, "why": legacy, "generations": None}
+
+
+# --- a trial folder, and Tune's saved state of a sweep -----------------------------------------------------------
+
+
+def is_trial(path: Path) -> bool:
+    """A trial folder holds the trainer's metrics.jsonl, or (before its first group) a config with a beta: the
+    trainer's config.json or Ray's params.json (a damaged one too: the analysis says so)."""
+    if (path / METRICS_FILE).exists():
+        return True
+    for name in (CONFIG_FILE, RAY_PARAMS_FILE):
+        config = read_json(path / name)
+        if (config is None and (path / name).exists()) or (config is not None and "beta" in config):
+            return True
+    return False
+
+
+def find_trials(root: Path) -> list[Path]:
+    """Trial folders under a local root, root included; trials do not nest, so the walk stops at one."""
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        if is_trial(Path(folder)):
+            found.append(Path(folder))
+            subfolders.clear()
+        else:  # Ray's checkpoint_* folders and hidden ones hold no trial
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "checkpoint_")))
+    return found
+
+
+def tune_trials(exp_path: str | os.PathLike) -> list[dict[str, Any]] | None:
+    """The trials of a sweep's newest Tune state (one per driver session; the names sort by time), on a folder or a
+    URI: each {"dir": its folder's name, "status": PENDING, RUNNING, TERMINATED or ERROR, "config": its config, {}
+    where the state has none}; None where there is no readable Tune state (single runs of alliter.train, hand-made
+    folders: an unreadable state hides nothing). The sweep's resume and its end read it, and the analysis."""
+    states = files(str(exp_path), EXPERIMENT_STATE_GLOB)
+    if not states:
+        return None
+    state = read_json(join(str(exp_path), states[-1][0]))
+    try:
+        trials = [json.loads(t) for t, _ in (state or {})["trial_data"]]
+        return [{"dir": t["relative_logdir"], "status": t["status"], "config": t.get("config") or {}} for t in trials]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def newest_sweep(storage: str | os.PathLike, resumable: bool) -> str | None:
+    """The name of the newest sweep directly under a folder or URI, or None.
+
+    Two rules, for two questions. resumable (the sweep's --resume without --name): a folder with Tune's saved state,
+    the one whose state was written last; only a Tune sweep can be resumed, and its driver rewrites the state as its
+    trials go on, so its time is the sweep's last work, on a bucket too (where a folder has no time). Not resumable
+    (best_beta without a folder, on a local one): a folder that holds trials, the one modified last; it may be single
+    runs of alliter.train, which have no Tune state."""
+    if resumable:
+        newest = {}
+        for name, _ in folders(str(storage)):
+            times = [t for _, t in files(join(str(storage), name), EXPERIMENT_STATE_GLOB) if t is not None]
+            if times:
+                newest[name] = max(times)
+    else:
+        root = Path(filesystem(str(storage))[1])
+        newest = {name: t for name, t in folders(str(storage)) if t is not None and find_trials(root / name)}
+    return max(newest, key=newest.get) if newest else None

@@ -1,4 +1,6 @@
-"""Where sweeps live: a local folder, or a URI such as s3://bucket/prefix, read through pyarrow's filesystems.
+"""Where sweeps live, and the one file layer: a local folder, or a URI such as s3://bucket/prefix, read through
+pyarrow's filesystems. Every reader and writer of a run folder's files goes through here (their names and records:
+alliter.schema); a missing file reads as None.
 
 Ray Tune resolves `--storage` with `pyarrow.fs.FileSystem.from_uri`, and so does this module, so a URI
 means the same thing to both: `s3://bucket/prefix` uses the AWS credentials and region of the
@@ -19,10 +21,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from alliter.cli import AlliterError
-from alliter.schema import EXPERIMENT_STATE_GLOB, write_atomic
 
 SOURCE_FILE = ".alliter-source"  # in a local copy of a sweep: the URI it was copied from
 
@@ -60,14 +61,6 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
-def _sweep_states(fs, path: str) -> list:
-    """FileInfos of Tune's experiment_state files directly in a sweep folder."""
-    import pyarrow.fs
-
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    return [i for i in infos if i.type == pyarrow.fs.FileType.File and Path(i.base_name).match(EXPERIMENT_STATE_GLOB)]
-
-
 def exists(exp_path: str) -> bool:
     """Whether anything is at a folder or URI (an S3 'folder' exists while it holds an object)."""
     import pyarrow.fs
@@ -79,22 +72,35 @@ def exists(exp_path: str) -> bool:
         raise AlliterError(f"cannot read {exp_path}: {_first_line(err)}") from None
 
 
-def newest_sweep(storage: str) -> str | None:
-    """The name of the sweep under storage whose Tune state was written last, or None."""
+def folders(storage: str) -> list[tuple[str, float | None]]:
+    """(name, modified time) of the folders directly under a folder or URI ([] where there is none; a bucket's
+    "folders" have no time: None)."""
     import pyarrow.fs
 
     fs, root = filesystem(storage)
     try:
-        folders = [i for i in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-                   if i.type == pyarrow.fs.FileType.Directory]
-        newest = {}
-        for folder in folders:
-            times = [s.mtime for s in _sweep_states(fs, folder.path) if s.mtime is not None]
-            if times:
-                newest[folder.base_name] = max(times)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     except OSError as err:
-        raise AlliterError(f"cannot list the sweeps under {storage}: {_first_line(err)}") from None
-    return max(newest, key=newest.get) if newest else None
+        raise AlliterError(f"cannot list {storage}: {_first_line(err)}") from None
+    return [(i.base_name, _seconds(i.mtime)) for i in infos if i.type == pyarrow.fs.FileType.Directory]
+
+
+def files(folder: str, pattern: str = "*") -> list[tuple[str, float | None]]:
+    """(name, modified time) of the files directly in a folder or URI whose names match a glob pattern, sorted by
+    name ([] where there is none)."""
+    import pyarrow.fs
+
+    fs, path = filesystem(folder)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except OSError as err:
+        raise AlliterError(f"cannot list {folder}: {_first_line(err)}") from None
+    return sorted((i.base_name, _seconds(i.mtime)) for i in infos
+                  if i.type == pyarrow.fs.FileType.File and fnmatch.fnmatchcase(i.base_name, pattern))
+
+
+def _seconds(mtime) -> float | None:
+    return None if mtime is None else mtime.timestamp()
 
 
 STORAGE_TIMEOUT_S = 15.0  # a URI's first answer (pyarrow's look-up of a gs:// bucket with no network: minutes)
@@ -209,14 +215,22 @@ def download(uri: str, dest: Path, names: Iterable[str] = ("*",), skip: Iterable
     return len(files)
 
 
-# --- small files on a folder or a bucket ---------------------------------------------------------------
+# --- files on a folder or a bucket ---------------------------------------------------------------------------
+# A path is a str (a folder's path or a URI) or a local Path; a local file is read and written straight, without
+# pyarrow (the trainer's files, group by group), a URI's through its filesystem.
 
 
-def read_text(path: str) -> str | None:
-    """A small file's text, None when it is not there."""
+def read_text(path: str | os.PathLike) -> str | None:
+    """A file's text (bytes that are not UTF-8 read as U+FFFD), None when it is not there."""
+    if not is_uri(path):
+        local = Path(path)
+        try:
+            return local.read_text(encoding="utf-8", errors="replace") if local.is_file() else None
+        except OSError as err:
+            raise AlliterError(f"cannot read {path}: {err.strerror or err}") from None
     import pyarrow.fs
 
-    fs, where = filesystem(path)
+    fs, where = filesystem(str(path))
     try:
         if fs.get_file_info(where).type != pyarrow.fs.FileType.File:
             return None
@@ -226,9 +240,12 @@ def read_text(path: str) -> str | None:
         raise AlliterError(f"cannot read {path}: {_first_line(err)}") from None
 
 
-def read_json(path: str) -> dict[str, Any] | None:
-    """A small JSON file's table, None when it is not there or not a table."""
-    text = read_text(path)
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON file's table; None when it is not there, not JSON or not a table."""
+    return _table(read_text(path))
+
+
+def _table(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text) if text else None
     except json.JSONDecodeError:
@@ -236,8 +253,66 @@ def read_json(path: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def write_text(path: str, text: str) -> None:
+def json_table(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON file's table, None when it is not there; AlliterError in one line when it is there but damaged (a file
+    a command cannot go on without: a trial's config, an export's card)."""
+    text = read_text(path)
+    if text is None:
+        return None
+    value = _table(text)
+    if value is None:
+        raise AlliterError(f"{path} is damaged (not a JSON table); restore it, or write it again")
+    return value
+
+
+def read_jsonl(path: str | os.PathLike, damaged: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file ([] when it is not there). A torn last line (a trial still writing it) is
+    skipped; any other line that is not a JSON object is skipped too, and named in `damaged`: a damaged line loses
+    that line, not the file."""
+    text = read_text(path)
+    lines = text.splitlines() if text else []
+    rows, bad = [], []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif i != len(lines) - 1 or line.rstrip().endswith("}"):
+            bad.append(i + 1)
+    if bad and damaged is not None:
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        name = str(path).partition("?")[0].rstrip("/").rpartition("/")[2]
+        damaged.append(f"{name}: line{'s' if len(bad) > 1 else ''} {shown} damaged (not JSON); left out")
+    return rows
+
+
+def write_atomic(path: Path, content: str | Callable[[str], None], tmp_dir: Path | None = None) -> None:
+    """Write a local file whole or not at all: through a temporary file (in `tmp_dir`, else beside it), renamed.
+    `content` is the text, or a function that writes the file at the path it is given."""
+    tmp = (tmp_dir or path.parent) / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        if callable(content):
+            content(str(tmp))
+        else:
+            tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to a local JSON-lines file, a line each."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a small file, its folder made first; on a local folder atomically (a temporary file, renamed)."""
+    path = str(path)
     fs, where = filesystem(path)
     try:
         fs.create_dir(where.rpartition("/")[0], recursive=True)
@@ -256,24 +331,6 @@ def remove(path: str) -> None:
         fs.delete_file(where)
     except (FileNotFoundError, OSError):
         pass
-
-
-def sweep_trials(exp_path: str) -> list[dict[str, Any]] | None:
-    """The trials of a sweep's newest Tune state (one per driver session; the names sort by time): each
-    {"dir", "status", "config"}; None where there is no readable Tune state."""
-    fs, path = filesystem(exp_path)
-    try:
-        states = sorted(_sweep_states(fs, path), key=lambda i: i.base_name)
-    except OSError as err:
-        raise AlliterError(f"cannot read {exp_path}: {_first_line(err)}") from None
-    if not states:
-        return None
-    state = read_json(join(exp_path, states[-1].base_name))
-    try:
-        trials = [json.loads(t) for t, _ in (state or {})["trial_data"]]
-        return [{"dir": t["relative_logdir"], "status": t["status"], "config": t["config"]} for t in trials]
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 # --- one driver per sweep ------------------------------------------------------------------------------------

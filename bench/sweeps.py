@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alliter.analyse.frames import find_trials  # noqa: E402
 from alliter.analyse.judge import analyse  # noqa: E402
-from alliter.schema import METRICS_FILE, SWEEP_STATS_FILE, read_jsonl  # noqa: E402
+from alliter.schema import METRICS_FILE, SWEEP_STATS_FILE, find_trials  # noqa: E402
+from alliter.storage import read_jsonl  # noqa: E402
 
 MODES = {"coarse": ["--grid", "coarse"], "fine": ["--grid", "fine"], "search": ["--search"]}
 

@@ -25,6 +25,7 @@ import pytest
 
 from alliter import storage as store
 from alliter.cli import AlliterError
+from alliter.schema import newest_sweep, tune_trials
 from raycluster import free_port, kill_session
 from helpers import ONE_AT_A_TIME, SWEEP, run_trial, sweep, sweep_main, unfolded
 
@@ -51,8 +52,8 @@ def test_newest_sweep_is_the_one_whose_tune_state_was_written_last(tmp_path):
             state = tmp_path / name / "experiment_state-2026-11-30_10-00-00.json"
             state.write_text("{}")
             os.utime(state, (time.time() - age, time.time() - age))
-    assert store.newest_sweep(str(tmp_path)) == "new"
-    assert store.newest_sweep(str(tmp_path / "missing")) is None
+    assert newest_sweep(str(tmp_path), resumable=True) == "new"
+    assert newest_sweep(str(tmp_path / "missing"), resumable=True) is None
 
 
 def test_a_sweep_uri_is_copied_with_the_files_asked_for_and_never_over_a_local_sweep(tmp_path):
@@ -169,7 +170,7 @@ def test_sweep_in_s3_resumes_after_its_driver_is_killed_and_is_analysed_from_the
     name = sweep_path().rsplit("/", 1)[1]
     # --resume --name reads the bucket: a wrong name is one line, the right one a sweep to resume
     assert "holds no Tune sweep to resume" in sweep_main("--resume", "--name", "nope", "--storage", storage).stderr
-    assert store.sweep_trials(store.join(storage, name)) and store.newest_sweep(storage) == name
+    assert tune_trials(store.join(storage, name)) and newest_sweep(storage, resumable=True) == name
     # 2. --resume without --name finds the sweep in the bucket (the newest) and finishes it; the endpoint is
     # in pyarrow's query options this time, not in the environment
     env.pop("AWS_ENDPOINT_URL")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from alliter.analyse.frames import tune_trial_dirs
+from alliter.schema import tune_trials
 from alliter.rule import CollapseRule
 from alliter.train.evaluate import evaluation_points
 from helpers import (
@@ -246,7 +246,7 @@ def test_interrupted_search_resumes_with_its_searcher_state(interrupted_search, 
         state = json.loads(sorted(exp.glob("experiment_state-*.json"))[-1].read_text())
         assert {json.loads(t)["status"] for t, _ in state["trial_data"]} == {"TERMINATED"}
         assert {name: digest(exp / name / "generations.jsonl") for name in finished} == finished  # not run again
-        for trial in (exp / t for t in tune_trial_dirs(exp)):
+        for trial in (exp / t["dir"] for t in tune_trials(exp)):
             assert generation_indices(trial) == list(range(SEARCH_GENERATIONS))  # every generation once
         choice, _ = best_beta(exp, tmp_path / "out")
         assert sorted(b["beta"] for b in choice["betas"]) == sorted(suggested)  # a trial lost with the driver is left out

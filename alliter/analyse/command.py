@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from alliter import storage, trackers
 from alliter.analyse import export, judge, report
-from alliter.analyse.frames import SWEEP_FILES, newest_sweep
+from alliter.analyse.frames import SWEEP_FILES, default_sweep as newest_sweep
 from alliter.analyse.judge import AnalysisConfig, analyse
 from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values
 from alliter.schema import RESULTS_DIR, SNAPSHOT_DIR

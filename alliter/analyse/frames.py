@@ -2,15 +2,15 @@
 `python -m alliter.train`), one row per training group, per text, per evaluation story, and per window.
 
 metrics.jsonl is the per-group record (Ray's result.json is not read: it can hold duplicated rows after a restore),
-generations.jsonl the training texts, evaluations.jsonl the stories of every evaluation (alliter.schema).
+generations.jsonl the training texts, evaluations.jsonl the stories of every evaluation (alliter.schema names
+them, alliter.storage reads them; Tune's saved state and what a trial folder is: alliter.schema, as the sweep reads
+them).
 Diversity is measured group by group: it depends on how many texts it is measured over, and the unmodified
 model's is measured on as many.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,10 @@ from alliter.rule import as_diversity
 from alliter.train.reward import describe_reward
 from alliter.schema import (
     CONFIG_FILE, DROPPED, EVALUATIONS_FILE, EXPERIMENT_STATE_GLOB, GENERATIONS_FILE, LEGACY_STOP_FILE, METRICS_FILE,
-    RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, SWEEP_STATS_FILE, read_json,
-    read_jsonl, read_stop,
+    RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, SWEEP_STATS_FILE, find_trials,
+    newest_sweep, read_stop, tune_trials,
 )
+from alliter.storage import read_json, read_jsonl, read_text
 
 # every file of a sweep that the analysis reads (a sweep in a bucket is copied with these only)
 SWEEP_FILES = (CONFIG_FILE, RAY_PARAMS_FILE, METRICS_FILE, GENERATIONS_FILE, EVALUATIONS_FILE, RAY_ERROR_FILE,
@@ -143,32 +144,6 @@ def _config(path: Path) -> dict[str, Any]:
     return value
 
 
-def is_trial(path: Path) -> bool:
-    """A trial folder holds the trainer's metrics.jsonl, or (before its first group) a config with a beta:
-    the trainer's config.json or Ray's params.json."""
-    if (path / METRICS_FILE).exists():
-        return True
-    for name in (CONFIG_FILE, RAY_PARAMS_FILE):
-        try:
-            if "beta" in _config(path / name):
-                return True
-        except AlliterError:
-            return True  # a damaged config: read_trial says so
-    return False
-
-
-def find_trials(root: Path) -> list[Path]:
-    """Trial folders under root, root included; trials do not nest, so the walk stops at one."""
-    found = []
-    for folder, subfolders, _ in os.walk(root):
-        if is_trial(Path(folder)):
-            found.append(Path(folder))
-            subfolders.clear()
-        else:  # Ray's checkpoint_* folders and hidden ones hold no trial
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "checkpoint_")))
-    return found
-
-
 REQUIRED = {
     METRICS_FILE: {"generations", "group", "raw_reward_mean", "kl_penalty_mean", "ce_ref_mean"},
     GENERATIONS_FILE: {"generation", "group", "text", "raw_reward"},
@@ -215,9 +190,10 @@ def read_trial(path: Path, root: Path) -> Trial:
 
 def _last_line(path: Path) -> str | None:
     """The last non-empty line of a file (a traceback's is the exception), or None without the file."""
-    if not path.exists():
+    text = read_text(path)
+    if text is None:
         return None
-    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[-1] if lines else f"{path.name} is empty")[:200]
 
 
@@ -236,7 +212,8 @@ def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
         raise AlliterError(f"{root} holds {len(sweeps)} sweeps ({shown}); best_beta analyses one: pass its folder")
     trials, notes = [], []
     swept = (read_json(root / SWEEP_STATS_FILE) or {}).get("knob")
-    listed = tune_trial_dirs(found[0].parent) if found[0] != root else None
+    tune = tune_trials(found[0].parent) if found[0] != root else None
+    listed = None if tune is None else {t["dir"]: t["status"] for t in tune}
     for gone in sorted(set(listed or {}) - {p.name for p in found}):
         if listed[gone] != "PENDING":  # a pending trial has no folder yet
             notes.append(f"{found[0].parent / gone}: in the sweep's Tune state ({listed[gone]}), but its folder is gone "
@@ -269,33 +246,20 @@ def sweep_knob(trials: list[Trial]) -> str:
     return trials[0].knob
 
 
-def tune_trial_dirs(sweep: Path) -> dict[str, str] | None:
-    """The trial folders that a Tune sweep's newest experiment state lists, with their status (PENDING, RUNNING,
-    TERMINATED, ERROR); None for a folder that is not a Tune sweep (single runs of alliter.train, hand-made folders)."""
-    states = sorted(sweep.glob(EXPERIMENT_STATE_GLOB))  # one per driver session; the names sort by time
-    if not states:
-        return None
-    try:
-        state = json.loads(states[-1].read_text(encoding="utf-8"))
-        trials = [json.loads(trial) for trial, _ in state["trial_data"]]
-        return {t["relative_logdir"]: t["status"] for t in trials}
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return None  # an unreadable state hides nothing
-
-
 def read_search(root: Path) -> dict[str, Any] | None:
     """The search's path (alliter.sweep.search) when the folder is a search sweep."""
     return read_json(root / SEARCH_FILE)
 
 
-def newest_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
-    """The most recently modified folder directly under ./results that holds trials."""
+def default_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
+    """The sweep best_beta analyses when it is given none: the newest folder under ./results that holds trials
+    (alliter.schema.newest_sweep)."""
     if not results.is_dir():
         raise AlliterError(f"no {results}/ folder here; pass the sweep folder: best_beta.py RESULTS_DIR")
-    sweeps = [p for p in results.iterdir() if p.is_dir() and find_trials(p)]
-    if not sweeps:
+    name = newest_sweep(results, resumable=False)
+    if name is None:
         raise AlliterError(f"no sweep with trials under {results}/")
-    return max(sweeps, key=lambda p: p.stat().st_mtime)
+    return results / name
 
 
 # --- measures --------------------------------------------------------------------------------------

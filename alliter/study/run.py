@@ -26,7 +26,8 @@ from typing import Any
 from alliter.analyse.judge import Analysis, analyse
 from alliter.cli import AlliterError
 from alliter.rule import FAILED
-from alliter.schema import RESULTS_DIR, SWEEP_STATS_FILE, read_json, write_atomic
+from alliter.schema import RESULTS_DIR, SWEEP_STATS_FILE
+from alliter.storage import read_json, write_atomic
 from alliter.sweep.console import say, say_command
 from alliter.sweep.config import STUDY_STEP
 from alliter.sweep.plan import check_name

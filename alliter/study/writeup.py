@@ -22,7 +22,7 @@ from alliter.analyse.plots import plot_recipes
 from alliter.analyse.report import write_outputs
 from alliter.knob import KNOBS
 from alliter.rule import FAILED
-from alliter.schema import read_json
+from alliter.storage import read_json
 from alliter.study.evidence import (
     LARGELY, LAST, beta_range, end_of, kl_frame, overuse_at, side_by_side, spread, what_changed,
 )

@@ -19,7 +19,7 @@ from alliter.config import TrainConfig, check_given
 from alliter.knob import BETA, KNOBS, TARGET, Knob
 from alliter.measures import TRAINER_DIVERSITY
 from alliter.rule import CollapseRule
-from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, TRACKERS_FILE
+from alliter.schema import PROMPTS_FILE, RESULTS_DIR, SEARCH_FILE, TRACKERS_FILE, newest_sweep, tune_trials
 from alliter.sweep import cluster
 from alliter.sweep.config import SweepConfig
 from alliter.sweep.grids import MAX_TRIALS, compact, grid_betas, knob_values, parse_seeds
@@ -225,11 +225,11 @@ def _plan_resume(sweep: SweepConfig, given: Collection[str], rule: CollapseRule,
         allowed = ", ".join(map(flag_name, sorted(RESUME_FLAGS - {"resume"})))
         raise AlliterError(f"--resume continues a sweep with the settings it was started with: {flags} cannot change "
                            f"(a resume takes {allowed}); start a new sweep (--name) for other settings")
-    name = sweep.name or store.newest_sweep(storage)
+    name = sweep.name or newest_sweep(storage, resumable=True)
     if not name:
         raise AlliterError(f"--resume: no sweep to resume under {storage} (pass --name of an existing sweep)")
     exp_path = store.join(storage, name)
-    stored = store.sweep_trials(exp_path)
+    stored = tune_trials(exp_path)
     if stored is None:
         raise AlliterError(f"--resume: {exp_path} holds no Tune sweep to resume")
     configs = [t["config"] for t in stored if OPTIONS_KEY in t["config"]]

@@ -29,7 +29,7 @@ from alliter.cli import AlliterError
 from alliter.config import TrainConfig
 from alliter.knob import TARGET
 from alliter.rule import CollapseRule
-from alliter.schema import PROMPTS_FILE, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE
+from alliter.schema import PROMPTS_FILE, SEARCH_FILE, SWEEP_STATS_FILE, TRACKERS_FILE, tune_trials
 from alliter.sweep import cluster, console, trial
 from alliter.sweep.config import SweepConfig
 from alliter.sweep.console import Console, say, say_command
@@ -214,7 +214,7 @@ def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Ou
     console.say_trials(results.get_dataframe())
     errors = [r for r in results if r.error]
     # Tune's saved state tells an interrupted sweep: trials still RUNNING or PENDING, or a search not ended
-    unfinished = sum(t["status"] not in ("TERMINATED", "ERROR") for t in store.sweep_trials(plan.exp_path) or [])
+    unfinished = sum(t["status"] not in ("TERMINATED", "ERROR") for t in tune_trials(plan.exp_path) or [])
     searching = plan.settings is not None and not (store.read_json(store.join(plan.exp_path, SEARCH_FILE)) or {}).get("finished")
     status = "interrupted" if unfinished or (searching and not errors) else "errored" if errors else "finished"
     console.say_end(status, stats, plan.exp_path, [(Path(r.path).name, trial_cause(r)) for r in errors], unfinished,

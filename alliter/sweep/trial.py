@@ -29,9 +29,8 @@ from alliter.cli import AlliterError
 from alliter.config import TrainConfig
 from alliter.rule import CollapseRule, training_points
 from alliter.train.reward import load_reward
-from alliter.schema import (
-    ATTEMPT_FILES, CHECKPOINT_FILE, FAILED, METRICS_FILE, NODE_FILE, STOP_FILE, read_jsonl, stop_record,
-)
+from alliter.schema import ATTEMPT_FILES, CHECKPOINT_FILE, FAILED, METRICS_FILE, NODE_FILE, STOP_FILE, stop_record
+from alliter.storage import read_jsonl
 
 FATAL = "alliter_error"  # a trial's last report when an error of alliter's own ended it (NoRetry)
 

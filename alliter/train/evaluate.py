@@ -23,7 +23,7 @@ from alliter import measures as M
 from alliter.cli import AlliterError, one_line
 from alliter.config import TrainConfig, base_model_here
 from alliter.rule import CollapseRule
-from alliter.schema import read_jsonl
+from alliter.storage import read_jsonl
 from alliter.train.rloo import sequence_ce, target_mask
 from alliter.train.reward import Reward, load_reward
 from alliter.train.rollout import decode_texts, sample_group, sequence_lengths

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from alliter.cli import AlliterError, one_line
 from alliter.config import TrainConfig
-from alliter.schema import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN, write_atomic
+from alliter.schema import SNAPSHOT_DIR, SNAPSHOT_FILE, SNAPSHOT_PATTERN
+from alliter.storage import write_atomic
 
 if TYPE_CHECKING:  # torch only where weights are written or read: the sweep's driver imports this module
     import torch

@@ -20,10 +20,8 @@ from tensorboardX.proto.summary_pb2 import Summary
 from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.config import TrainConfig
-from alliter.schema import (
-    ATTEMPT_FILES, CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, REWARD_FILE, append_jsonl, read_jsonl,
-    read_text, write_atomic,
-)
+from alliter.schema import ATTEMPT_FILES, CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, REWARD_FILE
+from alliter.storage import append_jsonl, read_jsonl, read_text, write_atomic
 from alliter.train.evaluate import evaluate_prompts, evaluation_points
 from alliter.train.model import load_models
 from alliter.train.preflight import check_compiler, check_entropy_target, check_prompt
@@ -419,9 +417,9 @@ class Trainer:
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             # the files travel with the checkpoint, so a trial restarted on another node has them
-            GENERATIONS_FILE: read_text(self.run_dir / GENERATIONS_FILE),
-            METRICS_FILE: read_text(self.run_dir / METRICS_FILE),
-            EVALUATIONS_FILE: read_text(self.run_dir / EVALUATIONS_FILE),
+            GENERATIONS_FILE: read_text(self.run_dir / GENERATIONS_FILE) or "",
+            METRICS_FILE: read_text(self.run_dir / METRICS_FILE) or "",
+            EVALUATIONS_FILE: read_text(self.run_dir / EVALUATIONS_FILE) or "",
         }
         if self.entropy_bonus:
             state.update(entropy_coef=self.entropy_coef, entropy_on=self.entropy_on)
