@@ -137,7 +137,7 @@ class Study:
         """The fine grid's choice (best_beta's), else the coarse bracket's kept end; kept in study.json."""
         if "extended_beta" not in self.state:
             fine = analyse(self.folder / "fine")
-            beta = fine.choice["value"] if fine.choice else self.state["placement"]["hi"]
+            beta = fine.choice.value if fine.choice else self.state["placement"]["hi"]
             self.state["extended_beta"] = float(beta)
             self.state["extended_why"] = "the fine grid's choice" if fine.choice else \
                 "no beta of the fine grid held: the coarse bracket's kept end"

@@ -97,15 +97,15 @@ def how_sure(result: Analysis) -> str:
     if c is None:
         return "No beta held in this grid: there is no choice."
     runners = s[~s["verdict"].isin([*FAILED, "dropped"]) & ~s["chosen"]].sort_values("alliteration", ascending=False)
-    head = (f"best_beta's choice: beta {c['value']:g}, the highest alliteration among the betas that held "
-            f"({c['alliteration']:.1f} at {c['point']:.0f} generations).")
+    head = (f"best_beta's choice: beta {c.value:g}, the highest alliteration among the betas that held "
+            f"({c.alliteration:.1f} at {c.point:.0f} generations).")
     if not len(runners):
         return head + " No other beta held: nothing to weigh it against."
     r = runners.iloc[0]
-    if int(c["trials"]) < 2:
+    if int(c.trials) < 2:
         return (head + f" The next, beta {r[result.knob]:g}, reached {r['alliteration']:.1f}; with one seed each there "
                 "is no interval: which of the two is better is not known from this grid.")
-    apart = c["alliteration"] - r["alliteration"] > (c["alliteration_se"] or 0) + (r["alliteration_se"] or 0)
+    apart = c.alliteration - r["alliteration"] > (c.alliteration_se or 0) + (r["alliteration_se"] or 0)
     return head + (f" Against the next, beta {r[result.knob]:g} ({r['alliteration']:.1f} ± "
                    f"{r['alliteration_se']:.1f}): " + ("further apart than their standard errors."
                                                          if apart else "within their standard errors: as good."))
