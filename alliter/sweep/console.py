@@ -130,14 +130,21 @@ class Console(tune.ProgressReporter):
 
     def __init__(self, seeds: bool, stream: TextIO | None = None, refresh_seconds: float = 1.0):
         self.seeds = seeds
-        self.stream = stream or sys.stdout
+        # None: sys.stdout when written to, not kept here: Tune pickles its reporter with the run's config, and a
+        # notebook's stdout (ipykernel's) does not pickle
+        self._stream = stream
+        self._watching: list[tuple[Any, str, Any]] = []
         self.tty = self.stream.isatty()
         self.refresh_seconds = refresh_seconds
         self.overwritten = False  # something else wrote to the terminal since the last draw
         self._drawn = 0  # lines drawn last time (a terminal's redraw moves up over them)
         self._last = 0.0
         self._printed: dict[str, tuple] = {}  # trial id -> its last printed change (piped)
-        self._watching: list[tuple[Any, str, Any]] = []
+
+    @property
+    def stream(self) -> TextIO:
+        """The stream given, else sys.stdout (the one under _Watched while the console watches it)."""
+        return self._stream or (self._watching[0][2] if self._watching else sys.stdout)
 
     def width(self) -> int:
         """A terminal's columns (WIDTH at most: a line then never wraps), else WIDTH."""
