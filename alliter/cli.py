@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 import shutil
+import signal
 import sys
 import textwrap
 from dataclasses import fields
@@ -69,9 +70,24 @@ def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[s
     return handled
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM (what `ray job stop`, Kubernetes and a process manager send) takes the path of a Ctrl-C: the sweep's
+    Tune saves its state and the command says how to continue, where SIGTERM's default would end it unsaved. SIGINT
+    is unblocked too: a Ray job's driver starts with it blocked (Ray's job supervisor blocks it in its processes)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    def as_ctrl_c(signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)  # Python's (KeyboardInterrupt), or Tune's while it runs
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, as_ctrl_c)
+
+
 def run(main: Callable[[], int]) -> NoReturn:
     """Exit with main's code; a reader that stops early (`| head -1`) ends the command quietly, not with a
-    BrokenPipeError traceback."""
+    BrokenPipeError traceback; a SIGTERM is a Ctrl-C (stop_on_sigterm)."""
+    stop_on_sigterm()
     try:
         code = main()
         sys.stdout.flush()  # here, so that a closed pipe raises inside the try and not at exit

@@ -15,8 +15,10 @@ import logging
 import math
 import os
 import shlex
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,9 +304,10 @@ class Plan:
 
     @property
     def resume_command(self) -> str:
-        """The command that continues this sweep, as it can be pasted from anywhere."""
+        """The command that continues this sweep, as it can be pasted from anywhere: the installed package's (a
+        checkout's tune_jobs/ is not where a wheel's user is)."""
         address = f" --address {shlex.quote(self.address)}" if self.address else ""
-        return (f"python tune_jobs/sweep.py --resume --name {shlex.quote(self.name)} "
+        return (f"alliter sweep --resume --name {shlex.quote(self.name)} "
                 f"--storage {shlex.quote(self.storage)}{address}")
 
 
@@ -500,6 +503,8 @@ def connect(plan: Plan) -> tuple[float, int]:
     if not plan.address:  # a Ray of this driver's own, on this machine: its token is made for it, no warning needed
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
             lambda record: "Token authentication is enabled" not in record.getMessage())
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         runtime_env = {"py_modules": [str(plan.reward_file)]} if plan.reward_file else None
         # Ray's and Tune's INFO lines (its start, every save of the experiment's state) off the console: its own
@@ -508,6 +513,8 @@ def connect(plan: Plan) -> tuple[float, int]:
                  runtime_env=runtime_env, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as err:
         raise AlliterError(f"cannot start or join Ray at {plan.address or 'this machine'}: {err}") from None
+    if callable(sigterm):  # ray.init put in its own (an exit: the sweep would end without Tune's save); the command's
+        signal.signal(signal.SIGTERM, sigterm)  # (alliter.cli.stop_on_sigterm: Ctrl-C's path) goes back
     gpus = plan.sweep.gpus_per_trial  # the flag, else $ALLITER_GPUS_PER_TRIAL (resolved above)
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -673,7 +680,7 @@ def summarise(plan: Plan, results: tune.ResultGrid, stats: dict[str, Any]) -> Ou
     for r in errors:
         say(f"  ERROR in {Path(r.path).name}: {trial_cause(r)}", file=sys.stderr, indent=4)
     if status == "finished" and not os.environ.get(STUDY_STEP):  # a study's step: the study analyses it itself
-        say(f"next:        python analysis/best_beta.py {quoted}", shell=True)
+        say(f"next:        alliter best-beta {quoted}", shell=True)
     elif status == "errored":
         say_command(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with:",
                     plan.resume_command, file=sys.stderr)
