@@ -51,6 +51,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise AlliterError(f"{message} (see {self.prog} --help)")
 
 
+def prog(script: str) -> str:
+    """A command's name in its usage and errors, as typed: `alliter NAME` through alliter's console (its __main__
+    puts that in argv[0]; an installed package has no checkout's scripts), else the checkout's `script`."""
+    return sys.argv[0] if sys.argv[0].startswith("alliter ") else script
+
+
 def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
     """The one error handler of every command's main(argv): an AlliterError is its line on stderr and exit status 2,
     with no traceback; a Ctrl-C that the command does not handle itself (a sweep and a study say how to go on) is

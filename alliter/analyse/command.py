@@ -13,7 +13,7 @@ from alliter import storage, trackers
 from alliter.analyse import export, judge, report
 from alliter.analyse.frames import SWEEP_FILES, newest_sweep
 from alliter.analyse.judge import AnalysisConfig, analyse
-from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values
+from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values, prog
 from alliter.schema import RESULTS_DIR, SNAPSHOT_DIR
 
 EPILOG = """export:
@@ -50,7 +50,7 @@ def fetch_snapshots(trial: Path) -> None:
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
-        prog="python analysis/best_beta.py", description=judge.__doc__, epilog=EPILOG,
+        prog=prog("python analysis/best_beta.py"), description=judge.__doc__, epilog=EPILOG,
     )
     parser.add_argument(
         "results", nargs="?", metavar="RESULTS_DIR",

@@ -286,7 +286,7 @@ def read_search(root: Path) -> dict[str, Any] | None:
 def newest_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
     """The most recently modified folder directly under ./results that holds trials."""
     if not results.is_dir():
-        raise AlliterError(f"no {results}/ folder here; pass the sweep folder: best_beta.py RESULTS_DIR")
+        raise AlliterError(f"no {results}/ folder here; pass the sweep folder (RESULTS_DIR) or run where results/ is")
     sweeps = [p for p in results.iterdir() if p.is_dir() and find_trials(p)]
     if not sweeps:
         raise AlliterError(f"no sweep with trials under {results}/")
