@@ -79,10 +79,17 @@ def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[s
 def stop_on_sigterm() -> None:
     """A SIGTERM (what `ray job stop`, Kubernetes and a process manager send) takes the path of a Ctrl-C: the sweep's
     Tune saves its state and the command says how to continue, where SIGTERM's default would end it unsaved. SIGINT
-    is unblocked too: a Ray job's driver starts with it blocked (Ray's job supervisor blocks it in its processes)."""
+    is unblocked too: a Ray job's driver starts with it blocked (Ray's job supervisor blocks it in its processes). The
+    first SIGTERM only: `ray job stop` sends one to every process of the job, so a study's step gets Ray's and the one
+    the study passes on, and a second Ctrl-C would stop Tune without its save (SIGKILL still ends it)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    stopping = False
 
     def as_ctrl_c(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
         handler = signal.getsignal(signal.SIGINT)  # Python's (KeyboardInterrupt), or Tune's while it runs
         if callable(handler):
             handler(signal.SIGINT, frame)
