@@ -273,7 +273,8 @@ def log_choice_wandb(project: str, group: str, result: Any, out: Path, written: 
     out.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis",
                      dir=os.environ.get("WANDB_DIR") or str(out),
-                     config={"knob": result.knob, "recipe": result.recipe.recipe, "choice": result.choice and result.choice.as_dict(),
+                     config={"knob": result.knob, "recipe": result.recipe.recipe,
+                             "choice": result.choice and result.choice.as_dict(),
                              "best_point": result.best_point and result.best_point.as_dict()})
     try:
         run.log({"summary": wandb.Table(dataframe=result.summary.astype(str)),

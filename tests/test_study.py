@@ -188,7 +188,7 @@ def test_a_sigterm_to_the_study_and_its_step_is_one_ctrl_c_of_the_step(tmp_path)
         while not ready.exists():
             time.sleep(0.05)
         step = [p for p in process_children(os.getpid()) if "stop_on_sigterm" in Path(f"/proc/{p}/cmdline").read_text()]
-        for pid in [*step, os.getpid()]:  # the step first, then the study, as Ray's job supervisor signals a job's processes
+        for pid in [*step, os.getpid()]:  # the step, then the study: as Ray's job supervisor signals a job's processes
             os.kill(pid, signal.SIGTERM)
 
     timer = threading.Thread(target=stop_both)

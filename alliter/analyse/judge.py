@@ -87,9 +87,10 @@ class Choice:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Choice":
         """From the summary's row (plain Python values) with its "knob" and "value"."""
-        return cls(row["knob"], float(row["value"]), row["verdict"], int(row["point"]), int(row["generations"]), int(row["trials"]),
-                   int(row["failed_seeds"]), row["alliteration"], row["alliteration_se"], row["alliteration_gain"],
-                   row["diversity"], row["diversity_kept"], row["fluency_gap"], row.get("beta"), row)
+        return cls(row["knob"], float(row["value"]), row["verdict"], int(row["point"]), int(row["generations"]),
+                   int(row["trials"]), int(row["failed_seeds"]), row["alliteration"], row["alliteration_se"],
+                   row["alliteration_gain"], row["diversity"], row["diversity_kept"], row["fluency_gap"], row.get("beta"),
+                   row)
 
     def as_dict(self) -> dict[str, Any]:
         """The choice as best_beta's JSON writes it: the summary's row with "knob" and "value"."""
@@ -329,8 +330,8 @@ def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial],
     beta = float(at["beta"].mean()) if knob != "beta" and len(at) else value
     texts = [e for t in trials if t.name in names for e in _stories(t, g)]
     base = [e for t in trials if t.name in names for e in _stories(t, 0)]
-    v = plain({"alliteration": row["alliteration"], "diversity": row["diversity"], "diversity_kept": row["diversity_kept"],
-               "fluency_gap": row["fluency_gap"], "top_overuse": row["top_overuse"],
+    v = plain({"alliteration": row["alliteration"], "diversity": row["diversity"],
+               "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "top_overuse": row["top_overuse"],
                "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"]})
     return BestPoint(knob=knob, value=value, beta=beta, generations=g, trials=int(row["trials"]),
                      stable_trials=int(row["stable_trials"]), next=later[0] if later else None,
@@ -389,7 +390,8 @@ def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
     if point is not None and recipe.kl_reduction == "mean":
         units = trl_units(groups, knob, point.value, point.generations, point.beta)
     return Analysis(cfg, sweep, knob, trials, groups, generations, points, windows, summary, choice, point, notes,
-                    read_search(sweep), letters, recipe, plain(units), trial_frame(trials, groups, points, judgements, cfg))
+                    read_search(sweep), letters, recipe, plain(units),
+                    trial_frame(trials, groups, points, judgements, cfg))
 
 
 def plain(value: Any) -> Any:
