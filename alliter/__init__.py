@@ -10,5 +10,19 @@ The three pipelines, each a package:
 and the leaves they share: config (TrainConfig: every knob, the presets, the grids), knob (what a sweep varies: beta
 or a KL target), rule (what a kept point is), measures (of a group of texts), schema (the run folder's files and
 records, Tune's saved state read), storage (the one file layer: folders and s3:// URIs), cli (flags from
-dataclasses, the one error handler), sample (stories from a model folder), testing (tiny models).
+dataclasses, the one error handler), sample (stories from a model folder), testing (tiny models);
+and api, for Python and notebooks: `alliter.run_sweep(**flags)` and `alliter.load(folder)` (README, "From Python").
 """
+
+from typing import Any
+
+__all__ = ["run_sweep", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported when first asked for (PEP 562): `import alliter` stays light for the command lines, which never use them
+    if name in __all__:
+        from alliter import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'alliter' has no attribute {name!r}")

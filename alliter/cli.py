@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 import shutil
+import signal
 import sys
 import textwrap
 from dataclasses import fields
@@ -50,6 +51,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise AlliterError(f"{message} (see {self.prog} --help)")
 
 
+def prog(script: str) -> str:
+    """A command's name in its usage and errors, as typed: `alliter NAME` through alliter's console (its __main__
+    puts that in argv[0]; an installed package has no checkout's scripts), else the checkout's `script`."""
+    return sys.argv[0] if sys.argv[0].startswith("alliter ") else script
+
+
 def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
     """The one error handler of every command's main(argv): an AlliterError is its line on stderr and exit status 2,
     with no traceback; a Ctrl-C that the command does not handle itself (a sweep and a study say how to go on) is
@@ -69,9 +76,31 @@ def command(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[s
     return handled
 
 
+def stop_on_sigterm() -> None:
+    """A SIGTERM (what `ray job stop`, Kubernetes and a process manager send) takes the path of a Ctrl-C: the sweep's
+    Tune saves its state and the command says how to continue, where SIGTERM's default would end it unsaved. SIGINT
+    is unblocked too: a Ray job's driver starts with it blocked (Ray's job supervisor blocks it in its processes). The
+    first SIGTERM only: `ray job stop` sends one to every process of the job, so a study's step gets Ray's and the one
+    the study passes on, and a second Ctrl-C would stop Tune without its save (SIGKILL still ends it)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    stopping = False
+
+    def as_ctrl_c(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        handler = signal.getsignal(signal.SIGINT)  # Python's (KeyboardInterrupt), or Tune's while it runs
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, as_ctrl_c)
+
+
 def run(main: Callable[[], int]) -> NoReturn:
     """Exit with main's code; a reader that stops early (`| head -1`) ends the command quietly, not with a
-    BrokenPipeError traceback."""
+    BrokenPipeError traceback; a SIGTERM is a Ctrl-C (stop_on_sigterm)."""
+    stop_on_sigterm()
     try:
         code = main()
         sys.stdout.flush()  # here, so that a closed pipe raises inside the try and not at exit

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from transformers.utils import logging as hf_logging
 
-from alliter.cli import AlliterError, ArgumentParser, command, one_line, run
+from alliter.cli import AlliterError, ArgumentParser, command, one_line, prog, run
 from alliter.config import MAX_EVAL_SAMPLES, MAX_SEED, TrainConfig, within
 from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE
 from alliter.storage import json_table, read_jsonl
@@ -98,7 +98,7 @@ def stories(model: Any, tokenizer: Any, settings: dict[str, Any], n: int, seed: 
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m alliter.sample", description=__doc__)
+    parser = ArgumentParser(prog=prog("python -m alliter.sample"), description=__doc__)
     parser.add_argument("dir", metavar="DIR", help="an exported model folder, or a trial folder with --generations")
     parser.add_argument("--generations", type=int, help="a trial folder's snapshot at this many generations")
     parser.add_argument("--n", type=int, default=5, help="stories to print (default: 5)")

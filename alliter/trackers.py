@@ -238,16 +238,16 @@ def log_choice_mlflow(uri: str, experiment: str, result: Any, out: Path, written
     params = {"knob": result.knob, "recipe": result.recipe.recipe, "update": result.recipe.describe_recipe()[:6000],
               "rule": result.cfg.rule().describe()}
     metrics: dict[str, float] = {}
-    for prefix, row in (("choice", result.choice), ("best_point", result.best_point)):
-        if row is None:
+    for prefix, chosen in (("choice", result.choice), ("best_point", result.best_point)):
+        if chosen is None:
             params[prefix] = "none"
             continue
-        params[f"{prefix}.{result.knob}"] = row["value"]
-        if "generations" in row:
-            params[f"{prefix}.generations"] = row["generations"]
+        params[f"{prefix}.{result.knob}"] = chosen.value
+        params[f"{prefix}.generations"] = chosen.generations
         for name in ("alliteration", "alliteration_gain", "diversity_kept", "fluency_gap", "beta"):
-            if isinstance(row.get(name), (int, float)) and math.isfinite(row[name]):
-                metrics[f"{prefix}.{name}"] = float(row[name])
+            value = getattr(chosen, name, None)  # a best point has no gain
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                metrics[f"{prefix}.{name}"] = float(value)
     if export is not None:
         params["export"] = str(export.resolve())
     now = int(time.time() * 1000)
@@ -273,8 +273,9 @@ def log_choice_wandb(project: str, group: str, result: Any, out: Path, written: 
     out.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis",
                      dir=os.environ.get("WANDB_DIR") or str(out),
-                     config={"knob": result.knob, "recipe": result.recipe.recipe, "choice": result.choice,
-                             "best_point": result.best_point})
+                     config={"knob": result.knob, "recipe": result.recipe.recipe,
+                             "choice": result.choice and result.choice.as_dict(),
+                             "best_point": result.best_point and result.best_point.as_dict()})
     try:
         run.log({"summary": wandb.Table(dataframe=result.summary.astype(str)),
                  **{f"plots/{p.stem}": wandb.Image(str(p)) for p in written if p.suffix == ".png" and p.exists()},

@@ -59,7 +59,7 @@ def main() -> None:
     targets = analyse(storage / "targets")
     if targets.choice is None:
         raise SystemExit(f"no KL target of {args.targets} kept its diversity and fluency in every seed: nothing to run on")
-    target = float(targets.choice["value"])
+    target = targets.choice.value
     print(f"  targets {args.targets}, {args.seeds} seeds, 2000 generations: {wall:.0f} s; the choice: target {target:g}")
     long = ["--max-generations", str(args.generations), *seeds, *extra]
     walls = {"fixed": timed_sweep(storage, "fixed", ["--betas", f"{args.beta:g}", *long])}

@@ -91,7 +91,7 @@ def main() -> None:
     trl = analyse(storage / "trl-sweep")
     if trl.choice is None:
         raise SystemExit(f"--recipe trl kept no beta of {args.trl_betas} in every seed: nothing to run it at")
-    trl_beta = f"{trl.choice['value']:g}"
+    trl_beta = f"{trl.choice.value:g}"
     print(f"  --recipe trl's sweep of betas {args.trl_betas}, {args.seeds} seeds, 2000 generations: {wall:.0f} s; "
           f"its choice: beta {trl_beta}", flush=True)
 

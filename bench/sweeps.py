@@ -91,8 +91,8 @@ def run_mode(mode: str, storage: Path, extra: list[str]) -> dict:
     return {
         "mode": mode, "trials": len(trials), "generations": generations, "wall_s": wall,
         "efficiency": stats["efficiency"], "slots": stats["slots"],
-        "choice": c["beta"] if c else None, "alliteration": c["alliteration"] if c else None,
-        "div_kept": c["diversity_kept"] if c else None,
+        "choice": c.beta if c else None, "alliteration": c.alliteration if c else None,
+        "div_kept": c.diversity_kept if c else None,
     }
 
 

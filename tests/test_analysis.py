@@ -84,9 +84,9 @@ def test_table_on_stdout_and_the_default_output_folder(known_sweep: Path, capsys
 
 
 def test_the_rule_follows_its_knobs(known_sweep: Path) -> None:
-    assert analyse(known_sweep, AnalysisConfig(diversity_measure="self_bleu")).choice["beta"] == 10.0
+    assert analyse(known_sweep, AnalysisConfig(diversity_measure="self_bleu")).choice.beta == 10.0
     loose = analyse(known_sweep, AnalysisConfig(diversity_share=0.05, diversity_measure="distinct_2", max_overuse=0))
-    assert loose.choice["beta"] == 0.0  # beta 0 keeps 10% of distinct-2: enough for a 5% threshold
+    assert loose.choice.beta == 0.0  # beta 0 keeps 10% of distinct-2: enough for a 5% threshold
 
 
 def test_a_point_one_evaluation_before_a_collapse_is_not_chosen(tmp_path: Path) -> None:
@@ -102,11 +102,11 @@ def test_a_point_one_evaluation_before_a_collapse_is_not_chosen(tmp_path: Path) 
     # 600 is the last kept point, and the most alliterative one: one evaluation before the collapse, so not stable
     assert not p.loc[(40.0, 600), "stable"] and p.loc[(40.0, 400), "stable"]
     assert p.loc[(40.0, 600), "alliteration"] > p.loc[(40.0, 400), "alliteration"] > 2
-    assert result.best_point["beta"] == 40.0 and result.best_point["generations"] == 400
-    assert result.best_point["next"] == 600
+    assert result.best_point.beta == 40.0 and result.best_point.generations == 400
+    assert result.best_point.next == 600
     s = result.summary.set_index("beta")
     assert s.loc[40.0, "verdict"] == "collapsed" and s.loc[40.0, "failed_at"] == 800
-    assert result.choice["beta"] == 100.0
+    assert result.choice.beta == 100.0
 
 
 def test_non_words_are_degenerate_and_repetition_is_collapsed(tmp_path: Path) -> None:
@@ -121,8 +121,8 @@ def test_non_words_are_degenerate_and_repetition_is_collapsed(tmp_path: Path) ->
     assert s.loc[1.0, "verdict"] == "degenerate" and s.loc[1.0, "failed_at"] == 600
     assert s.loc[1.0, "diversity_kept"] > 0.9 and s.loc[1.0, "fluency_gap"] == pytest.approx(2.0)
     assert s.loc[0.0, "verdict"] == "collapsed" and s.loc[0.0, "failed_at"] == 200
-    assert result.choice["beta"] == 50.0
-    assert result.best_point["beta"] == 1.0 and result.best_point["generations"] == 200  # 400: next degenerate
+    assert result.choice.beta == 50.0
+    assert result.best_point.beta == 1.0 and result.best_point.generations == 200  # 400: next degenerate
     from alliter.analyse.report import reason, table
 
     assert "beta=1 reached more alliteration (6.00) but degenerated (non-words) at 600 generations: fluency +2.00" in reason(result)
@@ -296,15 +296,15 @@ def test_a_beta_collapsed_in_one_seed_of_three_is_not_chosen(seeded_sweep: Path,
     assert "kept in 3 of 3 seeds" in out.err
     # one collapsed seed in three allowed: beta 5 wins, and the report says how sure
     loose = analyse(seeded_sweep, AnalysisConfig(max_collapse_rate=0.34))
-    assert loose.choice["beta"] == 5.0
+    assert loose.choice.beta == 5.0
     from alliter.analyse.report import reason
 
     assert "beta=5 over beta=10 (the next kept beta): mean alliteration 6.67±0.67 against 4.00±0.58" in reason(loose)
     assert "kept in 2 of 3 seeds against 3 of 3" in reason(loose)
     # the best point of beta 5 is stable in 2 of its 3 seeds, which --max-collapse-rate 0.34 allows
-    assert loose.best_point["beta"] == 5.0 and loose.best_point["stable_trials"] == 2
+    assert loose.best_point.beta == 5.0 and loose.best_point.stable_trials == 2
     assert "in 2 of 3 seeds" in reason(loose)
-    assert analyse(seeded_sweep).best_point["beta"] == 10.0  # without it, no seed of a stable point may fail
+    assert analyse(seeded_sweep).best_point.beta == 10.0  # without it, no seed of a stable point may fail
 
 
 # the table of known_sweep when points were first judged by their evaluations
@@ -322,7 +322,7 @@ def test_one_seed_gives_the_one_seed_table_and_choice(known_sweep: Path) -> None
 
     result = analyse(known_sweep)
     assert table(result) == ONE_SEED_TABLE
-    assert result.choice["beta"] == 10.0
+    assert result.choice.beta == 10.0
     assert "seed" not in reason(result)
 
 
@@ -335,7 +335,7 @@ def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep:
     s = result.summary.set_index("beta")
     assert s.loc[30.0, "verdict"] == "dropped" and not s.loc[30.0, "pareto"]
     assert s.loc[30.0, "alliteration"] > s.loc[10.0, "alliteration"]  # more alliteration, and still not the choice
-    assert result.choice["beta"] == 10.0 and result.best_point["beta"] == 10.0
+    assert result.choice.beta == 10.0 and result.best_point.beta == 10.0
 
 
 def test_a_trial_that_recovered_from_a_failure_is_complete(known_sweep: Path) -> None:

@@ -305,7 +305,7 @@ def test_an_error_a_retry_meets_again_is_not_retried_and_the_sweep_exits_non_zer
     assert hint.startswith("2 trial(s) errored (above)") and "next:" not in res.stdout
     command = printed_command(res.stderr, "run them again with:")
     # the command that tests/test_resume.py runs as printed after a Ctrl-C
-    assert command == f"python tune_jobs/sweep.py --resume --name nan --storage {tmp_path}"
+    assert command == f"alliter sweep --resume --name nan --storage {tmp_path}"
 
 
 def test_a_second_driver_is_refused_and_a_dead_drivers_lock_is_taken_over(tmp_path):

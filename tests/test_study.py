@@ -191,6 +191,36 @@ def test_a_second_driver_on_a_study_is_refused(tmp_path):
     assert (folder / STUDY_FILE).read_text() == before
 
 
+def test_a_sigterm_to_the_study_and_its_step_is_one_ctrl_c_of_the_step(tmp_path):
+    """`ray job stop` sends SIGTERM to the study and to its step's sweep: the step takes it as one Ctrl-C (a second,
+    from the study passing its own on, would stop Tune without its last save), and the study stops."""
+    from alliter.study.run import run_step
+
+    ready = tmp_path / "ready"
+    child = [sys.executable, "-c", "import signal, sys, time, pathlib\n"
+             "from alliter.cli import stop_on_sigterm\n"
+             "stop_on_sigterm(); count = []\n"
+             "signal.signal(signal.SIGINT, lambda *_: count.append(1))\n"
+             f"pathlib.Path({str(ready)!r}).touch()\n"
+             "time.sleep(3); sys.exit(len(count))"]
+
+    def stop_both() -> None:
+        while not ready.exists():
+            time.sleep(0.05)
+        step = [p for p in process_children(os.getpid()) if "stop_on_sigterm" in Path(f"/proc/{p}/cmdline").read_text()]
+        for pid in [*step, os.getpid()]:  # the step, then the study: as Ray's job supervisor signals a job's processes
+            os.kill(pid, signal.SIGTERM)
+
+    timer = threading.Thread(target=stop_both)
+    timer.start()
+    assert run_step(child) == (1, True)  # the child's SIGINT handler ran once
+    timer.join()
+
+
+def process_children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def test_a_ctrl_c_as_a_step_ends_stops_the_study(tmp_path):
     """A Ctrl-C that comes while a step's sweep is ending (it ignores it, and exits 0) still stops the study: the step
     is kept as finished, and the next one does not start."""

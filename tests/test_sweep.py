@@ -47,7 +47,7 @@ def test_two_beta_sweep_terminates_with_metrics_generations_events_and_checkpoin
         assert list(trial.glob("checkpoint_*/checkpoint.pt"))
     printed = res.stdout.replace(" \\\n", " ")  # a command folded to the console's width, as a shell joins it
     assert f"tensorboard --logdir {exp}" in " ".join(printed.split())
-    assert f"python analysis/best_beta.py {exp}" in " ".join(printed.split())
+    assert f"alliter best-beta {exp}" in " ".join(printed.split())
     # the console: a header and a line per trial, and every line 100 columns at most, its own and Ray's (Ray's INFO
     # lines off; tests/test_console.py has the rest)
     header = next(line for line in res.stdout.splitlines() if line.startswith("beta") and "alliteration" in line)

@@ -13,7 +13,7 @@ from alliter import storage, trackers
 from alliter.analyse import export, judge, report
 from alliter.analyse.frames import SWEEP_FILES, default_sweep as newest_sweep
 from alliter.analyse.judge import AnalysisConfig, analyse
-from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values
+from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values, prog
 from alliter.schema import RESULTS_DIR, SNAPSHOT_DIR
 
 EPILOG = """export:
@@ -50,7 +50,7 @@ def fetch_snapshots(trial: Path) -> None:
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(
-        prog="python analysis/best_beta.py", description=judge.__doc__, epilog=EPILOG,
+        prog=prog("python analysis/best_beta.py"), description=judge.__doc__, epilog=EPILOG,
     )
     parser.add_argument(
         "results", nargs="?", metavar="RESULTS_DIR",
@@ -94,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wanted: dict[str, Any] = {"value": at[0], "generations": at[1]}
                 rule = f"by hand: --export-at {args.export_at}"
             elif result.best_point is not None:
-                wanted, rule = result.best_point, best_point_rule(result)
+                best = result.best_point
+                wanted, rule = {"value": best.value, "generations": best.generations}, best_point_rule(result)
             else:
                 raise AlliterError("the analysis found no best point (no point is kept with its next evaluation kept "
                                    "too); pass --export-at BETA:GENERATIONS (and --force for a point that fails the rule)")
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mlflow: the choice is run {run_id} of experiment {args.mlflow_experiment or name} at {args.mlflow}",
               file=sys.stderr)
     if args.wandb:
-        stories = report.point_stories(result, result.best_point["value"], result.best_point["generations"])[1] \
+        stories = report.point_stories(result, result.best_point.value, result.best_point.generations)[1] \
             if result.best_point else []
         trackers.log_choice_wandb(args.wandb, args.wandb_group or name, result, out, written, stories)
     print(report.table(result), file=say)

@@ -255,7 +255,7 @@ def default_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
     """The sweep best_beta analyses when it is given none: the newest folder under ./results that holds trials
     (alliter.schema.newest_sweep)."""
     if not results.is_dir():
-        raise AlliterError(f"no {results}/ folder here; pass the sweep folder: best_beta.py RESULTS_DIR")
+        raise AlliterError(f"no {results}/ folder here; pass the sweep folder (RESULTS_DIR) or run where results/ is")
     name = newest_sweep(results, resumable=False)
     if name is None:
         raise AlliterError(f"no sweep with trials under {results}/")

@@ -63,6 +63,75 @@ class AnalysisConfig(CollapseRule):
         return self
 
 
+@dataclass(frozen=True)
+class Choice:
+    """best_beta's choice: the knob's value (a beta, or a KL target) that never failed with the highest alliteration
+    at its final point; its summary row's main measures as attributes, the whole row in `row`."""
+
+    knob: str  # "beta", or "kl_target"
+    value: float  # the knob's value
+    verdict: str  # "balanced" or "under-optimised"
+    point: int  # the generations of its final point
+    generations: int  # the most generations its trials ran
+    trials: int  # its trials (seeds)
+    failed_seeds: int
+    alliteration: float  # mean raw reward at the final point (mean over seeds)
+    alliteration_se: float | None  # its standard error over seeds; None with one seed
+    alliteration_gain: float  # over the unmodified model
+    diversity: float
+    diversity_kept: float  # a share of the unmodified model's
+    fluency_gap: float  # nats over the unmodified model's
+    beta: float | None  # the beta (of a KL-target sweep: its trials' final beta)
+    row: dict[str, Any] = field(repr=False, compare=False)  # the summary's row, JSON-ready (best_beta --json)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Choice":
+        """From the summary's row (plain Python values) with its "knob" and "value"."""
+        return cls(row["knob"], float(row["value"]), row["verdict"], int(row["point"]), int(row["generations"]),
+                   int(row["trials"]), int(row["failed_seeds"]), row["alliteration"], row["alliteration_se"],
+                   row["alliteration_gain"], row["diversity"], row["diversity_kept"], row["fluency_gap"], row.get("beta"),
+                   row)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The choice as best_beta's JSON writes it: the summary's row with "knob" and "value"."""
+        return dict(self.row)
+
+
+@dataclass(frozen=True)
+class BestPoint:
+    """The stable point with the highest alliteration over every value and generation (seeds averaged), the default
+    export (alliter.analyse.judge.best_point)."""
+
+    knob: str
+    value: float  # the knob's value
+    beta: float  # the beta there (a KL-target sweep's: its trials' mean beta at that point)
+    generations: int
+    alliteration: float
+    diversity: float
+    diversity_kept: float
+    fluency_gap: float
+    top_overuse: float
+    trials: int
+    stable_trials: int
+    next: int | None  # the next evaluated point's generations (kept too); None at a trial's end
+    diversity_threshold: float
+    failed_at: float | None  # where the value fails (seeds: as the rule counts them); None: never
+    source: str  # "evaluation", or "training" (points from training windows)
+    overused: list[Any]  # its stories' over-used words against the unmodified model's (alliter.measures)
+    stories: int  # how many stories, pooled over the value's seeds
+
+    def as_dict(self) -> dict[str, Any]:
+        """The point as best_beta's JSON writes it (its keys in this order)."""
+        return {
+            "overused": self.overused, "stories": self.stories, "knob": self.knob, "value": self.value,
+            self.knob: self.value, "beta": self.beta, "generations": self.generations,
+            "alliteration": self.alliteration, "diversity": self.diversity, "diversity_kept": self.diversity_kept,
+            "fluency_gap": self.fluency_gap, "top_overuse": self.top_overuse, "trials": self.trials,
+            "stable_trials": self.stable_trials, "next": self.next, "diversity_threshold": self.diversity_threshold,
+            "failed_at": self.failed_at, "source": self.source,
+        }
+
+
 @dataclass
 class Analysis:
     cfg: AnalysisConfig
@@ -74,13 +143,14 @@ class Analysis:
     points: pd.DataFrame  # one row per (trial, evaluated point): its measures and the rule's verdict
     windows: pd.DataFrame  # one row per (knob value, window along training)
     summary: pd.DataFrame  # one row per knob value: its final points, the verdict
-    choice: dict[str, Any] | None
-    best_point: dict[str, Any] | None
+    choice: Choice | None
+    best_point: BestPoint | None
     notes: list[str] = field(default_factory=list)
     search: dict[str, Any] | None = None  # a search sweep's path (alliter/search.py's search.json)
     letters: pd.DataFrame = field(default_factory=pd.DataFrame)  # which letters alliterate (alliter.analyse.letters)
     recipe: TrainConfig = field(default_factory=TrainConfig)  # the first trial's config, its recipe's knobs filled in
     trl_units: dict[str, Any] | None = None  # the best point's beta in TRL's KL units (`trl_units`)
+    per_trial: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per trial (`trial_frame`)
 
     @property
     def reward(self) -> dict[str, Any]:
@@ -240,7 +310,7 @@ def point_means(points: pd.DataFrame, cfg: AnalysisConfig, knob: str, dropped: s
 
 
 def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial], groups: pd.DataFrame,
-               cfg: AnalysisConfig) -> dict[str, Any] | None:
+               cfg: AnalysisConfig) -> BestPoint | None:
     """The stable point with the highest alliteration over every value and generation (seeds averaged): kept, and
     so is the next evaluated point of its trials, so it never sits on the edge of a collapse. `value` is the
     knob's (a beta, or a KL target: then `beta` is the trials' mean beta at that point)."""
@@ -260,15 +330,13 @@ def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial],
     beta = float(at["beta"].mean()) if knob != "beta" and len(at) else value
     texts = [e for t in trials if t.name in names for e in _stories(t, g)]
     base = [e for t in trials if t.name in names for e in _stories(t, 0)]
-    return {
-        "overused": M.overused_words(texts, base), "stories": len(texts),  # pooled over the value's seeds
-        "knob": knob, "value": value, knob: value, "beta": beta, "generations": g, "alliteration": row["alliteration"], "diversity": row["diversity"],
-        "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "top_overuse": row["top_overuse"],
-        "trials": int(row["trials"]),
-        "stable_trials": int(row["stable_trials"]), "next": later[0] if later else None,
-        "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"],
-        "source": ", ".join(sorted(set(mine["source"]))),
-    }
+    v = plain({"alliteration": row["alliteration"], "diversity": row["diversity"],
+               "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "top_overuse": row["top_overuse"],
+               "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"]})
+    return BestPoint(knob=knob, value=value, beta=beta, generations=g, trials=int(row["trials"]),
+                     stable_trials=int(row["stable_trials"]), next=later[0] if later else None,
+                     source=", ".join(sorted(set(mine["source"]))),
+                     overused=M.overused_words(texts, base), stories=len(texts), **v)  # pooled over the seeds
 
 
 def trial_config(trial: Trial) -> TrainConfig:
@@ -311,17 +379,19 @@ def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
     for column in LETTER_COLUMNS:
         summary[column] = summary[knob].map(per_value[column])
     chosen = summary[summary["chosen"]]
-    choice = plain({**chosen.iloc[0].to_dict(), "knob": knob, "value": chosen.iloc[0][knob]}) if len(chosen) else None
-    point = plain(best_point(points, summary, trials, groups, cfg))
+    choice = Choice.from_row(plain({**chosen.iloc[0].to_dict(), "knob": knob, "value": chosen.iloc[0][knob]})) \
+        if len(chosen) else None
+    point = best_point(points, summary, trials, groups, cfg)
     recipe = trial_config(trials[0])
     if len({trial_config(t).describe_recipe() for t in trials}) > 1:
         notes.append("the trials ran with different recipes or knobs: they are not one sweep; the report names the "
                      "first trial's")
     units = None
     if point is not None and recipe.kl_reduction == "mean":
-        units = trl_units(groups, knob, point["value"], point["generations"], point["beta"])
+        units = trl_units(groups, knob, point.value, point.generations, point.beta)
     return Analysis(cfg, sweep, knob, trials, groups, generations, points, windows, summary, choice, point, notes,
-                    read_search(sweep), letters, recipe, plain(units))
+                    read_search(sweep), letters, recipe, plain(units),
+                    trial_frame(trials, groups, points, judgements, cfg))
 
 
 def plain(value: Any) -> Any:

@@ -16,8 +16,9 @@ from alliter.analyse.frontier import frontier_fits, frontier_points
 from alliter.analyse.judge import Analysis
 from alliter.analyse.letters import LETTERS, UNMODIFIED
 from alliter.analyse.names import (
-    MEASURE_LABELS, PANEL_LABELS, beta_colours, diversity_panels,
+    MEASURE_LABELS, PANEL_LABELS, beta_colours, diversity_panels, reward_label,
 )
+from alliter.cli import AlliterError
 from alliter.knob import BETA, KNOBS
 from alliter.rule import as_diversity
 
@@ -63,6 +64,13 @@ def _figure(width: float = 8, height: float = 4.8, rows: int = 1, cols: int = 1)
     return fig, axes
 
 
+def _save(fig: Figure, path: Path | None) -> Figure:
+    """The figure, written to `path` when one is given (a notebook shows the figure itself)."""
+    if path is not None:
+        fig.savefig(path, bbox_inches="tight")
+    return fig
+
+
 def _legend(ax: Any, source: Any = None, title: str = BETA.legend) -> Any:
     """The legend to the right of ax, with source's entries (default: ax's)."""
     handles, labels = (source or ax).get_legend_handles_labels()
@@ -80,7 +88,7 @@ def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
     return curves
 
 
-def plot_evaluations(result: Analysis, path: Path) -> None:
+def plot_evaluations(result: Analysis, path: Path | None = None) -> Figure:
     """The points the rule judges, along training: alliteration, diversity as a share of the unmodified model's,
     the fluency gap and the most over-used word, with the rule's three limits and the best point."""
     cfg, s = result.cfg, result.summary
@@ -110,19 +118,19 @@ def plot_evaluations(result: Analysis, path: Path) -> None:
                     [-0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4] if column == "fluency_gap" else
                     ALLITERATION_TICKS)
         p = result.best_point
-        if p is not None and p[column] is not None:
-            ax.scatter(p["generations"], p[column], marker="*", s=260, color=colours[p["value"]], edgecolor="black",
-                       zorder=5, label=f"best point: {KNOBS[result.knob].label(p['value'])}, {p['generations']} gens")
+        if p is not None and getattr(p, column) is not None:
+            ax.scatter(p.generations, getattr(p, column), marker="*", s=260, color=colours[p.value], edgecolor="black",
+                       zorder=5, label=f"best point: {KNOBS[result.knob].label(p.value)}, {p.generations} gens")
         ax.set(xlabel="generations", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
     _legend(axes[0][1], title=KNOBS[result.knob].legend)
     source = "evaluations" if (s["source"] == "evaluation").all() else "evaluations (training windows where a trial has none)"
     fig.suptitle(f"The points the rule judges: {source}, mean over seeds with one standard error")
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
+    return _save(fig, path)
 
 
-def plot_recipes(results: dict[str, Analysis], path: Path) -> None:
+def plot_recipes(results: dict[str, Analysis], path: Path | None = None) -> Figure:
     """Recipes side by side on the same axes (alliter study's recipe and the recipe that holds): their evaluations'
     alliteration and most over-used word, the KL and beta along training; each seed thin, the mean over seeds thick."""
     fig, axes = _figure(13, 8.5, 2, 2)
@@ -160,7 +168,7 @@ def plot_recipes(results: dict[str, Analysis], path: Path) -> None:
     _legend(axes[0][1], title="recipe")
     fig.suptitle("The recipes side by side: each seed thin, their mean thick")
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
+    return _save(fig, path)
 
 
 def _ratio_axis(ax: Any, axis: str = "y") -> None:
@@ -182,7 +190,7 @@ def _symlog(ax: Any, linear_up_to: float, ticks: list[float]) -> None:
     ax.minorticks_off()
 
 
-def plot_frontier(results: list[Analysis], path: Path) -> None:
+def plot_frontier(results: list[Analysis], path: Path | None = None) -> Figure:
     """Raw reward gain against sqrt(KL), by evaluation, along training: per value of each sweep's knob, the mean
     over its seeds at each evaluated generation with bars of one standard error, every trial's own curve
     faint beneath, and Gao et al.'s form fitted to each trial where it fits (R^2 >= 0.5, dashed). Several
@@ -218,10 +226,10 @@ def plot_frontier(results: list[Analysis], path: Path) -> None:
     ax.set_yscale("symlog", linthresh=10.0, linscale=2.0)
     ax.grid(alpha=0.3)
     _legend(ax, title=" / ".join(KNOBS[r.knob].legend for r in {r.knob: r for r in results}.values()))
-    fig.savefig(path, bbox_inches="tight")
+    return _save(fig, path)
 
 
-def plot_letters(result: Analysis, path: Path) -> None:
+def plot_letters(result: Analysis, path: Path | None = None) -> Figure:
     """A heat map of the alliterating pairs' first letters: a row for the unmodified model and one per value at its
     final point, a column per letter that makes at least 1% of any row's pairs (the rest: "other"), ordered by
     the unmodified model's shares; each row says its entropy."""
@@ -231,8 +239,7 @@ def plot_letters(result: Analysis, path: Path) -> None:
     if not len(f) or not f["pairs"].sum():
         ax.text(0.5, 0.5, "no alliterating pairs to show", ha="center", va="center")
         ax.set_axis_off()
-        fig.savefig(path, bbox_inches="tight")
-        return
+        return _save(fig, path)
     shares = f[list(LETTERS)].fillna(0.0)
     shown = [c for c in LETTERS if shares[c].max() >= 0.01]
     order = shares.iloc[0] if f["row"].iloc[0] == UNMODIFIED else shares.mean()
@@ -252,10 +259,10 @@ def plot_letters(result: Analysis, path: Path) -> None:
     fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="share of the row's pairs")
     ax.set_title(f"Which letters alliterate: the unmodified model, and each {KNOBS[result.knob].symbol} at its final "
                  "point (seeds pooled; entropy of the shares in bits)")
-    fig.savefig(path, bbox_inches="tight")
+    return _save(fig, path)
 
 
-def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Path) -> None:
+def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Path | None = None) -> Figure:
     colours = beta_colours(list(result.summary[result.knob]))
     fig, axes = _figure()
     ax = axes[0][0]
@@ -266,10 +273,10 @@ def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Pat
     ax.set(xlabel="generations", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     _legend(ax, title=KNOBS[result.knob].legend)
-    fig.savefig(path, bbox_inches="tight")
+    return _save(fig, path)
 
 
-def plot_diversity(result: Analysis, path: Path) -> None:
+def plot_diversity(result: Analysis, path: Path | None = None) -> Figure:
     cfg, s = result.cfg, result.summary
     colours = beta_colours(list(s[result.knob]))
     columns = diversity_panels(cfg.diversity_measure)
@@ -286,10 +293,10 @@ def plot_diversity(result: Analysis, path: Path) -> None:
     fig.suptitle(f"Diversity within each training group, running mean over {cfg.window} generations "
                  "(the rule judges the evaluations: evaluations.png)")
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
+    return _save(fig, path)
 
 
-def plot_pareto(result: Analysis, path: Path) -> None:
+def plot_pareto(result: Analysis, path: Path | None = None) -> Figure:
     """Alliteration against diversity: each value's final point against its distinct-2 (the Pareto front, the
     choice), and every evaluated point against its most over-used word (the trade-off a reader sees: how much
     alliteration a policy gets before its stories narrow to one word)."""
@@ -316,8 +323,8 @@ def plot_pareto(result: Analysis, path: Path) -> None:
         ax.annotate(f"{value:g}", (row.alliteration, row.diversity), textcoords="offset points",
                     xytext=(9, 7 if i % 2 == 0 else -15))
     if result.choice is not None:
-        ax.scatter(result.choice["alliteration"], result.choice["diversity"], s=380, facecolor="none",
-                   edgecolor="black", lw=2, label=f"choice: {KNOBS[result.knob].label(result.choice['value'])}", zorder=5)
+        ax.scatter(result.choice.alliteration, result.choice.diversity, s=380, facecolor="none",
+                   edgecolor="black", lw=2, label=f"choice: {KNOBS[result.knob].label(result.choice.value)}", zorder=5)
     ax.set(xlabel="alliteration (mean raw reward) at its final point", ylabel=f"{measure} at its final point",
            title=f"Each {KNOBS[result.knob].symbol}'s final point: alliteration against {measure}")
     ax.set_ylim(0, 1.12)  # room for the labels of betas that keep all their diversity
@@ -334,9 +341,9 @@ def plot_pareto(result: Analysis, path: Path) -> None:
     ax.scatter(base["alliteration"].mean(), 1.0, marker="X", s=110, color="black", label="unmodified model", zorder=6)
     p = result.best_point
     if p is not None:
-        ax.scatter(p["alliteration"], p["top_overuse"], marker="*", s=260, color=colours[p["value"]],
-                   edgecolor="black", zorder=5, label=f"best point: {KNOBS[result.knob].label(p['value'])}, "
-                                                       f"{p['generations']} gens")
+        ax.scatter(p.alliteration, p.top_overuse, marker="*", s=260, color=colours[p.value],
+                   edgecolor="black", zorder=5, label=f"best point: {KNOBS[result.knob].label(p.value)}, "
+                                                       f"{p.generations} gens")
     _ratio_axis(ax)
     ax.set(xlabel="alliteration (mean raw reward) of the point's stories",
            ylabel="its most over-used word, times the unmodified model's rate",
@@ -347,4 +354,25 @@ def plot_pareto(result: Analysis, path: Path) -> None:
     fig.legend(handles, labels, title=KNOBS[result.knob].legend, loc="upper left", bbox_to_anchor=(1.0, 0.95),
                fontsize=9, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
+    return _save(fig, path)
+
+
+def plot(result: Analysis, name: str, path: Path | None = None) -> Figure:
+    """One of the report's plots by its name (PLOTS without ".png"): best_beta writes them, a notebook shows them."""
+    window = result.cfg.window
+    makers = {
+        "evaluations": lambda: plot_evaluations(result, path),
+        "frontier": lambda: plot_frontier([result], path),
+        "letters": lambda: plot_letters(result, path),
+        "raw_reward": lambda: plot_curve(result, "raw_reward_mean", reward_label(result),
+                                         f"Raw reward of the training groups, running mean over {window} generations",
+                                         path),
+        "kl_penalty": lambda: plot_curve(result, "kl_penalty_mean", "KL penalty: CE policy - CE reference per token\n"
+                                         "(more negative = further away)",
+                                         f"Distance from the original model, running mean over {window} generations", path),
+        "diversity": lambda: plot_diversity(result, path),
+        "pareto": lambda: plot_pareto(result, path),
+    }
+    if name not in makers:
+        raise AlliterError(f"no plot named {name!r}; the plots: {', '.join(makers)}")
+    return makers[name]()

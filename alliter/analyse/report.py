@@ -14,12 +14,10 @@ from alliter import measures as M
 from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Table, Text, to_html, to_markdown
 from alliter.analyse.frontier import frontier_fits
 from alliter.analyse.judge import Analysis, plain
-from alliter.analyse.names import MEASURE_LABELS, reward_label
+from alliter.analyse.names import MEASURE_LABELS
 from alliter.knob import BETA, KNOBS
 from alliter.rule import FAILED
-from alliter.analyse.plots import (
-    PLOTS, plot_curve, plot_diversity, plot_evaluations, plot_frontier, plot_letters, plot_pareto,
-)
+from alliter.analyse.plots import PLOTS, plot
 
 # table header -> summary column, in the order printed: the final evaluation's measures, then the training's KL
 TABLE = {
@@ -147,42 +145,42 @@ def reason(result: Analysis) -> str:
     else:
         row = s[s["chosen"]].iloc[0]
         lines = [
-            f"choice: {name(c['value'])}, the highest {'mean ' if seeds else ''}alliteration at its final point "
-            f"({_pm(c['alliteration'], c['alliteration_se'])} mean raw reward at {c['point']:.0f} generations, "
-            f"{c['alliteration_gain']:+.2f} over the unmodified model) {rule} (there its {measure} is "
-            f"{c['diversity_kept']:.0%} of the unmodified model's, its fluency {c['fluency_gap']:+.2f} nats"
+            f"choice: {name(c.value)}, the highest {'mean ' if seeds else ''}alliteration at its final point "
+            f"({_pm(c.alliteration, c.alliteration_se)} mean raw reward at {c.point:.0f} generations, "
+            f"{c.alliteration_gain:+.2f} over the unmodified model) {rule} (there its {measure} is "
+            f"{c.diversity_kept:.0%} of the unmodified model's, its fluency {c.fluency_gap:+.2f} nats"
             + (f"; {_seeds_kept(row)})." if seeds else ").")
         ]
-        if c["verdict"] == "under-optimised":
+        if c.verdict == "under-optimised":
             lines.append("  It barely raised alliteration over the unmodified model: train longer"
-                         + (" or with a smaller beta." if KNOBS[knob] is BETA and c["value"] > 0 else "."))
-        for other in s[s["verdict"].isin(FAILED) & (s["alliteration"] > c["alliteration"])].itertuples():
+                         + (" or with a smaller beta." if KNOBS[knob] is BETA and c.value > 0 else "."))
+        for other in s[s["verdict"].isin(FAILED) & (s["alliteration"] > c.alliteration)].itertuples():
             lines.append(f"  {name(getattr(other, knob))} reached more alliteration "
                          f"({_pm(other.alliteration, other.alliteration_se)}) but {_failure(other, measure, seeds)}.")
         runners = s[~s["verdict"].isin([*FAILED, "dropped"]) & ~s["chosen"]]
         runners = runners.sort_values("alliteration", ascending=False)
         if seeds and len(runners):
             r = runners.iloc[0]
-            apart = c["alliteration"] - r["alliteration"] > sum(v for v in (c["alliteration_se"], r["alliteration_se"])
+            apart = c.alliteration - r["alliteration"] > sum(v for v in (c.alliteration_se, r["alliteration_se"])
                                                                   if not pd.isna(v))  # None: one seed, no interval
             lines.append(
-                f"  {name(c['value'])} over {name(r[knob])} (the next kept {KNOBS[knob].symbol}): mean alliteration "
-                f"{_pm(c['alliteration'], c['alliteration_se'])} against {_pm(r['alliteration'], r['alliteration_se'])} "
+                f"  {name(c.value)} over {name(r[knob])} (the next kept {KNOBS[knob].symbol}): mean alliteration "
+                f"{_pm(c.alliteration, c.alliteration_se)} against {_pm(r['alliteration'], r['alliteration_se'])} "
                 + ("(further apart than their standard errors)" if apart else "(within their standard errors: as good)")
                 + f", {_seeds_kept(row)} against {r['trials'] - r['failed_seeds']} of {r['trials']}."
             )
     if p is not None:
-        edge = f"its next evaluation, at {p['next']}, is kept too"
-        seeds_line = f" in {p['stable_trials']} of {p['trials']} seeds" if p["trials"] > 1 else ""
-        fails = f"; {name(p['value'])} fails at {p['failed_at']:.0f} generations" if p["failed_at"] else ""
-        at_beta = f" (its beta there: {p['beta']:.3g})" if KNOBS[knob] is not BETA else ""
-        overuse = (f" Its stories over-use {M.overuse_text(p['overused'], p.get('stories'))} against the unmodified "
+        edge = f"its next evaluation, at {p.next}, is kept too"
+        seeds_line = f" in {p.stable_trials} of {p.trials} seeds" if p.trials > 1 else ""
+        fails = f"; {name(p.value)} fails at {p.failed_at:.0f} generations" if p.failed_at else ""
+        at_beta = f" (its beta there: {p.beta:.3g})" if KNOBS[knob] is not BETA else ""
+        overuse = (f" Its stories over-use {M.overuse_text(p.overused, p.stories)} against the unmodified "
                    "model's (3 uses added to each word's)."
-                   if p.get("overused") else "")
+                   if p.overused else "")
         lines.append(
-            f"best point (the default export): {name(p['value'])} at {p['generations']} generations{at_beta}, the stable point "
-            f"with the most alliteration ({p['alliteration']:.2f} by its evaluation, {measure} "
-            f"{p['diversity_kept']:.0%} of the unmodified model's, fluency {p['fluency_gap']:+.2f} nats): "
+            f"best point (the default export): {name(p.value)} at {p.generations} generations{at_beta}, the stable point "
+            f"with the most alliteration ({p.alliteration:.2f} by its evaluation, {measure} "
+            f"{p.diversity_kept:.0%} of the unmodified model's, fluency {p.fluency_gap:+.2f} nats): "
             f"{edge}{seeds_line}{fails}.{overuse}"
         )
     else:
@@ -222,8 +220,8 @@ def search_summary(search: dict[str, Any]) -> str:
 def choice_json(result: Analysis, out: Path) -> dict[str, Any]:
     s = result.summary
     return {
-        "choice": result.choice,
-        "best_point": result.best_point,
+        "choice": result.choice.as_dict() if result.choice else None,
+        "best_point": result.best_point.as_dict() if result.best_point else None,
         "rule": dataclasses.asdict(result.cfg),
         "knob": result.knob,
         "pareto_front": s.loc[s["pareto"], result.knob].tolist(),
@@ -307,8 +305,8 @@ def story_sections(result: Analysis) -> list[tuple[str, str, list[tuple[str, str
     sections = []
     p = result.best_point
     if p is not None:
-        what, stories = point_stories(result, p["value"], p["generations"])
-        sections.append((f"The best point: {KNOBS[result.knob].label(p['value'])} at {p['generations']} generations", what,
+        what, stories = point_stories(result, p.value, p.generations)
+        sections.append((f"The best point: {KNOBS[result.knob].label(p.value)} at {p.generations} generations", what,
                          _story_lines(stories)))
     for value in sorted(result.summary[result.knob]):
         what, stories = point_stories(result, value)
@@ -325,15 +323,8 @@ def write_outputs(result: Analysis, out: Path) -> list[Path]:
     result.points.to_csv(out / "points.csv", index=False)
     result.windows.to_csv(out / "windows.csv", index=False)
     result.letters.to_csv(out / "letters.csv", index=False)
-    plot_evaluations(result, out / "evaluations.png")
-    plot_frontier([result], out / "frontier.png")
-    plot_letters(result, out / "letters.png")
-    plot_curve(result, "raw_reward_mean", reward_label(result),
-               f"Raw reward of the training groups, running mean over {result.cfg.window} generations", out / "raw_reward.png")
-    plot_curve(result, "kl_penalty_mean", "KL penalty: CE policy - CE reference per token\n(more negative = further away)",
-               f"Distance from the original model, running mean over {result.cfg.window} generations", out / "kl_penalty.png")
-    plot_diversity(result, out / "diversity.png")
-    plot_pareto(result, out / "pareto.png")
+    for name in PLOTS:
+        plot(result, name.removesuffix(".png"), out / name)
     blocks = report_blocks(result, out)
     (out / "report.md").write_text(to_markdown(blocks, out), encoding="utf-8")
     (out / "report.html").write_text(to_html(blocks, "Beta sweep analysis"), encoding="utf-8")

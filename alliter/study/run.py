@@ -139,7 +139,7 @@ class Study:
         """The fine grid's choice (best_beta's), else the coarse bracket's kept end; kept in study.json."""
         if "extended_beta" not in self.state:
             fine = analyse(self.folder / "fine")
-            beta = fine.choice["value"] if fine.choice else self.state["placement"]["hi"]
+            beta = fine.choice.value if fine.choice else self.state["placement"]["hi"]
             self.state["extended_beta"] = float(beta)
             self.state["extended_why"] = "the fine grid's choice" if fine.choice else \
                 "no beta of the fine grid held: the coarse bracket's kept end"
@@ -185,22 +185,24 @@ class Study:
 
 
 def run_step(command: list[str]) -> tuple[int, bool]:
-    """A step's sweep in a process group of its own, a Ctrl-C of the study passed on to it once (Tune stops a sweep
-    with its last save on the first, without it on a second): (the sweep's exit status, whether a Ctrl-C came)."""
+    """A step's sweep in a process group of its own, a Ctrl-C (or a SIGTERM) of the study passed on to it as it came
+    (Tune stops a sweep with its last save on the first Ctrl-C, without it on a second; a sweep takes one SIGTERM only,
+    so the one `ray job stop` sends it and the study's are one stop): (the sweep's exit status, whether one came)."""
     child = subprocess.Popen(command, start_new_session=True, env={**os.environ, STUDY_STEP: "1"})
     interrupted = False
 
-    def forward(*_: Any) -> None:
+    def forward(signum: int, _: Any) -> None:
         nonlocal interrupted
         interrupted = True
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.send_signal(signum)
 
-    previous = signal.signal(signal.SIGINT, forward)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return child.wait(), interrupted
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def study_root(cfg: StudyConfig) -> Path:

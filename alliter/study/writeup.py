@@ -102,15 +102,15 @@ def how_sure(result: Analysis) -> str:
     if c is None:
         return "No beta held in this grid: there is no choice."
     runners = s[~s["verdict"].isin([*FAILED, "dropped"]) & ~s["chosen"]].sort_values("alliteration", ascending=False)
-    head = (f"best_beta's choice: beta {c['value']:g}, the highest alliteration among the betas that held "
-            f"({c['alliteration']:.1f} at {c['point']:.0f} generations).")
+    head = (f"best_beta's choice: beta {c.value:g}, the highest alliteration among the betas that held "
+            f"({c.alliteration:.1f} at {c.point:.0f} generations).")
     if not len(runners):
         return head + " No other beta held: nothing to weigh it against."
     r = runners.iloc[0]
-    if int(c["trials"]) < 2:
+    if int(c.trials) < 2:
         return (head + f" The next, beta {r[result.knob]:g}, reached {r['alliteration']:.1f}; with one seed each there "
                 "is no interval: which of the two is better is not known from this grid.")
-    apart = c["alliteration"] - r["alliteration"] > (c["alliteration_se"] or 0) + (r["alliteration_se"] or 0)
+    apart = c.alliteration - r["alliteration"] > (c.alliteration_se or 0) + (r["alliteration_se"] or 0)
     return head + (f" Against the next, beta {r[result.knob]:g} ({r['alliteration']:.1f} ± "
                    f"{r['alliteration_se']:.1f}): " + ("further apart than their standard errors."
                                                          if apart else "within their standard errors: as good."))
@@ -176,20 +176,20 @@ def choice_finding(result: Analysis, grid: str) -> str:
     c, p = result.choice, result.best_point
     if c is None:
         return f"**No choice**: no beta of the {grid} held to its end."
-    value = c["value"]
+    value = c.value
     mine = result.points[result.points[result.knob] == value]
-    s = spread(mine, "alliteration", int(c["point"]))
-    seeds = int(c["trials"])
+    s = spread(mine, "alliteration", c.point)
+    seeds = c.trials
     text = (f"**The choice**: beta {value:g}, the {grid}'s: the highest alliteration among its betas kept to their "
-            f"end ({seeds} seed{'s' if seeds > 1 else ''} each). At its end ({c['point']:.0f} generations) it "
-            f"alliterates {c['alliteration']:.1f}, the unmodified model {c['alliteration_baseline']:.1f}"
+            f"end ({seeds} seed{'s' if seeds > 1 else ''} each). At its end ({c.point} generations) it "
+            f"alliterates {c.alliteration:.1f}, the unmodified model {c.alliteration - c.alliteration_gain:.1f}"
             + (f"; over its last {LAST} generations' evaluations, {s.text()}" if s else "") + ".")
     if p is not None:
         text += (f" **Where to stop** (best_beta's export: of every beta and evaluation of the grid, the highest "
-                 f"alliteration kept there and at the next evaluation): beta {p['value']:g} at {p['generations']} "
-                 f"generations, alliteration {p['alliteration']:.1f}, "
-                 f"distinct-2 {p['diversity_kept']:.0%} of the unmodified model's, its most over-used word "
-                 f"{p['top_overuse']:.1f}x, KL {_kl_at(result, p['value'], p['generations']):.3f} nats a token.")
+                 f"alliteration kept there and at the next evaluation): beta {p.value:g} at {p.generations} "
+                 f"generations, alliteration {p.alliteration:.1f}, "
+                 f"distinct-2 {p.diversity_kept:.0%} of the unmodified model's, its most over-used word "
+                 f"{p.top_overuse:.1f}x, KL {_kl_at(result, p.value, p.generations):.3f} nats a token.")
     return text
 
 

@@ -19,7 +19,7 @@ import logging
 import sys
 from typing import Sequence
 
-from alliter.cli import ArgumentParser, add_config_flags, command, given_config_values
+from alliter.cli import ArgumentParser, add_config_flags, command, given_config_values, prog
 from alliter.config import TrainConfig
 from alliter.rule import CollapseRule
 from alliter.sweep.config import SweepConfig
@@ -28,7 +28,7 @@ from alliter.sweep.run import run_sweep
 
 def parse(argv: Sequence[str] | None) -> tuple[SweepConfig, TrainConfig, CollapseRule, set[str]]:
     """The sweep's flags: its config, the trials' config, the rule, and the names of the flags given."""
-    parser = ArgumentParser(prog="python tune_jobs/sweep.py", description=__doc__)
+    parser = ArgumentParser(prog=prog("python tune_jobs/sweep.py"), description=__doc__)
     add_config_flags(parser, SweepConfig)
     add_config_flags(parser, CollapseRule)
     add_config_flags(parser, TrainConfig, skip=["beta"])

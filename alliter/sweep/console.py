@@ -141,7 +141,10 @@ class Console(tune.ProgressReporter):
 
     def __init__(self, seeds: bool, stream: TextIO | None = None, refresh_seconds: float = 1.0):
         self.seeds = seeds
-        self.stream = stream or sys.stdout
+        # None: sys.stdout when written to, not kept here: Tune pickles its reporter with the run's config, and a
+        # notebook's stdout (ipykernel's) does not pickle
+        self._stream = stream
+        self._watching: list[tuple[Any, str, Any]] = []
         self.tty = self.stream.isatty()
         self.refresh_seconds = refresh_seconds
         self.overwritten = False  # something else wrote to the terminal since the last draw
@@ -149,7 +152,11 @@ class Console(tune.ProgressReporter):
         self._last = 0.0
         self._printed: dict[str, tuple] = {}  # trial id -> its last printed change (piped)
         self._header = False
-        self._watching: list[tuple[Any, str, Any]] = []
+
+    @property
+    def stream(self) -> TextIO:
+        """The stream given, else sys.stdout (the one under _Watched while the console watches it)."""
+        return self._stream or (self._watching[0][2] if self._watching else sys.stdout)
 
     def width(self) -> int:
         """A terminal's columns (WIDTH at most: a line then never wraps), else WIDTH."""
@@ -274,7 +281,7 @@ def say_end(status: str, stats: dict[str, Any], exp_path: str, errors: list[tupl
     study_step = bool(os.environ.get(STUDY_STEP))  # the study analyses its steps and says how to continue itself
     if status == "finished":
         if not study_step:
-            say(f"next:        python analysis/best_beta.py {quoted}", shell=True)
+            say(f"next:        alliter best-beta {quoted}", shell=True)
     elif status == "errored":
         say_command(f"{len(errors)} trial(s) errored (above); once the cause is fixed, run them again with:",
                     resume_command, file=sys.stderr)

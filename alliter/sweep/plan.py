@@ -92,9 +92,10 @@ class Plan:
 
     @property
     def resume_command(self) -> str:
-        """The command that continues this sweep, as it can be pasted from anywhere."""
+        """The command that continues this sweep, as it can be pasted from anywhere: the installed package's (a
+        checkout's tune_jobs/ is not where a wheel's user is)."""
         address = f" --address {shlex.quote(self.address)}" if self.address else ""
-        return (f"python tune_jobs/sweep.py --resume --name {shlex.quote(self.name)} "
+        return (f"alliter sweep --resume --name {shlex.quote(self.name)} "
                 f"--storage {shlex.quote(self.storage)}{address}")
 
 

@@ -14,7 +14,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,8 @@ def connect(plan: Plan) -> tuple[float, int]:
     if not plan.address:  # a Ray of this driver's own, on this machine: its token is made for it, no warning needed
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
             lambda record: "Token authentication is enabled" not in record.getMessage())
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         runtime_env = {"py_modules": [str(plan.reward_file)]} if plan.reward_file else None
         # Ray's and Tune's INFO lines (its start, every save of the experiment's state) off the console: its own
@@ -88,6 +92,8 @@ def connect(plan: Plan) -> tuple[float, int]:
                  runtime_env=runtime_env, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as err:
         raise AlliterError(f"cannot start or join Ray at {plan.address or 'this machine'}: {err}") from None
+    if callable(sigterm):  # ray.init put in its own (an exit: the sweep would end without Tune's save); the command's
+        signal.signal(signal.SIGTERM, sigterm)  # (alliter.cli.stop_on_sigterm: Ctrl-C's path) goes back
     gpus = plan.sweep.gpus_per_trial  # the flag, else $ALLITER_GPUS_PER_TRIAL (resolved above)
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values, run
+from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values, prog, run
 from alliter.config import TrainConfig, check_given
 from alliter.schema import CHECKPOINT_FILE as CHECKPOINT
 from alliter.schema import GENERATIONS_FILE
@@ -33,7 +33,7 @@ def progress_line(m: dict[str, float], max_generations: int) -> str:
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m alliter.train", description=__doc__)
+    parser = ArgumentParser(prog=prog("python -m alliter.train"), description=__doc__)
     parser.add_argument("--out", required=True, help="run directory (created; never emptied)")
     parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     parser.add_argument("--quiet", action="store_true", help="no per-group line")
