@@ -23,7 +23,7 @@ from alliter.cli import AlliterError
 from alliter.config import DEFAULT_REWARD, DEFAULT_WINDOW
 from alliter.knob import KNOBS
 from alliter.rule import as_diversity
-from alliter.train.reward import describe_reward
+from alliter.train.reward import describe_reward, raw_reward
 from alliter.schema import (
     CONFIG_FILE, DROPPED, EVALUATIONS_FILE, EXPERIMENT_STATE_GLOB, GENERATIONS_FILE, LEGACY_STOP_FILE, METRICS_FILE,
     RAY_ERROR_FILE, RAY_PARAMS_FILE, RESULTS_DIR, REWARD_FILE, SEARCH_FILE, STOP_FILE, SWEEP_STATS_FILE, find_trials,
@@ -263,6 +263,15 @@ def default_sweep(results: Path = Path(RESULTS_DIR)) -> Path:
 
 
 # --- measures --------------------------------------------------------------------------------------
+
+
+def study_alliteration(trials: list[Trial]) -> pd.DataFrame:
+    """Per (trial, evaluated point): the study's alliteration count (raw_reward) of its evaluation stories, whatever
+    reward trained the trial (a trial's evaluations score its own reward: novel-alliteration's is not the study's
+    count, and two recipes compare on one measure)."""
+    rows = [(t.name, int(g), float(np.mean([raw_reward(x) for x in e["text"]])))
+            for t in trials if len(t.evaluations) for g, e in t.evaluations.groupby("generations")]
+    return pd.DataFrame(rows, columns=["trial", "generations", "alliteration"])
 
 
 def text_measures(generations: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from alliter.analyse.frames import study_alliteration
 from alliter.analyse.frontier import frontier_fits, frontier_points
 from alliter.analyse.judge import Analysis
 from alliter.analyse.letters import LETTERS, UNMODIFIED
@@ -135,7 +136,7 @@ def plot_recipes(results: dict[str, Analysis], path: Path | None = None) -> Figu
     alliteration and most over-used word, the KL and beta along training; each seed thin, the mean over seeds thick."""
     fig, axes = _figure(13, 8.5, 2, 2)
     colours = dict(zip(results, ["tab:red", "tab:blue", "tab:green", "tab:purple"]))
-    panels = [("alliteration", "alliteration (mean raw reward)", "Alliteration (evaluations)"),
+    panels = [("alliteration", "alliterating pairs a story (the study's count)", "Alliteration (evaluations)"),
               ("top_overuse", "times the unmodified model's rate", "The most over-used word (evaluations)"),
               ("kl", "nats a token, a running mean", "KL from the unmodified model (training groups)"),
               ("beta", "beta", "beta (moved by a KL target's controller, if any)")]
@@ -147,7 +148,8 @@ def plot_recipes(results: dict[str, Analysis], path: Path | None = None) -> Figu
                 step = float(np.median(np.diff(per_seed.index))) if len(per_seed) > 1 else 1.0
                 per_seed = per_seed.rolling(max(1, round(result.cfg.window / step)), min_periods=1).mean()
             else:
-                per_seed = result.points.pivot_table(index="generations", columns="trial", values=column)
+                points = study_alliteration(result.trials) if column == "alliteration" else result.points
+                per_seed = points.pivot_table(index="generations", columns="trial", values=column)
             for seed in per_seed:
                 ax.plot(per_seed.index, per_seed[seed], color=colours[name], lw=0.7, alpha=0.45)
             ax.plot(per_seed.index, per_seed.mean(axis=1), color=colours[name], lw=2.2,

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from alliter import measures as M
+from alliter.analyse.frames import study_alliteration
 from alliter.analyse.judge import Analysis, trial_config
 from alliter.config import TrainConfig
 from alliter.train.reward import alliterating_pairs
@@ -61,11 +62,12 @@ def kl_frame(result: Analysis) -> pd.DataFrame:
 
 
 def end_of(result: Analysis, end: int) -> dict[str, Spread | None]:
-    """A recipe's end: alliteration, the most over-used word's ratio and distinct-2 kept over its evaluations, the KL
-    and beta over its training groups."""
+    """A recipe's end: the study's alliteration count, the most over-used word's ratio and distinct-2 kept over its
+    evaluations, the KL and beta over its training groups."""
     kl = kl_frame(result)
-    out = {name: spread(result.points, name, end) for name in ("alliteration", "top_overuse", "diversity_kept")}
-    return {**out, "kl": spread(kl, "kl", end), "beta": spread(kl, "beta", end)}
+    out = {name: spread(result.points, name, end) for name in ("top_overuse", "diversity_kept")}
+    return {"alliteration": spread(study_alliteration(result.trials), "alliteration", end), **out,
+            "kl": spread(kl, "kl", end), "beta": spread(kl, "beta", end)}
 
 
 def beta_range(result: Analysis, end: int) -> tuple[float, float]:
@@ -128,8 +130,9 @@ def overuse_at(result: Analysis, generations: int) -> Overuse | None:
 
 
 def first_reaching(result: Analysis, alliteration: float) -> int | None:
-    """The first evaluated point at which the mean over a recipe's seeds reaches `alliteration`."""
-    curve = result.points[result.points["generations"] > 0].groupby("generations")["alliteration"].mean()
+    """The first evaluated point at which the mean over a recipe's seeds reaches `alliteration` (the study's count)."""
+    counts = study_alliteration(result.trials)
+    curve = counts[counts["generations"] > 0].groupby("generations")["alliteration"].mean()
     reached = curve[curve >= alliteration]
     return int(reached.index[0]) if len(reached) else None
 
@@ -162,20 +165,24 @@ def _text(v: Any) -> str:
     return "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def side_by_side(recipes: dict[str, Analysis], at: list[int], end: int) -> tuple[pd.DataFrame, int | None, float]:
-    """One row per recipe and point (each of `at`, then at equal alliteration): alliteration, the most over-used
+def side_by_side(recipes: dict[str, Analysis], at: list[int], end: int) -> tuple[pd.DataFrame, float]:
+    """One row per recipe and point (each of `at`, and where it first reaches equal alliteration): the study's
+    alliteration count (whatever reward trained it), the most over-used
     word, distinct-2 kept, KL and beta, each as the mean over the seeds of the evaluations (groups: a window) around
     it with the seeds' range. Equal alliteration: the lower of the recipes' peaks (the mean over seeds), and the
     first point where each reaches it. Returns the table, and that alliteration."""
-    peaks = [r.points[r.points["generations"] > 0].groupby("generations")["alliteration"].mean().max()
-             for r in recipes.values()]
+    counts = {name: study_alliteration(r.trials) for name, r in recipes.items()}
+    peaks = [c[c["generations"] > 0].groupby("generations")["alliteration"].mean().max() for c in counts.values()]
     level = float(min(peaks)) if peaks else float("nan")
     rows = []
     for name, result in recipes.items():
         reached = first_reaching(result, level)
-        for g in sorted({*(g for g in at if g <= end), *([reached] if reached is not None else [])}):
+        evaluated = sorted(counts[name]["generations"].unique())
+        near = {min(evaluated, key=lambda e: abs(e - g)) for g in at if g <= end} if evaluated else set()
+        for g in sorted({*near, *([reached] if reached is not None else [])}):
             label = f"{g} (first reaches {level:.1f})" if g == reached else f"{g}"
-            ev = {c: spread(result.points, c, g, last=1) for c in ("alliteration", "top_overuse", "diversity_kept")}
+            ev = {c: spread(result.points, c, g, last=1) for c in ("top_overuse", "diversity_kept")}
+            ev["alliteration"] = spread(counts[name], "alliteration", g, last=1)
             kl = kl_frame(result)
             over = overuse_at(result, g)
             rows.append({

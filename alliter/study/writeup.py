@@ -17,12 +17,15 @@ import pandas as pd
 
 from alliter import measures as M
 from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Table, Text, to_html, to_markdown
+from alliter.analyse.frames import study_alliteration
 from alliter.analyse.judge import Analysis, analyse
 from alliter.analyse.plots import plot_recipes
 from alliter.analyse.report import write_outputs
+from alliter.config import DEFAULT_REWARD
 from alliter.knob import KNOBS
 from alliter.rule import FAILED
 from alliter.storage import read_json
+from alliter.train.reward import raw_reward
 from alliter.study.evidence import (
     LARGELY, LAST, beta_range, end_of, kl_frame, overuse_at, side_by_side, spread, what_changed,
 )
@@ -41,8 +44,11 @@ def _stories(result: Analysis, trial: Any, generations: int, n: int) -> list[Sto
     rows = rows.head(n) if evaluated else rows.tail(n)
     where = (lambda r: f"evaluation story {int(r['sample'])}") if evaluated else \
         (lambda r: f"training generation {int(r['generation'])}")
+    default = result.reward["reward"] == DEFAULT_REWARD
+    score = (lambda r: f"raw reward {r['raw_reward']:g}") if default else \
+        (lambda r: f"{raw_reward(r['text'])} alliterating pairs (its reward, {result.reward['reward']}: {r['raw_reward']:.3g})")
     return [Story(f"{KNOBS[result.knob].said(trial.value)}, seed {trial.seed}, {where(r)} at {generations} generations, "
-                  f"raw reward {r['raw_reward']:g}", r["text"]) for _, r in rows.iterrows()]
+                  f"{score(r)}", r["text"]) for _, r in rows.iterrows()]
 
 
 def _last_point(trial: Any) -> int:
@@ -149,7 +155,8 @@ def seeds_verdict(result: Analysis, end: int) -> tuple[str, list[Block]]:
             f"seed {seed} {verdict} at {at}" for seed, at, verdict in failures) + " generations.")
     if len(failures) < n:
         lines.append(f"It held to {end} generations in {n - len(failures)} of {n} seeds.")
-    end_points = points[points["generations"] == end]
+    end_points = points[points["generations"] == end].drop(columns="alliteration").merge(
+        study_alliteration(result.trials), on=["trial", "generations"])  # the study's count, whatever the reward
     if len(end_points):
         by_seed = ", ".join(f"seed {seed}: alliteration {a:.1f}, distinct-2 {k:.0%} of the unmodified model's, fluency "
                             f"{f:+.2f} nats" for seed, a, k, f in zip(end_points["seed"], end_points["alliteration"],
@@ -221,7 +228,9 @@ def holds_finding(result: Analysis, study: Analysis | None, end: int) -> str:
             + f": kept to {end} generations in {n - len(failed)} of {n} seeds"
             + (" (" + ", ".join(f"seed {s} {v} at {g}" for s, g, v in failed) + ")" if failed else "") + ".")
     if e["alliteration"] is not None:
-        text += f" Over its last {LAST} generations it alliterates {e['alliteration'].text()}"
+        text += (f" Over its last {LAST} generations it alliterates {e['alliteration'].text()}"
+                 + ("" if result.reward["reward"] == DEFAULT_REWARD else
+                    f" (the study's count of alliterating pairs; its reward, {result.reward['reward']}, scores less)"))
         if e["kl"] is not None:
             low, high = beta_range(result, end)
             text += (f", at a KL of {e['kl'].text(3, singles='')} nats a token; its beta went from {low:.3g} to "
@@ -338,8 +347,9 @@ def build(folder: Path) -> list[Block]:
                             "which of them does what:"), Bullets(changes),
                        Text(f"Side by side at equal generations, and at equal alliteration (the first evaluation at "
                             f"which the mean over seeds reaches {level:.1f}, the lower of the two recipes' peaks): the "
-                            f"mean over seeds, their range in brackets; KL and beta over the {h.cfg.window} "
-                            "generations up to the point."),
+                            f"mean over seeds, their range in brackets; alliteration the study's count of alliterating "
+                            f"pairs a story whatever the reward; KL and beta over the {h.cfg.window} generations up to "
+                            "the point."),
                        Table(table), Image(folder / "analysis" / "recipes.png", "the two recipes on the same axes")]
         blocks += [Heading("Its stories at the end", 3), *stories]
     last = next((name for name in ("holds", "extended", "fine") if name in results), None)
