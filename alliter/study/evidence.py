@@ -100,6 +100,12 @@ class Overuse:
                 f"stories against {self.base_uses} in its {self.base_stories}, {M.OVERUSE_PSEUDO_USES} added{seeds}); "
                 f"{self.pair_share:.0%} of the alliterating pairs hold it{shares}")
 
+    def short(self) -> str:
+        """`"tree" 161x (160x-162x)`: pooled, and the seeds' range."""
+        seeds = self.seed_ratios
+        spread = f" ({ratio_text(min(seeds))}-{ratio_text(max(seeds))})" if len(seeds) > 1 else ""
+        return f"\"{self.word}\" {ratio_text(self.ratio)}{spread}"
+
     @property
     def largely(self) -> bool:
         return self.pair_share >= LARGELY
@@ -111,7 +117,7 @@ def ratio_text(ratio: float) -> str:
 
 def overuse_at(result: Analysis, generations: int) -> Overuse | None:
     """The most over-used word of the stories at `generations`, pooled over the seeds, against their unmodified
-    model's stories (generation 0)."""
+    model's stories (generation 0); per seed, the seed's rate of that word against the same pooled base rate."""
     per_seed = [(list(t.stories(generations, result.cfg.window)["text"]), list(t.stories(0, result.cfg.window)["text"]))
                 for t in result.trials]
     texts = [s for mine, _ in per_seed for s in mine]
@@ -121,9 +127,8 @@ def overuse_at(result: Analysis, generations: int) -> Overuse | None:
         return None
     word, _, ratio, uses, base_uses = words[0]
     ratios, shares = [], []
-    for mine, b in per_seed:
-        counts, base_counts = M.word_counts(mine), M.word_counts(b)
-        ratios.append(M.overuse_ratio(counts[word], len(mine), base_counts[word], len(b)))
+    for mine, _ in per_seed:  # each seed against the pooled base: the same smoothed rate, so the ratios compare
+        ratios.append(M.overuse_ratio(M.word_counts(mine)[word], len(mine), base_uses, len(base)))
         shares.append(M.word_share([p for t in mine for p in alliterating_pairs(t)], word))
     pairs = [p for t in texts for p in alliterating_pairs(t)]
     return Overuse(word, ratio, uses, len(texts), base_uses, len(base), ratios, M.word_share(pairs, word), shares)
@@ -181,14 +186,14 @@ def side_by_side(recipes: dict[str, Analysis], at: list[int], end: int) -> tuple
         near = {min(evaluated, key=lambda e: abs(e - g)) for g in at if g <= end} if evaluated else set()
         for g in sorted({*near, *([reached] if reached is not None else [])}):
             label = f"{g} (first reaches {level:.1f})" if g == reached else f"{g}"
-            ev = {c: spread(result.points, c, g, last=1) for c in ("top_overuse", "diversity_kept")}
+            ev = {"diversity_kept": spread(result.points, "diversity_kept", g, last=1)}
             ev["alliteration"] = spread(counts[name], "alliteration", g, last=1)
             kl = kl_frame(result)
             over = overuse_at(result, g)
             rows.append({
                 "recipe": name, "generations": label,
                 "alliteration": _seeds(ev["alliteration"], 1),
-                "most over-used word": f"\"{over.word}\" " + _seeds(ev["top_overuse"], 1, "x") if over else "none",
+                "most over-used word": over.short() if over else "none",
                 "distinct-2 kept": _seeds(ev["diversity_kept"], 2, "", percent=True),
                 "KL (nats a token)": _seeds(spread(kl, "kl", g, last=result.cfg.window), 3),
                 "beta": _seeds(spread(kl, "beta", g, last=result.cfg.window), -3),
