@@ -25,7 +25,7 @@ from alliter.cli import (
 from alliter.study.run import (
     PLANNED_BETA, PLANNED_FINE, STEPS, StudyConfig, new_study_folder, open_study, resumed_folder, step_flags, study_root,
 )
-from alliter.sweep.console import say_command
+from alliter.sweep.console import say, say_command
 
 STEP_FLAGS = {"--grid", "--betas", "--seeds", "--max-generations", "--name", "--storage", "--resume", "--search",
               "--kl-targets", "--kl-target", "--search-targets", "--search-start"}  # what the steps set themselves
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print("\ninterrupted before the study started; nothing to resume", file=sys.stderr)
         return 130
-    print(f"\nthe study's write-up: {page} (and {md.name}); its sweeps and their analyses in {study.folder}")
+    say(f"\nthe study's write-up: {page} (and {md.name}); its sweeps and their analyses in {study.folder}")
     return 0
 
 
