@@ -302,13 +302,13 @@ def test_ray_up_runs_a_sweep_through_ray_exec_and_ray_down_stops_everything(ssh_
     assert all(args[0] == str(venv / "bin" / "python3") for args in head.values() if "python" in Path(args[0]).name)
     (raylet,) = [args for pid, args in head.items() if process_name(pid) == "raylet"]
     assert any(a.startswith(f"--python_worker_command={venv / 'bin' / 'python3'} ") for a in raylet)
-    # the dashboard on the head's loopback (cluster/start.sh); here without its HTTP server (`--minimal`:
-    # ray[default]'s aiohttp is not installed on this machine)
+    # the dashboard on the head's loopback (cluster/start.sh)
     (dashboard,) = [args for args in head.values() if any(a.endswith("dashboard/dashboard.py") for a in args)]
     assert "--host=127.0.0.1" in dashboard and f"--port={ports['dashboard']}" in dashboard
-    # token authentication, on because file_mounts brought the token: every Ray process has it
-    # (not those that retitle themselves, ray::..., which overwrites what /proc shows of their environment)
-    environs = {pid: environ(pid) for pid, args in head.items() if not args[0].startswith("ray::")}
+    # token authentication, on because file_mounts brought the token: every Ray process has it (not those that
+    # retitle themselves, ray::... and, with ray[default], the dashboard's modules ray-dashboard-...: a new title
+    # overwrites what /proc shows of their environment)
+    environs = {pid: environ(pid) for pid, args in head.items() if not args[0].startswith(("ray::", "ray-dashboard-"))}
     without = {pid: head[pid] for pid, e in environs.items() if e and e.get("RAY_AUTH_MODE") != "token"}
     assert {"gcs_server", "raylet"} <= {process_name(pid) for pid in environs} and not without, without
     times["checks"] = time.time() - started
