@@ -178,7 +178,7 @@ def word_js(texts: Sequence[str], base_texts: Sequence[str]) -> float:
     if not np_ or not nq:
         return math.nan
     total = 0.0
-    for w in p.keys() | q.keys():
+    for w in sorted(p.keys() | q.keys()):  # in one order: a set's follows the hash seed, and a float sum its order
         a, b = p[w] / np_, q[w] / nq
         m = (a + b) / 2
         total += (a * math.log2(a / m) if a else 0.0) + (b * math.log2(b / m) if b else 0.0)
