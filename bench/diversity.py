@@ -1,13 +1,13 @@
 """Diversity a reader sees: the recipe that holds, with each remedy against a one-topic hack, side by side in one run,
 3 seeds each, to 7000 generations, on the bundled model.
 
-    python bench/diversity.py                                  # the whole benchmark (about 2 hours on 2 cores)
+    python bench/diversity.py                                  # the whole benchmark (about 1.5 hours on 2 busy cores)
     python bench/diversity.py --keep results/diversity         # the sweeps kept
     python bench/diversity.py --arms holds,winner --generations 3000 --seeds 2     # a quicker look
 
 Every arm is one sweep (`python tune_jobs/sweep.py ...`, in its own process with its own local Ray) of `--seeds`
 seeds to `--generations`. Per arm and seed, judged by the rule as it was (no over-use check: `--max-overuse 0`) and as
-it is (a word over 5x the unmodified model's rate: narrowed): the first failure by each; at the end, the study's
+it is (a word over 6x the unmodified model's rate: narrowed): the first failure by each; at the end, the study's
 alliteration count (whatever reward trained it), the most over-used word and its ratio, the word JS divergence, the
 gzip ratio and pooled distinct-2 of the point's 50 stories, distinct-2 kept, the fluency gap; the arm's wall time.
 Then every arm's seed-0 policy at the end exported and read by bench/read_exports.py (60 fresh stories from the
