@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from alliter.config import BUNDLED_MODEL
 from alliter.testing import build_tiny_gpt_neo
+
+# the tests that interrupt a command send it SIGINT; a shell's background job (CI's, a `cmd &`) starts with SIGINT
+# ignored, an ignored signal stays ignored across exec and a handled one does not: handled here, the commands the
+# tests start get the default, as from a terminal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
