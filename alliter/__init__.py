@@ -9,8 +9,9 @@ The three pipelines, each a package:
 
 and the leaves they share: config (TrainConfig: every knob, the presets, the grids), knob (what a sweep varies: beta
 or a KL target), rule (what a kept point is), measures (of a group of texts), schema (the run folder's files and
-records, Tune's saved state read), storage (the one file layer: folders and s3:// URIs), cli (flags from
-dataclasses, the one error handler), sample (stories from a model folder), testing (tiny models);
+records, Tune's saved state read), storage (the one file layer: folders and s3:// URIs), trackers (the checks of
+--mlflow and --wandb; sweep.trackers and analyse.trackers log), cli (flags from dataclasses, the one error handler),
+sample (stories from a model folder), testing (tiny models);
 and api, for Python and notebooks: `alliter.run_sweep(**flags)` and `alliter.load(folder)` (README, "From Python").
 """
 

@@ -1,19 +1,16 @@
-"""Your tracker sees the sweep: MLflow and Weights & Biases through Ray Tune's own logger callbacks, and the checks
-that make a tracker that cannot work one line before Ray starts.
+"""Your tracker, the checks both commands share: a tracker asked for (--mlflow, --wandb) that cannot work is one line
+before anything starts (its package, its server, its names). What logs to it lives with what it logs:
+alliter.sweep.trackers (Tune's logger callbacks, one run per trial) and alliter.analyse.trackers (best_beta's choice
+beside the trials).
 
 Each is an optional extra (`pip install "alliter[mlflow]"`, `"alliter[wandb]"`), imported only when asked for: the
-driver still never imports torch. MLflow: one run per trial (Tune's MLflowLoggerCallback), its config as params,
-every group's metrics as histories stepped by generations, tags naming the sweep and the trial's folder; a resumed
-sweep finds each trial's run by its tags and goes on in it. W&B: Tune's WandbLoggerCallback, one run per trial
-whose id is the trial's (a resumed sweep continues it), grouped by the sweep; `WANDB_MODE=offline` needs no network.
+driver still never imports torch.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -126,24 +123,6 @@ def check_wandb(flag: str = "--wandb") -> None:
                            "WANDB_MODE=offline and `wandb sync` the runs later")
 
 
-def sweep_callbacks(trackers: dict[str, str | None], exp_path: str) -> list:
-    """Tune's callbacks for the trackers of a sweep (TRACKERS_FILE's settings; none: an empty list, and nothing
-    imported)."""
-    callbacks: list = []
-    if trackers.get("mlflow") is not None:
-        from mlflow.tracking import MlflowClient
-
-        mlflow_experiment(MlflowClient(trackers["mlflow"]), trackers["mlflow_experiment"])  # its artifacts' place
-        callbacks.append(_mlflow_callback_class()(
-            tracking_uri=trackers["mlflow"], experiment_name=trackers["mlflow_experiment"],
-            tags={"alliter.sweep": Path(exp_path.partition("?")[0]).name, "alliter.sweep_path": exp_path}))
-    if trackers.get("wandb") is not None:
-        # the run's id is the trial's (Ray's), and resume="allow" continues it when a resumed sweep reports again
-        callbacks.append(_wandb_callback_class()(project=trackers["wandb"], group=trackers["wandb_group"],
-                                                 resume="allow", log_config=False))
-    return callbacks
-
-
 def check_trackers(trackers: dict[str, str | None]) -> dict[str, str | None]:
     """Each tracker asked for can work (its package, its server): one line otherwise, before Ray starts. Returns the
     settings with the MLflow URI as MLflow will be given it."""
@@ -155,132 +134,3 @@ def check_trackers(trackers: dict[str, str | None]) -> dict[str, str | None]:
         check_wandb_names(trackers["wandb"], trackers.get("wandb_group"))
         check_wandb()
     return out
-
-
-def _wandb_callback_class() -> type:
-    """Tune's WandbLoggerCallback, whose logging actor waits for W&B's core to write the run before it returns. Tune
-    kills a trial's logging actor as soon as its run() returns, and wandb.finish() returns before W&B's core process
-    has closed the run's file: a killed core left an offline run with no record past the file's header."""
-    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor  # private: tests/test_house.py
-
-    class LoggingActor(_WandbLoggingActor):
-        def run(self) -> None:
-            super().run()
-            self._wandb.teardown()  # waits for the core to finish every stream of this process
-
-    class SweepWandb(WandbLoggerCallback):
-        _logger_actor_cls = LoggingActor
-
-    return SweepWandb
-
-
-def _mlflow_callback_class() -> type:
-    """Tune's MLflowLoggerCallback, with what a sweep needs: a resumed sweep goes on in each trial's run (found by its
-    tags), a result is one batch stepped by its generations (Tune's logs each value alone, stepped by report), and
-    each run names its trial's folder. Defined here, when asked for: Ray's module imports mlflow."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-    from ray.tune.result import AUTO_RESULT_KEYS
-
-    class SweepMLflow(MLflowLoggerCallback):
-        def setup(self, *args: Any, **kwargs: Any) -> None:
-            super().setup(*args, **kwargs)
-            self._logged: dict[Any, int] = {}  # trial -> the last generations its run holds
-
-        def log_trial_start(self, trial: Any) -> None:
-            client = MlflowClient(self.tracking_uri)
-            if trial not in self._trial_runs:
-                found = client.search_runs(
-                    [self.mlflow_util.experiment_id],
-                    f"tags.trial_name = '{trial}' and tags.`alliter.sweep_path` = '{self.tags['alliter.sweep_path']}'")
-                if found:  # a resumed sweep: the trial's run goes on
-                    run_id = found[0].info.run_id
-                    self._trial_runs[trial] = run_id
-                    client.update_run(run_id, status="RUNNING")
-                    self._logged[trial] = max((m.step for m in client.get_metric_history(run_id, "generations")),
-                                              default=-1)
-            super().log_trial_start(trial)
-            client.set_tag(self._trial_runs[trial], "alliter.trial_folder", trial.path)
-
-        def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-            step = int(result.get("generations") or result.get("training_iteration") or 0)
-            # a trial restored from its checkpoint reports again, exactly, the groups after it: its run has them
-            if step <= self._logged.get(trial, -1):
-                return
-            self._logged[trial] = step
-            now = int(time.time() * 1000)
-            metrics = [Metric(key, float(value), now, step) for key, value in result.items()
-                       if key not in AUTO_RESULT_KEYS and isinstance(value, (int, float))
-                       and not isinstance(value, bool) and math.isfinite(value)]
-            MlflowClient(self.tracking_uri).log_batch(self._trial_runs[trial], metrics=metrics)
-
-    return SweepMLflow
-
-
-# --- best_beta's choice beside the trials -----------------------------------------------------------------------
-
-
-def log_choice_mlflow(uri: str, experiment: str, result: Any, out: Path, written: list[Path],
-                      export: Path | None) -> str:
-    """One summary run in the sweep's experiment: the choice and the best point as params and metrics, best_beta's
-    files (summary.csv, points.csv, the plots, report.html) as artifacts, and the exported folder (its path, and
-    the folder itself under model/). Returns the run's id."""
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    experiment_id = mlflow_experiment(client, experiment)
-    run = client.create_run(experiment_id, run_name="best_beta",
-                            tags={"alliter.sweep": experiment, "alliter.sweep_path": str(result.sweep.resolve()),
-                                  "alliter.role": "best_beta"})
-    run_id = run.info.run_id
-    params = {"knob": result.knob, "recipe": result.recipe.recipe, "update": result.recipe.describe_recipe()[:6000],
-              "rule": result.cfg.rule().describe()}
-    metrics: dict[str, float] = {}
-    for prefix, chosen in (("choice", result.choice), ("best_point", result.best_point)):
-        if chosen is None:
-            params[prefix] = "none"
-            continue
-        params[f"{prefix}.{result.knob}"] = chosen.value
-        params[f"{prefix}.generations"] = chosen.generations
-        for name in ("alliteration", "alliteration_gain", "diversity_kept", "fluency_gap", "beta"):
-            value = getattr(chosen, name, None)  # a best point has no gain
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                metrics[f"{prefix}.{name}"] = float(value)
-    if export is not None:
-        params["export"] = str(export.resolve())
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
-                     params=[Param(key, str(value)) for key, value in params.items()])  # one request, not one each
-    for path in written:
-        client.log_artifact(run_id, str(path))
-    if export is not None:
-        client.log_artifacts(run_id, str(export), "model")
-    client.set_terminated(run_id)
-    return run_id
-
-
-def log_choice_wandb(project: str, group: str, result: Any, out: Path, written: list[Path], stories: list[dict]) -> None:
-    """One W&B run of the group: the summary table, the plots, and a table of the best point's stories."""
-    import wandb
-
-    # W&B's run (it adds wandb/ to its folder), staging and logs beside the analysis, not in $HOME or the folder the
-    # command runs in, unless the user's own W&B settings say where
-    here = out / "wandb"
-    for name, folder in (("WANDB_DATA_DIR", here / "data"), ("WANDB_CACHE_DIR", here / "cache")):
-        os.environ.setdefault(name, str(folder))
-    out.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis",
-                     dir=os.environ.get("WANDB_DIR") or str(out),
-                     config={"knob": result.knob, "recipe": result.recipe.recipe,
-                             "choice": result.choice and result.choice.as_dict(),
-                             "best_point": result.best_point and result.best_point.as_dict()})
-    try:
-        run.log({"summary": wandb.Table(dataframe=result.summary.astype(str)),
-                 **{f"plots/{p.stem}": wandb.Image(str(p)) for p in written if p.suffix == ".png" and p.exists()},
-                 "best_point_stories": wandb.Table(columns=["sample", "raw_reward", "fluency", "text"],
-                                                   data=[[s.get("sample"), s.get("raw_reward"), s.get("ce_ref"),
-                                                          s.get("text")] for s in stories])})
-    finally:
-        run.finish()

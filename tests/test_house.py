@@ -51,7 +51,7 @@ def test_every_private_api_alliter_leans_on_is_still_there():
     import torch
     from ray._private.accelerators import get_accelerator_manager_for_resource  # cluster.local_gpus
     from ray._private.state import state  # cluster.find_autoscaler: the GCS's cluster config (autoscaler v2)
-    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor  # trackers._wandb_callback_class
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor  # sweep/trackers._wandb_callback_class
     from ray.experimental.internal_kv import _internal_kv_get  # noqa: F401  cluster._autoscaling_status
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # compiled.cache_dir
 

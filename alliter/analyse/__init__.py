@@ -10,4 +10,5 @@
 - document.py  a document as one list of blocks, rendered to markdown and to HTML
 - report.py    the table, the choice in sentences, the CSV files, report.md and report.html
 - export.py    a (beta, generations) point as a model folder that transformers loads, evaluated as it ships
+- trackers.py  best_beta's choice beside the sweep's trials, in MLflow and W&B
 """

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 
 from alliter import storage, trackers
 from alliter.analyse import export, judge, report
-from alliter.analyse.frames import SWEEP_FILES, default_sweep as newest_sweep
+from alliter.analyse.frames import SWEEP_FILES, default_sweep
 from alliter.analyse.judge import AnalysisConfig, analyse
+from alliter.analyse.trackers import log_choice_mlflow, log_choice_wandb
 from alliter.cli import AlliterError, ArgumentParser, add_config_flags, command, given_config_values, prog
 from alliter.schema import RESULTS_DIR, SNAPSHOT_DIR
 
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.export:
             export.check_out_dir(Path(args.export))  # before anything runs
             at = export.parse_point(args.export_at) if args.export_at else None
-        sweep = local_sweep(args.results) if args.results else newest_sweep()
+        sweep = local_sweep(args.results) if args.results else default_sweep()
         result = analyse(sweep, AnalysisConfig(**given_config_values(args, AnalysisConfig)))
         if args.export:
             if at is not None:
@@ -115,14 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise AlliterError(f"cannot write the outputs: {err}") from None
     name = result.sweep.resolve().name
     if args.mlflow:
-        run_id = trackers.log_choice_mlflow(tracking["mlflow"], args.mlflow_experiment or name, result, out, written,
-                                            Path(args.export) if point is not None else None)
+        run_id = log_choice_mlflow(tracking["mlflow"], args.mlflow_experiment or name, result, out, written,
+                                   Path(args.export) if point is not None else None)
         print(f"mlflow: the choice is run {run_id} of experiment {args.mlflow_experiment or name} at {args.mlflow}",
               file=sys.stderr)
     if args.wandb:
         stories = report.point_stories(result, result.best_point.value, result.best_point.generations)[1] \
             if result.best_point else []
-        trackers.log_choice_wandb(args.wandb, args.wandb_group or name, result, out, written, stories)
+        log_choice_wandb(args.wandb, args.wandb_group or name, result, out, written, stories)
     print(report.table(result), file=say)
     print("\n" + report.reason(result), file=say)
     print(f"\nwrote {', '.join(p.name for p in written)} to {out}", file=say)

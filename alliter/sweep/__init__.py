@@ -9,4 +9,5 @@
 - search.py   search mode: the Tune Searcher that brackets the balanced beta, and its stopper
 - cluster.py  can the Ray cluster run a trial: the address, this machine's devices, its nodes, its autoscaler, the slots
 - console.py  what a person watches: a line per trial, 100 columns (a Tune progress reporter); the header and the end
+- trackers.py Tune's logger callbacks for MLflow and W&B (checked before Ray starts by alliter.trackers)
 """

@@ -156,9 +156,9 @@ def tracker_callbacks(plan: Plan) -> list:
     """Tune's callbacks of the sweep's trackers (alliter.sweep.trackers, imported only for a tracker)."""
     if not plan.trackers:
         return []
-    from alliter import trackers
+    from alliter.sweep.trackers import sweep_callbacks
 
-    return trackers.sweep_callbacks(plan.trackers, plan.exp_path)
+    return sweep_callbacks(plan.trackers, plan.exp_path)
 
 
 @dataclass
