@@ -12,9 +12,11 @@ import pandas as pd
 
 from alliter import measures as M
 from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Table, Text, to_html, to_markdown
+from alliter.analyse.frames import study_alliteration
 from alliter.analyse.frontier import frontier_fits
 from alliter.analyse.judge import Analysis, plain
 from alliter.analyse.names import MEASURE_LABELS
+from alliter.config import DEFAULT_REWARD
 from alliter.knob import BETA, KNOBS
 from alliter.rule import FAILED
 from alliter.analyse.plots import PLOTS, plot
@@ -274,7 +276,15 @@ def reward_line(result: Analysis) -> str:
     digest = f", SHA-256 {r['sha256']}" if r.get("sha256") else ""
     other = sorted({t.reward["reward"] for t in result.trials} - {r["reward"]})
     mixed = f" (some trials ran with {', '.join(other)}: they are not one sweep)" if other else ""
-    return f"Reward: {r['reward']}, {where}{digest}{mixed}. Alliteration in the tables is its mean."
+    line = f"Reward: {r['reward']}, {where}{digest}{mixed}. Alliteration in the tables is its mean."
+    p = result.best_point
+    if r["reward"] != DEFAULT_REWARD and p is not None:  # another reward's scale is not the study's count
+        counts = study_alliteration([t for t in result.trials if t.value == p.value])
+        at, base = (counts[counts["generations"] == g]["alliteration"].mean() for g in (p.generations, 0))
+        if at == at:
+            line += (f" By the study's count of alliterating pairs, the best point's stories hold {at:.1f} a story "
+                     f"(the unmodified model's: {base:.1f}).")
+    return line
 
 
 def letters_table(result: Analysis) -> pd.DataFrame:
@@ -339,11 +349,9 @@ def _intro(result: Analysis) -> str:
         "judged by its evaluation: "
         f"{result.trials[0].evaluations['sample'].nunique() if len(result.trials[0].evaluations) else 'no'} fresh stories "
         f"of the policy at that point, sampled with the same random numbers at every point, against the trial's "
-        f"evaluation at generation 0 (the unmodified model). Rule: a point keeps its "
-        f"{MEASURE_LABELS[cfg.diversity_measure]} at or above {cfg.diversity_share:.0%} of the unmodified model's "
-        f"(else collapsed) and its fluency, the unmodified model's cross-entropy of its stories, within "
-        f"{cfg.fluency_margin:g} nats of the unmodified model's own (else degenerate); a trial fails at its first point "
-        f"that is not kept. The choice: the highest alliteration at the final point among the {KNOBS[result.knob].plural} that never failed; "
+        f"evaluation at generation 0 (the unmodified model). Rule: a point is not kept (and a trial fails "
+        f"at its first such point) on any of: {cfg.rule().describe()}; fluency is the unmodified model's cross-entropy "
+        f"of its stories. The choice: the highest alliteration at the final point among the {KNOBS[result.knob].plural} that never failed; "
         f"an alliteration gain under {cfg.under_optimised_share:.0%} of the best such gain (or under {cfg.min_gain:g}) "
         f"is under-optimised. The best point: the stable point (kept, and so is the trial's next evaluation) with the "
         f"most alliteration. self_bleu: mean BLEU of each story against the rest of its group (high = near-duplicates); "
