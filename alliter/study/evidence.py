@@ -134,9 +134,9 @@ def overuse_at(result: Analysis, generations: int) -> Overuse | None:
     return Overuse(word, ratio, uses, len(texts), base_uses, len(base), ratios, M.word_share(pairs, word), shares)
 
 
-def first_reaching(result: Analysis, alliteration: float) -> int | None:
-    """The first evaluated point at which the mean over a recipe's seeds reaches `alliteration` (the study's count)."""
-    counts = study_alliteration(result.trials)
+def first_reaching(counts: pd.DataFrame, alliteration: float) -> int | None:
+    """The first evaluated point at which the mean over a recipe's seeds reaches `alliteration` (`counts`: the
+    recipe's study_alliteration)."""
     curve = counts[counts["generations"] > 0].groupby("generations")["alliteration"].mean()
     reached = curve[curve >= alliteration]
     return int(reached.index[0]) if len(reached) else None
@@ -172,8 +172,7 @@ def _text(v: Any) -> str:
 
 def side_by_side(recipes: dict[str, Analysis], at: list[int], end: int) -> tuple[pd.DataFrame, float]:
     """One row per recipe and point (each of `at`, and where it first reaches equal alliteration): the study's
-    alliteration count (whatever reward trained it), the most over-used
-    word, distinct-2 kept, KL and beta, each as the mean over the seeds of the evaluations (groups: a window) around
+    alliteration count (whatever reward trained it), the most over-used word, distinct-2 kept, KL and beta, each as the mean over the seeds of the evaluations (groups: a window) around
     it with the seeds' range. Equal alliteration: the lower of the recipes' peaks (the mean over seeds), and the
     first point where each reaches it. Returns the table, and that alliteration."""
     counts = {name: study_alliteration(r.trials) for name, r in recipes.items()}
@@ -181,30 +180,27 @@ def side_by_side(recipes: dict[str, Analysis], at: list[int], end: int) -> tuple
     level = float(min(peaks)) if peaks else float("nan")
     rows = []
     for name, result in recipes.items():
-        reached = first_reaching(result, level)
+        reached = first_reaching(counts[name], level)
+        kl = kl_frame(result)
         evaluated = sorted(counts[name]["generations"].unique())
         near = {min(evaluated, key=lambda e: abs(e - g)) for g in at if g <= end} if evaluated else set()
         for g in sorted({*near, *([reached] if reached is not None else [])}):
             label = f"{g} (first reaches {level:.1f})" if g == reached else f"{g}"
-            ev = {"diversity_kept": spread(result.points, "diversity_kept", g, last=1)}
-            ev["alliteration"] = spread(counts[name], "alliteration", g, last=1)
-            kl = kl_frame(result)
             over = overuse_at(result, g)
             rows.append({
                 "recipe": name, "generations": label,
-                "alliteration": _seeds(ev["alliteration"], 1),
+                "alliteration": _seeds(spread(counts[name], "alliteration", g, last=1), ".1f"),
                 "most over-used word": over.short() if over else "none",
-                "distinct-2 kept": _seeds(ev["diversity_kept"], 2, "", percent=True),
-                "KL (nats a token)": _seeds(spread(kl, "kl", g, last=result.cfg.window), 3),
-                "beta": _seeds(spread(kl, "beta", g, last=result.cfg.window), -3),
+                "distinct-2 kept": _seeds(spread(result.points, "diversity_kept", g, last=1), ".0%"),
+                "KL (nats a token)": _seeds(spread(kl, "kl", g, last=result.cfg.window), ".3f"),
+                "beta": _seeds(spread(kl, "beta", g, last=result.cfg.window), ".3g"),
             })
     return pd.DataFrame(rows), level
 
 
-def _seeds(s: Spread | None, digits: int, unit: str = "", percent: bool = False) -> str:
-    """A mean and its seeds' range, short: `9.6 (9.0-10.1)`."""
+def _seeds(s: Spread | None, spec: str) -> str:
+    """A mean and its seeds' range in the format `spec`, short: `9.6 (9.0-10.1)`."""
     if s is None:
         return "-"
-    f = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.{-digits}g}{unit}") if digits < 0 else \
-        (lambda v: f"{v:.{digits}f}{unit}")
+    f = lambda v: format(v, spec)  # noqa: E731
     return f(s.mean) if s.seeds == 1 or f(s.seed_low) == f(s.seed_high) else f"{f(s.mean)} ({f(s.seed_low)}-{f(s.seed_high)})"

@@ -133,28 +133,28 @@ def failures(result: Analysis) -> list[tuple[int, int, str]]:
     return out
 
 
+def _failures_text(failed: list[tuple[int, int, str]]) -> str:
+    """`seed 0 narrowed at 2600, seed 1 collapsed at 1800`."""
+    return ", ".join(f"seed {seed} {verdict} at {at}" for seed, at, verdict in failed)
+
+
 def seeds_verdict(result: Analysis, end: int) -> tuple[str, list[Block]]:
     """An extended run's verdict over its seeds, and a story before and after each seed's failure (or at its end)."""
     points, blocks, lines = result.points, [], []
-    failures = []
+    failed = failures(result)
+    failed_at = {seed: at for seed, at, _ in failed}
     for trial in sorted(result.trials, key=lambda t: t.seed):
         mine = points[points["trial"] == trial.name].sort_values("generations")
-        failed = mine[mine["verdict"] != "kept"]
-        if len(failed):
-            at = int(failed["generations"].iloc[0])
-            before = mine[mine["generations"] < at]["generations"]
-            failures.append((trial.seed, at, failed["verdict"].iloc[0]))
+        if trial.seed in failed_at:
+            before = mine[mine["generations"] < failed_at[trial.seed]]["generations"]
             if len(before) and int(before.iloc[-1]) > 0:
                 blocks += _stories(result, trial, int(before.iloc[-1]), 1)
-            blocks += _stories(result, trial, int(mine["generations"].iloc[-1]), 1)
-        else:
-            blocks += _stories(result, trial, int(mine["generations"].iloc[-1]), 1)
+        blocks += _stories(result, trial, int(mine["generations"].iloc[-1]), 1)
     n = len(result.trials)
-    if failures:
-        lines.append(f"It failed in {len(failures)} of {n} seeds: " + ", ".join(
-            f"seed {seed} {verdict} at {at}" for seed, at, verdict in failures) + " generations.")
-    if len(failures) < n:
-        lines.append(f"It held to {end} generations in {n - len(failures)} of {n} seeds.")
+    if failed:
+        lines.append(f"It failed in {len(failed)} of {n} seeds: {_failures_text(failed)} generations.")
+    if len(failed) < n:
+        lines.append(f"It held to {end} generations in {n - len(failed)} of {n} seeds.")
     end_points = points[points["generations"] == end].drop(columns="alliteration").merge(
         study_alliteration(result.trials), on=["trial", "generations"])  # the study's count, whatever the reward
     if len(end_points):
@@ -205,8 +205,8 @@ def extended_finding(result: Analysis, beta: float, end: int, fine: Analysis | N
     failed, n = failures(result), len(result.trials)
     text = f"**How long the study's recipe holds**: beta {beta:g} to {end} generations, {n} seeds: "
     if failed:
-        text += (f"it failed in {len(failed)} of {n} (" + ", ".join(f"seed {s} {v} at {g}" for s, g, v in failed)
-                 + f" generations); kept to the end in {n - len(failed)}.")
+        text += f"it failed in {len(failed)} of {n} ({_failures_text(failed)} generations); kept to the end in " \
+                f"{n - len(failed)}."
     else:
         text += "kept to the end in every seed."
     same = fine is not None and any(t.value == beta and t.seed == 0 for t in fine.trials) and \
@@ -226,7 +226,7 @@ def holds_finding(result: Analysis, study: Analysis | None, end: int) -> str:
     name = "The recipe that holds" if not failed else "The recipe meant to hold"
     text = (f"**{name}**" + (f" ({len(changes)} knobs changed at once: {'; '.join(changes)})" if changes else "")
             + f": kept to {end} generations in {n - len(failed)} of {n} seeds"
-            + (" (" + ", ".join(f"seed {s} {v} at {g}" for s, g, v in failed) + ")" if failed else "") + ".")
+            + (f" ({_failures_text(failed)})" if failed else "") + ".")
     if e["alliteration"] is not None:
         text += (f" Over its last {LAST} generations it alliterates {e['alliteration'].text()}"
                  + ("" if result.reward["reward"] == DEFAULT_REWARD else
