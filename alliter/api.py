@@ -79,8 +79,8 @@ class SweepAnalysis:
 
     @property
     def knob(self) -> str:
-        """What the sweep varies: "beta", or "kl_target"."""
-        return self.analysis.knob
+        """What the sweep varies: "beta", or "kl_target" (the frames hold its values in their "value" column)."""
+        return self.analysis.knob.name
 
     @property
     def points(self) -> pd.DataFrame:

@@ -5,6 +5,14 @@ a value, and the direction in which a value holds or fails (a low beta collapses
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+VALUE = "value"
+"""The analysis frames' column of the varied value, whatever the knob (a trial's beta, or its KL target); a frame's
+`beta` is the beta there (a KL-target trial's: its controller's)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,13 @@ class Knob:
     def x(self, value: float) -> float:
         """The search's coordinate, in which a failure always lies below the boundary: beta, or 1 / target."""
         return value if self.name == "beta" else 1.0 / value
+
+    def in_files(self, frame: "pd.DataFrame") -> "pd.DataFrame":
+        """A frame as the files a user reads (summary.csv, best_beta's JSON) name its columns: the varied value under
+        the knob's name, where VALUE stands (a beta sweep's `beta` column is the same values)."""
+        if VALUE not in frame:
+            return frame
+        return frame.drop(columns=self.name, errors="ignore").rename(columns={VALUE: self.name})
 
     def step(self, value: float, factor: float, safer: bool) -> float:
         """`value` moved by `factor` in the safer (or the riskier) direction."""

@@ -97,14 +97,14 @@ def test_a_point_one_evaluation_before_a_collapse_is_not_chosen(tmp_path: Path) 
     write_trial(tmp_path / "beta40", 40.0, groups)
     write_trial(tmp_path / "beta100", 100.0, [[varied_text(rng, 1 if i == 0 else 2) for _ in range(K)] for i in range(100)])
     result = analyse(tmp_path)
-    p = result.points.set_index(["beta", "generations"])
+    p = result.points.set_index(["value", "generations"])
     assert p.loc[(40.0, 600), "verdict"] == "kept" and p.loc[(40.0, 800), "verdict"] == "collapsed"
     # 600 is the last kept point, and the most alliterative one: one evaluation before the collapse, so not stable
     assert not p.loc[(40.0, 600), "stable"] and p.loc[(40.0, 400), "stable"]
     assert p.loc[(40.0, 600), "alliteration"] > p.loc[(40.0, 400), "alliteration"] > 2
     assert result.best_point.beta == 40.0 and result.best_point.generations == 400
     assert result.best_point.next == 600
-    s = result.summary.set_index("beta")
+    s = result.summary.set_index("value")
     assert s.loc[40.0, "verdict"] == "collapsed" and s.loc[40.0, "failed_at"] == 800
     assert result.choice.beta == 100.0
 
@@ -117,7 +117,7 @@ def test_non_words_are_degenerate_and_repetition_is_collapsed(tmp_path: Path) ->
     write_trial(tmp_path / "beta0", 0.0, varied_groups(rng, 1, 1) + [[COLLAPSED] * K] * 99)
     write_trial(tmp_path / "beta50", 50.0, varied_groups(rng, 100, 2))
     result = analyse(tmp_path)
-    s = result.summary.set_index("beta")
+    s = result.summary.set_index("value")
     assert s.loc[1.0, "verdict"] == "degenerate" and s.loc[1.0, "failed_at"] == 600
     assert s.loc[1.0, "diversity_kept"] > 0.9 and s.loc[1.0, "fluency_gap"] == pytest.approx(2.0)
     assert s.loc[0.0, "verdict"] == "collapsed" and s.loc[0.0, "failed_at"] == 200
@@ -266,7 +266,7 @@ def seeded_sweep(tmp_path: Path) -> Path:
 
 def test_seeds_are_aggregated_with_standard_errors_and_collapse_rates(seeded_sweep: Path) -> None:
     result = analyse(seeded_sweep)
-    s = result.summary.set_index("beta")
+    s = result.summary.set_index("value")
     assert s["trials"].to_dict() == {0.0: 3, 5.0: 3, 10.0: 3}
     # by hand: the final evaluation's stories are the last 5 groups' texts, with exactly n alliterating pairs
     assert (s["point"] == 300).all()
@@ -332,7 +332,7 @@ def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep:
     (dropped / "stop.json").write_text(stop_record("dropped", "not needed: beta 10 kept its diversity, and the search "
                                                    "takes a higher beta to keep it too", 210))
     result = analyse(known_sweep)
-    s = result.summary.set_index("beta")
+    s = result.summary.set_index("value")
     assert s.loc[30.0, "verdict"] == "dropped" and not s.loc[30.0, "pareto"]
     assert s.loc[30.0, "alliteration"] > s.loc[10.0, "alliteration"]  # more alliteration, and still not the choice
     assert result.choice.beta == 10.0 and result.best_point.beta == 10.0
@@ -341,7 +341,7 @@ def test_a_trial_the_search_dropped_is_neither_chosen_nor_collapsed(known_sweep:
 def test_a_trial_that_recovered_from_a_failure_is_complete(known_sweep: Path) -> None:
     (known_sweep / "trial_beta10" / "error.txt").write_text("Traceback ...\nRayActorError: the actor died\n")
     result = analyse(known_sweep)
-    assert result.summary.set_index("beta").loc[10.0, "status"] == "complete" and not result.notes
+    assert result.summary.set_index("value").loc[10.0, "status"] == "complete" and not result.notes
 
 
 def test_which_letters_alliterate_at_each_beta_and_at_the_unmodified_model(tmp_path: Path) -> None:
@@ -363,7 +363,7 @@ def test_which_letters_alliterate_at_each_beta_and_at_the_unmodified_model(tmp_p
     assert letters.loc["0", "top_letters"] == "t 100%" and letters.loc["0", "letter_entropy"] == 0.0
     assert letters.loc["10", "top_letters"] == "s 50%, t 50%" and letters.loc["10", "letter_entropy"] == 1.0
     assert letters.loc["0", "raw_alliteration"] == 3 and letters.loc["10", "t_s_share"] == 1.0
-    s = result.summary.set_index("beta")
+    s = result.summary.set_index("value")
     assert s.loc[0.0, "top_letters"] == "t 100%" and s.loc[10.0, "letter_entropy"] == 1.0
 
 

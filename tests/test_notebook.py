@@ -27,7 +27,7 @@ def test_keywords_are_the_sweeps_flags():
 def test_load_gives_typed_choice_frames_stories_and_figures(tmp_path, tiny_gpt_neo):
     tiny_sweep(tmp_path, tiny_gpt_neo)
     result = alliter.load(tmp_path)
-    assert isinstance(result.choice, Choice) and result.choice.value == 1.0 and result.choice.knob == "beta"
+    assert isinstance(result.choice, Choice) and result.choice.value == 1.0 and result.choice.knob.name == "beta"
     assert isinstance(result.best_point, BestPoint) and result.best_point.generations == 20
     assert result.choice.as_dict()["value"] == 1.0 and result.best_point.as_dict()["next"] == 40
     assert len(result.trials) == 2 and len(result.summary) == 2 and len(result.points) == 8

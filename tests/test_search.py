@@ -42,7 +42,7 @@ def test_the_trials_the_search_and_best_beta_judge_the_same_points_alike(tmp_pat
              50.0: write_trial(sweep / "beta50", 50.0, _stopping_trial(rng, 999, 100))}
     rule = CollapseRule()
     result = analyse(sweep)
-    summary = result.summary.set_index("beta")
+    summary = result.summary.set_index("value")
 
     search = BetaSearch(SearchSettings([1.0, 5.0, 20.0, 50.0], 1.1, 10, [0], 0.0, 4))
     ids = {search.suggest(f"t{i}")["beta"]: f"t{i}" for i in range(4)}

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         choice = report.choice_json(result, out)
         if point is not None:
-            choice["export"] = {"dir": str(args.export), result.knob: point.value, "generations": point.generations,
+            choice["export"] = {"dir": str(args.export), result.knob.name: point.value, "generations": point.generations,
                                 "requested_generations": point.requested, "trial": point.trial.name}
         print(json.dumps(choice, indent=2))
     return 0

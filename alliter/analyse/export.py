@@ -36,7 +36,6 @@ from alliter.analyse.frames import Trial
 from alliter.analyse.judge import Analysis
 from alliter.cli import AlliterError
 from alliter.config import DEFAULT_REWARD, TrainConfig, base_model_here
-from alliter.knob import KNOBS
 from alliter.rule import KEPT
 from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE
 from alliter.train.snapshots import load_snapshot, snapshot_at, snapshot_path, umask_now
@@ -83,7 +82,7 @@ def pick_trial(result: Analysis, value: float, trial_name: str | None = None) ->
     """The trial of a knob's value (a beta, or a KL target) to export: the named one, else (seeds) the one with the
     lowest seed."""
     trials = [t for t in result.trials if math.isclose(t.value, value, rel_tol=1e-9, abs_tol=1e-12)]
-    what = KNOBS[result.knob].symbol
+    what = result.knob.symbol
     if not trials:
         values = ", ".join(f"{b:g}" for b in sorted({t.value for t in result.trials}))
         raise AlliterError(f"{what} {value:g} is not in the sweep (its {what}s: {values})")

@@ -21,7 +21,7 @@ import pandas as pd
 from alliter import measures as M
 from alliter.cli import AlliterError
 from alliter.config import DEFAULT_REWARD, DEFAULT_WINDOW
-from alliter.knob import KNOBS
+from alliter.knob import BETA, KNOBS, TARGET, VALUE, Knob
 from alliter.rule import as_diversity
 from alliter.train.reward import describe_reward, raw_reward
 from alliter.schema import (
@@ -60,19 +60,19 @@ class Trial:
     swept: str | None = None  # what its sweep recorded varying (sweep.json's knob); None: not recorded
 
     @property
-    def knob(self) -> str:
+    def knob(self) -> Knob:
         """What a sweep of this trial varies: as its sweep recorded, else (a sweep of before, a single run) its
         fixed beta, or its KL target."""
-        return self.swept or ("beta" if self.kl_target is None else "kl_target")
+        return KNOBS[self.swept] if self.swept else BETA if self.kl_target is None else TARGET
 
     @property
     def value(self) -> float:
-        """The knob's value: the trial's beta, or its KL target."""
-        return self.beta if self.knob == "beta" else self.kl_target
+        """The knob's value (the frames' VALUE column): the trial's beta, or its KL target."""
+        return self.beta if self.knob is BETA else self.kl_target
 
     @property
     def label(self) -> str:
-        return f"{KNOBS[self.knob].symbol}={self.value:g}"
+        return self.knob.named(self.value)
 
     @property
     def done(self) -> int:
@@ -241,8 +241,8 @@ def load_trials(root: Path) -> tuple[list[Trial], list[str]]:
     return with_data, notes
 
 
-def sweep_knob(trials: list[Trial]) -> str:
-    """The column a sweep's frames are keyed by: "beta", or "kl_target" for a sweep of KL targets."""
+def sweep_knob(trials: list[Trial]) -> Knob:
+    """What a sweep varies (its frames hold the value in their VALUE column): a beta, or a KL target."""
     return trials[0].knob
 
 
@@ -293,12 +293,11 @@ def text_measures(generations: pd.DataFrame) -> pd.DataFrame:
 
 
 def group_frame(trials: list[Trial], measure: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The tidy per-group frame (metrics joined with the sweep's knob and the text measures), and all generations.
-    A KL-target trial's `beta` column is its controller's beta group by group."""
-    knob = sweep_knob(trials)
-    metrics = pd.concat([t.metrics.assign(trial=t.name, **{knob: t.value}) for t in trials], ignore_index=True)
-    gens = [t.generations.assign(trial=t.name, **{knob: t.value}) for t in trials if len(t.generations)]
-    no_texts = pd.DataFrame(columns=["trial", knob, "generation", "group", "text", "raw_reward"])
+    """The tidy per-group frame (metrics joined with the varied value, VALUE, and the text measures), and all
+    generations. A KL-target trial's `beta` column is its controller's beta group by group."""
+    metrics = pd.concat([t.metrics.assign(trial=t.name, **{VALUE: t.value}) for t in trials], ignore_index=True)
+    gens = [t.generations.assign(trial=t.name, **{VALUE: t.value}) for t in trials if len(t.generations)]
+    no_texts = pd.DataFrame(columns=["trial", VALUE, "generation", "group", "text", "raw_reward"])
     generations = pd.concat(gens, ignore_index=True) if gens else no_texts
     # joined by the group's generations: metrics.jsonl counted groups from 1 before alliter.schema, from 0 since
     groups = metrics.merge(text_measures(generations), on=["trial", "generations"], how="left", suffixes=("_trainer", ""))
@@ -314,12 +313,12 @@ def _means(groups: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return groups.groupby(by, sort=True).agg(generations=("generations", "max"), **agg)
 
 
-def window_frame(groups: pd.DataFrame, window: int, knob: str, trials: list[Trial] = ()) -> pd.DataFrame:
-    """Per (knob, window end): the training measures over the window's groups, and the measures of the window's
+def window_frame(groups: pd.DataFrame, window: int, trials: list[Trial] = ()) -> pd.DataFrame:
+    """Per (varied value, window end): the training measures over the window's groups, and the measures of the window's
     texts together against the trial's unmodified model's stories (alliter.measures.pooled_measures; its evaluation
     at generation 0, else its first group), averaged over trials of a value."""
     tiled = groups.assign(window=(np.ceil(groups["generations"] / window) * window).astype(int))
-    per_trial = _means(tiled, [knob, "trial", "window"]).reset_index()
+    per_trial = _means(tiled, [VALUE, "trial", "window"]).reset_index()
     pooled = []
     for t in trials:
         base = t.stories(0, window)["text"].tolist()
@@ -331,5 +330,5 @@ def window_frame(groups: pd.DataFrame, window: int, knob: str, trials: list[Tria
                    for end, chunk in g.groupby(ends)]
     if pooled:
         per_trial = per_trial.merge(pd.DataFrame(pooled), on=["trial", "window"], how="left")
-    per_value = per_trial.drop(columns="trial").groupby([knob, "window"])
+    per_value = per_trial.drop(columns="trial").groupby([VALUE, "window"])
     return per_value.mean().assign(generations=per_value["generations"].max()).reset_index()

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from alliter.analyse.judge import Analysis
+from alliter.knob import VALUE
 
 def frontier_points(result: Analysis) -> pd.DataFrame:
     """Per trial and evaluated point: d = sqrt of the sequence-level KL (the per-token estimate CE_ref - CE_policy
@@ -40,8 +41,8 @@ def frontier_fits(result: Analysis) -> pd.DataFrame:
     rows = []
     for trial, g in frontier_points(result).groupby("trial", sort=False):
         fit = gao_fit(g["d"].to_numpy(), g["gain"].to_numpy())
-        value = g[result.knob].iloc[0]
-        rows.append({result.knob: value, "seed": int(g["seed"].iloc[0]), "trial": trial, "points": len(g),
+        value = g[VALUE].iloc[0]
+        rows.append({VALUE: value, "seed": int(g["seed"].iloc[0]), "trial": trial, "points": len(g),
                      "alpha": fit[0] if fit else math.nan, "b": fit[1] if fit else math.nan,
                      "r2": fit[2] if fit else math.nan})
-    return pd.DataFrame(rows, columns=[result.knob, "seed", "trial", "points", "alpha", "b", "r2"])
+    return pd.DataFrame(rows, columns=[VALUE, "seed", "trial", "points", "alpha", "b", "r2"])

@@ -37,7 +37,8 @@ from alliter import measures as M
 from alliter.analyse.frames import Trial, group_frame, load_trials, read_search, sweep_knob, window_frame
 from alliter.analyse.letters import UNMODIFIED, letter_frame
 from alliter.cli import AlliterError
-from alliter.config import DEFAULT_WINDOW, TrainConfig
+from alliter.config import TrainConfig
+from alliter.knob import BETA, VALUE, Knob
 from alliter.rule import CollapseRule, Judgement, as_diversity, seeds_failed_at, training_points
 
 
@@ -68,7 +69,7 @@ class Choice:
     """best_beta's choice: the knob's value (a beta, or a KL target) that never failed with the highest alliteration
     at its final point; its summary row's main measures as attributes, the whole row in `row`."""
 
-    knob: str  # "beta", or "kl_target"
+    knob: Knob  # what the sweep varies
     value: float  # the knob's value
     verdict: str  # "balanced" or "under-optimised"
     point: int  # the generations of its final point
@@ -85,16 +86,18 @@ class Choice:
     row: dict[str, Any] = field(repr=False, compare=False)  # the summary's row, JSON-ready (best_beta --json)
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Choice":
-        """From the summary's row (plain Python values) with its "knob" and "value"."""
-        return cls(row["knob"], float(row["value"]), row["verdict"], int(row["point"]), int(row["generations"]),
+    def from_row(cls, row: dict[str, Any], knob: Knob) -> "Choice":
+        """From the summary's row (plain Python values)."""
+        return cls(knob, float(row[VALUE]), row["verdict"], int(row["point"]), int(row["generations"]),
                    int(row["trials"]), int(row["failed_seeds"]), row["alliteration"], row["alliteration_se"],
                    row["alliteration_gain"], row["diversity"], row["diversity_kept"], row["fluency_gap"], row.get("beta"),
                    row)
 
     def as_dict(self) -> dict[str, Any]:
-        """The choice as best_beta's JSON writes it: the summary's row with "knob" and "value"."""
-        return dict(self.row)
+        """The choice as best_beta's JSON writes it: the summary's row as summary.csv names it, with "knob" (its
+        name) and "value"."""
+        return {**{k: v for k, v in self.row.items() if k != VALUE}, self.knob.name: self.value, "knob": self.knob.name,
+                "value": self.value}
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class BestPoint:
     """The stable point with the highest alliteration over every value and generation (seeds averaged), the default
     export (alliter.analyse.judge.best_point)."""
 
-    knob: str
+    knob: Knob
     value: float  # the knob's value
     beta: float  # the beta there (a KL-target sweep's: its trials' mean beta at that point)
     generations: int
@@ -123,8 +126,8 @@ class BestPoint:
     def as_dict(self) -> dict[str, Any]:
         """The point as best_beta's JSON writes it (its keys in this order)."""
         return {
-            "overused": self.overused, "stories": self.stories, "knob": self.knob, "value": self.value,
-            self.knob: self.value, "beta": self.beta, "generations": self.generations,
+            "overused": self.overused, "stories": self.stories, "knob": self.knob.name, "value": self.value,
+            self.knob.name: self.value, "beta": self.beta, "generations": self.generations,
             "alliteration": self.alliteration, "diversity": self.diversity, "diversity_kept": self.diversity_kept,
             "fluency_gap": self.fluency_gap, "top_overuse": self.top_overuse, "trials": self.trials,
             "stable_trials": self.stable_trials, "next": self.next, "diversity_threshold": self.diversity_threshold,
@@ -132,17 +135,46 @@ class BestPoint:
         }
 
 
+@dataclass(frozen=True)
+class Overused:
+    """A point's over-used words: its value's seeds' stories pooled, against their unmodified model's (generation 0)."""
+
+    words: list[list]  # alliter.measures.overused_words' rows, most over-used first (at most 5)
+    stories: int
+    base_stories: int
+
+
+class PointWords:
+    """Each point's over-used words, computed once however many readers ask (the best point, the report, the study's
+    write-up): `words(value, generations)`. A point pools its value's trials (seeds), a search's dropped ones left
+    out."""
+
+    def __init__(self, trials: list[Trial], window: int) -> None:
+        self._trials, self._window = trials, window
+        self._seen: dict[tuple[float, int], Overused] = {}
+
+    def __call__(self, value: float, generations: int) -> Overused:
+        key = (value, generations)
+        if key not in self._seen:
+            mine = [t for t in self._trials if t.value == value]
+            pool = [t for t in mine if not t.dropped] or mine
+            texts = [x for t in pool for x in t.stories(generations, self._window)["text"]]
+            base = [x for t in pool for x in t.stories(0, self._window)["text"]]
+            self._seen[key] = Overused(M.overused_words(texts, base), len(texts), len(base))
+        return self._seen[key]
+
+
 @dataclass
 class Analysis:
     cfg: AnalysisConfig
     sweep: Path  # the sweep's folder
-    knob: str  # what the sweep varies, and the column its frames are keyed by: "beta", or "kl_target"
+    knob: Knob  # what the sweep varies: the frames hold its values in their VALUE column
     trials: list[Trial]
     groups: pd.DataFrame  # one row per (trial, group): the trainer's metrics and the text measures
     generations: pd.DataFrame  # one row per generated text
     points: pd.DataFrame  # one row per (trial, evaluated point): its measures and the rule's verdict
-    windows: pd.DataFrame  # one row per (knob value, window along training)
-    summary: pd.DataFrame  # one row per knob value: its final points, the verdict
+    windows: pd.DataFrame  # one row per (value, window along training)
+    summary: pd.DataFrame  # one row per value: its final points, the verdict
     choice: Choice | None
     best_point: BestPoint | None
     notes: list[str] = field(default_factory=list)
@@ -151,6 +183,11 @@ class Analysis:
     recipe: TrainConfig = field(default_factory=TrainConfig)  # the first trial's config, its recipe's knobs filled in
     trl_units: dict[str, Any] | None = None  # the best point's beta in TRL's KL units (`trl_units`)
     per_trial: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per trial (`trial_frame`)
+    overused: PointWords = field(default=None, repr=False)  # a point's over-used words, `overused(value, generations)`
+
+    def __post_init__(self) -> None:
+        if self.overused is None:
+            self.overused = PointWords(self.trials, self.cfg.window)
 
     @property
     def reward(self) -> dict[str, Any]:
@@ -189,11 +226,11 @@ def point_frame(trials: list[Trial], groups: pd.DataFrame, cfg: AnalysisConfig) 
         if not points:
             continue
         frame = pd.DataFrame(points).assign(
-            trial=t.name, **{t.knob: t.value}, seed=t.seed, source=source, verdict=judgement.verdicts, stable=judgement.stable,
+            trial=t.name, **{VALUE: t.value}, seed=t.seed, source=source, verdict=judgement.verdicts, stable=judgement.stable,
             diversity_kept=judgement.diversity_kept, fluency_gap=judgement.fluency_gap,
         )
         frames.append(frame)
-    columns = ["trial", sweep_knob(trials), "seed", "generations", *POINT_MEASURES, "diversity_kept", "fluency_gap",
+    columns = ["trial", VALUE, "seed", "generations", *POINT_MEASURES, "diversity_kept", "fluency_gap",
                "verdict", "stable", "source"]
     if not frames:
         return pd.DataFrame(columns=columns), judgements
@@ -217,7 +254,7 @@ def trial_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame,
         final_window = g[g["generations"] > last - cfg.window]
         judgement = judgements[t.name]
         betas = g["beta"] if "beta" in g else pd.Series([t.beta])  # a KL-target trial's beta, group by group
-        row: dict[str, Any] = {t.knob: t.value, "trial": t.name, "seed": t.seed, "generations": t.done,
+        row: dict[str, Any] = {VALUE: t.value, "beta": t.beta, "trial": t.name, "seed": t.seed, "generations": t.done,
                                "dropped": t.dropped, "status": t.status,
                                "kl_penalty": final_window["kl_penalty_mean"].mean(),
                                "ce_ref": final_window["ce_ref_mean"].mean(),
@@ -243,29 +280,28 @@ def summary_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFram
     (mean, and standard error when there are several seeds), the unmodified model's, the failure rate and the
     generation of the failure, the verdict and the Pareto front; a KL-target sweep adds its trials' final beta and
     the range their beta moved in."""
-    knob = sweep_knob(trials)
     per_trial = trial_frame(trials, groups, points, judgements, cfg)
-    dropped = per_trial.groupby(knob)["dropped"].all()  # a value the search only ever ran to drop it
-    used = per_trial[~per_trial["dropped"] | per_trial[knob].map(dropped)]
-    by_beta = used.drop(columns=["trial", "dropped", "status", "source", "failed_as", "seed"]).groupby(knob)
+    dropped = per_trial.groupby(VALUE)["dropped"].all()  # a value the search only ever ran to drop it
+    used = per_trial[~per_trial["dropped"] | per_trial[VALUE].map(dropped)]
+    by_beta = used.drop(columns=["trial", "dropped", "status", "source", "failed_as", "seed"]).groupby(VALUE)
     s = by_beta.mean(numeric_only=True)
     for name in ("alliteration", "diversity"):  # NaN for one seed: no interval
         s[f"{name}_se"] = by_beta[name].std(ddof=1) / np.sqrt(by_beta[name].count())
     s["failed_seeds"] = by_beta["failed"].sum().astype(int)
     s["collapse_rate"] = by_beta["failed"].mean()
-    status = pd.DataFrame([(t.value, t.status) for t in trials], columns=[knob, "status"]).groupby(knob)["status"]
-    s.insert(0, "trials", used.groupby(knob).size())
+    status = pd.DataFrame([(t.value, t.status) for t in trials], columns=[VALUE, "status"]).groupby(VALUE)["status"]
+    s.insert(0, "trials", used.groupby(VALUE).size())
     s.insert(1, "status", status.agg(lambda v: ", ".join(sorted(set(v)))))
     s["generations"] = by_beta["generations"].max()
     s["point"] = by_beta["point"].max()
     if "beta_min" in used:  # the range over its seeds
         s["beta_min"], s["beta_max"] = by_beta["beta_min"].min(), by_beta["beta_max"].max()
-    s["source"] = used.groupby(knob)["source"].agg(lambda v: ", ".join(sorted({x for x in v if x})) or None)
+    s["source"] = used.groupby(VALUE)["source"].agg(lambda v: ", ".join(sorted({x for x in v if x})) or None)
     s["alliteration_gain"] = s["alliteration"] - s["alliteration_baseline"]
     s["diversity_threshold"] = cfg.diversity_share * s["diversity_baseline"]
     s["fluency_limit"] = s["fluency_baseline"] + cfg.fluency_margin
     s["failed_at"] = [seeds_failed_at(list(g["failed_at"]), cfg.max_collapse_rate) for _, g in by_beta]
-    failures = used[used["failed"]].groupby(knob)["failed_as"]
+    failures = used[used["failed"]].groupby(VALUE)["failed_as"]
     s["failed_as"] = failures.agg(lambda v: v.mode().sort_values().iloc[0]).reindex(s.index)  # ties: collapsed
 
     failed = pd.Series([cfg.seeds_failed(list(g["failed"])) for _, g in by_beta], index=s.index)
@@ -294,14 +330,14 @@ def pareto_front(alliteration: pd.Series, diversity: pd.Series) -> pd.Series:
     return pd.Series(on, index=alliteration.index)
 
 
-def point_means(points: pd.DataFrame, cfg: AnalysisConfig, knob: str, dropped: set[str] = frozenset()) -> pd.DataFrame:
-    """Per (knob value, generations) after generation 0: the points' measures averaged over the value's trials
+def point_means(points: pd.DataFrame, cfg: AnalysisConfig, dropped: set[str] = frozenset()) -> pd.DataFrame:
+    """Per (value, generations) after generation 0: the points' measures averaged over the value's trials
     (seeds), how many of them are stable there, and whether the value's point is stable (at most
     `max_collapse_rate` of its seeds are not); trials a search dropped are left out."""
     p = points[(points["generations"] > 0) & ~points["trial"].isin(dropped)]
     if not len(p):
-        return pd.DataFrame(columns=[knob, "generations", "trials", "stable_trials", "stable", *POINT_MEASURES])
-    by = p.groupby([knob, "generations"])
+        return pd.DataFrame(columns=[VALUE, "generations", "trials", "stable_trials", "stable", *POINT_MEASURES])
+    by = p.groupby([VALUE, "generations"])
     means = by[[*POINT_MEASURES, "diversity", "diversity_kept", "fluency_gap"]].mean()
     means["trials"] = by.size()
     means["stable_trials"] = by["stable"].sum().astype(int)
@@ -310,33 +346,32 @@ def point_means(points: pd.DataFrame, cfg: AnalysisConfig, knob: str, dropped: s
 
 
 def best_point(points: pd.DataFrame, summary: pd.DataFrame, trials: list[Trial], groups: pd.DataFrame,
-               cfg: AnalysisConfig) -> BestPoint | None:
+               cfg: AnalysisConfig, overused: PointWords) -> BestPoint | None:
     """The stable point with the highest alliteration over every value and generation (seeds averaged): kept, and
     so is the next evaluated point of its trials, so it never sits on the edge of a collapse. `value` is the
     knob's (a beta, or a KL target: then `beta` is the trials' mean beta at that point)."""
     knob = sweep_knob(trials)
     dropped = {t.name for t in trials if t.dropped}
-    means = point_means(points, cfg, knob, dropped)
+    means = point_means(points, cfg, dropped)
     stable = means[means["stable"]]
     if not len(stable):
         return None
     row = stable.loc[stable["alliteration"].idxmax()]
-    value, g = float(row[knob]), int(row["generations"])
-    mine = points[(points[knob] == value) & ~points["trial"].isin(dropped)].sort_values("generations")
+    value, g = float(row[VALUE]), int(row["generations"])
+    mine = points[(points[VALUE] == value) & ~points["trial"].isin(dropped)].sort_values("generations")
     later = sorted(int(x) for x in mine["generations"].unique() if x > g)
-    s = summary.set_index(knob).loc[value]
+    s = summary.set_index(VALUE).loc[value]
     names = set(mine["trial"])
     at = groups[groups["trial"].isin(names) & (groups["generations"] == g)]
-    beta = float(at["beta"].mean()) if knob != "beta" and len(at) else value
-    texts = [e for t in trials if t.name in names for e in _stories(t, g)]
-    base = [e for t in trials if t.name in names for e in _stories(t, 0)]
+    beta = float(at["beta"].mean()) if knob is not BETA and len(at) else value
+    words = overused(value, g)  # pooled over the seeds
     v = plain({"alliteration": row["alliteration"], "diversity": row["diversity"],
                "diversity_kept": row["diversity_kept"], "fluency_gap": row["fluency_gap"], "top_overuse": row["top_overuse"],
                "diversity_threshold": s["diversity_threshold"], "failed_at": s["failed_at"]})
     return BestPoint(knob=knob, value=value, beta=beta, generations=g, trials=int(row["trials"]),
                      stable_trials=int(row["stable_trials"]), next=later[0] if later else None,
                      source=", ".join(sorted(set(mine["source"]))),
-                     overused=M.overused_words(texts, base), stories=len(texts), **v)  # pooled over the seeds
+                     overused=words.words, stories=words.stories, **v)
 
 
 def trial_config(trial: Trial) -> TrainConfig:
@@ -344,12 +379,12 @@ def trial_config(trial: Trial) -> TrainConfig:
     return TrainConfig.from_dict(trial.config).with_recipe()
 
 
-def trl_units(groups: pd.DataFrame, knob: str, value: float, generations: int, beta: float) -> dict[str, Any] | None:
+def trl_units(groups: pd.DataFrame, value: float, generations: int, beta: float) -> dict[str, Any] | None:
     """How a beta of the study's KL units (the per-token mean over the sample) reads in TRL's (the KL summed over the
     completion's tokens), measured on the value's own training samples up to `generations`: the ratio of the two
     KLs, each summed over those groups (so that the groups of a larger KL weigh more); None where either KL is not
     above 0 there, or the trials of before alliter recorded the completion's KL."""
-    g = groups[(groups[knob] == value) & (groups["generations"] <= generations)]
+    g = groups[(groups[VALUE] == value) & (groups["generations"] <= generations)]
     if "kl_completion_sum_mean" not in g or g["kl_completion_sum_mean"].isna().any():
         return None
     summed, per_token = float(g["kl_completion_sum_mean"].sum()), float(-g["kl_penalty_mean"].sum())
@@ -357,11 +392,6 @@ def trl_units(groups: pd.DataFrame, knob: str, value: float, generations: int, b
         return None
     ratio = summed / per_token
     return {"ratio": ratio, "beta": beta, "beta_trl": beta / ratio, "generations": generations}
-
-
-def _stories(trial: Trial, generations: int, window: int = DEFAULT_WINDOW) -> list[str]:
-    """The texts a trial's point at `generations` is judged on (Trial.stories)."""
-    return trial.stories(generations, window)["text"].tolist()
 
 
 def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
@@ -372,26 +402,26 @@ def analyse(sweep: str | Path, cfg: AnalysisConfig | None = None) -> Analysis:
     groups, generations = group_frame(trials, cfg.diversity_measure)
     points, judgements = point_frame(trials, groups, cfg)
     knob = sweep_knob(trials)
-    windows = window_frame(groups, cfg.window, knob, trials)
+    windows = window_frame(groups, cfg.window, trials)
     summary = summary_frame(trials, groups, points, judgements, cfg)
-    letters = letter_frame(trials, knob, cfg.window)
-    per_value = letters[letters["row"] != UNMODIFIED].set_index(knob)
+    letters = letter_frame(trials, cfg.window)
+    per_value = letters[letters["row"] != UNMODIFIED].set_index(VALUE)
     for column in LETTER_COLUMNS:
-        summary[column] = summary[knob].map(per_value[column])
+        summary[column] = summary[VALUE].map(per_value[column])
     chosen = summary[summary["chosen"]]
-    choice = Choice.from_row(plain({**chosen.iloc[0].to_dict(), "knob": knob, "value": chosen.iloc[0][knob]})) \
-        if len(chosen) else None
-    point = best_point(points, summary, trials, groups, cfg)
+    choice = Choice.from_row(plain(chosen.iloc[0].to_dict()), knob) if len(chosen) else None
+    words = PointWords(trials, cfg.window)
+    point = best_point(points, summary, trials, groups, cfg, words)
     recipe = trial_config(trials[0])
     if len({trial_config(t).describe_recipe() for t in trials}) > 1:
         notes.append("the trials ran with different recipes or knobs: they are not one sweep; the report names the "
                      "first trial's")
     units = None
     if point is not None and recipe.kl_reduction == "mean":
-        units = trl_units(groups, knob, point.value, point.generations, point.beta)
+        units = trl_units(groups, point.value, point.generations, point.beta)
     return Analysis(cfg, sweep, knob, trials, groups, generations, points, windows, summary, choice, point, notes,
                     read_search(sweep), letters, recipe, plain(units),
-                    trial_frame(trials, groups, points, judgements, cfg))
+                    trial_frame(trials, groups, points, judgements, cfg), words)
 
 
 def plain(value: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from alliter.analyse.frames import Trial
+from alliter.knob import VALUE
 from alliter.train.reward import alliterating_letters, raw_reward
 
 UNMODIFIED = "unmodified"
@@ -78,15 +79,15 @@ def letter_row(texts: list[str]) -> dict[str, Any]:
     }
 
 
-def letter_frame(trials: list[Trial], knob: str, window: int) -> pd.DataFrame:
-    """One row for the unmodified model (the evaluation at generation 0), then one per value of the knob at its
+def letter_frame(trials: list[Trial], window: int) -> pd.DataFrame:
+    """One row for the unmodified model (the evaluation at generation 0), then one per varied value (VALUE) at its
     trials' final points."""
     rows = []
     # every trial's generation 0 is the same stories (one eval seed), unless their settings differ: each story once
     first = [t.evaluations.loc[t.evaluations["generations"] == 0, ["sample", "text"]] for t in trials if len(t.evaluations)]
     unmodified = pd.concat(first).drop_duplicates()["text"].tolist() if first else []
     if unmodified:
-        rows.append({"row": UNMODIFIED, knob: math.nan, "generations": 0, **letter_row(unmodified)})
+        rows.append({"row": UNMODIFIED, VALUE: math.nan, "generations": 0, **letter_row(unmodified)})
     values = sorted({t.value for t in trials})
     for value in values:
         mine = [t for t in trials if t.value == value]
@@ -95,5 +96,5 @@ def letter_frame(trials: list[Trial], knob: str, window: int) -> pd.DataFrame:
             g, own = trial_texts(t, window)
             at.append(g)
             texts += own
-        rows.append({"row": f"{value:g}", knob: value, "generations": max(at), **letter_row(texts)})
+        rows.append({"row": f"{value:g}", VALUE: value, "generations": max(at), **letter_row(texts)})
     return pd.DataFrame(rows)

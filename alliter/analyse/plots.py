@@ -20,7 +20,7 @@ from alliter.analyse.names import (
     MEASURE_LABELS, PANEL_LABELS, beta_colours, diversity_panels, reward_label,
 )
 from alliter.cli import AlliterError
-from alliter.knob import BETA, KNOBS
+from alliter.knob import BETA, VALUE
 from alliter.rule import as_diversity
 
 TAB10 = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey",
@@ -35,7 +35,7 @@ def smoothed(result: Analysis, columns: list[str]) -> dict[float, pd.DataFrame]:
     """Per beta: each trial's per-group values as a running mean over the last `window` generations, then
     their mean over the beta's trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
     curves = {}
-    for beta, g in result.groups.groupby(result.knob):
+    for beta, g in result.groups.groupby(VALUE):
         per_trial = []
         for _, trial in g.groupby("trial"):
             per_group = trial.set_index("generations")[columns].sort_index()
@@ -84,7 +84,7 @@ def point_curves(result: Analysis) -> dict[float, pd.DataFrame]:
     trials (seeds) and its standard error (`<column>_se`, NaN for one trial)."""
     columns = ["alliteration", "diversity_kept", "fluency_gap", "top_overuse"]
     curves = {}
-    for beta, p in result.points.groupby(result.knob):
+    for beta, p in result.points.groupby(VALUE):
         curves[beta] = _mean_and_se(p.groupby("generations")[columns])
     return curves
 
@@ -93,7 +93,7 @@ def plot_evaluations(result: Analysis, path: Path | None = None) -> Figure:
     """The points the rule judges, along training: alliteration, diversity as a share of the unmodified model's,
     the fluency gap and the most over-used word, with the rule's three limits and the best point."""
     cfg, s = result.cfg, result.summary
-    colours = beta_colours(list(s[result.knob]))
+    colours = beta_colours(list(s[VALUE]))
     curves = point_curves(result)
     fig, axes = _figure(13, 9, 2, 2)
     measure = MEASURE_LABELS[cfg.diversity_measure]
@@ -103,7 +103,7 @@ def plot_evaluations(result: Analysis, path: Path | None = None) -> Figure:
               ("top_overuse", "times the unmodified model's rate", "The most over-used word (4+ letters)")]
     for ax, (column, ylabel, title) in zip(axes.flat, panels):
         for beta, curve in curves.items():
-            _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, KNOBS[result.knob].label(beta))
+            _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.6, result.knob.label(beta))
             ax.scatter(curve.index, curve[column], color=colours[beta], s=10)
         if column == "diversity_kept":
             ax.axhline(cfg.diversity_share, color="black", ls="--", lw=1, label=f"rule: {cfg.diversity_share:.0%}")
@@ -121,10 +121,10 @@ def plot_evaluations(result: Analysis, path: Path | None = None) -> Figure:
         p = result.best_point
         if p is not None and getattr(p, column) is not None:
             ax.scatter(p.generations, getattr(p, column), marker="*", s=260, color=colours[p.value], edgecolor="black",
-                       zorder=5, label=f"best point: {KNOBS[result.knob].label(p.value)}, {p.generations} gens")
+                       zorder=5, label=f"best point: {result.knob.label(p.value)}, {p.generations} gens")
         ax.set(xlabel="generations", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
-    _legend(axes[0][1], title=KNOBS[result.knob].legend)
+    _legend(axes[0][1], title=result.knob.legend)
     source = "evaluations" if (s["source"] == "evaluation").all() else "evaluations (training windows where a trial has none)"
     fig.suptitle(f"The points the rule judges: {source}, mean over seeds with one standard error")
     fig.tight_layout()
@@ -201,12 +201,12 @@ def plot_frontier(results: list[Analysis], path: Path | None = None) -> Figure:
     ax = axes[0][0]
     palette = iter(TAB10 * 4)  # several sweeps: a colour per (sweep, value), where each sweep's own scale would repeat
     for result, style in zip(results, ("-", "--", ":", "-.")):
-        colours = beta_colours(list(result.summary[result.knob]))
+        colours = beta_colours(list(result.summary[VALUE]))
         if len(results) > 1:
             colours = {value: next(palette) for value in colours}
         points = frontier_points(result)
         fits = frontier_fits(result).set_index("trial")
-        for value, g in points.groupby(result.knob):
+        for value, g in points.groupby(VALUE):
             colour = colours[value]
             for trial, t in g.groupby("trial"):
                 ax.plot(t["d"], t["gain"], color=colour, lw=0.6, alpha=0.35, ls=style)
@@ -218,7 +218,7 @@ def plot_frontier(results: list[Analysis], path: Path | None = None) -> Figure:
             mean, count = by.mean(), by.count()["gain"]
             se = (by.std(ddof=1)["gain"] / np.sqrt(count)).fillna(0)
             ax.plot(mean["d"], mean["gain"], color=colour, lw=2, ls=style, marker="o", ms=3,
-                    label=KNOBS[result.knob].label(value) + (f" ({len(g['trial'].unique())} seeds)"
+                    label=result.knob.label(value) + (f" ({len(g['trial'].unique())} seeds)"
                                                          if g["trial"].nunique() > 1 else ""))
             if (se > 0).any():  # bars, not a band: d can move back along training, and a band would fold over
                 ax.errorbar(mean["d"], mean["gain"], yerr=se, color=colour, lw=0, elinewidth=1, capsize=2)
@@ -227,7 +227,7 @@ def plot_frontier(results: list[Analysis], path: Path | None = None) -> Figure:
            title="The reward-KL frontier along training (dashed thin: Gao et al.'s d (alpha - b log d), where it fits)")
     ax.set_yscale("symlog", linthresh=10.0, linscale=2.0)
     ax.grid(alpha=0.3)
-    _legend(ax, title=" / ".join(KNOBS[r.knob].legend for r in {r.knob: r for r in results}.values()))
+    _legend(ax, title=" / ".join(dict.fromkeys(r.knob.legend for r in results)))
     return _save(fig, path)
 
 
@@ -252,46 +252,46 @@ def plot_letters(result: Analysis, path: Path | None = None) -> Figure:
     for (i, j), v in np.ndenumerate(grid.to_numpy()):
         if np.isfinite(v) and v >= 0.005:
             ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8, color="white" if v > 0.55 else "black")
-    rows = [("unmodified model" if r.row == UNMODIFIED else KNOBS[result.knob].label(getattr(r, result.knob)))
+    rows = [("unmodified model" if r.row == UNMODIFIED else result.knob.label(getattr(r, VALUE)))
             + (f"  ({r.letter_entropy:.2f} bits, {r.pairs} pairs)" if r.pairs else "  (no pairs)")
             for r in f.itertuples()]
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xticks(range(len(grid.columns)), list(grid.columns))
     ax.set(xlabel="first letter of the alliterating word pair")
     fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="share of the row's pairs")
-    ax.set_title(f"Which letters alliterate: the unmodified model, and each {KNOBS[result.knob].symbol} at its final "
+    ax.set_title(f"Which letters alliterate: the unmodified model, and each {result.knob.symbol} at its final "
                  "point (seeds pooled; entropy of the shares in bits)")
     return _save(fig, path)
 
 
 def plot_curve(result: Analysis, column: str, ylabel: str, title: str, path: Path | None = None) -> Figure:
-    colours = beta_colours(list(result.summary[result.knob]))
+    colours = beta_colours(list(result.summary[VALUE]))
     fig, axes = _figure()
     ax = axes[0][0]
     for beta, curve in smoothed(result, [column]).items():
-        _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.8, KNOBS[result.knob].label(beta))
+        _plot_mean(ax, curve.index, curve[column], curve[f"{column}_se"], colours[beta], 1.8, result.knob.label(beta))
     if column == "kl_penalty_mean":
         ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="generations", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    _legend(ax, title=KNOBS[result.knob].legend)
+    _legend(ax, title=result.knob.legend)
     return _save(fig, path)
 
 
 def plot_diversity(result: Analysis, path: Path | None = None) -> Figure:
     cfg, s = result.cfg, result.summary
-    colours = beta_colours(list(s[result.knob]))
+    colours = beta_colours(list(s[VALUE]))
     columns = diversity_panels(cfg.diversity_measure)
     curves = smoothed(result, columns)
     fig, axes = _figure(12, 7.5, 2, 2)
     for ax, column in zip(axes.flat, columns):
         for beta, curve in curves.items():
             y = as_diversity(curve[column], column)
-            _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, KNOBS[result.knob].label(beta))
+            _plot_mean(ax, curve.index, y, curve[f"{column}_se"], colours[beta], 1.6, result.knob.label(beta))
         ax.set_ylim(0, 1.02)  # all four are shares: a fixed scale shows a collapse for what it is
         ax.set(xlabel="generations", ylabel=PANEL_LABELS[column] + " (higher = more diverse)", title=PANEL_LABELS[column])
         ax.grid(alpha=0.3)
-    _legend(axes[0][1], axes[0][0], title=KNOBS[result.knob].legend)
+    _legend(axes[0][1], axes[0][0], title=result.knob.legend)
     fig.suptitle(f"Diversity within each training group, running mean over {cfg.window} generations "
                  "(the rule judges the evaluations: evaluations.png)")
     fig.tight_layout()
@@ -303,7 +303,7 @@ def plot_pareto(result: Analysis, path: Path | None = None) -> Figure:
     choice), and every evaluated point against its most over-used word (the trade-off a reader sees: how much
     alliteration a policy gets before its stories narrow to one word)."""
     cfg, s = result.cfg, result.summary
-    colours = beta_colours(list(s[result.knob]))
+    colours = beta_colours(list(s[VALUE]))
     measure = MEASURE_LABELS[cfg.diversity_measure]
     fig, axes = _figure(15, 6, 1, 2)
     ax = axes[0][0]
@@ -315,9 +315,9 @@ def plot_pareto(result: Analysis, path: Path | None = None) -> Figure:
     front = s[s["pareto"]].sort_values("alliteration")
     ax.plot(front["alliteration"], front["diversity"], color="grey", lw=1.2, ls=":", label="Pareto front")
     for i, row in enumerate(s.itertuples()):
-        value = getattr(row, result.knob)
+        value = getattr(row, VALUE)
         ax.scatter(row.alliteration, row.diversity, s=90, color=colours[value], edgecolor="black", lw=0.6,
-                   label=f"{KNOBS[result.knob].label(value)} ({row.verdict})", zorder=4)
+                   label=f"{result.knob.label(value)} ({row.verdict})", zorder=4)
         if pd.notna(row.alliteration_se) or pd.notna(row.diversity_se):  # seeds: one standard error each way
             ax.errorbar(row.alliteration, row.diversity, xerr=np.nan_to_num(row.alliteration_se),
                         yerr=np.nan_to_num(row.diversity_se), color=colours[value], lw=1, capsize=3, zorder=3)
@@ -326,14 +326,14 @@ def plot_pareto(result: Analysis, path: Path | None = None) -> Figure:
                     xytext=(9, 7 if i % 2 == 0 else -15))
     if result.choice is not None:
         ax.scatter(result.choice.alliteration, result.choice.diversity, s=380, facecolor="none",
-                   edgecolor="black", lw=2, label=f"choice: {KNOBS[result.knob].label(result.choice.value)}", zorder=5)
+                   edgecolor="black", lw=2, label=f"choice: {result.knob.label(result.choice.value)}", zorder=5)
     ax.set(xlabel="alliteration (mean raw reward) at its final point", ylabel=f"{measure} at its final point",
-           title=f"Each {KNOBS[result.knob].symbol}'s final point: alliteration against {measure}")
+           title=f"Each {result.knob.symbol}'s final point: alliteration against {measure}")
     ax.set_ylim(0, 1.12)  # room for the labels of betas that keep all their diversity
     ax.grid(alpha=0.3)
     ax = axes[0][1]
     points = result.points[result.points["generations"] > 0]
-    for value, p in points.groupby(result.knob):
+    for value, p in points.groupby(VALUE):
         ax.scatter(p["alliteration"], p["top_overuse"], s=18, color=colours[value], alpha=0.8, lw=0)
     if cfg.max_overuse:
         ax.axhspan(cfg.max_overuse, max(cfg.max_overuse * 2, points["top_overuse"].max() * 1.2 if len(points) else 1),
@@ -344,7 +344,7 @@ def plot_pareto(result: Analysis, path: Path | None = None) -> Figure:
     p = result.best_point
     if p is not None:
         ax.scatter(p.alliteration, p.top_overuse, marker="*", s=260, color=colours[p.value],
-                   edgecolor="black", zorder=5, label=f"best point: {KNOBS[result.knob].label(p.value)}, "
+                   edgecolor="black", zorder=5, label=f"best point: {result.knob.label(p.value)}, "
                                                        f"{p.generations} gens")
     _ratio_axis(ax)
     ax.set(xlabel="alliteration (mean raw reward) of the point's stories",
@@ -353,7 +353,7 @@ def plot_pareto(result: Analysis, path: Path | None = None) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=9, frameon=False)  # this panel's marks, inside
     handles, labels = axes[0][0].get_legend_handles_labels()  # the values, and the first panel's marks, on the right
-    fig.legend(handles, labels, title=KNOBS[result.knob].legend, loc="upper left", bbox_to_anchor=(1.0, 0.95),
+    fig.legend(handles, labels, title=result.knob.legend, loc="upper left", bbox_to_anchor=(1.0, 0.95),
                fontsize=9, frameon=False)
     fig.tight_layout()
     return _save(fig, path)

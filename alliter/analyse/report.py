@@ -17,7 +17,7 @@ from alliter.analyse.frontier import frontier_fits
 from alliter.analyse.judge import Analysis, plain
 from alliter.analyse.names import MEASURE_LABELS
 from alliter.config import DEFAULT_REWARD
-from alliter.knob import BETA, KNOBS
+from alliter.knob import BETA, VALUE
 from alliter.rule import FAILED
 from alliter.analyse.plots import PLOTS, plot
 
@@ -53,10 +53,10 @@ def display_frame(result: Analysis) -> pd.DataFrame:
         at = list(columns).index("distinct_2") + 1
         columns = dict([*list(columns.items())[:at], (RULE_COLUMNS[measure], measure), *list(columns.items())[at:]])
     knob = result.knob
-    columns = {knob if k == "beta" else k: knob if v == "beta" else v for k, v in columns.items()}
+    columns = {knob.name if k == "beta" else k: VALUE if v == "beta" else v for k, v in columns.items()}
     t = summary[list(columns.values())].copy()
     t.columns = list(columns)
-    t[knob] = t[knob].map(lambda b: f"{b:g}")
+    t[knob.name] = t[knob.name].map(lambda b: f"{b:g}")
     t["gens"] = t["gens"].map(lambda g: f"{g:.0f}")
     t["div_kept"] = t["div_kept"].map(_fmt(".0%"))
     t["overuse"] = t["overuse"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}x")
@@ -75,7 +75,7 @@ def display_frame(result: Analysis) -> pd.DataFrame:
         t[header] = [_pm(m, se) for m, se in zip(summary[measure], summary["diversity_se"])]
         t.insert(1, "seeds", summary["trials"])
         t.insert(len(t.columns) - 2, "failed", [f"{k}/{n}" for k, n in zip(summary["failed_seeds"], summary["trials"])])
-    if KNOBS[knob] is not BETA:  # a KL-target sweep: where each target's beta ended, and the range it moved in
+    if knob is not BETA:  # a KL-target sweep: where each target's beta ended, and the range it moved in
         t["beta"] = summary["beta"].map(lambda v: f"{v:.3g}")
         t["beta_range"] = [f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(summary["beta_min"], summary["beta_max"])]
     return t
@@ -89,8 +89,8 @@ def _table_key(result: Analysis) -> str:
     evaluated = (result.summary["source"] == "evaluation").all()
     where = "its final evaluation" if evaluated else "its final point (an evaluation, else its last training window)"
     beta = ("; beta: where the controller left it, beta_range: its range along training"
-            if KNOBS[result.knob] is not BETA else "")
-    return (f"\n(alliteration to fluency: each {KNOBS[result.knob].symbol} at {where}; overuse: its most over-used word, "
+            if result.knob is not BETA else "")
+    return (f"\n(alliteration to fluency: each {result.knob.symbol} at {where}; overuse: its most over-used word, "
             f"times the unmodified model's rate; fluency: nats over the unmodified model's own stories; kl_penalty: the "
             f"training groups' over the last {result.cfg.window} generations{beta})")
 
@@ -126,8 +126,9 @@ def reason(result: Analysis) -> str:
     """The choice and why, how sure it is (with seeds), the best point in training and the Pareto front,
     in plain sentences."""
     cfg, s, c, p = result.cfg, result.summary, result.choice, result.best_point
-    knob, noun = result.knob, KNOBS[result.knob].plural
-    name = KNOBS[result.knob].named
+    knob = result.knob
+    noun = knob.plural
+    name = result.knob.named
     measure = MEASURE_LABELS[cfg.diversity_measure]
     seeds = bool((s["trials"] > 1).any())
     rule = (
@@ -142,7 +143,7 @@ def reason(result: Analysis) -> str:
                  "window)."]
     elif c is None:
         lines = [f"choice: none - every one failed the rule ({cfg.rule().describe()}). Try "
-                 + f"{'larger' if KNOBS[knob].safer == 'higher' else 'smaller'} {noun}, an earlier point (below), or a "
+                 + f"{'larger' if knob.safer == 'higher' else 'smaller'} {noun}, an earlier point (below), or a "
                  "looser rule."]
     else:
         row = s[s["chosen"]].iloc[0]
@@ -155,9 +156,9 @@ def reason(result: Analysis) -> str:
         ]
         if c.verdict == "under-optimised":
             lines.append("  It barely raised alliteration over the unmodified model: train longer"
-                         + (" or with a smaller beta." if KNOBS[knob] is BETA and c.value > 0 else "."))
+                         + (" or with a smaller beta." if knob is BETA and c.value > 0 else "."))
         for other in s[s["verdict"].isin(FAILED) & (s["alliteration"] > c.alliteration)].itertuples():
-            lines.append(f"  {name(getattr(other, knob))} reached more alliteration "
+            lines.append(f"  {name(getattr(other, VALUE))} reached more alliteration "
                          f"({_pm(other.alliteration, other.alliteration_se)}) but {_failure(other, measure, seeds)}.")
         runners = s[~s["verdict"].isin([*FAILED, "dropped"]) & ~s["chosen"]]
         runners = runners.sort_values("alliteration", ascending=False)
@@ -166,7 +167,7 @@ def reason(result: Analysis) -> str:
             apart = c.alliteration - r["alliteration"] > sum(v for v in (c.alliteration_se, r["alliteration_se"])
                                                                   if not pd.isna(v))  # None: one seed, no interval
             lines.append(
-                f"  {name(c.value)} over {name(r[knob])} (the next kept {KNOBS[knob].symbol}): mean alliteration "
+                f"  {name(c.value)} over {name(r[VALUE])} (the next kept {knob.symbol}): mean alliteration "
                 f"{_pm(c.alliteration, c.alliteration_se)} against {_pm(r['alliteration'], r['alliteration_se'])} "
                 + ("(further apart than their standard errors)" if apart else "(within their standard errors: as good)")
                 + f", {_seeds_kept(row)} against {r['trials'] - r['failed_seeds']} of {r['trials']}."
@@ -175,7 +176,7 @@ def reason(result: Analysis) -> str:
         edge = f"its next evaluation, at {p.next}, is kept too"
         seeds_line = f" in {p.stable_trials} of {p.trials} seeds" if p.trials > 1 else ""
         fails = f"; {name(p.value)} fails at {p.failed_at:.0f} generations" if p.failed_at else ""
-        at_beta = f" (its beta there: {p.beta:.3g})" if KNOBS[knob] is not BETA else ""
+        at_beta = f" (its beta there: {p.beta:.3g})" if knob is not BETA else ""
         overuse = (f" Its stories over-use {M.overuse_text(p.overused, p.stories)} against the unmodified "
                    "model's (3 uses added to each word's)."
                    if p.overused else "")
@@ -187,8 +188,8 @@ def reason(result: Analysis) -> str:
         )
     else:
         lines.append("best point: none - no point is kept with its next evaluation kept too.")
-    front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], knob]) or "none"
-    lines.append(f"Pareto front of alliteration against {measure}: {KNOBS[knob].symbol} = {front}.")
+    front = ", ".join(f"{b:g}" for b in s.loc[s["pareto"], VALUE]) or "none"
+    lines.append(f"Pareto front of alliteration against {measure}: {knob.symbol} = {front}.")
     lines.append(f"The update: {result.recipe.describe_recipe()}.")
     u = result.trl_units
     if u is not None:
@@ -225,9 +226,9 @@ def choice_json(result: Analysis, out: Path) -> dict[str, Any]:
         "choice": result.choice.as_dict() if result.choice else None,
         "best_point": result.best_point.as_dict() if result.best_point else None,
         "rule": dataclasses.asdict(result.cfg),
-        "knob": result.knob,
-        "pareto_front": s.loc[s["pareto"], result.knob].tolist(),
-        "betas": [plain(r) for r in s.to_dict("records")],  # each value of the knob (the name of a beta sweep's)
+        "knob": result.knob.name,
+        "pareto_front": s.loc[s["pareto"], VALUE].tolist(),
+        "betas": [plain(r) for r in result.knob.in_files(s).to_dict("records")],  # each value of the knob (the name of a beta sweep's)
         "notes": result.notes,
         "search": result.search,
         "out": str(out),
@@ -292,7 +293,7 @@ def letters_table(result: Analysis) -> pd.DataFrame:
     their spread, t and s's share and the study's raw reward."""
     f = result.letters
     t = pd.DataFrame({
-        KNOBS[result.knob].symbol: f["row"],
+        result.knob.symbol: f["row"],
         "gens": f["generations"].map(lambda g: f"{g:.0f}"),
         "stories": f["stories"],
         "raw_alliteration": f["raw_alliteration"].map(_fmt(".2f")),
@@ -316,42 +317,43 @@ def story_sections(result: Analysis) -> list[tuple[str, str, list[tuple[str, str
     p = result.best_point
     if p is not None:
         what, stories = point_stories(result, p.value, p.generations)
-        sections.append((f"The best point: {KNOBS[result.knob].label(p.value)} at {p.generations} generations", what,
+        sections.append((f"The best point: {result.knob.label(p.value)} at {p.generations} generations", what,
                          _story_lines(stories)))
-    for value in sorted(result.summary[result.knob]):
+    for value in sorted(result.summary[VALUE]):
         what, stories = point_stories(result, value)
-        verdict = result.summary.set_index(result.knob).at[value, "verdict"]
-        sections.append((f"{KNOBS[result.knob].label(value)} ({verdict})", what, _story_lines(stories)))
+        verdict = result.summary.set_index(VALUE).at[value, "verdict"]
+        sections.append((f"{result.knob.label(value)} ({verdict})", what, _story_lines(stories)))
     return sections
 
 
 
 
+TABLES = ("summary", "points", "windows", "letters")  # the Analysis's frames best_beta writes, as NAME.csv
+
+
 def write_outputs(result: Analysis, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    result.summary.to_csv(out / "summary.csv", index=False)
-    result.points.to_csv(out / "points.csv", index=False)
-    result.windows.to_csv(out / "windows.csv", index=False)
-    result.letters.to_csv(out / "letters.csv", index=False)
+    for name in TABLES:  # each value under the knob's name, as a reader of the files expects
+        result.knob.in_files(getattr(result, name)).to_csv(out / f"{name}.csv", index=False)
     for name in PLOTS:
         plot(result, name.removesuffix(".png"), out / name)
     blocks = report_blocks(result, out)
     (out / "report.md").write_text(to_markdown(blocks, out), encoding="utf-8")
     (out / "report.html").write_text(to_html(blocks, "Beta sweep analysis"), encoding="utf-8")
-    return [out / n for n in ("summary.csv", "points.csv", "windows.csv", "letters.csv", *PLOTS, "report.md",
+    return [out / n for n in (*(f"{t}.csv" for t in TABLES), *PLOTS, "report.md",
                               "report.html")]
 
 
 def _intro(result: Analysis) -> str:
     cfg = result.cfg
     return (
-        f"{len(result.trials)} trials, {len(result.summary)} {KNOBS[result.knob].plural}. {reward_line(result)} A point is "
+        f"{len(result.trials)} trials, {len(result.summary)} {result.knob.plural}. {reward_line(result)} A point is "
         "judged by its evaluation: "
         f"{result.trials[0].evaluations['sample'].nunique() if len(result.trials[0].evaluations) else 'no'} fresh stories "
         f"of the policy at that point, sampled with the same random numbers at every point, against the trial's "
         f"evaluation at generation 0 (the unmodified model). Rule: a point is not kept (and a trial fails "
         f"at its first such point) on any of: {cfg.rule().describe()}; fluency is the unmodified model's cross-entropy "
-        f"of its stories. The choice: the highest alliteration at the final point among the {KNOBS[result.knob].plural} that never failed; "
+        f"of its stories. The choice: the highest alliteration at the final point among the {result.knob.plural} that never failed; "
         f"an alliteration gain under {cfg.under_optimised_share:.0%} of the best such gain (or under {cfg.min_gain:g}) "
         f"is under-optimised. The best point: the stable point (kept, and so is the trial's next evaluation) with the "
         f"most alliteration. self_bleu: mean BLEU of each story against the rest of its group (high = near-duplicates); "
@@ -370,8 +372,8 @@ def _fits_table(result: Analysis) -> pd.DataFrame:
     fits = frontier_fits(result)
     for col in ("alpha", "b", "r2"):
         fits[col] = fits[col].map(_fmt(".3g"))
-    fits[result.knob] = fits[result.knob].map(lambda v: f"{v:g}")
-    return fits.drop(columns="trial")
+    fits[VALUE] = fits[VALUE].map(lambda v: f"{v:g}")
+    return result.knob.in_files(fits.drop(columns="trial"))
 
 
 def report_blocks(result: Analysis, out: Path) -> list[Block]:

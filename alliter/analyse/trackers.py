@@ -26,14 +26,14 @@ def log_choice_mlflow(uri: str, experiment: str, result: Analysis, out: Path, wr
                             tags={"alliter.sweep": experiment, "alliter.sweep_path": str(result.sweep.resolve()),
                                   "alliter.role": "best_beta"})
     run_id = run.info.run_id
-    params = {"knob": result.knob, "recipe": result.recipe.recipe, "update": result.recipe.describe_recipe()[:6000],
+    params = {"knob": result.knob.name, "recipe": result.recipe.recipe, "update": result.recipe.describe_recipe()[:6000],
               "rule": result.cfg.rule().describe()}
     metrics: dict[str, float] = {}
     for prefix, chosen in (("choice", result.choice), ("best_point", result.best_point)):
         if chosen is None:
             params[prefix] = "none"
             continue
-        params[f"{prefix}.{result.knob}"] = chosen.value
+        params[f"{prefix}.{result.knob.name}"] = chosen.value
         params[f"{prefix}.generations"] = chosen.generations
         for name in ("alliteration", "alliteration_gain", "diversity_kept", "fluency_gap", "beta"):
             value = getattr(chosen, name, None)  # a best point has no gain
@@ -65,7 +65,7 @@ def log_choice_wandb(project: str, group: str, result: Analysis, out: Path, writ
     out.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=project, group=group, name="best_beta", job_type="analysis",
                      dir=os.environ.get("WANDB_DIR") or str(out),
-                     config={"knob": result.knob, "recipe": result.recipe.recipe,
+                     config={"knob": result.knob.name, "recipe": result.recipe.recipe,
                              "choice": result.choice and result.choice.as_dict(),
                              "best_point": result.best_point and result.best_point.as_dict()})
     try:

@@ -116,22 +116,21 @@ def ratio_text(ratio: float) -> str:
 
 
 def overuse_at(result: Analysis, generations: int) -> Overuse | None:
-    """The most over-used word of the stories at `generations`, pooled over the seeds, against their unmodified
-    model's stories (generation 0); per seed, the seed's rate of that word against the same pooled base rate."""
-    per_seed = [(list(t.stories(generations, result.cfg.window)["text"]), list(t.stories(0, result.cfg.window)["text"]))
-                for t in result.trials]
-    texts = [s for mine, _ in per_seed for s in mine]
-    base = [s for _, b in per_seed for s in b]
-    words = M.overused_words(texts, base, top=1)
-    if not words:
+    """The most over-used word of a one-value sweep's stories at `generations` (the Analysis's, its seeds pooled,
+    against their unmodified model's stories); per seed, the seed's rate of that word against the same pooled base
+    rate, and its share of the seed's alliterating pairs."""
+    words = result.overused(result.trials[0].value, generations)
+    if not words.words:
         return None
-    word, _, ratio, uses, base_uses = words[0]
+    word, _, ratio, uses, base_uses = words.words[0]
+    per_seed = [list(t.stories(generations, result.cfg.window)["text"]) for t in result.trials]
     ratios, shares = [], []
-    for mine, _ in per_seed:  # each seed against the pooled base: the same smoothed rate, so the ratios compare
-        ratios.append(M.overuse_ratio(M.word_counts(mine)[word], len(mine), base_uses, len(base)))
+    for mine in per_seed:  # each seed against the pooled base: the same smoothed rate, so the ratios compare
+        ratios.append(M.overuse_ratio(M.word_counts(mine)[word], len(mine), base_uses, words.base_stories))
         shares.append(M.word_share([p for t in mine for p in alliterating_pairs(t)], word))
-    pairs = [p for t in texts for p in alliterating_pairs(t)]
-    return Overuse(word, ratio, uses, len(texts), base_uses, len(base), ratios, M.word_share(pairs, word), shares)
+    pairs = [p for mine in per_seed for t in mine for p in alliterating_pairs(t)]
+    return Overuse(word, ratio, uses, words.stories, base_uses, words.base_stories, ratios, M.word_share(pairs, word),
+                   shares)
 
 
 def first_reaching(counts: pd.DataFrame, alliteration: float) -> int | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from alliter.analyse.judge import Analysis, analyse
 from alliter.cli import AlliterError
+from alliter.knob import VALUE
 from alliter.rule import FAILED
 from alliter.schema import RESULTS_DIR, SWEEP_STATS_FILE
 from alliter.storage import read_json, write_atomic
@@ -99,7 +100,7 @@ def _betas(values: list[float]) -> str:
 def failed_betas(result: Analysis) -> dict[float, bool]:
     """A sweep's betas and whether each failed (collapsed or degenerated, in more than the rule's share of seeds)."""
     s = result.summary
-    return {float(b): v in FAILED for b, v in zip(s[result.knob], s["verdict"])
+    return {float(b): v in FAILED for b, v in zip(s[VALUE], s["verdict"])
             if v not in ("dropped", "unmeasured")}
 
 

@@ -22,7 +22,7 @@ from alliter.analyse.judge import Analysis, analyse
 from alliter.analyse.plots import plot_recipes
 from alliter.analyse.report import write_outputs
 from alliter.config import DEFAULT_REWARD
-from alliter.knob import KNOBS
+from alliter.knob import VALUE
 from alliter.rule import FAILED
 from alliter.storage import read_json
 from alliter.train.reward import raw_reward
@@ -47,7 +47,7 @@ def _stories(result: Analysis, trial: Any, generations: int, n: int) -> list[Sto
     default = result.reward["reward"] == DEFAULT_REWARD
     score = (lambda r: f"raw reward {r['raw_reward']:g}") if default else \
         (lambda r: f"{raw_reward(r['text'])} alliterating pairs (its reward, {result.reward['reward']}: {r['raw_reward']:.3g})")
-    return [Story(f"{KNOBS[result.knob].said(trial.value)}, seed {trial.seed}, {where(r)} at {generations} generations, "
+    return [Story(f"{result.knob.said(trial.value)}, seed {trial.seed}, {where(r)} at {generations} generations, "
                   f"{score(r)}", r["text"]) for _, r in rows.iterrows()]
 
 
@@ -56,32 +56,27 @@ def _last_point(trial: Any) -> int:
     return int(trial.evaluations["generations"].max()) if len(trial.evaluations) else trial.done
 
 
-def _texts(result: Analysis, generations: int) -> list[str]:
-    """Every trial's stories at a point (Trial.stories), pooled over the seeds."""
-    return [t for trial in result.trials for t in trial.stories(generations, result.cfg.window)["text"]]
-
-
 def grid_blocks(result: Analysis, out: Path) -> list[Block]:
     """A grid's table, its plots and sentences: which betas failed and when, which held."""
-    s = result.summary.sort_values(result.knob)
+    s = result.summary.sort_values(VALUE)
     failed = s[s["verdict"].isin(FAILED)]
     held = s[~s["verdict"].isin(FAILED)]
     lines = []
     if len(failed):
-        when = ", ".join(f"beta {b:g} {v} at {a:.0f}" for b, v, a in zip(failed[result.knob], failed["verdict"],
+        when = ", ".join(f"beta {b:g} {v} at {a:.0f}" for b, v, a in zip(failed[VALUE], failed["verdict"],
                                                                            failed["failed_at"]))
         lines.append(f"{len(failed)} of {len(s)} betas failed the rule: {when} generations.")
     if len(held):
         best = held.loc[held["alliteration"].idxmax()]
         figures = (f"{best['alliteration']:.1f}, {best['alliteration_gain']:+.1f} over the unmodified model's "
                    f"{best['alliteration_baseline']:.1f}")
-        lines.append(f"Betas {_list(list(held[result.knob]))} held to their end; of them beta {best[result.knob]:g} "
+        lines.append(f"Betas {_list(list(held[VALUE]))} held to their end; of them beta {best[VALUE]:g} "
                      f"alliterated most ({figures})." if len(held) > 1 else
-                     f"Beta {best[result.knob]:g} held to its end, alliterating {figures}.")
+                     f"Beta {best[VALUE]:g} held to its end, alliterating {figures}.")
     else:
         lines.append("No beta held to its end.")
     table = pd.DataFrame({
-        "beta": s[result.knob].map(lambda v: f"{v:g}"), "verdict": s["verdict"],
+        "beta": s[VALUE].map(lambda v: f"{v:g}"), "verdict": s["verdict"],
         "failed at": s["failed_at"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
         "alliteration at the end": s["alliteration"].map(lambda v: f"{v:.1f}"),
         "distinct-2 kept": s["diversity_kept"].map(lambda v: "-" if pd.isna(v) else f"{v:.0%}"),
@@ -114,10 +109,10 @@ def how_sure(result: Analysis) -> str:
         return head + " No other beta held: nothing to weigh it against."
     r = runners.iloc[0]
     if int(c.trials) < 2:
-        return (head + f" The next, beta {r[result.knob]:g}, reached {r['alliteration']:.1f}; with one seed each there "
+        return (head + f" The next, beta {r[VALUE]:g}, reached {r['alliteration']:.1f}; with one seed each there "
                 "is no interval: which of the two is better is not known from this grid.")
     apart = c.alliteration - r["alliteration"] > (c.alliteration_se or 0) + (r["alliteration_se"] or 0)
-    return head + (f" Against the next, beta {r[result.knob]:g} ({r['alliteration']:.1f} ± "
+    return head + (f" Against the next, beta {r[VALUE]:g} ({r['alliteration']:.1f} ± "
                    f"{r['alliteration_se']:.1f}): " + ("further apart than their standard errors."
                                                          if apart else "within their standard errors: as good."))
 
@@ -166,7 +161,8 @@ def seeds_verdict(result: Analysis, end: int) -> tuple[str, list[Block]]:
 
 
 def overuse_line(result: Analysis, end: int) -> str:
-    words = M.overused_words(_texts(result, end), _texts(result, 0))
+    """The most over-used words of a one-value sweep (the extended run, the recipe that holds) at `end`."""
+    words = result.overused(result.trials[0].value, end).words
     return M.overuse_text(words[:4]) if words else "no word"
 
 
@@ -184,7 +180,7 @@ def choice_finding(result: Analysis, grid: str) -> str:
     if c is None:
         return f"**No choice**: no beta of the {grid} held to its end."
     value = c.value
-    mine = result.points[result.points[result.knob] == value]
+    mine = result.points[result.points[VALUE] == value]
     s = spread(mine, "alliteration", c.point)
     seeds = c.trials
     text = (f"**The choice**: beta {value:g}, the {grid}'s: the highest alliteration among its betas kept to their "
