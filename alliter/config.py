@@ -1,8 +1,10 @@
 """The one config of an RLOO trial: its fields (each a flag), the model presets and recipes it resolves, and its
 bounds (the grids and a sweep's lists: alliter.sweep.grids; a model folder's checks: alliter.train.preflight).
 
-Every field of `TrainConfig` is a command-line flag (`--group-size` for `group_size`), with the
-field's docstring as its help (alliter.cli), so a knob is written once.
+Every field of `TrainConfig` is a command-line flag (`--group-size` for `group_size`), with the field's docstring as
+its help (alliter.cli), and what else is its own written beside it by `option(...)`: its bounds and why (`Bounds`), its
+choices, when it acts (`Acts`: a flag that would do nothing is refused), whether TensorBoard's HParams shows it. So a
+knob is written once: adding one is a field, its docstring and its option; the trainer then reads it.
 """
 
 from __future__ import annotations
@@ -41,8 +43,6 @@ RECIPES: dict[str, dict[str, Any]] = {
 # a recipe's learning rate for a preset model, where it is not the preset's own (README, "Which recipe holds")
 RECIPE_LRS: dict[str, dict[str, float]] = {"trl": {"stories260k": 1e-4, "tinystories-33m": 1e-5}}
 TRL_DEFAULT_LR = 1e-6  # RLOOConfig's learning_rate: --recipe trl on any other model
-CHOICES = {"recipe": tuple(RECIPES), "optimizer": ("sgd", "adamw"), "kl_estimator": ("k1", "k2", "k3"),
-           "kl_reduction": ("mean", "sum"), "loss_reduction": ("mean", "sum"), "dtype": ("float32", "bfloat16", "float64")}
 
 # Bounds past which no value can be sane, each with the reason its refusal gives (alliter.config.within)
 MAX_BETA = 1e4
@@ -62,49 +62,12 @@ MAX_ENTROPY_COEF = 10.0
 MAX_ENTROPY_TARGET = 15.0
 MAX_DARLING_MEMORY = 1000
 MAX_OVERUSE_CAP = 1000.0
-BOUNDS = {  # why no value past the upper bound can be sane
-    "kl_min_beta": "the beta the controller starts at: a floor above it would jump there at the first group",
-    "beta": "100x the coarse grid's largest: past it the KL term outweighs any reward a text can earn by orders of "
-            "magnitude, and float32 gradients overflow",
-    "kl_target": "nats per token: at 10 the policy has nothing left of the model it started from",
-    "lr": "a step of lr times a gradient whose norm is 10 to 1000 here throws the model away at once past 1",
-    "adam_epsilon": "AdamW divides each step by sqrt(v) + epsilon, and a weight's gradient here is about 0.1: past 1 the "
-                    "step shrinks to lr x gradient / epsilon, and at 1e300 the model never moves",
-    "lr x weight_decay": "AdamW shrinks every weight matrix by lr x weight_decay each group, whatever the reward: past "
-                         "0.01 they lose 63% of their size every 100 groups (weight decay 1e6 at lr 1e-4 wrecks the model "
-                         "at its first group)",
-    "kl_horizon": "a horizon past a million generations moves beta by under a millionth of itself a group: the "
-                  "controller does nothing",
-    "temperature": "above 10 sampling is uniform over the top-k",
-    "group_size": "a group is one batch of K samples, held at once in memory",
-    "max_generations": "140x the study's longest run of 7000: days on a GPU",
-    "seed": "the seeds torch, NumPy and CUDA all take",
-    "eval_seed": "the seeds torch, NumPy and CUDA all take",
-    "eval_samples": "an evaluation is sampled in one batch; 50 stories measure fluency within about 0.03 nats, "
-                    "1000 within 0.007",
-    "n": "stories sampled in one batch",
-    "threads": "torch threads of one trial",
-    "prompts": "a trial samples one prompt a group (200 groups in 2000 generations): more are never used, and the "
-               "file travels to every trial",
-    "entropy_coef": "10,000x verl's default (0.001) and 2,000x Skywork-OR1's largest (0.005): past it the bonus, up to "
-                    "10 x ln(vocabulary) nats (62 on the bundled model), outweighs the policy gradient of any reward "
-                    "here and drives the policy to uniform noise",
-    "entropy_coef_step": "a step of the largest sane coefficient (10) a group",
-    "entropy_target": "nats per token: the uniform distribution over 3.3 million tokens, more than any vocabulary "
-                      "(Llama 3's 128,256: 11.8 nats)",
-    "darling_memory": "the stories of 1000 groups (10,000 at K=10), each compared with every sample of every group",
-    "overuse_memory": "the stories of 1000 groups (10,000 at K=10), counted again at every group",
-    "overuse_cap": "a word used 1000 times as often as by the unmodified model is a collapse; above it nothing is damped",
-    "ref_sync_every": "a reset past a million generations never comes",
-    "ref_sync_alpha": "past 1 the reference would overshoot the policy, away from the model it started from",
-}
-LOW_BOUNDS = {  # why no value under the lower bound can be
-    "temperature": "below 0.01 sampling is greedy, and float32 logits overflow",
-    "lr": "below 1e-9 a step changes no float32 weight (a weight of 0.02 resolves 2e-9)",
-    "max_grad_norm": "0 is no clip; a clip under 0.001 shrinks every step to almost nothing",
-    "group_size": "leave-one-out needs others",
-    "ref_sync_alpha": "0 never moves the reference; leave --ref-sync-every out instead",
-}
+# the reasons of bounds that are no one field's (a field's own are beside it, in its `bounds`)
+PROMPTS_WHY = ("a trial samples one prompt a group (200 groups in 2000 generations): more are never used, and the "
+               "file travels to every trial")
+DECAY_WHY = ("AdamW shrinks every weight matrix by lr x weight_decay each group, whatever the reward: past 0.01 they "
+             "lose 63% of their size every 100 groups (weight decay 1e6 at lr 1e-4 wrecks the model at its first group)")
+SEED_WHY = "the seeds torch, NumPy and CUDA all take"
 
 
 def _shown(value: float) -> str:
@@ -113,19 +76,81 @@ def _shown(value: float) -> str:
     return f"{value:g}"
 
 
-def within(name: str, value: float, low: float, high: float | None, low_open: bool = False) -> None:
-    """AlliterError in one line unless low <= value <= high (low < value with `low_open`; no upper bound for None),
-    naming the bound and why (BOUNDS, LOW_BOUNDS)."""
+def within(name: str, value: float, low: float, high: float | None, low_open: bool = False, high_open: bool = False,
+           why: str | None = None, why_low: str | None = None) -> None:
+    """AlliterError in one line unless low <= value <= high (low < value with `low_open`, value < high with
+    `high_open`; no upper bound for None), naming the bound and why (`why` past the upper, `why_low` under the
+    lower)."""
     finite = isinstance(value, int) or math.isfinite(value)
     above = finite and (value > low if low_open else value >= low)
-    if above and (high is None or value <= high):
+    if above and (high is None or (value < high if high_open else value <= high)):
         return
     low_side = f"> {_shown(low)}" if low_open else f">= {_shown(low)}"
-    span = low_side + (f" and <= {_shown(high)}" if high is not None else "")
-    why = None if not finite else BOUNDS.get(name) if above else LOW_BOUNDS.get(name)
+    span = low_side + (f" and {'<' if high_open else '<='} {_shown(high)}" if high is not None else "")
+    reason = None if not finite else why if above else why_low
     kind = "an integer" if isinstance(value, int) else "a finite number"
-    raise AlliterError(f"{name} must be {kind} {span}, got {_shown(value)}" + (f" ({why})" if why else ""))
+    raise AlliterError(f"{name} must be {kind} {span}, got {_shown(value)}" + (f" ({reason})" if reason else ""))
 
+
+@dataclass(frozen=True)
+class Bounds:
+    """A knob's sane values, written beside its field: low <= value <= high (`low_open`, `high_open`: strictly; high
+    None: no upper bound; a callable: the bound in this config, e.g. a floor under its beta), and `off` besides (the
+    value that turns the knob off). `why` says why no value past the upper bound can be sane, `why_low` why none under
+    the lower: the refusal gives it."""
+
+    low: float
+    high: float | Callable[["TrainConfig"], float | None] | None = None
+    low_open: bool = False
+    high_open: bool = False
+    off: float | None = None
+    why: str | None = None
+    why_low: str | None = None
+
+    def check(self, name: str, value: float, cfg: "TrainConfig | None" = None) -> None:
+        """AlliterError in one line for a value out of bounds (`cfg`: the config a callable bound reads)."""
+        if self.off is not None and value == self.off:
+            return
+        high = self.high(cfg) if callable(self.high) else self.high
+        within(name, value, self.low, high, self.low_open, self.high_open, self.why, self.why_low)
+
+
+@dataclass(frozen=True)
+class Acts:
+    """When a knob does anything, and what its refusal says where it does not (TrainConfig.check_knobs_act): a flag
+    that would be ignored is refused."""
+
+    when: Callable[["TrainConfig"], bool]
+    refusal: str
+
+
+def option(default: Any, bounds: Bounds | None = None, choices: tuple[str, ...] | None = None, acts: Acts | None = None,
+         hparam: bool = False, **metadata: Any) -> Any:
+    """A TrainConfig field with what is its own beside it: its bounds, its choices, when it acts, and whether
+    TensorBoard's HParams dashboard shows it (a setting a sweep varies or a recipe sets)."""
+    return field(default=default, metadata={"bounds": bounds, "choices": choices, "acts": acts, "hparam": hparam,
+                                            **metadata})
+
+
+def _adamw(cfg: "TrainConfig") -> bool:
+    return cfg.effective("optimizer") == "adamw"
+
+
+def _kl_term(cfg: "TrainConfig") -> bool:
+    return cfg.beta > 0 or cfg.kl_target is not None
+
+
+def _summed(cfg: "TrainConfig") -> bool:
+    return cfg.recipe in RECIPES and cfg.effective("kl_reduction") == "sum"
+
+
+ADAMW_ONLY = Acts(_adamw, "it is AdamW's, and the optimizer is SGD (the study's recipe); pass --optimizer adamw (or "
+                          "--recipe trl), or leave it out")
+TARGET_ONLY = Acts(lambda cfg: cfg.kl_target is not None,
+                   "it is the KL-target controller's, and no KL target is set; pass --kl-target (a sweep: --kl-targets, "
+                   "or --search --search-targets), or leave it out")
+KL_TERM_ONLY = Acts(_kl_term, "at beta 0 (and no KL target) there is no KL term; pass a beta above 0, or leave it out")
+SEED_BOUNDS = Bounds(0, MAX_SEED, why=SEED_WHY)
 
 
 MAX_PROMPTS_BYTES = 16 * 2**20  # a --prompts file: MAX_PROMPTS prompts of a whole max_length each fit many times
@@ -140,7 +165,7 @@ def read_prompts(path: str) -> str:
         size = file.stat().st_size
         if size > MAX_PROMPTS_BYTES:
             raise AlliterError(f"--prompts: {path} is {size / 2**20:.0f} MB; a prompts file holds at most "
-                               f"{MAX_PROMPTS_BYTES // 2**20} MB ({BOUNDS['prompts']})")
+                               f"{MAX_PROMPTS_BYTES // 2**20} MB ({PROMPTS_WHY})")
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise AlliterError(f"--prompts: cannot read {path} ({type(err).__name__})") from None
@@ -151,24 +176,43 @@ def read_prompts(path: str) -> str:
     if empty:
         raise AlliterError(f"--prompts: line {empty[0]} of {path} is empty (give one prompt a line)")
     if len(lines) > MAX_PROMPTS:
-        raise AlliterError(f"--prompts: {path} holds {len(lines)} prompts; at most {MAX_PROMPTS} ({BOUNDS['prompts']})")
+        raise AlliterError(f"--prompts: {path} holds {len(lines)} prompts; at most {MAX_PROMPTS} ({PROMPTS_WHY})")
     return "\n".join(line.rstrip("\r") for line in lines)
 
 
 @dataclass
 class TrainConfig:
-    beta: float = 0.0
+    beta: float = option(
+        0.0,
+        Bounds(0, MAX_BETA,
+               why="100x the coarse grid's largest: past it the KL term outweighs any reward a text can earn by "
+                   "orders of magnitude, and float32 gradients overflow"),
+        hparam=True)
     """KL-penalty coefficient: reward = raw_reward + beta * (CE_policy - CE_ref); with --kl-target, its start."""
-    kl_target: float | None = None
+    kl_target: float | None = option(
+        None,
+        Bounds(0, lambda cfg: MAX_KL_TARGET * (cfg.max_length if _summed(cfg) else 1), low_open=True,
+               why="nats per token: at 10 the policy has nothing left of the model it started from"),
+        hparam=True)
     """Hold the per-token KL estimate (CE_ref - CE_policy, the study's KL term negated) at this value: beta becomes
     the state of Ziegler et al.'s controller, started at --beta and updated after every group; default: a fixed
     beta."""
-    kl_horizon: int = DEFAULT_KL_HORIZON
+    kl_horizon: int = option(
+        DEFAULT_KL_HORIZON,
+        Bounds(1, MAX_GENERATIONS,
+               why="a horizon past a million generations moves beta by under a millionth of itself a group: the "
+                   "controller does nothing"),
+        acts=TARGET_ONLY)
     """The controller's horizon in generations: at its largest error (--kl-clip) beta moves by group_size /
     kl_horizon of itself per group (README, "KL-target mode", says why this default)."""
-    kl_clip: float = 0.2
+    kl_clip: float = option(0.2, Bounds(0, 1, low_open=True, high_open=True), acts=TARGET_ONLY)
     """The controller's error is clipped to [-kl_clip, kl_clip], as Ziegler et al.'s."""
-    kl_min_beta: float | None = None
+    kl_min_beta: float | None = option(
+        None,
+        Bounds(0, lambda cfg: cfg.beta if cfg.kl_target is not None else None,
+               why="the beta the controller starts at: a floor above it would jump there at the first group"),
+        acts=TARGET_ONLY,
+        hparam=True)
     """The controller never lowers beta below this (its start, --beta, makes beta rise only while the KL is above the
     target, and fall back to the start below it: no wind-down while the KL is still growing); default: no floor
     (Ziegler et al.'s)."""
@@ -176,80 +220,148 @@ class TrainConfig:
     """Preset (stories260k, tinystories-33m), hub id or local folder of a causal LM."""
     tokenizer: str | None = None
     """Tokenizer hub id or folder; default: the preset's, else the model folder's, else EleutherAI/gpt-neo-125M."""
-    lr: float | None = None
+    lr: float | None = option(
+        None,
+        Bounds(MIN_LR, MAX_LR,
+               why="a step of lr times a gradient whose norm is 10 to 1000 here throws the model away at once past 1",
+               why_low="below 1e-9 a step changes no float32 weight (a weight of 0.02 resolves 2e-9)"),
+        hparam=True)
     """Learning rate; default: the recipe's for the model (study: 1e-3 for stories260k, 1e-4 for the study's model
     and any other; trl: RECIPE_LRS)."""
-    recipe: str = "study"
+    recipe: str = option("study", choices=tuple(RECIPES), hparam=True)
     """The algorithm: study (the reference study's RLOO, exactly) or trl (TRL 1.16's RLOOTrainer: AdamW, the
     gradient clipped at 1, the KL and the log-probabilities summed over the completion's tokens, the loss averaged
     over the group). A recipe sets the knobs below that are marked so and left out; a knob given wins."""
-    optimizer: str | None = None
+    optimizer: str | None = option(None, choices=("sgd", "adamw"), hparam=True)
     """sgd (the study's) or adamw (torch's AdamW: --adam-beta1, --adam-beta2, --adam-epsilon, --weight-decay);
     default: the recipe's."""
-    adam_beta1: float = 0.9
+    adam_beta1: float = option(0.9, Bounds(0, 1, high_open=True), acts=ADAMW_ONLY)
     """AdamW's beta1 (the Hugging Face Trainer's and so TRL's default)."""
-    adam_beta2: float = 0.999
+    adam_beta2: float = option(0.999, Bounds(0, 1, high_open=True), acts=ADAMW_ONLY)
     """AdamW's beta2 (the Hugging Face Trainer's and so TRL's default)."""
-    adam_epsilon: float = 1e-8
+    adam_epsilon: float = option(
+        1e-08,
+        Bounds(0, MAX_ADAM_EPSILON, low_open=True,
+               why="AdamW divides each step by sqrt(v) + epsilon, and a weight's gradient here is about 0.1: past 1 "
+                   "the step shrinks to lr x gradient / epsilon, and at 1e300 the model never moves"),
+        acts=ADAMW_ONLY)
     """AdamW's epsilon (the Hugging Face Trainer's and so TRL's default)."""
-    weight_decay: float = 0.0
+    weight_decay: float = option(0.0, Bounds(0), acts=ADAMW_ONLY)
     """AdamW's decoupled weight decay of the weight matrices (not of biases and norms, as the Hugging Face Trainer
     and nanoGPT); 0: none (TRL's default)."""
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = option(
+        None,
+        Bounds(MIN_GRAD_CLIP, off=0.0,
+               why_low="0 is no clip; a clip under 0.001 shrinks every step to almost nothing"),
+        hparam=True)
     """Clip the gradient's global norm at this before each step (TRL, OpenRLHF and verl clip at 1.0); 0: no clip
     (the study's); default: the recipe's. The metrics keep the norm before (grad_norm) and after the clip."""
-    normalize_advantages: bool = False
+    normalize_advantages: bool = option(False, hparam=True)
     """Centre the group's advantages and divide them by their standard deviation + 1e-4 (TRL RLOO's option of this
     name; off in the study and in TRL)."""
-    kl_loss: bool = False
+    kl_loss: bool = option(False, acts=KL_TERM_ONLY, hparam=True)
     """beta x the KL estimate in the loss, with its gradient (GRPO's, verl's use_kl_loss), instead of in the reward
     (the study's and TRL RLOO's)."""
-    kl_estimator: str = "k1"
+    kl_estimator: str = option("k1", choices=("k1", "k2", "k3"), acts=KL_TERM_ONLY, hparam=True)
     """The per-token KL estimate from the sampled token's log-ratio r = log pi - log pi_ref: k1 (r itself: the study's
     and TRL RLOO's), k2 (r^2 / 2) or k3 (exp(-r) - 1 + r, never negative: GRPO's)."""
-    kl_reduction: str | None = None
+    kl_reduction: str | None = option(None, choices=("mean", "sum"), acts=KL_TERM_ONLY, hparam=True)
     """A sample's KL from its tokens: mean (the study's: the per-token mean over the whole sample, prompt included)
     or sum (TRL's: the sum over the completion's tokens); default: the recipe's. A --kl-target is in these units."""
-    loss_reduction: str | None = None
+    loss_reduction: str | None = option(None, choices=("mean", "sum"))
     """The policy-gradient loss: mean (the study's: the sum over the group of advantage x the sample's mean token
     cross-entropy, prompt included) or sum (TRL's: the mean over the group of advantage x the sample's negative
     log-probability summed over the completion's tokens); default: the recipe's."""
-    entropy_coef: float = 0.0
+    entropy_coef: float = option(
+        0.0,
+        Bounds(0, MAX_ENTROPY_COEF,
+               why="10,000x verl's default (0.001) and 2,000x Skywork-OR1's largest (0.005): past it the bonus, up "
+                   "to 10 x ln(vocabulary) nats (62 on the bundled model), outweighs the policy gradient of any "
+                   "reward here and drives the policy to uniform noise"),
+        hparam=True)
     """An entropy bonus: the loss minus this x the policy's entropy (of its whole next-token distribution, in nats,
     averaged over every completion token of the group: verl's entropy_coeff with loss_agg_mode token-mean, OpenRLHF's
     entropy_loss_coef), from the logits the scoring forward makes anyway; with --entropy-target, the coefficient's
     start. 0: none (the study's)."""
-    entropy_target: float | None = None
+    entropy_target: float | None = option(
+        None,
+        Bounds(0, MAX_ENTROPY_TARGET, low_open=True,
+               why="nats per token: the uniform distribution over 3.3 million tokens, more than any vocabulary "
+                   "(Llama 3's 128,256: 11.8 nats)"),
+        acts=Acts(lambda cfg: cfg.entropy_coef_step is not None,
+                  "it is the adaptive entropy control's target, and no step is set; pass --entropy-coef-step "
+                  "(Skywork-OR1's: 1e-4), or leave it out"),
+        hparam=True)
     """Skywork-OR1's adaptive entropy control (arXiv 2505.22312; EntController in their verl): after every group the
     coefficient moves by --entropy-coef-step, up while the group's entropy (nats per token) is under this target, down
     otherwise, never below 0; the bonus acts only in a group after one under the target, as theirs. Default: a fixed
     coefficient."""
-    entropy_coef_step: float | None = None
+    entropy_coef_step: float | None = option(
+        None,
+        Bounds(0, MAX_ENTROPY_COEF, low_open=True,
+               why="a step of the largest sane coefficient (10) a group"),
+        acts=Acts(lambda cfg: cfg.entropy_target is not None,
+                  "it is the adaptive entropy control's step, and no target is set; pass --entropy-target (nats per "
+                  "token), or leave it out"),
+        hparam=True)
     """The adaptive entropy coefficient's step per group (Skywork-OR1's delta_ent_coef, 1e-4 in their runs); with
     --entropy-target."""
-    darling: bool = False
+    darling: bool = option(False, hparam=True)
     """DARLING's diversity-aware reward (Li et al. 2025, arXiv 2509.02534), with a lexical partition: each sample's raw
     reward times its diversity, the share of the other samples that are not alike it (two stories are alike when
     they share a topic word: one of 4+ letters that each uses at least twice; alliter.measures.darling_diversity).
     The KL term is added after; the evaluations keep the task's reward."""
-    darling_memory: int = 0
+    darling_memory: int = option(
+        0,
+        Bounds(0, MAX_DARLING_MEMORY,
+               why="the stories of 1000 groups (10,000 at K=10), each compared with every sample of every group"),
+        acts=Acts(lambda cfg: cfg.darling,
+                  "it is DARLING's, and --darling is off; pass --darling, or leave it out"),
+        hparam=True)
     """--darling compares each sample with the stories of this many groups before its own too (0: its group only), so
     that a topic the policy adopts across groups is seen."""
-    overuse_cap: float = 0.0
+    overuse_cap: float = option(
+        0.0,
+        Bounds(1, MAX_OVERUSE_CAP, low_open=True, off=0.0,
+               why="a word used 1000 times as often as by the unmodified model is a collapse; above it nothing is "
+                   "damped"),
+        acts=Acts(lambda cfg: cfg.eval_samples > 0 and cfg.snapshot_every > 0,
+                  "it measures over-use against the unmodified model's stories of the evaluation at generation 0, "
+                  "and evaluations are off; pass --eval-samples N (and --snapshot-every N), or leave it out"),
+        hparam=True)
     """Damp the reward of a sample that uses an over-used word: its task reward (after --darling's factor) times
     min(1, cap / r), r how many times as often as the unmodified model the last --overuse-memory groups use the
     sample's most over-used word of 4+ letters (the rule's measure of a narrowed point, alliter.measures, against the
     unmodified model's stories of the evaluation at generation 0, 3 uses added); 0: off. Under the rule's
     --max-overuse (5), a word is damped before its points are called narrowed."""
-    overuse_memory: int = 20
+    overuse_memory: int = option(
+        20,
+        Bounds(1, MAX_DARLING_MEMORY,
+               why="the stories of 1000 groups (10,000 at K=10), counted again at every group"),
+        acts=Acts(lambda cfg: cfg.overuse_cap > 0,
+                  "it is the over-use damping's, and --overuse-cap is off; pass --overuse-cap, or leave it out"),
+        hparam=True)
     """--overuse-cap counts a word's recent use over this many groups, this one included (a word the policy adopts
     across groups is seen, where a group of 10 shows it in a few stories)."""
-    ref_sync_every: int = 0
+    ref_sync_every: int = option(
+        0,
+        Bounds(0, MAX_GENERATIONS,
+               why="a reset past a million generations never comes"),
+        acts=KL_TERM_ONLY,
+        hparam=True)
     """Reset the KL's reference to the policy every this many generations (at the group that reaches or crosses a
     multiple; TRL's sync_ref_model and ref_model_sync_steps, from TR-DPO, arXiv 2404.09656; ProRL's reference
     resets, arXiv 2505.24864); 0: never (the study's frozen reference). Fluency, the evaluations and the rule keep
     measuring against the unmodified model."""
-    ref_sync_alpha: float = 1.0
+    ref_sync_alpha: float = option(
+        1.0,
+        Bounds(0, 1, low_open=True,
+               why="past 1 the reference would overshoot the policy, away from the model it started from",
+               why_low="0 never moves the reference; leave --ref-sync-every out instead"),
+        acts=Acts(lambda cfg: cfg.ref_sync_every > 0,
+                  "it mixes the reference at its resets, and there are none; pass --ref-sync-every N, or leave it "
+                  "out"),
+        hparam=True)
     """A reset makes the reference alpha x policy + (1 - alpha) x reference (TRL's ref_model_mixup_alpha); 1: a copy
     of the policy (ProRL's hard reset)."""
     prompt: str = "Once upon a time"
@@ -262,27 +374,41 @@ class TrainConfig:
     """The reward of a text (alliter.train.reward): alliteration (the study's), rare-alliteration (each pair
     weighted by how rarely its letter starts a word), path/to/file.py:function or module:function (your own:
     f(texts: list[str]) -> list[float]; a sweep ships the file to its nodes)."""
-    max_length: int = 100
+    max_length: int = option(100, Bounds(2))
     """Tokens per sample, prompt included."""
-    temperature: float = 1.0
+    temperature: float = option(
+        1.0,
+        Bounds(MIN_TEMPERATURE, MAX_TEMPERATURE,
+               why="above 10 sampling is uniform over the top-k",
+               why_low="below 0.01 sampling is greedy, and float32 logits overflow"))
     """Sampling temperature."""
-    top_k: int = 50
+    top_k: int = option(50, Bounds(0))
     """Sample from the k most likely tokens (the library's default of 50)."""
-    group_size: int = 10
+    group_size: int = option(
+        10,
+        Bounds(2, MAX_GROUP_SIZE,
+               why="a group is one batch of K samples, held at once in memory",
+               why_low="leave-one-out needs others"))
     """Samples per update (K); each sample's baseline is the mean reward of the other K-1."""
-    max_generations: int = 2000
+    max_generations: int = option(
+        2000,
+        Bounds(1, MAX_GENERATIONS,
+               why="140x the study's longest run of 7000: days on a GPU"))
     """Generations in the trial (the step counter counts generations, a group advances it by K)."""
-    seed: int = 0
+    seed: int = option(0, SEED_BOUNDS, hparam=True)
     """Seed of Python's and torch's generators."""
-    checkpoint_every: int = 20
+    checkpoint_every: int = option(20, Bounds(1))
     """Checkpoint every this many groups (and at the end)."""
-    snapshot_every: int = DEFAULT_WINDOW
+    snapshot_every: int = option(DEFAULT_WINDOW, Bounds(0))
     """Keep the policy's weights every this many generations (and at the end) in the trial's snapshots/, for `best_beta.py --export`; 0: none. Default: best_beta's window, so every point it can pick has its own snapshot."""
     device: str = "auto"
     """cuda, cpu, or auto (cuda when there is one)."""
-    dtype: str = "float32"
+    dtype: str = option("float32", choices=("float32", "bfloat16", "float64"))
     """float32, or bfloat16 (meant for a GPU)."""
-    threads: int = 0
+    threads: int = option(
+        0,
+        Bounds(0, MAX_THREADS,
+               why="torch threads of one trial"))
     """torch threads on the CPU; 0 keeps torch's default (a sweep's trial: its --cpus-per-trial). The samples depend on it: other threads sum in another order."""
     fast: bool = True
     """alliter's own decode loop and training forward (alliter.train.fast) where the architecture allows (Llama,
@@ -295,78 +421,40 @@ class TrainConfig:
     $TORCHINDUCTOR_CACHE_DIR), so a trial's first group takes seconds, minutes the first time on a machine. The same
     draw and the same numbers within float rounding (float64: to 1e-9), so a float32 trial's samples part from the
     default's after a while: off by default for that reason. Evaluations stay on the eager fast path."""
-    eval_samples: int = 50
+    eval_samples: int = option(
+        50,
+        Bounds(0, MAX_EVAL_SAMPLES,
+               why="an evaluation is sampled in one batch; 50 stories measure fluency within about 0.03 nats, 1000 "
+                   "within 0.007"))
     """Stories sampled from the policy to evaluate it, before the first update and at every snapshot (the points
     best_beta judges and exports); 0: no evaluations (best_beta then judges on the training groups)."""
-    eval_seed: int = 1234
+    eval_seed: int = option(1234, SEED_BOUNDS)
     """Seed of the evaluations' sampling, a generator of their own: training is untouched, and every point of every
     trial is sampled with the same random numbers."""
 
     def validate(self) -> "TrainConfig":
-        """Raise AlliterError, in one line, for a value the trainer cannot run with, or one past the bound (BOUNDS)
-        where no value can be sane."""
-        within("beta", self.beta, 0, MAX_BETA)
-        if self.kl_target is not None:  # nats per token, or per completion when the KL is summed over its tokens
-            summed = self.recipe in RECIPES and self.effective("kl_reduction") == "sum"
-            within("kl_target", self.kl_target, 0, MAX_KL_TARGET * (self.max_length if summed else 1), low_open=True)
-            if self.beta <= 0:
-                raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--beta, e.g. 50)")
-        if self.kl_min_beta is not None and self.kl_target is not None:
-            within("kl_min_beta", self.kl_min_beta, 0, self.beta)
-        within("kl_horizon", self.kl_horizon, 1, MAX_GENERATIONS)
-        if not (math.isfinite(self.kl_clip) and 0 < self.kl_clip < 1):
-            raise AlliterError(f"kl_clip must be in (0, 1), got {self.kl_clip}")
-        if self.lr is not None:
-            within("lr", self.lr, MIN_LR, MAX_LR)
-        within("temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
-        within("top_k", self.top_k, 0, None)
-        within("max_length", self.max_length, 2, None)
-        within("group_size", self.group_size, 2, MAX_GROUP_SIZE)
-        within("max_generations", self.max_generations, 1, MAX_GENERATIONS)
+        """Raise AlliterError, in one line, for a value the trainer cannot run with, or one past its field's bounds
+        where no value can be sane; then refuse a knob that does nothing here."""
+        for f in fields(self):
+            value, bounds, choices = getattr(self, f.name), f.metadata.get("bounds"), f.metadata.get("choices")
+            if bounds is not None and value is not None:
+                bounds.check(f.name, value, self)
+            if choices is not None and value is not None and value not in choices:
+                raise AlliterError(f"{f.name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+        if self.kl_target is not None and self.beta <= 0:
+            raise AlliterError("the KL-target controller multiplies beta: start it above 0 (--beta, e.g. 50)")
         if self.max_generations % self.group_size:
             lower = self.max_generations // self.group_size * self.group_size
             raise AlliterError(f"max_generations {self.max_generations} is not a whole number of groups of "
                                f"{self.group_size} (a group advances the counter by group_size): pass "
                                f"{' or '.join(str(g) for g in (lower, lower + self.group_size) if g > 0)}")
-        within("seed", self.seed, 0, MAX_SEED)
-        within("eval_seed", self.eval_seed, 0, MAX_SEED)
-        within("checkpoint_every", self.checkpoint_every, 1, None)
-        within("snapshot_every", self.snapshot_every, 0, None)
-        within("eval_samples", self.eval_samples, 0, MAX_EVAL_SAMPLES)
-        within("threads", self.threads, 0, MAX_THREADS)
         if self.prompts is not None:
             if not self.prompt_list:
                 raise AlliterError("prompts holds no prompt: give --prompts a file of one prompt a line")
-            within("prompts", len(self.prompt_list), 1, MAX_PROMPTS)
-        for name, choices in CHOICES.items():
-            value = getattr(self, name)
-            if value is not None and value not in choices:
-                raise AlliterError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
-        if self.max_grad_norm:
-            within("max_grad_norm", self.max_grad_norm, MIN_GRAD_CLIP, None)
-        elif self.max_grad_norm is not None:
-            within("max_grad_norm", self.max_grad_norm, 0, None)
-        for name in ("adam_beta1", "adam_beta2"):
-            if not (math.isfinite(getattr(self, name)) and 0 <= getattr(self, name) < 1):
-                raise AlliterError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        within("adam_epsilon", self.adam_epsilon, 0, MAX_ADAM_EPSILON, low_open=True)
-        within("weight_decay", self.weight_decay, 0, None)
+            within("prompts", len(self.prompt_list), 1, MAX_PROMPTS, why=PROMPTS_WHY)
         if self.lr is not None and self.lr * self.weight_decay > MAX_DECAY_PER_GROUP:
             raise AlliterError(f"lr x weight_decay must be <= {MAX_DECAY_PER_GROUP:g}, got {_shown(self.lr)} x "
-                               f"{_shown(self.weight_decay)} ({BOUNDS['lr x weight_decay']})")
-        within("entropy_coef", self.entropy_coef, 0, MAX_ENTROPY_COEF)
-        if self.entropy_target is not None:
-            within("entropy_target", self.entropy_target, 0, MAX_ENTROPY_TARGET, low_open=True)
-        if self.entropy_coef_step is not None:
-            within("entropy_coef_step", self.entropy_coef_step, 0, MAX_ENTROPY_COEF, low_open=True)
-        within("darling_memory", self.darling_memory, 0, MAX_DARLING_MEMORY)
-        if self.overuse_cap:
-            within("overuse_cap", self.overuse_cap, 1, MAX_OVERUSE_CAP, low_open=True)
-        else:
-            within("overuse_cap", self.overuse_cap, 0, None)
-        within("overuse_memory", self.overuse_memory, 1, MAX_DARLING_MEMORY)
-        within("ref_sync_every", self.ref_sync_every, 0, MAX_GENERATIONS)
-        within("ref_sync_alpha", self.ref_sync_alpha, 0, 1, low_open=True)
+                               f"{_shown(self.weight_decay)} ({DECAY_WHY})")
         if self.compile and not self.fast:
             raise AlliterError("compile compiles the fast path: drop --fast false, or --compile")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -375,19 +463,22 @@ class TrainConfig:
         return self
 
     def check_knobs_act(self, given: Collection[str] = ()) -> None:
-        """A knob that does nothing in this configuration is refused, not ignored (ACTS_ONLY): one set to other than
-        its default and its recipe's, or (`given`: the flags typed) given at all."""
-        defaults = {f.name: f.default for f in fields(self)}
+        """A knob that does nothing in this configuration is refused, not ignored (its field's `acts`): one set to
+        other than its default and its recipe's, or (`given`: the flags typed) given at all."""
         recipe = RECIPES.get(self.recipe, {})
-        for name, (_, what) in ACTS_ONLY.items():
-            value = getattr(self, name)
-            if (name in given or value not in (defaults[name], recipe.get(name, defaults[name]))) and not self.acts(name):
-                flag = f"--{name.replace('_', '-')}"
-                raise InactiveFlag(flag, f"{flag} does nothing here: {what}")
+        for f in fields(self):
+            acts = f.metadata.get("acts")
+            if acts is None:
+                continue
+            value = getattr(self, f.name)
+            if (f.name in given or value not in (f.default, recipe.get(f.name, f.default))) and not acts.when(self):
+                flag = f"--{f.name.replace('_', '-')}"
+                raise InactiveFlag(flag, f"{flag} does nothing here: {acts.refusal}")
 
     def acts(self, name: str) -> bool:
-        """Whether a knob does anything in this configuration (ACTS_ONLY; a knob not there always does)."""
-        return name not in ACTS_ONLY or ACTS_ONLY[name][0](self)
+        """Whether a knob does anything in this configuration (its field's `acts`; a knob without one always does)."""
+        acts = FIELDS[name].metadata.get("acts")
+        return acts is None or acts.when(self)
 
     def effective(self, name: str) -> Any:
         """A field's value as a trial runs it: the one given, else its recipe's (a field a recipe sets is None until
@@ -476,42 +567,14 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _adamw(cfg: TrainConfig) -> bool:
-    return cfg.effective("optimizer") == "adamw"
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+HPARAMS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("hparam"))
+"""The settings TensorBoard's HParams dashboard shows a trial by: what a sweep varies and a recipe sets."""
 
 
-def _kl_term(cfg: TrainConfig) -> bool:
-    return cfg.beta > 0 or cfg.kl_target is not None
-
-
-# knob -> (does it act in this configuration, what the refusal says): a flag that would be ignored is refused
-ACTS_ONLY: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
-    **{name: (_adamw, "it is AdamW's, and the optimizer is SGD (the study's recipe); pass --optimizer adamw (or "
-                      "--recipe trl), or leave it out")
-       for name in ("adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay")},
-    **{name: (lambda cfg: cfg.kl_target is not None,
-              "it is the KL-target controller's, and no KL target is set; pass --kl-target (a sweep: --kl-targets, or "
-              "--search --search-targets), or leave it out")
-       for name in ("kl_horizon", "kl_clip", "kl_min_beta")},
-    **{name: (_kl_term, "at beta 0 (and no KL target) there is no KL term; pass a beta above 0, or leave it out")
-       for name in ("kl_estimator", "kl_reduction", "kl_loss", "ref_sync_every")},
-    "entropy_target": (lambda cfg: cfg.entropy_coef_step is not None,
-                       "it is the adaptive entropy control's target, and no step is set; pass --entropy-coef-step "
-                       "(Skywork-OR1's: 1e-4), or leave it out"),
-    "entropy_coef_step": (lambda cfg: cfg.entropy_target is not None,
-                          "it is the adaptive entropy control's step, and no target is set; pass --entropy-target "
-                          "(nats per token), or leave it out"),
-    "darling_memory": (lambda cfg: cfg.darling,
-                       "it is DARLING's, and --darling is off; pass --darling, or leave it out"),
-    "overuse_memory": (lambda cfg: cfg.overuse_cap > 0,
-                       "it is the over-use damping's, and --overuse-cap is off; pass --overuse-cap, or leave it out"),
-    "overuse_cap": (lambda cfg: cfg.eval_samples > 0 and cfg.snapshot_every > 0,
-                    "it measures over-use against the unmodified model's stories of the evaluation at generation 0, "
-                    "and evaluations are off; pass --eval-samples N (and --snapshot-every N), or leave it out"),
-    "ref_sync_alpha": (lambda cfg: cfg.ref_sync_every > 0,
-                       "it mixes the reference at its resets, and there are none; pass --ref-sync-every N, or leave it "
-                       "out"),
-}
+def check_bounds(name: str, value: float) -> None:
+    """A value of a TrainConfig field within its bounds (a seed of --seeds, before any config is made)."""
+    FIELDS[name].metadata["bounds"].check(name, value)
 
 
 def check_value(knob: str, value: float, cfg: TrainConfig | None = None) -> None:

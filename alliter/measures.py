@@ -11,7 +11,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
@@ -212,12 +212,10 @@ def compression_ratio(texts: Sequence[str]) -> float:
 
 
 def pooled_measures(texts: Sequence[str], base_texts: Sequence[str] | None = None) -> dict[str, float]:
-    """The measures of all of a point's stories together, against the unmodified model's (`base_texts`; None: the
-    point's own, the unmodified model's point itself): its most over-used word's ratio, the divergence of its word
-    distribution, the compression ratio and distinct-2 of the stories pooled."""
+    """The measures of all of a point's stories together (the registry's with a `pooled` function), against the
+    unmodified model's (`base_texts`; None: the point's own, the unmodified model's point itself)."""
     base = texts if base_texts is None else base_texts
-    return {"top_overuse": top_overuse(texts, base), "word_js": word_js(texts, base),
-            "compression": compression_ratio(texts), "pooled_distinct_2": distinct_n(texts, 2)}
+    return {m.name: m.pooled(texts, base) for m in MEASURES if m.pooled}
 
 
 def overuse_text(words: list[list], stories: int | None = None) -> str:
@@ -283,15 +281,19 @@ class Measure:
     rule: str | None = None
     """Who can judge a collapse by it: "trainer" (the trainer measures it on every group: a sweep's rule may use
     it), "analysis" (best_beta measures it: its rule may), None (not a diversity measure)."""
+    pooled: Callable[[Sequence[str], Sequence[str]], float] | None = None
+    """For a measure of all of a point's stories together: f(texts, the unmodified model's texts) (pooled_measures)."""
+    hparam: bool = False
+    """Shown in TensorBoard's HParams dashboard (as eval/NAME), beside the settings a sweep varies."""
 
 
 MEASURES = (
     Measure("alliteration", "raw_reward_mean", "alliteration",
-            "alliteration (mean raw reward: adjacent word pairs with the same first letter)"),
+            "alliteration (mean raw reward: adjacent word pairs with the same first letter)", hparam=True),
     Measure("distinct_1", "distinct_1", "distinct-1", "distinct-1 (unique words / words, per group of stories)",
             rule="trainer"),
     Measure("distinct_2", "distinct_2", "distinct-2", "distinct-2 (unique word pairs / word pairs, per group)",
-            rule="trainer"),
+            rule="trainer", hparam=True),
     Measure("unique_fraction", "unique_fraction", "unique fraction",
             "unique fraction (distinct stories / stories, per group)", rule="trainer"),
     Measure("self_bleu", "self_bleu", "1 - self-BLEU",
@@ -300,16 +302,20 @@ MEASURES = (
     Measure("repeated_4grams", "repeated_4grams", "1 - repeated 4-grams", "repeated word 4-grams inside a story (share)",
             sameness=True),
     Measure("fluency", "ce_ref_mean", "fluency",
-            "fluency: mean token cross-entropy of the stories under the unmodified model (nats)"),
-    Measure("kl", None, "KL per token", "KL estimate per token (CE unmodified - CE this model, on its stories)"),
+            "fluency: mean token cross-entropy of the stories under the unmodified model (nats)", hparam=True),
+    Measure("kl", None, "KL per token", "KL estimate per token (CE unmodified - CE this model, on its stories)",
+            hparam=True),
     Measure("new_tokens", "mean_new_tokens", "new tokens"),
     Measure("top_overuse", None, "most over-used word (x)",
             "most over-used word: how many times as often as the unmodified model the stories use their most over-used "
-            "word of 4+ letters (used in at least 1 of 5 stories)"),
+            "word of 4+ letters (used in at least 1 of 5 stories)", pooled=top_overuse, hparam=True),
     Measure("word_js", None, "word JS (bits)",
-            "Jensen-Shannon divergence of the stories' word distribution from the unmodified model's (bits)"),
-    Measure("compression", None, "gzip ratio", "compression ratio of all the stories together (gzip)"),
-    Measure("pooled_distinct_2", None, "pooled distinct-2", "distinct-2 of all the stories together"),
+            "Jensen-Shannon divergence of the stories' word distribution from the unmodified model's (bits)",
+            pooled=word_js),
+    Measure("compression", None, "gzip ratio", "compression ratio of all the stories together (gzip)",
+            pooled=lambda texts, base: compression_ratio(texts)),
+    Measure("pooled_distinct_2", None, "pooled distinct-2", "distinct-2 of all the stories together",
+            pooled=lambda texts, base: distinct_n(texts, 2)),
 )
 BY_NAME = {m.name: m for m in MEASURES}
 POINT_MEASURES = tuple(m.name for m in MEASURES)

@@ -18,7 +18,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from alliter.cli import AlliterError, ArgumentParser, command, one_line, prog, run
-from alliter.config import MAX_EVAL_SAMPLES, MAX_SEED, TrainConfig, within
+from alliter.config import MAX_EVAL_SAMPLES, TrainConfig, check_bounds, within
 from alliter.schema import CONFIG_FILE, EXPORT_INFO_FILE, METRICS_FILE
 from alliter.storage import json_table, read_jsonl
 from alliter.train.reward import raw_reward
@@ -109,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = Path(args.dir)
     hf_logging.disable_progress_bar()
-    within("n", args.n, 1, MAX_EVAL_SAMPLES)
-    within("seed", args.seed, 0, MAX_SEED)
+    within("n", args.n, 1, MAX_EVAL_SAMPLES, why="stories sampled in one batch")
+    check_bounds("seed", args.seed)
     if not folder.is_dir():
         raise AlliterError(f"{folder} is a file, not a folder" if folder.exists() else f"no such folder: {folder}")
     device = pick_device(args.device)

@@ -29,7 +29,7 @@ def test_the_controller_against_hand_computed_values():
     ({"kl_target": -0.1}, "kl_target must be a finite number > 0"),
     ({"kl_target": float("nan")}, "kl_target must be a finite number > 0"),
     ({"kl_target": 0.1, "kl_horizon": 0}, "kl_horizon must be an integer >= 1"),
-    ({"kl_target": 0.1, "kl_clip": 0.0}, "kl_clip must be in"),
+    ({"kl_target": 0.1, "kl_clip": 0.0}, "kl_clip must be a finite number > 0 and < 1"),
     ({"kl_target": 0.1, "beta": 0.0}, "the KL-target controller multiplies beta: start it above 0"),
 ])
 def test_a_controller_that_cannot_work_is_refused(values, message):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from alliter.cli import AlliterError
-from alliter.config import MAX_SEED, TrainConfig, check_value, within
+from alliter.config import TrainConfig, check_bounds, check_value
 from alliter.knob import KNOBS
 
 # name -> (betas, max_generations or None for the config's own)
@@ -75,7 +75,7 @@ def parse_seeds(seeds: str | None, default: int) -> list[int]:
         if len(set(values)) != len(values):
             raise AlliterError(f"--seeds lists a seed twice: {seeds!r}")
         for v in values:
-            within("seed", v, 0, MAX_SEED)
+            check_bounds("seed", v)
         count = len(values)
     if count > MAX_SEEDS:
         raise AlliterError(f"--seeds runs at most {MAX_SEEDS} seeds of each value, got {count} (a verdict over seeds "

@@ -195,7 +195,7 @@ class BetaSearch(Searcher):
         return KNOBS[self.settings.knob]
 
     def _sane(self, value: float) -> bool:
-        """A value within the trainer's bounds (alliter.config.BOUNDS): the ladder stops at them."""
+        """A value within the trainer's bounds (alliter.config: its fields' Bounds): the ladder stops at them."""
         try:
             check_value(self.settings.knob, value, TrainConfig(**self.settings.units))
         except AlliterError:

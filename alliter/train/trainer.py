@@ -19,7 +19,7 @@ from tensorboardX.proto.summary_pb2 import Summary
 
 from alliter import measures as M
 from alliter.cli import AlliterError
-from alliter.config import TrainConfig
+from alliter.config import HPARAMS, TrainConfig
 from alliter.schema import ATTEMPT_FILES, CONFIG_FILE, EVALUATIONS_FILE, GENERATIONS_FILE, METRICS_FILE, REWARD_FILE
 from alliter.storage import append_jsonl, read_jsonl, read_text, write_atomic
 from alliter.train.evaluate import evaluate_prompts, evaluation_points
@@ -34,11 +34,9 @@ from alliter.train.reward import Reward, load_reward
 from alliter.train.snapshots import drop_snapshots_after, save_snapshot, write_model_files
 
 CHECKPOINT_FORMAT = 1
-# the HParams dashboard's columns: the settings a sweep varies, and the evaluation measures they are judged by
-HPARAMS = ("beta", "kl_target", "seed", "recipe", "lr", "optimizer", "max_grad_norm", "normalize_advantages", "kl_loss",
-           "kl_estimator", "kl_reduction", "kl_min_beta", "entropy_coef", "entropy_target", "entropy_coef_step",
-           "darling", "darling_memory", "overuse_cap", "overuse_memory", "ref_sync_every", "ref_sync_alpha")
-HPARAM_METRICS = ("eval/alliteration", "eval/distinct_2", "eval/top_overuse", "eval/fluency", "eval/kl")
+# the HParams dashboard's columns: the settings a sweep varies (alliter.config's fields marked so), and the evaluation
+# measures they are judged by (alliter.measures' registry entries marked so)
+HPARAM_METRICS = tuple(f"eval/{m.name}" for m in M.MEASURES if m.hparam)
 
 
 class NonFiniteLossError(AlliterError):
