@@ -4,6 +4,7 @@ sample keep the same standard."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import torch
 from alliter import storage
 from alliter.analyse.command import main as best_beta_main
 from alliter.cli import AlliterError
+from alliter.config import FIELDS, TrainConfig
 from alliter.sample import main as sample_main
 from alliter.storage import DriverLock
 from alliter.testing import build_tiny_gpt_neo
@@ -225,6 +227,30 @@ def test_a_flag_that_acts_in_its_configuration_is_taken(case, tmp_path):
     args, holds = MEANT[case]
     sweep_config, base, rule, given = parse([*args, "--storage", str(tmp_path)])
     assert holds(plan_sweep(sweep_config, base, given, rule))
+
+
+BOUNDED = [name for name, f in FIELDS.items() if f.metadata.get("bounds")]
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_every_knob_with_bounds_refuses_a_value_past_them_and_takes_its_edges(name):
+    """The bounds written beside a field (alliter.config.option) are the ones its flag is held to, whichever knob: a
+    knob added with bounds is checked here with no test of its own."""
+    f = FIELDS[name]
+    b = f.metadata["bounds"]
+    cfg = TrainConfig(beta=50.0, kl_target=0.1, optimizer="adamw", entropy_target=2.0, entropy_coef_step=1e-4,
+                      darling=True, overuse_cap=2.0, ref_sync_every=200)  # every knob acts, so only bounds refuse
+    kind = type(f.default) if f.default is not None else float
+    high = b.high(cfg) if callable(b.high) else b.high
+    past = [b.low if b.low_open else b.low - kind(1)] + ([high if b.high_open else high + kind(1)] if high is not None
+                                                         else [])
+    for value in past:
+        with pytest.raises(AlliterError, match=f"^{name} must be "):
+            dataclasses.replace(cfg, **{name: kind(value)}).validate()
+    inside = [v for v in (b.low, high, b.off) if v is not None and not (v == b.low and b.low_open)
+              and not (v == high and b.high_open)]
+    for value in inside:  # the edges themselves are sane (other checks, beta 0 under a KL target, are not this test's)
+        b.check(name, kind(value), cfg)
 
 
 def test_a_storage_that_does_not_answer_is_one_line_within_seconds(tmp_path, monkeypatch):
