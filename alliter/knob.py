@@ -15,7 +15,7 @@ VALUE = "value"
 `beta` is the beta there (a KL-target trial's: its controller's)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Knob:
     name: str
     """The TrainConfig field and the frames' column: beta or kl_target."""
@@ -31,6 +31,9 @@ class Knob:
     """The direction in which a value holds rather than fails: higher for beta, lower for a target."""
     riskier: str
     """The other direction."""
+
+    def __repr__(self) -> str:
+        return f"Knob({self.name!r})"
 
     def label(self, value: float) -> str:
         """A value in a plot: β = 50, target = 0.1."""

@@ -11,6 +11,7 @@ import pandas as pd
 from alliter.analyse.judge import Analysis
 from alliter.knob import VALUE
 
+
 def frontier_points(result: Analysis) -> pd.DataFrame:
     """Per trial and evaluated point: d = sqrt of the sequence-level KL (the per-token estimate CE_ref - CE_policy
     times the generated tokens; an estimate below 0 counts as 0) and the raw reward gain over the trial's

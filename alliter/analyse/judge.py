@@ -146,8 +146,8 @@ class Overused:
 
 class PointWords:
     """Each point's over-used words, computed once however many readers ask (the best point, the report, the study's
-    write-up): `words(value, generations)`. A point pools its value's trials (seeds), a search's dropped ones left
-    out."""
+    write-up), as `analysis.overused(value, generations)`. A point pools its value's trials (seeds), a search's
+    dropped ones left out."""
 
     def __init__(self, trials: list[Trial], window: int) -> None:
         self._trials, self._window = trials, window
@@ -183,7 +183,7 @@ class Analysis:
     recipe: TrainConfig = field(default_factory=TrainConfig)  # the first trial's config, its recipe's knobs filled in
     trl_units: dict[str, Any] | None = None  # the best point's beta in TRL's KL units (`trl_units`)
     per_trial: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per trial (`trial_frame`)
-    overused: PointWords = field(default=None, repr=False)  # a point's over-used words, `overused(value, generations)`
+    overused: PointWords = field(default=None, repr=False)  # type: ignore[assignment]  # None: made from the trials
 
     def __post_init__(self) -> None:
         if self.overused is None:

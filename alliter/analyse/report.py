@@ -127,8 +127,7 @@ def reason(result: Analysis) -> str:
     in plain sentences."""
     cfg, s, c, p = result.cfg, result.summary, result.choice, result.best_point
     knob = result.knob
-    noun = knob.plural
-    name = result.knob.named
+    noun, name = knob.plural, knob.named
     measure = MEASURE_LABELS[cfg.diversity_measure]
     seeds = bool((s["trials"] > 1).any())
     rule = (
@@ -228,7 +227,7 @@ def choice_json(result: Analysis, out: Path) -> dict[str, Any]:
         "rule": dataclasses.asdict(result.cfg),
         "knob": result.knob.name,
         "pareto_front": s.loc[s["pareto"], VALUE].tolist(),
-        "betas": [plain(r) for r in result.knob.in_files(s).to_dict("records")],  # each value of the knob (the name of a beta sweep's)
+        "betas": [plain(r) for r in result.knob.in_files(s).to_dict("records")],  # each value, under the knob's name
         "notes": result.notes,
         "search": result.search,
         "out": str(out),
