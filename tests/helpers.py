@@ -175,10 +175,15 @@ def best_beta(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def trial_states(exp: Path) -> dict[float, dict]:
-    """beta -> {status, num_failures, generations}, from Tune's own experiment state."""
+    """beta -> {status, num_failures, generations}, from Tune's own experiment state (a state Tune is rewriting as it
+    is read, empty or cut short, is skipped: a test polls this while the sweep runs)."""
     states = {}
     for f in sorted(exp.glob("experiment_state-*.json")):
-        for trial, runtime in json.loads(f.read_text())["trial_data"]:
+        try:
+            data = json.loads(f.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for trial, runtime in data:
             trial, runtime = json.loads(trial), json.loads(runtime)
             states[trial["config"]["beta"]] = {
                 "status": trial["status"],
