@@ -96,8 +96,8 @@ class Choice:
     def as_dict(self) -> dict[str, Any]:
         """The choice as best_beta's JSON writes it: the summary's row as summary.csv names it, with "knob" (its
         name) and "value"."""
-        return {**{k: v for k, v in self.row.items() if k != VALUE}, self.knob.name: self.value, "knob": self.knob.name,
-                "value": self.value}
+        named = {k: v for k, v in self.row.items() if k not in (VALUE, self.knob.name)}
+        return {self.knob.name: self.value, **named, "knob": self.knob.name, "value": self.value}
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,7 @@ def trial_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame,
         final_window = g[g["generations"] > last - cfg.window]
         judgement = judgements[t.name]
         betas = g["beta"] if "beta" in g else pd.Series([t.beta])  # a KL-target trial's beta, group by group
-        row: dict[str, Any] = {VALUE: t.value, "beta": t.beta, "trial": t.name, "seed": t.seed, "generations": t.done,
+        row: dict[str, Any] = {VALUE: t.value, "trial": t.name, "seed": t.seed, "generations": t.done,
                                "dropped": t.dropped, "status": t.status,
                                "kl_penalty": final_window["kl_penalty_mean"].mean(),
                                "ce_ref": final_window["ce_ref_mean"].mean(),
@@ -270,6 +270,8 @@ def trial_frame(trials: list[Trial], groups: pd.DataFrame, points: pd.DataFrame,
             row[f"{name}_baseline"] = base[name] if base is not None else math.nan
         if t.kl_target is not None:
             row.update(beta=float(betas.iloc[-1]), beta_min=float(betas.min()), beta_max=float(betas.max()))
+        else:
+            row["beta"] = t.beta
         rows.append(row)
     return pd.DataFrame(rows)
 
