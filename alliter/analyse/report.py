@@ -14,7 +14,7 @@ from alliter import measures as M
 from alliter.analyse.document import Block, Bullets, Heading, Image, Story, Table, Text, to_html, to_markdown
 from alliter.analyse.frames import study_alliteration
 from alliter.analyse.frontier import frontier_fits
-from alliter.analyse.judge import Analysis, plain
+from alliter.analyse.judge import Analysis, AnalysisConfig, plain
 from alliter.analyse.names import MEASURE_LABELS
 from alliter.config import DEFAULT_REWARD
 from alliter.knob import BETA, VALUE
@@ -111,15 +111,33 @@ def _seeds_kept(row: Any) -> str:
     return f"kept in {row.trials - row.failed_seeds} of {row.trials} seeds"
 
 
-def _failure(row: Any, measure: str, seeds: bool) -> str:
-    """How a failed value failed: where, as what, and by how much at its final point."""
-    what = {"degenerate": "degenerated (non-words)", "narrowed": "narrowed (one topic)"}.get(row.failed_as, "collapsed")
+FAILED_AS = {"degenerate": "degenerated (non-words)", "narrowed": "narrowed (one topic)"}  # else: collapsed
+
+
+def _failure(row: Any, measure: str, seeds: bool, rule: AnalysisConfig) -> str:
+    """How a failed value failed: where, as what, and by how much at its final point; a value that failed one way
+    and ends another (narrowed at 400, collapsed by its end) says both, so the figure quoted is the one its end shows."""
+    what = FAILED_AS.get(row.failed_as, "collapsed")
     when = (f"{what} in {row.failed_seeds} of {row.trials} seeds" if seeds
             else f"{what} at {row.failed_at:.0f} generations")
+    end = _failed_at_end(row, rule) or row.failed_as
     by = {"degenerate": f"fluency {row.fluency_gap:+.2f} nats over the unmodified model's",
           "narrowed": f"its most over-used word {row.top_overuse:.0f}x as often as in the unmodified model's stories"
-          }.get(row.failed_as, f"{measure} {row.diversity:.2f}, {row.diversity_kept:.0%} of the unmodified model's")
-    return f"{when}: {by}"
+          }.get(end, f"{measure} {row.diversity:.2f}, {row.diversity_kept:.0%} of the unmodified model's")
+    if FAILED_AS.get(end, "collapsed") == what:
+        return f"{when}: {by}"
+    return f"{when}; at its final point it has {FAILED_AS.get(end, 'collapsed')}: {by}"
+
+
+def _failed_at_end(row: Any, rule: AnalysisConfig) -> str | None:
+    """How the rule fails a value's final point (its seeds' means), or None where the point is within it."""
+    if row.diversity_kept < rule.diversity_share:
+        return "collapsed"
+    if row.fluency_gap > rule.fluency_margin:
+        return "degenerate"
+    if rule.max_overuse and row.top_overuse > rule.max_overuse:
+        return "narrowed"
+    return None
 
 
 def reason(result: Analysis) -> str:
@@ -158,7 +176,7 @@ def reason(result: Analysis) -> str:
                          + (" or with a smaller beta." if knob is BETA and c.value > 0 else "."))
         for other in s[s["verdict"].isin(FAILED) & (s["alliteration"] > c.alliteration)].itertuples():
             lines.append(f"  {name(getattr(other, VALUE))} reached more alliteration "
-                         f"({_pm(other.alliteration, other.alliteration_se)}) but {_failure(other, measure, seeds)}.")
+                         f"({_pm(other.alliteration, other.alliteration_se)}) but {_failure(other, measure, seeds, cfg)}.")
         runners = s[~s["verdict"].isin([*FAILED, "dropped"]) & ~s["chosen"]]
         runners = runners.sort_values("alliteration", ascending=False)
         if seeds and len(runners):
