@@ -44,7 +44,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPE_LRS: dict[str, dict[str, float]] = {"trl": {"stories260k": 1e-4, "tinystories-33m": 1e-5}}
 TRL_DEFAULT_LR = 1e-6  # RLOOConfig's learning_rate: --recipe trl on any other model
 
-# Bounds past which no value can be sane, each with the reason its refusal gives (alliter.config.within)
+# Bounds past which no value can be sane; the reason each refusal gives is beside the field it bounds (Bounds)
 MAX_BETA = 1e4
 MAX_KL_TARGET = 10.0
 MIN_LR, MAX_LR = 1e-9, 1.0
@@ -67,7 +67,6 @@ PROMPTS_WHY = ("a trial samples one prompt a group (200 groups in 2000 generatio
                "file travels to every trial")
 DECAY_WHY = ("AdamW shrinks every weight matrix by lr x weight_decay each group, whatever the reward: past 0.01 they "
              "lose 63% of their size every 100 groups (weight decay 1e6 at lr 1e-4 wrecks the model at its first group)")
-SEED_WHY = "the seeds torch, NumPy and CUDA all take"
 
 
 def _shown(value: float) -> str:
@@ -150,7 +149,7 @@ TARGET_ONLY = Acts(lambda cfg: cfg.kl_target is not None,
                    "it is the KL-target controller's, and no KL target is set; pass --kl-target (a sweep: --kl-targets, "
                    "or --search --search-targets), or leave it out")
 KL_TERM_ONLY = Acts(_kl_term, "at beta 0 (and no KL target) there is no KL term; pass a beta above 0, or leave it out")
-SEED_BOUNDS = Bounds(0, MAX_SEED, why=SEED_WHY)
+SEED_BOUNDS = Bounds(0, MAX_SEED, why="the seeds torch, NumPy and CUDA all take")
 
 
 MAX_PROMPTS_BYTES = 16 * 2**20  # a --prompts file: MAX_PROMPTS prompts of a whole max_length each fit many times

@@ -381,9 +381,9 @@ def test_gao_fit_recovers_a_known_frontier():
 
 
 @pytest.mark.parametrize("end, said", [
-    ({"diversity_kept": 0.01, "top_overuse": 1.0}, "narrowed (one topic) at 400 generations; at its final point it has "
+    ({"distinct_2": 0.01, "top_overuse": 1.0}, "narrowed (one topic) at 400 generations; at its final point it has "
                                                    "collapsed: distinct-2 0.01, 1% of the unmodified model's"),
-    ({"diversity_kept": 0.95, "top_overuse": 12.0}, "narrowed (one topic) at 400 generations: its most over-used word "
+    ({"distinct_2": 0.95, "top_overuse": 12.0}, "narrowed (one topic) at 400 generations: its most over-used word "
                                                     "12x as often as in the unmodified model's stories"),
 ])
 def test_a_failure_quotes_the_figure_its_final_point_shows(end, said):
@@ -393,6 +393,7 @@ def test_a_failure_quotes_the_figure_its_final_point_shows(end, said):
 
     from alliter.analyse.report import _failure
 
-    row = SimpleNamespace(failed_as="narrowed", failed_seeds=1, trials=1, failed_at=400.0, fluency_gap=0.1,
-                          diversity=end["diversity_kept"], **end)
+    row = SimpleNamespace(failed_as="narrowed", failed_seeds=1, trials=1, failed_at=400.0, fluency=1.2, fluency_gap=0.1,
+                          fluency_baseline=1.1, diversity_baseline=1.0, diversity=end["distinct_2"],
+                          diversity_kept=end["distinct_2"], **end)
     assert _failure(row, "distinct-2", False, AnalysisConfig()) == said

@@ -18,7 +18,7 @@ from alliter.analyse.judge import Analysis, AnalysisConfig, plain
 from alliter.analyse.names import MEASURE_LABELS
 from alliter.config import DEFAULT_REWARD
 from alliter.knob import BETA, VALUE
-from alliter.rule import FAILED
+from alliter.rule import FAILED, KEPT, as_diversity
 from alliter.analyse.plots import PLOTS, plot
 
 # table header -> summary column, in the order printed: the final evaluation's measures, then the training's KL
@@ -130,14 +130,13 @@ def _failure(row: Any, measure: str, seeds: bool, rule: AnalysisConfig) -> str:
 
 
 def _failed_at_end(row: Any, rule: AnalysisConfig) -> str | None:
-    """How the rule fails a value's final point (its seeds' means), or None where the point is within it."""
-    if row.diversity_kept < rule.diversity_share:
-        return "collapsed"
-    if row.fluency_gap > rule.fluency_margin:
-        return "degenerate"
-    if rule.max_overuse and row.top_overuse > rule.max_overuse:
-        return "narrowed"
-    return None
+    """The rule's verdict on a value's final point (its seeds' means against theirs at generation 0), or None where
+    it is kept."""
+    m = rule.diversity_measure
+    point = {m: getattr(row, m), "fluency": row.fluency, "top_overuse": row.top_overuse}
+    baseline = {m: as_diversity(row.diversity_baseline, m), "fluency": row.fluency_baseline}  # as_diversity undoes itself
+    verdict = rule.judge(point, baseline)
+    return None if verdict == KEPT else verdict
 
 
 def reason(result: Analysis) -> str:

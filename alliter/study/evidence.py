@@ -171,8 +171,8 @@ def _text(v: Any) -> str:
 
 def side_by_side(recipes: dict[str, Analysis], at: list[int], end: int) -> tuple[pd.DataFrame, float]:
     """One row per recipe and point (each of `at`, and where it first reaches equal alliteration): the study's
-    alliteration count (whatever reward trained it), the most over-used word, distinct-2 kept, KL and beta, each as the mean over the seeds of the evaluations (groups: a window) around
-    it with the seeds' range. Equal alliteration: the lower of the recipes' peaks (the mean over seeds), and the
+    alliteration count (whatever reward trained it), the most over-used word, distinct-2 kept, KL and beta, each as the
+    mean over the seeds of the evaluations (groups: a window) around it with the seeds' range. Equal alliteration: the lower of the recipes' peaks (the mean over seeds), and the
     first point where each reaches it. Returns the table, and that alliteration."""
     counts = {name: study_alliteration(r.trials) for name, r in recipes.items()}
     peaks = [c[c["generations"] > 0].groupby("generations")["alliteration"].mean().max() for c in counts.values()]
